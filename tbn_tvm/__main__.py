@@ -1,0 +1,5 @@
+import sys
+
+from tbn_tvm.cli import main
+
+sys.exit(main())

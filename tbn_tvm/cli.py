@@ -1,0 +1,82 @@
+"""The ``tbn-tvm`` command line.  Thin: parse arguments, call the API, render errors.
+
+Each sub-command lives in a ``_cmd_<name>`` function registered in ``_COMMANDS``; heavy modules
+(TVM, torch) are imported inside those functions so that ``tbn-tvm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from tbn_tvm.errors import TBNError
+
+# name -> (help, add_arguments(parser), run(args) -> exit status)
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str):  # noqa: A002 - mirrors argparse
+    """Register a sub-command: decorate ``run(args)``; its ``.arguments`` adds the options."""
+
+    def wrap(run):
+        def add(parser: argparse.ArgumentParser) -> None:
+            for args, kwargs in getattr(run, "_arguments", []):
+                parser.add_argument(*args, **kwargs)
+
+        _COMMANDS[name] = (help, add, run)
+        return run
+
+    return wrap
+
+
+def arg(*args, **kwargs):
+    """Attach one ``add_argument`` call to a command function (use below ``@command``)."""
+
+    def wrap(run):
+        run._arguments = [(args, kwargs)] + list(getattr(run, "_arguments", []))
+        return run
+
+    return wrap
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's usage errors follow the house rule too
+        raise TBNError(message, hint=f"see '{self.prog} --help'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_commands()
+    parser = _Parser(prog="tbn-tvm", description="Compile sub-bit neural networks with Apache TVM.")
+    from tbn_tvm import __version__
+
+    parser.add_argument("--version", action="version", version=f"tbn-tvm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (help_, add, _) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+    return parser
+
+
+def _load_commands() -> None:
+    # Importing these modules registers their commands; they keep heavy imports inside functions.
+    from tbn_tvm import commands  # noqa: F401
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(_COMMANDS[args.command][2](args) or 0)
+    except TBNError as e:
+        print(e.render(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
