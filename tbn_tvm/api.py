@@ -1,0 +1,228 @@
+"""The Python API: ``compile`` a model for a target, ``run`` it, ``save`` / ``load`` the artifact.
+
+>>> import numpy as np, tbn_tvm
+>>> m = tbn_tvm.compile("examples/tbn-mnist-mlp.onnx", target="llvm")   # doctest: +SKIP
+>>> m.run(np.zeros((1, 784), np.float32)).shape                         # doctest: +SKIP
+(1, 10)
+>>> m.save("out/mlp")                                                   # doctest: +SKIP
+>>> tbn_tvm.load("out/mlp").report()["total"]["weight_bytes"]           # doctest: +SKIP
+3316
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tbn_tvm import __version__
+from tbn_tvm.errors import TBNError
+from tbn_tvm.frontend.onnx import TensorSpec
+from tbn_tvm.targets import TargetSpec, resolve_target
+
+MANIFEST = "manifest.json"
+
+
+class CompiledModel:
+    """A model built for one target.  Run it, look at its report, save it."""
+
+    def __init__(
+        self,
+        target: TargetSpec,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        report: dict,
+        backend,
+        extra: dict | None = None,
+    ) -> None:
+        self.target = target
+        self.inputs = inputs
+        self.outputs = outputs
+        self._report = report
+        self.backend = backend
+        self.extra = dict(extra or {})
+        self.last_run_stats: dict = {}
+
+    # ------------------------------------------------------------------ running
+    def _stack(self, inputs) -> tuple[list[np.ndarray], bool]:
+        """Validate inputs; returns per-input arrays of shape [N, *shape] and whether they were
+        given stacked."""
+        if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
+            if len(self.inputs) != 1:
+                names = ", ".join(t.name for t in self.inputs)
+                raise TBNError(f"the model has {len(self.inputs)} inputs ({names}): pass a dict name -> array")
+            inputs = {self.inputs[0].name: inputs}
+        unknown = set(inputs) - {t.name for t in self.inputs}
+        if unknown:
+            raise TBNError(f"unknown input name(s): {', '.join(sorted(unknown))}",
+                           hint="inputs are " + ", ".join(t.name for t in self.inputs))
+        arrays, stacked_flags, counts = [], [], []
+        for spec in self.inputs:
+            if spec.name not in inputs:
+                raise TBNError(f"missing input '{spec.name}'")
+            a = np.asarray(inputs[spec.name])
+            if a.dtype != np.dtype(spec.dtype):
+                raise TBNError(f"input '{spec.name}' has dtype {a.dtype}, the model expects {spec.dtype}",
+                               hint=f"convert it, e.g. x.astype(np.{spec.dtype})")
+            if tuple(a.shape) == spec.shape:
+                arrays.append(a[None]); stacked_flags.append(False)  # noqa: E702
+            elif a.ndim == len(spec.shape) + 1 and tuple(a.shape[1:]) == spec.shape:
+                arrays.append(a); stacked_flags.append(True)  # noqa: E702
+            else:
+                shape = "x".join(map(str, spec.shape))
+                raise TBNError(
+                    f"input '{spec.name}' has shape {'x'.join(map(str, a.shape))}, the model expects {shape} "
+                    f"(or N x {shape} for N samples)"
+                )
+            counts.append(arrays[-1].shape[0])
+        if len(set(counts)) != 1:
+            raise TBNError(f"inputs hold different sample counts: {counts}")
+        if len(set(stacked_flags)) != 1:
+            raise TBNError("give every input either as one sample or as a stack of samples, not a mix")
+        return arrays, stacked_flags[0]
+
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]):
+        """Run one sample (arrays of the input shapes) or N samples (``[N, *shape]``).
+
+        Returns one array for a single-output model, else a dict name -> array.  Timing of the
+        call is left in :attr:`last_run_stats`."""
+        arrays, stacked = self._stack(inputs)
+        n = arrays[0].shape[0]
+        t0 = time.perf_counter()
+        if hasattr(self.backend, "run_batch"):
+            outs, stats = self.backend.run_batch(arrays)
+        else:
+            per_sample = [self.backend.run_one([a[i] for a in arrays]) for i in range(n)]
+            outs = [np.stack([s[j] for s in per_sample]) for j in range(len(self.outputs))]
+            stats = {}
+        elapsed = time.perf_counter() - t0
+        self.last_run_stats = {"samples": n, "seconds": elapsed, "seconds_per_inference": elapsed / max(n, 1), **stats}
+        if not stacked:
+            outs = [o[0] for o in outs]
+        if len(outs) == 1:
+            return outs[0]
+        return {spec.name or f"output{i}": o for i, (spec, o) in enumerate(zip(self.outputs, outs))}
+
+    # ------------------------------------------------------------------ reporting
+    def report(self) -> dict:
+        """Per-layer formats, totals, target and sizes (the manifest without file names)."""
+        return {
+            "target": self.target.name,
+            "target_family": self.target.family,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            **self._report,
+            **{k: v for k, v in self.extra.items() if k != "artifact"},
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write the artifact and ``manifest.json`` into ``out_dir`` atomically (a temporary
+        sibling directory renamed at the end; an existing tbn-tvm output is replaced)."""
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise TBNError(f"{out}: exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+            raise TBNError(f"{out}: directory is not empty and holds no tbn-tvm output",
+                           hint="choose a new output directory")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            files = self.backend.save(tmp)
+            manifest = {
+                "tbn_tvm_version": __version__,
+                **self.report(),
+                "target": self.target.to_dict(),
+                **files,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if out.exists():
+                old = out.with_name(f".{out.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                out.rename(old)
+                tmp.rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+
+def _backend_for(spec: TargetSpec):
+    if spec.family == "host":
+        from tbn_tvm.targets.host import HostBackend
+
+        return HostBackend
+    if spec.family == "cortex-m":
+        from tbn_tvm.targets.cortex_m.backend import CortexMBackend
+
+        return CortexMBackend
+    if spec.family == "cuda":
+        from tbn_tvm.targets.cuda import CudaBackend
+
+        return CudaBackend
+    raise TBNError(f"no back end for target family {spec.family}")
+
+
+def compile(  # noqa: A001 - the natural name for users
+    model: str | os.PathLike | onnx.ModelProto,
+    target: str | dict | TargetSpec = "llvm",
+    *,
+    mcpu: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    **options,
+) -> CompiledModel:
+    """Compile an ONNX model for ``target`` (``"llvm"``, an LLVM triple, ``"cortex-m4"``, ...).
+
+    ``input_shapes`` fixes dynamic input dimensions (``{"x": [1, 784]}``).  Other keyword options
+    go to the target's back end (e.g. ``board=`` for Cortex-M)."""
+    spec = resolve_target(target, mcpu)
+    from tbn_tvm.frontend.onnx import load_onnx, output_specs, to_relax
+    from tbn_tvm.passes.pipeline import prepare
+    from tbn_tvm.report import inspect
+
+    loaded = load_onnx(model, input_shapes)
+    layer_report = inspect(loaded.proto)
+    mod = to_relax(loaded)
+    outputs = output_specs(mod)
+    names = [o.name for o in loaded.proto.graph.output]
+    outputs = [TensorSpec(n, o.shape, o.dtype) for n, o in zip(names, outputs)]
+    prepared = prepare(mod)
+    report = layer_report.to_dict()
+    report.pop("model", None)
+    report["source"] = loaded.source
+    report["total"]["built_constant_bytes"] = prepared.constant_bytes()
+    report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
+    backend_cls = _backend_for(spec)
+    backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
+    return CompiledModel(spec, loaded.inputs, outputs, report, backend, extra)
+
+
+def load(out_dir: str | os.PathLike) -> CompiledModel:
+    """Load what :meth:`CompiledModel.save` (or ``tbn-tvm compile``) wrote."""
+    out = Path(out_dir)
+    path = out / MANIFEST
+    if not path.exists():
+        raise TBNError(f"{out}: no {MANIFEST} here", hint="pass a directory written by 'tbn-tvm compile'")
+    try:
+        manifest = json.loads(path.read_text())
+        t = manifest["target"]
+        spec = TargetSpec(t["family"], t["name"], dict(t["tvm_target"]), t.get("cpu"))
+        inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
+        outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise TBNError(f"{path}: damaged manifest ({type(e).__name__}: {e})", hint="compile the model again") from None
+    backend = _backend_for(spec).load(spec, out, manifest)
+    report = {k: manifest[k] for k in ("layers", "total", "compressed_layers", "source") if k in manifest}
+    extra = {k: v for k, v in manifest.items() if k not in report and k not in
+             ("target", "inputs", "outputs", "tbn_tvm_version", "target_family")}
+    return CompiledModel(spec, inputs, outputs, report, backend, extra)

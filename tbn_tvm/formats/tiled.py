@@ -1,0 +1,210 @@
+"""Tiled Bit Network weights: one short ±1 tile repeated along the flattened weight, with scales.
+
+A weight of ``n`` elements (flattened row-major in the framework layout: ``[out, in]`` for a
+Linear/Gemm, ``[O, I/groups, kh, kw]`` for Conv2d, ``[O, I, k]`` for Conv1d) is *tiled* when
+
+    w[i] = scale[i // S] * (+1 if tile[i % L] else -1)        for every i < n
+
+for a bit tile of length ``L`` (the paper's ``n/p``) and scales that are constant over chunks of
+``S`` elements.  This one form covers what the exporters write:
+
+* the paper's layer (Gorbett et al., CIKM 2024): ``L = n/p``, one α per copy (``S = L``) or a
+  single α (``S = n``);
+* a plain binary-weight layer (``p = 1``): no repetition, ``L = n``;
+* BatchNorm folded into a tiled layer: each output row gets its own positive scale (``S`` = the
+  row length, or a divisor of it when per-copy α's and per-row scales meet);
+* a tile whose length does not divide the row length or even ``n`` (the last copy is cut short).
+
+Detection is exact: the stored weight must equal the decoded one bit for bit, otherwise the
+layer stays dense.  Nothing is ever approximated.
+
+>>> import numpy as np
+>>> tile = np.array([1, -1, -1, 1, 1, -1], np.float32)
+>>> w = np.concatenate([0.5 * tile, 0.25 * tile]).reshape(3, 4)     # p = 2, an α per copy
+>>> fmt = detect(w)
+>>> fmt.kind, fmt.tile_length, fmt.p, fmt.alpha_kind
+('tiled', 6, 2.0, 'per_copy')
+>>> bool(np.array_equal(fmt.decode(), w))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: A sign sequence counts as *tiled* when at least two copies of its tile fit in it.
+MAX_TILE_FRACTION = 0.5
+
+#: How many leading bits are searched for first when looking for the period (speed only).
+_PROBE_BITS = 256
+
+
+@dataclass(frozen=True, eq=False)
+class TiledFormat:
+    """An exact tile + scales description of one weight tensor (see the module docstring)."""
+
+    shape: tuple[int, ...]
+    tile: np.ndarray  # uint8 0/1, length L (1 means +1)
+    scales: np.ndarray  # float32, length ceil(n / S), all > 0
+    scale_chunk: int  # S
+    name: str = field(default="tiled")
+
+    # ----------------------------------------------------------------- derived facts
+    @property
+    def n(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def tile_length(self) -> int:
+        return int(self.tile.size)
+
+    @property
+    def kind(self) -> str:
+        """``"tiled"`` when the tile repeats, ``"binary"`` for a plain ±1 layer (p = 1)."""
+        return "tiled" if self.tile_length <= MAX_TILE_FRACTION * self.n else "binary"
+
+    @property
+    def p(self) -> float:
+        """The compression factor: how many (possibly partial) copies of the tile make the weight."""
+        return self.n / self.tile_length
+
+    @property
+    def row_length(self) -> int:
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else self.n
+
+    @property
+    def num_scales(self) -> int:
+        return int(self.scales.size)
+
+    @property
+    def alpha_kind(self) -> str:
+        """How the scales are laid out: single, per_copy, per_channel or per_chunk."""
+        if self.num_scales == 1:
+            return "single"
+        if self.scale_chunk % self.tile_length == 0 and self.kind == "tiled":
+            return "per_copy"
+        if self.scale_chunk == self.row_length:
+            return "per_channel"
+        return "per_chunk"
+
+    @property
+    def num_words(self) -> int:
+        return (self.tile_length + 31) // 32
+
+    def storage_bits(self) -> int:
+        """Bits kept at run time: the tile packed in 32-bit words plus one float32 per scale."""
+        return 32 * self.num_words + 32 * self.num_scales
+
+    def storage_bytes(self) -> int:
+        return self.storage_bits() // 8
+
+    # ----------------------------------------------------------------- packing / reference
+    def pack(self) -> tuple[np.ndarray, np.ndarray]:
+        """The run-time buffers: ``(words uint32, scales float32)``; bit ``j`` of word ``k`` is
+        ``tile[32 k + j]``."""
+        return pack_bits(self.tile), self.scales.astype(np.float32)
+
+    def decode(self) -> np.ndarray:
+        """The dense weight (numpy reference, framework layout)."""
+        i = np.arange(self.n)
+        signs = np.where(self.tile[i % self.tile_length] == 1, np.float32(1), np.float32(-1))
+        return (self.scales[i // self.scale_chunk] * signs).astype(np.float32).reshape(self.shape)
+
+    def describe(self) -> str:
+        if self.kind == "binary":
+            return f"binary ({self.alpha_kind} scale)"
+        p = self.p
+        ptxt = f"{p:g}" if float(p).is_integer() else f"{p:.2f}"
+        return f"tiled p={ptxt} L={self.tile_length} ({self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
+
+    # ----------------------------------------------------------------- TIR
+    def tir_read(self, words, scales, flat_index):
+        """TIR expression for weight element ``flat_index`` (an int64 PrimExpr) read from the packed
+        ``words`` (uint32) and ``scales`` (float32) buffers or TE tensors."""
+        from tvm import tirx
+
+        def i64(v: int):
+            return tirx.IntImm("int64", v)
+
+        j = flat_index if self.tile_length == self.n else tirx.floormod(flat_index, i64(self.tile_length))
+        word = words[tirx.shift_right(j, i64(5))]
+        shift = tirx.Cast("uint32", tirx.bitwise_and(j, i64(31)))
+        bit = tirx.bitwise_and(tirx.shift_right(word, shift), tirx.const(1, "uint32"))
+        if self.num_scales == 1:
+            s = scales[i64(0)]
+        else:
+            s = scales[tirx.floordiv(flat_index, i64(self.scale_chunk))]
+        return tirx.Select(bit == tirx.const(1, "uint32"), s, -s)
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """Pack 0/1 values into uint32 words, little-endian within each word."""
+    bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
+    nwords = (bits.size + 31) // 32
+    padded = np.zeros(nwords * 32, dtype=np.uint8)
+    padded[: bits.size] = bits
+    return np.packbits(padded.reshape(nwords, 4, 8), axis=-1, bitorder="little").reshape(nwords, 4).view(
+        "<u4"
+    ).reshape(nwords).astype(np.uint32)
+
+
+def unpack_bits(words: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`."""
+    b = np.asarray(words, dtype="<u4").view(np.uint8)
+    return np.unpackbits(b, bitorder="little")[:length]
+
+
+def smallest_period(bits: np.ndarray, max_period: int) -> int | None:
+    """Smallest ``L <= max_period`` with ``bits[i] == bits[i - L]`` for all ``i >= L``, or None.
+
+    The period need not divide ``len(bits)``.  Candidates come from a fast byte search for the
+    leading bits; each candidate is then verified over the whole sequence.
+    """
+    n = bits.size
+    if n < 2 or max_period < 1:
+        return None
+    raw = bits.astype(np.uint8).tobytes()
+    probe = raw[: min(_PROBE_BITS, n - min(max_period, n - 1))]
+    if not probe:
+        return None
+    pos = raw.find(probe, 1)
+    while pos != -1 and pos <= max_period:
+        if np.array_equal(bits[pos:], bits[: n - pos]):
+            return pos
+        pos = raw.find(probe, pos + 1)
+    return None
+
+
+def detect(weight: np.ndarray) -> TiledFormat | None:
+    """Find the exact tile + scales form of ``weight`` (framework layout), or None.
+
+    Returns a :class:`TiledFormat` whose :meth:`~TiledFormat.decode` equals ``weight`` exactly, and
+    whose storage is smaller than float32.  A tile that repeats is ``kind == "tiled"``; a ±1 weight
+    without repetition is ``kind == "binary"``.  Anything else (zeros, non-finite values, scales
+    that change inside the tile pattern too often to save space) gives None: the caller keeps the
+    layer dense.
+    """
+    w = np.asarray(weight)
+    if w.dtype != np.float32 or w.size < 2:
+        return None
+    flat = w.reshape(-1)
+    mags = np.abs(flat)
+    if not np.all(np.isfinite(mags)) or not np.all(mags > 0):
+        return None
+    n = flat.size
+    # scales: |w| is constant on chunks of S elements, S = gcd of n and every change point
+    change = np.flatnonzero(mags[1:] != mags[:-1]) + 1
+    chunk = int(np.gcd.reduce(np.concatenate([[n], change]).astype(np.int64)))
+    scales = mags[::chunk].astype(np.float32)
+    if 32 * scales.size >= 31 * n:  # the scales alone would cost about as much as float32
+        return None
+    bits = (flat > 0).astype(np.uint8)
+    period = smallest_period(bits, int(MAX_TILE_FRACTION * n))
+    tile = bits[:period] if period else bits
+    fmt = TiledFormat(shape=tuple(int(d) for d in w.shape), tile=tile.copy(), scales=scales, scale_chunk=chunk)
+    if fmt.storage_bits() >= 32 * n:
+        return None
+    return fmt

@@ -1,0 +1,99 @@
+"""Targets: what a ``--target`` string means and which back end builds it.
+
+>>> resolve_target("llvm").family
+'host'
+>>> resolve_target("aarch64-linux-gnu").tvm_target["mtriple"]
+'aarch64-linux-gnu'
+>>> resolve_target("cortex-m7").family
+'cortex-m'
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass, field
+
+from tbn_tvm.errors import TBNError
+
+_TRIPLE = re.compile(r"^(?P<arch>[a-z0-9_]+)-(?P<rest>[a-z0-9_.]+(?:-[a-z0-9_.]+){0,2})$")
+_HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+_CORTEX_M = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m7", "m4": "cortex-m4", "m7": "cortex-m7"}
+_KNOWN = "llvm, an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), cortex-m4, cortex-m7, thumbv7em-none-eabihf --mcpu cortex-m4|cortex-m7, cuda"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A resolved target: its family (host / cortex-m / cuda), a name for people and the manifest,
+    and the dict TVM's ``Target`` takes."""
+
+    family: str
+    name: str
+    tvm_target: dict = field(default_factory=dict)
+    cpu: str | None = None
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether a host build can be loaded and run on this machine."""
+        if self.family != "host":
+            return False
+        triple = self.tvm_target.get("mtriple")
+        if triple is None:
+            return True
+        arch = triple.split("-", 1)[0]
+        return _HOST_ARCH.get(platform.machine().lower()) == arch and "linux" in triple and platform.system() == "Linux"
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "name": self.name, "tvm_target": dict(self.tvm_target), "cpu": self.cpu}
+
+    def tvm(self):
+        import tvm
+
+        return tvm.target.Target(dict(self.tvm_target))
+
+
+def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> TargetSpec:
+    """Turn what the user typed into a :class:`TargetSpec`, or raise a one-line TBNError."""
+    if isinstance(target, TargetSpec):
+        return target
+    if isinstance(target, dict):
+        kind = target.get("kind")
+        if kind == "llvm" and "thumb" not in str(target.get("mtriple", "")):
+            return TargetSpec("host", target.get("mtriple", "llvm"), dict(target))
+        if kind == "cuda":
+            return TargetSpec("cuda", "cuda", dict(target))
+        raise TBNError(f"unsupported target dict {target!r}", hint=f"use one of: {_KNOWN}")
+    t = str(target).strip()
+    low = t.lower()
+    if mcpu is not None and low not in ("thumbv7em-none-eabihf", "thumbv7em-none-eabi"):
+        if _CORTEX_M.get(mcpu.lower()) and low in _CORTEX_M:
+            pass
+        else:
+            raise TBNError(f"--mcpu is only used with a thumbv7em triple, not with target '{t}'")
+    if low in ("llvm", "host", "cpu"):
+        return TargetSpec("host", "llvm", {"kind": "llvm"})
+    if low in _CORTEX_M:
+        cpu = _CORTEX_M[low]
+        return _cortex_m(cpu)
+    if low in ("thumbv7em-none-eabihf", "thumbv7em-none-eabi"):
+        if mcpu is None:
+            raise TBNError(f"target {t} needs --mcpu cortex-m4 or --mcpu cortex-m7")
+        cpu = _CORTEX_M.get(mcpu.lower())
+        if cpu is None:
+            raise TBNError(f"unknown --mcpu '{mcpu}'", hint="use cortex-m4 or cortex-m7")
+        return _cortex_m(cpu)
+    if low == "cuda" or low.startswith("nvidia/"):
+        return TargetSpec("cuda", low, {"kind": "cuda"} if low == "cuda" else {"tag": low})
+    m = _TRIPLE.match(low)
+    if m and m.group("arch") in ("x86_64", "aarch64", "armv7", "armv7a", "riscv64", "i686") and "none" not in low:
+        return TargetSpec("host", low, {"kind": "llvm", "mtriple": low})
+    raise TBNError(f"unknown target '{t}'", hint=f"use one of: {_KNOWN}")
+
+
+def _cortex_m(cpu: str) -> TargetSpec:
+    return TargetSpec(
+        "cortex-m",
+        cpu,
+        {"kind": "llvm", "mtriple": "thumbv7em-none-eabihf", "mcpu": cpu, "mfloat-abi": "hard"},
+        cpu=cpu,
+    )

@@ -1,0 +1,1 @@
+ExportResult = export_onnx = None
