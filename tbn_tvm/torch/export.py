@@ -1,1 +1,257 @@
-ExportResult = export_onnx = None
+"""Export a (tiled) PyTorch model to an ONNX inference graph that ``tbn-tvm compile`` takes.
+
+The graph holds no training machinery: no latent ``W``/``A`` tensors, no straight-through
+estimator, only the plain sign's result.  Two forms:
+
+* ``form="tile"`` (default, compact): every tiled layer becomes a ``q = n/p`` element ±1
+  initializer and its scales, rebuilt by ``Expand → Mul → Reshape`` in front of the Gemm / Conv.
+  BatchNorm stays a separate node.  The file is about ``p`` times smaller than a dense export;
+  the compiler constant-folds the chain and recognises the tile.
+* ``form="dense"``: every tiled layer becomes a plain Linear/Conv with the folded fp32 weight
+  ``B̂``, exported with the exporter's default optimisations (which fold a following
+  BatchNorm into Conv/Gemm weights, giving per-output-row scales).
+
+Shapes are static (the example's batch size, 1 by default) unless ``dynamic_batch=True``: the
+compiler needs static shapes.  The opset is the exporter's default (20 for torch 2.13).  The
+file is checked with ``onnx.checker`` (full check) and, where onnxruntime is installed, run
+against the torch model on the example and on a random input of the same shape.
+
+>>> import torch
+>>> from torch import nn
+>>> from tbn_tvm.torch import tbnify, export_onnx
+>>> model = tbnify(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+...                              nn.Linear(128, 10)), p=4, min_size=0).eval()
+>>> result = export_onnx(model, torch.rand(1, 64), "model.onnx")       # doctest: +SKIP
+>>> result.max_abs_diff < 1e-5                                           # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from tbn_tvm.errors import TBNError
+from tbn_tvm.torch.layers import FrozenTiled, TiledLayer
+
+__all__ = ["export_onnx", "ExportResult", "inference_copy", "METADATA_KEY"]
+
+ExportForm = Literal["tile", "dense"]
+METADATA_KEY = "tbn_tvm.layers"
+"""Key of the ONNX ``metadata_props`` entry listing the exported tiled layers (JSON)."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and checked."""
+
+    path: Path
+    form: str
+    opset: int
+    input_shape: tuple[int | str, ...]
+    ops: dict[str, int]
+    layers: list[dict] = field(default_factory=list)   # name, kind, weight_shape, p, alpha
+    file_bytes: int = 0
+    max_abs_diff: float | None = None                   # onnxruntime vs torch (None: not run)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"path": str(self.path), "form": self.form, "opset": self.opset,
+                "input_shape": list(self.input_shape), "ops": self.ops, "layers": self.layers,
+                "file_bytes": self.file_bytes, "max_abs_diff": self.max_abs_diff}
+
+
+def inference_copy(model: nn.Module, form: ExportForm = "tile") -> nn.Module:
+    """A deep copy of ``model`` in eval mode whose tiled layers are replaced by their inference
+    form: :class:`~tbn_tvm.torch.FrozenTiled` (``form="tile"``) or a plain dense layer
+    (``form="dense"``).  The original model is not touched."""
+    if form not in ("tile", "dense"):
+        raise TBNError(f"unknown export form {form!r}", hint="use 'tile' or 'dense'")
+    clone = copy.deepcopy(model).eval()
+    if isinstance(clone, TiledLayer):
+        return clone.freeze() if form == "tile" else clone.to_dense().eval()
+    for name, module in list(clone.named_modules()):
+        if isinstance(module, TiledLayer):
+            new = module.freeze() if form == "tile" else module.to_dense().eval()
+            parent, _, attr = name.rpartition(".")
+            setattr(clone.get_submodule(parent) if parent else clone, attr, new)
+    return clone
+
+
+def _layer_info(model: nn.Module) -> list[dict]:
+    info = []
+    for name, m in model.named_modules():
+        if isinstance(m, TiledLayer):
+            kind = type(m).__name__.replace("Tiled", "").lower()
+            info.append({"name": name, "kind": kind, "weight_shape": list(m.weight.shape), "p": m.p,
+                         "alpha": m.alpha, "tile_length": m.tile_length})
+    return info
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter prints progress lines and logs torchvision warnings: hide them."""
+    names = ["torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export", "torch._export"]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    out = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            warnings.simplefilter("ignore")
+            yield out
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _keep_tiles(node) -> bool | None:
+    """``should_fold`` for the onnxscript optimizer: never fold the Expand of a tile buffer."""
+    if node.op_type == "Expand" and node.inputs and node.inputs[0] is not None:
+        name = node.inputs[0].name or ""
+        if name == "tile" or name.endswith(".tile"):
+            return False
+    return None
+
+
+def _to_onnx(model: nn.Module, example: torch.Tensor, form: str, dynamic_batch: bool,
+             input_name: str, output_name: str, opset: int | None):
+    try:
+        import onnxscript.optimizer as oso
+    except ImportError:
+        raise TBNError("ONNX export needs onnxscript", hint="pip install onnxscript") from None
+    kwargs: dict = dict(dynamo=True, input_names=[input_name], output_names=[output_name],
+                        external_data=False, optimize=(form == "dense"))
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic_batch:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+    with _quiet_exporter() as log:
+        try:
+            program = torch.onnx.export(model, (example,), **kwargs)
+        except Exception as e:  # the exporter raises many types; report one line
+            tail = log.getvalue().strip().splitlines()[-1:] or [""]
+            raise TBNError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}",
+                           hint=tail[0] or None) from e
+        if form == "tile":
+            oso.optimize_ir(program.model, should_fold=_keep_tiles)
+    return program.model_proto
+
+
+def _run_ort(model_bytes: bytes, input_name: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    return session.run(None, {input_name: x})[0]
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    form: ExportForm = "tile",
+    dynamic_batch: bool = False,
+    check: bool | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    opset: int | None = None,
+    input_name: str = "input",
+    output_name: str = "output",
+) -> ExportResult:
+    """Write ``model`` as an ONNX inference graph at ``path`` (atomically) and check it.
+
+    ``example`` fixes the input shape (use batch 1 for the compiler).  ``check``: run the file
+    with onnxruntime against torch (``None`` = when onnxruntime is installed; ``True`` = require
+    it); a difference above ``atol + rtol·|torch|`` raises :class:`~tbn_tvm.errors.TBNError`.
+    ``onnx.checker`` (full check) always runs.  The model itself is not modified.
+    """
+    import onnx
+
+    if not isinstance(example, torch.Tensor):
+        raise TBNError(f"example must be a torch.Tensor, got {type(example).__name__}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise TBNError(f"{path.parent}: no such folder")
+    infer = inference_copy(model, form)
+    example = example.detach().to("cpu")
+    proto = _to_onnx(infer, example, form, dynamic_batch, input_name, output_name, opset)
+    layers = _layer_info(model)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps({"form": form, "layers": layers})
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise TBNError(f"exported graph fails onnx.checker: {str(e).splitlines()[0]}") from e
+    data = proto.SerializeToString()
+
+    max_diff = None
+    if check is None:
+        try:
+            import onnxruntime  # noqa: F401
+
+            check = True
+        except ImportError:
+            check = False
+    if check:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise TBNError("checking the export needs onnxruntime", hint="pip install onnxruntime") from None
+        gen = torch.Generator().manual_seed(0)
+        inputs = [example]
+        if example.is_floating_point():
+            inputs.append(torch.randn(example.shape, generator=gen, dtype=example.dtype))
+        max_diff = 0.0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                refs = [model(x).detach().cpu().numpy() for x in inputs]
+        finally:
+            model.train(was_training)
+        for x, ref in zip(inputs, refs, strict=True):
+            got = _run_ort(data, input_name, x.numpy())
+            diff = np.abs(got - ref)
+            max_diff = max(max_diff, float(diff.max(initial=0.0)))
+            if got.shape != ref.shape or np.any(diff > atol + rtol * np.abs(ref)):
+                raise TBNError(f"onnxruntime disagrees with torch on the exported graph "
+                               f"(max |diff| {float(diff.max(initial=0.0)):.3g})")
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
+                  for d in proto.graph.input[0].type.tensor_type.shape.dim)
+    return ExportResult(path=path, form=form, opset=opset_used, input_shape=shape,
+                        ops=dict(Counter(n.op_type for n in proto.graph.node)), layers=layers,
+                        file_bytes=len(data), max_abs_diff=max_diff)
+
+
+def frozen_layers(model: nn.Module) -> list[FrozenTiled]:
+    """The :class:`FrozenTiled` modules of an inference copy (handy in tests)."""
+    return [m for m in model.modules() if isinstance(m, FrozenTiled)]

@@ -1,0 +1,49 @@
+"""``tbn-tvm compile MODEL.onnx --target TARGET -o OUT_DIR``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tbn_tvm.cli import arg, command
+
+
+@command("compile", help="Compile an ONNX model for a target and write the artifact + manifest.json")
+@arg("model", metavar="MODEL.onnx", help="the ONNX model")
+@arg("--target", "-t", default="llvm",
+     help="llvm (host), an LLVM triple (aarch64-linux-gnu, ...), cortex-m4, cortex-m7, "
+          "thumbv7em-none-eabihf with --mcpu, cuda (default: llvm)")
+@arg("--mcpu", default=None, help="CPU for a thumbv7em-none-eabihf triple: cortex-m4 or cortex-m7")
+@arg("-o", "--output", required=True, metavar="OUT_DIR", help="output directory (replaced atomically)")
+@arg("--input-shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
+@arg("--board", default=None, help="Cortex-M board profile (sets flash/RAM limits)")
+@arg("--flash-size", type=str, default=None, help="Cortex-M flash limit in bytes (or 512K, 1M)")
+@arg("--ram-size", type=str, default=None, help="Cortex-M RAM limit in bytes (or 128K)")
+@arg("--tuning-db", default=None, metavar="DIR", help="apply MetaSchedule records from this directory")
+@arg("--json", action="store_true", help="print the manifest summary as JSON")
+def run(args) -> int:
+    from tbn_tvm.api import compile as tbn_compile
+    from tbn_tvm.commands.common import parse_shapes
+
+    options = {}
+    for key in ("board", "flash_size", "ram_size", "tuning_db"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    model = tbn_compile(args.model, args.target, mcpu=args.mcpu, input_shapes=parse_shapes(args.input_shape),
+                        **options)
+    out = model.save(args.output)
+    rep = model.report()
+    if args.json:
+        print(json.dumps({"output": str(out), **rep}))
+        return 0
+    total = rep["total"]
+    layers = rep["layers"]
+    tiled = sum(1 for layer in layers if layer["format"] != "dense")
+    print(f"compiled {rep.get('source', args.model)} for {model.target.name} -> {out}", file=sys.stdout)
+    print(f"  layers: {len(layers)} ({tiled} compact, {len(layers) - tiled} dense); "
+          f"weights {total['weight_bytes']:,} bytes (fp32 {total['fp32_bytes']:,}, {total['compression']:g}x smaller)")
+    for key, label in (("flash_bytes", "flash"), ("ram_bytes", "RAM")):
+        if key in rep:
+            print(f"  {label}: {rep[key]:,} bytes")
+    return 0

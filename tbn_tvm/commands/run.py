@@ -1,0 +1,94 @@
+"""``tbn-tvm run OUT_DIR --input X.npy --output Y.npy [--qemu | --board PORT] [--json]``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tbn_tvm.cli import arg, command
+from tbn_tvm.errors import TBNError
+
+
+def _load_npy(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise TBNError(f"{p}: no such file", hint="pass a .npy file written by numpy.save")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise TBNError(f"{p}: not a readable .npy file ({' '.join(str(e).split())[:120]})") from None
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@command("run", help="Run a compiled model on stacked samples (host, QEMU or a board over UART)")
+@arg("artifact", metavar="OUT_DIR", help="a directory written by 'tbn-tvm compile'")
+@arg("--input", "-i", action="append", required=True, metavar="[NAME=]X.npy",
+     help="samples stacked on a new leading axis: [N, *input_shape]; repeat as NAME=FILE for several inputs")
+@arg("--output", "-o", metavar="Y.npy", help="where to write the outputs ([N, *output_shape])")
+@arg("--qemu", action="store_true", help="Cortex-M: run the firmware on QEMU")
+@arg("--board", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
+@arg("--baud", type=int, default=115200, help="UART baud rate for --board (default 115200)")
+@arg("--count-instructions", action="store_true", help="QEMU: report exact instructions per inference")
+@arg("--timeout", type=float, default=None, help="seconds before a QEMU/board run is declared hung")
+@arg("--json", action="store_true", help="print a one-line JSON summary")
+def run(args) -> int:
+    from tbn_tvm.api import load
+
+    model = load(args.artifact)
+    inputs: dict[str, np.ndarray] = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if sep and not Path(item).exists():
+            inputs[name] = _load_npy(path)
+        else:
+            if len(model.inputs) != 1:
+                raise TBNError(f"the model has {len(model.inputs)} inputs: pass --input NAME=FILE.npy for each")
+            inputs[model.inputs[0].name] = _load_npy(item)
+    for spec in model.inputs:
+        a = inputs.get(spec.name)
+        if a is not None and tuple(a.shape[1:]) != spec.shape:
+            shape = "x".join(map(str, spec.shape))
+            raise TBNError(
+                f"input '{spec.name}' has shape {'x'.join(map(str, a.shape))}; expected N x {shape} "
+                "(samples stacked on a new leading axis)"
+            )
+    run_options = {}
+    if model.target.family == "cortex-m":
+        if args.qemu == bool(args.board):
+            raise TBNError("a Cortex-M build runs with exactly one of --qemu or --board PORT")
+        run_options = {"qemu": args.qemu, "board": args.board, "baud": args.baud,
+                       "count_instructions": args.count_instructions, "timeout": args.timeout}
+        model.backend.configure(**run_options)
+    elif args.qemu or args.board or args.count_instructions:
+        raise TBNError(f"--qemu/--board/--count-instructions need a Cortex-M build; this one is for {model.target.name}")
+    outputs = model.run(inputs)
+    stats = model.last_run_stats
+    if args.output:
+        arr = outputs if isinstance(outputs, np.ndarray) else np.stack(list(outputs.values()))
+        _save_npy_atomic(Path(args.output), arr)
+    summary = {"samples": stats["samples"], "seconds": round(stats["seconds"], 6),
+               "seconds_per_inference": stats["seconds_per_inference"], "target": model.target.name}
+    summary.update({k: v for k, v in stats.items() if k not in summary})
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        line = f"ran {summary['samples']} sample(s) on {model.target.name}: {summary['seconds_per_inference'] * 1e3:.3f} ms per inference"
+        if "instructions_per_inference" in summary:
+            line += f", {summary['instructions_per_inference']:,.0f} instructions per inference"
+        print(line + (f"; outputs -> {args.output}" if args.output else ""))
+    return 0

@@ -1,0 +1,168 @@
+"""Run a semihosting firmware on QEMU: all samples in one process, optional exact instruction counts.
+
+The firmware (``build_firmware(..., mode="semihost")``) reads ``tbn_in.bin`` from QEMU's working
+directory, runs ``tbn_model_run`` on every sample, writes ``tbn_out.bin`` and ``tbn_stat.bin``
+and exits through semihosting with a status (``templates/main_semihost.c``).  The run has a
+wall-clock limit; a hang, a CPU fault or a lockup ends in a one-line
+:class:`~tbn_tvm.errors.TBNError`.
+
+Instruction counts come from the project's TCG plugin (``plugin/insncount.c``): for every
+inference, the number of guest instructions executed from the first instruction of
+``tbn_model_run`` to the instruction right after its call returns — the function, every callee
+(libgcc/libm helpers included) and its own return instruction, and no call overhead.  QEMU has
+no timing model: these are instructions, not cycles (on a board, the UART runner reports
+DWT cycles).
+
+>>> y, stats = run_qemu("out/firmware.elf", "cortex-m4", x, count_instructions=True)  # doctest: +SKIP
+>>> stats["instructions"]["mean"]                                                 # doctest: +SKIP
+10960.0
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tbn_tvm.errors import TBNError
+from tbn_tvm.targets.cortex_m.boards import Board, get_board
+from tbn_tvm.targets.cortex_m.elf import ElfFile
+from tbn_tvm.targets.cortex_m.firmware import firmware_info
+from tbn_tvm.targets.cortex_m.plugin import insn_plugin
+from tbn_tvm.targets.cortex_m.samples import as_batch
+from tbn_tvm.targets.cortex_m.toolchain import find_qemu
+
+_IN_MAGIC = 0x494E4254  # "TBNI"
+_STAT_MAGIC = 0x534E4254  # "TBNS"
+
+#: Exit statuses of the semihosting firmware (templates/main_semihost.c).
+EXIT_IO, EXIT_FORMAT, EXIT_MODEL, EXIT_FAULT = 1, 2, 3, 250
+
+
+def qemu_machine_args(board: Board) -> list[str]:
+    """QEMU options selecting the board's machine with no display, monitor or reboot."""
+    if board.qemu_machine is None:
+        raise TBNError(
+            f"{board.name} is a physical board, QEMU does not emulate it",
+            hint="run on it over UART (--board PORT), or build for cortex-m4/cortex-m7 to use QEMU",
+        )
+    return ["-M", board.qemu_machine, "-display", "none", "-monitor", "none", "-no-reboot"]
+
+
+def run_qemu(
+    elf: str | Path,
+    board: str | Board,
+    inputs: np.ndarray,
+    output_size: int | None = None,
+    *,
+    count_instructions: bool = False,
+    timeout_s: float = 60.0,
+) -> tuple[np.ndarray, dict]:
+    """Run every sample of ``inputs`` through the firmware ``elf`` on QEMU.
+
+    Returns ``(outputs[N, output_size] float32, stats)``; ``stats`` holds ``samples``,
+    ``wall_s``, ``stack_peak_bytes`` and, with ``count_instructions``, ``instructions``
+    (``per_inference``, ``mean``, ``min``, ``max``, ``total_executed``).
+    """
+    board = get_board(board)
+    machine_args = qemu_machine_args(board)
+    elf = Path(elf).resolve()
+    info = firmware_info(elf)
+    if info.mode != "semihost":
+        raise TBNError(f"{elf.name} is a UART firmware", hint="run it with run_uart_qemu or on a board")
+    if output_size is not None and output_size != info.output_size:
+        raise TBNError(f"{elf.name} produces {info.output_size} outputs per sample, not {output_size}")
+    x = as_batch(inputs, info.input_size)
+    qemu = find_qemu()
+
+    with tempfile.TemporaryDirectory(prefix="tbn-qemu-") as tmp_name:
+        tmp = Path(tmp_name)
+        header = struct.pack("<5I", _IN_MAGIC, 1, x.shape[0], info.input_size, info.output_size)
+        (tmp / "tbn_in.bin").write_bytes(header + x.tobytes())
+        cmd = [qemu, *machine_args, "-serial", "null", "-semihosting-config", "enable=on,target=native"]
+        if count_instructions:
+            symbols = ElfFile.load(elf)
+            start = symbols.symbol("tbn_model_run").address
+            end = symbols.symbol("tbn_model_returned").address
+            plugin = _qemu_escape(str(insn_plugin()))
+            cmd += ["-plugin", f"{plugin},start=0x{start:x},end=0x{end:x},out=tbn_insns.txt"]
+        cmd += ["-kernel", str(elf)]
+
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(
+                cmd, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            raise TBNError(
+                f"the firmware did not finish within {timeout_s:g} s (hang or infinite loop)",
+                hint="raise the timeout if the model is just slow",
+            ) from None
+        wall = time.monotonic() - t0
+        check_exit(proc.returncode, proc.stderr)
+
+        y = np.fromfile(tmp / "tbn_out.bin", dtype="<f4") if (tmp / "tbn_out.bin").exists() else np.zeros(0)
+        if y.size != x.shape[0] * info.output_size:
+            raise TBNError(f"the firmware wrote {y.size} outputs, expected {x.shape[0] * info.output_size}")
+        stats: dict = {"board": board.name, "machine": board.qemu_machine, "samples": int(x.shape[0])}
+        stats["wall_s"] = round(wall, 4)
+        stats["stack_peak_bytes"] = _read_stack_peak(tmp / "tbn_stat.bin", x.shape[0])
+        if count_instructions:
+            stats["instructions"] = _read_counts(tmp / "tbn_insns.txt", x.shape[0])
+    return y.reshape(x.shape[0], info.output_size).astype(np.float32), stats
+
+
+def check_exit(returncode: int, stderr: str) -> None:
+    """Turn a semihosting firmware's QEMU exit into a one-line TBNError (status 0: no error)."""
+    if returncode == 0:
+        return
+    said = " ".join(ln[5:].strip() for ln in stderr.splitlines() if ln.startswith("tbn: "))
+    if "Lockup" in stderr or returncode in (-6, 134):
+        line = next((ln.strip() for ln in stderr.splitlines() if "Lockup" in ln), "QEMU aborted")
+        raise TBNError(
+            f"the firmware locked up ({line})",
+            hint="a fault while handling a fault, usually a stack overflow: raise stack_bytes",
+        )
+    if returncode == EXIT_FAULT:
+        raise TBNError(f"the firmware crashed: {said or 'CPU fault'}", hint="a bug in the model's C code?")
+    if returncode == EXIT_MODEL:
+        raise TBNError(f"the model failed: {said}")
+    if returncode in (EXIT_IO, EXIT_FORMAT):
+        raise TBNError(f"the firmware could not read its samples: {said}")
+    tail = " | ".join(stderr.strip().splitlines()[-3:])
+    raise TBNError(f"QEMU exited with status {returncode}: {tail or 'no message'}")
+
+
+def _qemu_escape(option_value: str) -> str:
+    return option_value.replace(",", ",,")  # QEMU option syntax: a literal comma is doubled
+
+
+def _read_stack_peak(path: Path, samples: int) -> int | None:
+    try:
+        magic, done, peak = struct.unpack("<3I", path.read_bytes()[:12])
+    except (OSError, struct.error):
+        return None
+    return peak if magic == _STAT_MAGIC and done == samples else None
+
+
+def _read_counts(path: Path, samples: int) -> dict:
+    try:
+        lines = path.read_text().split("\n")
+    except OSError:
+        raise TBNError("the QEMU instruction-count plugin wrote no result") from None
+    fields = dict(ln.split(" ", 1) for ln in lines[:3] if " " in ln)
+    runs = [int(v) for v in lines[3:] if v.strip()]
+    if len(runs) != samples or int(fields.get("runs", -1)) != samples:
+        raise TBNError(f"the instruction counter saw {len(runs)} complete inferences, expected {samples}")
+    return {
+        "per_inference": runs,
+        "mean": float(np.mean(runs)),
+        "min": min(runs),
+        "max": max(runs),
+        "total_executed": int(fields["executed"]),
+        "counts": "instructions from the entry of tbn_model_run through its return, callees included",
+    }
