@@ -882,6 +882,69 @@ def assert_close(actual, expected, rtol: float = 1e-5, what: str = "") -> None:
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
+LAYER_KEYS = {"name", "op", "weight_shape", "format", "p", "alpha", "bits_per_weight", "bytes"}
+
+
+def _layer_problems(got: dict, exp: LayerSpec) -> list[str]:
+    problems = []
+    if tuple(got["weight_shape"]) not in exp.shapes():
+        problems.append(f"shape {got['weight_shape']}, expected one of {sorted(exp.shapes())}")
+    if got["format"] != exp.format:
+        problems.append(f"format {got['format']!r}, expected {exp.format!r}")
+    if exp.format != "dense":
+        if got["p"] != exp.p:
+            problems.append(f"p={got['p']}, expected {exp.p}")
+        if exp.alpha and got["alpha"] not in exp.alpha:
+            problems.append(f"alpha {got['alpha']!r}, expected one of {sorted(exp.alpha)}")
+    # bytes: the compact weight storage (tile words + 4 B/scale, or 4 B/element); a bias
+    # counted with its layer is tolerated
+    accepted = exp.accepted_bytes()
+    accepted |= {b + 4 * exp.bias for b in accepted}
+    if got["bytes"] not in accepted:
+        problems.append(f"bytes {got['bytes']}, expected one of {sorted(accepted)}")
+    # bits/weight: storage bits over elements, counted from the words or from the exact tile
+    n = exp.numel
+    candidates = [8 * got["bytes"] / n]
+    if exp.format == "dense":
+        candidates.append(32.0)
+    else:
+        candidates += [
+            (exp.L + 32 * k) / n for k in range(1, max(exp.p, exp.weight_shape[0], exp.n_scales) + 1)
+        ]
+    if not any(math.isclose(got["bits_per_weight"], c, rel_tol=1e-3) for c in candidates):
+        problems.append(f"bits_per_weight {got['bits_per_weight']}")
+    return problems
+
+
+def check_layers(layers: list[dict], zm: ZooModel) -> None:
+    """Each reported layer (graph order) has the format, p and alpha the model was built with."""
+    want = zm.layers
+    assert len(layers) == len(want), (
+        f"{zm.name}: {len(layers)} layers reported, expected {len(want)}: {layers}"
+    )
+    for i, (got, exp) in enumerate(zip(layers, want, strict=True)):
+        where = f"{zm.name} layer {i} ({got.get('name')})"
+        assert LAYER_KEYS <= set(got), f"{where}: missing keys {LAYER_KEYS - set(got)}"
+        assert isinstance(got["name"], str) and got["name"], where
+        assert isinstance(got["op"], str) and got["op"], where
+        problems = _layer_problems(got, exp)
+        if problems and any(not _layer_problems(got, alt) for alt in exp.alternatives):
+            continue
+        assert not problems, f"{where}: " + "; ".join(problems)
+
+
+def check_total(total: dict, layers: list[dict], zm: ZooModel) -> None:
+    assert {"weight_bytes", "fp32_bytes", "compression"} <= set(total)
+    assert total["fp32_bytes"] == zm.fp32_bytes
+    assert total["weight_bytes"] == sum(layer["bytes"] for layer in layers)
+    low = sum(
+        min([min(layer.accepted_bytes())] + [min(a.accepted_bytes()) for a in layer.alternatives])
+        for layer in zm.layers
+    )
+    assert low <= total["weight_bytes"] <= zm.compact_weight_bytes + zm.bias_bytes
+    assert math.isclose(total["compression"], total["fp32_bytes"] / total["weight_bytes"], rel_tol=1e-3)
+
+
 def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 

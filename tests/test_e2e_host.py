@@ -8,7 +8,6 @@ save/load, the x86 and aarch64 triples, the user errors, and the authors' MNIST 
 
 from __future__ import annotations
 
-import math
 import platform
 
 import numpy as np
@@ -18,8 +17,6 @@ import pytest
 
 api = zoo.require_module("tbn_tvm.api")
 import tbn_tvm  # noqa: E402
-
-LAYER_KEYS = {"name", "op", "weight_shape", "format", "p", "alpha", "bits_per_weight", "bytes"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,66 +48,6 @@ def _single(zm: zoo.ZooModel, feeds: dict) -> np.ndarray:
     return next(iter(feeds.values()))
 
 
-def _layer_problems(got: dict, exp: zoo.LayerSpec) -> list[str]:
-    problems = []
-    if tuple(got["weight_shape"]) not in exp.shapes():
-        problems.append(f"shape {got['weight_shape']}, expected one of {sorted(exp.shapes())}")
-    if got["format"] != exp.format:
-        problems.append(f"format {got['format']!r}, expected {exp.format!r}")
-    if exp.format != "dense":
-        if got["p"] != exp.p:
-            problems.append(f"p={got['p']}, expected {exp.p}")
-        if exp.alpha and got["alpha"] not in exp.alpha:
-            problems.append(f"alpha {got['alpha']!r}, expected one of {sorted(exp.alpha)}")
-    # bytes: the compact weight storage (tile words + 4 B/scale, or 4 B/element); a bias
-    # counted with its layer is tolerated
-    accepted = exp.accepted_bytes()
-    accepted |= {b + 4 * exp.bias for b in accepted}
-    if got["bytes"] not in accepted:
-        problems.append(f"bytes {got['bytes']}, expected one of {sorted(accepted)}")
-    # bits/weight: storage bits over elements, counted from the words or from the exact tile
-    n = exp.numel
-    candidates = [8 * got["bytes"] / n]
-    if exp.format == "dense":
-        candidates.append(32.0)
-    else:
-        candidates += [
-            (exp.L + 32 * k) / n for k in range(1, max(exp.p, exp.weight_shape[0], exp.n_scales) + 1)
-        ]
-    if not any(math.isclose(got["bits_per_weight"], c, rel_tol=1e-3) for c in candidates):
-        problems.append(f"bits_per_weight {got['bits_per_weight']}")
-    return problems
-
-
-def check_layers(layers: list[dict], zm: zoo.ZooModel) -> None:
-    """Each reported layer (graph order) has the format, p and alpha the model was built with."""
-    want = zm.layers
-    assert len(layers) == len(want), (
-        f"{zm.name}: {len(layers)} layers reported, expected {len(want)}: {layers}"
-    )
-    for i, (got, exp) in enumerate(zip(layers, want, strict=True)):
-        where = f"{zm.name} layer {i} ({got.get('name')})"
-        assert LAYER_KEYS <= set(got), f"{where}: missing keys {LAYER_KEYS - set(got)}"
-        assert isinstance(got["name"], str) and got["name"], where
-        assert isinstance(got["op"], str) and got["op"], where
-        problems = _layer_problems(got, exp)
-        if problems and any(not _layer_problems(got, alt) for alt in exp.alternatives):
-            continue
-        assert not problems, f"{where}: " + "; ".join(problems)
-
-
-def check_total(total: dict, layers: list[dict], zm: zoo.ZooModel) -> None:
-    assert {"weight_bytes", "fp32_bytes", "compression"} <= set(total)
-    assert total["fp32_bytes"] == zm.fp32_bytes
-    assert total["weight_bytes"] == sum(layer["bytes"] for layer in layers)
-    low = sum(
-        min([min(layer.accepted_bytes())] + [min(a.accepted_bytes()) for a in layer.alternatives])
-        for layer in zm.layers
-    )
-    assert low <= total["weight_bytes"] <= zm.compact_weight_bytes + zm.bias_bytes
-    assert total["compression"] == pytest.approx(total["fp32_bytes"] / total["weight_bytes"], rel=1e-3)
-
-
 # ---------------------------------------------------------------------------------------------
 # every zoo model
 # ---------------------------------------------------------------------------------------------
@@ -135,8 +72,8 @@ def test_report_formats(cache, name):
     zm = cache.model(name)
     rep = cache.compiled(name).report()
     assert "llvm" in str(rep["target"])
-    check_layers(rep["layers"], zm)
-    check_total(rep["total"], rep["layers"], zm)
+    zoo.check_layers(rep["layers"], zm)
+    zoo.check_total(rep["total"], rep["layers"], zm)
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
@@ -154,8 +91,8 @@ def test_inspect_without_compiling(cache, name, tmp_path):
     zm = cache.model(name)
     d = tbn_tvm.inspect(zm.model).to_dict()
     assert set(d) >= {"layers", "total"}
-    check_layers(d["layers"], zm)
-    check_total(d["total"], d["layers"], zm)
+    zoo.check_layers(d["layers"], zm)
+    zoo.check_total(d["total"], d["layers"], zm)
     # a path gives the same answer
     path = zm.save(tmp_path / f"{name}.onnx")
     assert tbn_tvm.inspect(str(path)).to_dict()["layers"] == d["layers"]
@@ -185,7 +122,7 @@ def test_two_inputs_dict(cache):
     feeds = zm.sample(3)
     got = cm.run(feeds)
     zoo.assert_close(got, zoo.run_onnxruntime(zm.model, feeds)[0])
-    check_layers(cm.report()["layers"], zm)
+    zoo.check_layers(cm.report()["layers"], zm)
 
 
 def test_two_outputs_dict(cache):
@@ -244,7 +181,7 @@ def test_x86_triple_runs_on_host(cache):
     cm = tbn_tvm.compile(zm.model, target="x86_64-linux-gnu")
     x = _single(zm, zm.sample(11))
     zoo.assert_close(cm.run(x), zoo.run_onnxruntime(zm.model, {"x": x})[0])
-    check_layers(cm.report()["layers"], zm)
+    zoo.check_layers(cm.report()["layers"], zm)
 
 
 def test_aarch64_cross_compile_saves(cache, tmp_path):
@@ -252,7 +189,7 @@ def test_aarch64_cross_compile_saves(cache, tmp_path):
     cm = tbn_tvm.compile(zm.model, target="aarch64-linux-gnu")
     rep = cm.report()
     assert "aarch64" in str(rep["target"])
-    check_layers(rep["layers"], zm)
+    zoo.check_layers(rep["layers"], zm)
     out = tmp_path / "arm"
     cm.save(out)
     manifest = (out / "manifest.json").read_text()
@@ -347,7 +284,7 @@ def test_authors_mlp_inspect():
     assert fc1["bytes"] == 3136 + 4 * 4  # 25,088 tile bits + 4 alphas
     assert (fc2["format"], fc2["p"]) == ("binary", 1)
     assert d["total"]["weight_bytes"] == pytest.approx(zoo.AUTHORS_WEIGHT_BYTES, abs=10)
-    check_layers(d["layers"], zm)
+    zoo.check_layers(d["layers"], zm)
 
 
 @authors
@@ -364,5 +301,5 @@ def test_authors_mlp_mnist(authors_mlp):
     assert int(np.sum(pred != want)) == 0
     assert float(np.mean(pred == labels)) == pytest.approx(zoo.AUTHORS_ACCURACY, abs=5e-5)
     rep = cm.report()
-    check_layers(rep["layers"], zm)
+    zoo.check_layers(rep["layers"], zm)
     assert rep["total"]["built_constant_bytes"] <= zm.built_constant_budget

@@ -73,8 +73,8 @@ class Board:
         board = dataclasses.replace(self, **changes)
         if board.stack_bytes % 8 or board.stack_bytes >= board.ram_bytes:
             raise TBNError(
-                f"stack of {board.stack_bytes} bytes does not fit {board.name}'s {board.ram_bytes} bytes of RAM "
-                "(or is not a multiple of 8)"
+                f"a stack of {board.stack_bytes} bytes does not fit {board.name}'s "
+                f"{board.ram_bytes} bytes of RAM (or is not a multiple of 8)"
             )
         return board
 

@@ -93,7 +93,8 @@ class ElfFile:
         raw = [struct.unpack_from("<10I", data, shoff + i * shentsize) for i in range(shnum)]
         names_off = raw[shstrndx][4] if shnum else 0
         self.sections: list[Section] = [
-            Section(i, self._cstr(names_off + h[0]), h[1], h[2], h[3], h[4], h[5], h[6]) for i, h in enumerate(raw)
+            Section(i, self._cstr(names_off + h[0]), h[1], h[2], h[3], h[4], h[5], h[6])
+            for i, h in enumerate(raw)
         ]
         self.symbols: list[Symbol] = self._read_symbols()
 
@@ -141,7 +142,11 @@ class ElfFile:
     def read(self, address: int, size: int) -> bytes:
         """``size`` bytes of initialised content at ``address`` (from a loaded PROGBITS section)."""
         for sec in self.sections:
-            if sec.type == SHT_PROGBITS and sec.flags & SHF_ALLOC and sec.addr <= address < sec.addr + sec.size:
+            if (
+                sec.type == SHT_PROGBITS
+                and sec.flags & SHF_ALLOC
+                and sec.addr <= address < sec.addr + sec.size
+            ):
                 if address + size > sec.addr + sec.size:
                     break
                 start = sec.offset + address - sec.addr

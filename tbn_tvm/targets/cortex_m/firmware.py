@@ -23,6 +23,7 @@ linked, and only if the model references them (no stdio, no heap, no syscalls).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import struct
@@ -54,6 +55,7 @@ _MODE_SOURCES: dict[str, tuple[str, ...]] = {
 _SHIPPED_UART_DRIVERS = {"cmsdk": "uart_cmsdk.c"}
 _LIB_SOURCE_SUFFIXES = (".c", ".S", ".s")
 _MODES = {1: "semihost", 2: "uart"}
+_UNLIMITED = 0x0800_0000  # region size of the sizing link (128 MiB: no overlap from any origin used)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,13 @@ class SizeReport:
                 "rodata": self.rodata,
                 "data": self.data,
             },
-            "ram": {"used": self.ram, "limit": self.ram_limit, "data": self.data, "bss": self.bss, "stack": self.stack},
+            "ram": {
+                "used": self.ram,
+                "limit": self.ram_limit,
+                "data": self.data,
+                "bss": self.bss,
+                "stack": self.stack,
+            },
             "library_symbols": [
                 {"name": s.name, "kind": s.kind, "memory": s.memory, "size": s.size, "address": s.address}
                 for s in self.library_symbols
@@ -139,6 +147,9 @@ def build_firmware(
     mode: str = "semihost",
     *,
     uart_hal: str | Path | None = None,
+    flash_bytes: int | None = None,
+    ram_bytes: int | None = None,
+    stack_bytes: int | None = None,
     opt_level: str = "-O2",
     extra_cflags: Sequence[str] = (),
     jobs: int = 2,
@@ -147,12 +158,13 @@ def build_firmware(
 
     ``mode`` is ``"semihost"`` (QEMU, host files) or ``"uart"`` (UART protocol).  For a board
     without a shipped UART driver, ``uart_hal`` names a C file implementing ``tbn_uart_init``,
-    ``tbn_uart_putc`` and ``tbn_uart_getc`` (see ``templates/tbn_uart.h``).  Raises
+    ``tbn_uart_putc`` and ``tbn_uart_getc`` (see ``templates/tbn_uart.h``).  ``flash_bytes``,
+    ``ram_bytes`` and ``stack_bytes`` override the board's limits.  Raises
     :class:`TBNError` when the library is malformed, does not compile, or does not fit.
 
     >>> build_firmware("lib", "nrf52840", "fw.elf", mode="uart", uart_hal="nrf_uart.c")  # doctest: +SKIP
     """
-    board = get_board(board)
+    board = get_board(board, flash_bytes=flash_bytes, ram_bytes=ram_bytes, stack_bytes=stack_bytes)
     if mode not in _MODE_SOURCES:
         raise TBNError(f"unknown firmware mode '{mode}'", hint="use 'semihost' or 'uart'")
     lib_dir = Path(lib_dir)
@@ -178,7 +190,16 @@ def build_firmware(
         if not lib_sources and not lib_objects:
             raise TBNError(f"{lib_dir} has model.h but no .c, .S or .o file")
 
-        base = [gcc, *board.cflags, opt_level, *COMMON_CFLAGS, f"-ffile-prefix-map={tmp}=.", "-Ilib", "-Ifw"]
+        base = [
+            gcc,
+            *board.cflags,
+            opt_level,
+            *COMMON_CFLAGS,
+            f"-ffile-prefix-map={tmp}=.",
+            f"-Wa,--debug-prefix-map={tmp}=.",
+            "-Ilib",
+            "-Ifw",
+        ]
         defines = [f"-DTBN_CPU_HZ={board.cpu_hz}u"]
         if board.uart_base is not None:
             defines.append(f"-DTBN_UART_BASE=0x{board.uart_base:08x}u")
@@ -191,15 +212,15 @@ def build_firmware(
 
         estimate = estimate_objects([tmp / o for o in objects], board)
         if not estimate.fits:
-            raise TBNError(
-                f"the firmware does not fit {board.name}: it needs about {estimate.flash} bytes of flash "
-                f"(available {board.flash_bytes}) and {estimate.ram} bytes of RAM (available {board.ram_bytes}, "
-                f"of which {board.stack_bytes} stack)",
-                hint="use a smaller model or a larger board, or raise the limits (flash_bytes/ram_bytes)",
-            )
+            raise _does_not_fit(estimate)
 
         (tmp / "fw" / "link.ld").write_text(render_linker_script(board))
-        _link(gcc, tmp, board, objects)
+        if not _link(gcc, tmp, board, objects):
+            # The libraries (libgcc, libm) tipped it over: link once without limits to say by how much.
+            unlimited = dataclasses.replace(board, flash_bytes=_UNLIMITED, ram_bytes=_UNLIMITED)
+            (tmp / "fw" / "link.ld").write_text(render_linker_script(unlimited))
+            _link(gcc, tmp, unlimited, objects)
+            raise _does_not_fit(measure_elf(tmp / "firmware.elf", board))
         names = _defined_names([tmp / o for o in lib_objs])
         report = measure_elf(tmp / "firmware.elf", board, library_names=names)
         out_elf = Path(out_elf)
@@ -238,7 +259,9 @@ def estimate_objects(objects: Sequence[str | Path], board: Board) -> SizeReport:
     )
 
 
-def measure_elf(elf_path: str | Path, board: str | Board, library_names: set[str] | None = None) -> SizeReport:
+def measure_elf(
+    elf_path: str | Path, board: str | Board, library_names: set[str] | None = None
+) -> SizeReport:
     """Sizes of a linked firmware by section kind; ``library_names`` selects the symbols reported."""
     board = get_board(board)
     elf = ElfFile.load(elf_path)
@@ -308,7 +331,18 @@ def _compile(tmp: Path, src: str, cmd: list[str]) -> str:
     return obj
 
 
-def _link(gcc: str, tmp: Path, board: Board, objects: Sequence[str]) -> None:
+def _does_not_fit(size: SizeReport) -> TBNError:
+    about = "about " if size.estimated else ""
+    return TBNError(
+        f"the firmware does not fit {size.board}: it needs {about}{size.flash} bytes of flash (available "
+        f"{size.flash_limit}) and {about}{size.ram} bytes of RAM (available {size.ram_limit}, "
+        f"of which {size.stack} stack)",
+        hint="use a smaller model or a larger board, or raise the limits (flash_bytes/ram_bytes)",
+    )
+
+
+def _link(gcc: str, tmp: Path, board: Board, objects: Sequence[str]) -> bool:
+    """Link ``firmware.elf``; False if a memory region overflowed, TBNError on other failures."""
     cmd = [
         gcc,
         *board.cflags,
@@ -324,17 +358,9 @@ def _link(gcc: str, tmp: Path, board: Board, objects: Sequence[str]) -> None:
     ]
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
     if proc.returncode == 0:
-        return
-    over = dict.fromkeys(("FLASH", "RAM"), 0)
-    for region, n in re.findall(r"region `(FLASH|RAM)' overflowed by (\d+) bytes", proc.stderr):
-        over[region] = max(over[region], int(n))
-    if any(over.values()):
-        raise TBNError(
-            f"the firmware does not fit {board.name}: it needs {board.flash_bytes + over['FLASH']} bytes of flash "
-            f"(available {board.flash_bytes}) and {board.ram_bytes + over['RAM']} bytes of RAM (available "
-            f"{board.ram_bytes}, of which {board.stack_bytes} stack)",
-            hint="use a smaller model or a larger board, or raise the limits (flash_bytes/ram_bytes)",
-        )
+        return True
+    if re.search(r"region `(FLASH|RAM)' overflowed", proc.stderr):
+        return False
     missing = sorted(set(re.findall(r"undefined reference to `([^']+)'", proc.stderr)))
     if missing:
         raise TBNError(f"linking the firmware failed: undefined {', '.join(missing)}")

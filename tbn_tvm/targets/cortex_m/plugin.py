@@ -50,7 +50,9 @@ def insn_plugin(directory: str | Path | None = None) -> Path:
         fd, tmp_name = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out_dir)
         os.close(fd)
     except OSError as e:
-        raise TBNError(f"cannot write the QEMU plugin into {out_dir}: {e.strerror}", hint="set TBN_TVM_CACHE_DIR") from None
+        raise TBNError(
+            f"cannot write the QEMU plugin into {out_dir}: {e.strerror}", hint="set TBN_TVM_CACHE_DIR"
+        ) from None
     try:
         proc = subprocess.run(
             [cc, *_CFLAGS, f"-I{PLUGIN_DIR}", "-o", tmp_name, str(PLUGIN_DIR / "insncount.c")],

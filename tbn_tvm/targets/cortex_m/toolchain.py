@@ -1,4 +1,4 @@
-"""Find (or install) the tools the Cortex-M path needs: arm-none-eabi-gcc with newlib, QEMU, a host C compiler.
+"""Find (or install) the Cortex-M tools: arm-none-eabi-gcc with newlib, QEMU, a host C compiler.
 
 Each tool can be pointed at explicitly with an environment variable (``TBN_TVM_ARM_GCC``,
 ``TBN_TVM_QEMU``, ``TBN_TVM_HOST_CC``); otherwise it is looked up on ``PATH``.  A missing tool
@@ -62,9 +62,7 @@ def find_gcc() -> str:
     if gcc is None:
         raise _missing("arm-none-eabi-gcc (the Cortex-M cross compiler)")
     if not _has_newlib(gcc):
-        raise TBNError(
-            f"{gcc} has no newlib (libc_nano.a not found)", hint=f"install it with: {APT_COMMAND}"
-        )
+        raise TBNError(f"{gcc} has no newlib (libc_nano.a not found)", hint=f"install it with: {APT_COMMAND}")
     return gcc
 
 
@@ -102,7 +100,7 @@ def ensure_toolchain(install: bool = False, *, need_qemu: bool = True) -> Toolch
     apt = shutil.which("apt-get")
     if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
         raise TBNError(
-            "the Cortex-M toolchain is missing and cannot be installed automatically (needs root and apt-get)",
+            "the Cortex-M toolchain is missing and cannot be installed here (needs root and apt-get)",
             hint=f"run as root: {APT_COMMAND}",
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

@@ -167,7 +167,9 @@ class UartLink:
         while True:
             frame_type, frame_seq, payload = self.read_frame(deadline)
             if frame_type == FAULT:
-                raise TBNError(f"the device crashed: {_describe_fault(payload)}", hint="a bug in the model's C code?")
+                raise TBNError(
+                    f"the device crashed: {_describe_fault(payload)}", hint="a bug in the model's C code?"
+                )
             if frame_seq != seq:
                 continue  # a late answer to an earlier request (e.g. a repeated HELLO)
             if frame_type == ERROR:
@@ -236,7 +238,9 @@ def _serve_all(
     t0 = time.monotonic()
     info = link.hello(timeout_s)
     if output_size is not None and output_size != info.output_size:
-        raise TBNError(f"the device's model produces {info.output_size} outputs per sample, not {output_size}")
+        raise TBNError(
+            f"the device's model produces {info.output_size} outputs per sample, not {output_size}"
+        )
     x = as_batch(inputs, info.input_size)
     outputs = np.empty((x.shape[0], info.output_size), dtype=np.float32)
     cycles = []
@@ -252,7 +256,11 @@ def _serve_all(
         "port": port,
         "samples": int(x.shape[0]),
         "wall_s": round(time.monotonic() - t0, 4),
-        "device": {"input_size": info.input_size, "output_size": info.output_size, "arena_bytes": info.arena_bytes},
+        "device": {
+            "input_size": info.input_size,
+            "output_size": info.output_size,
+            "arena_bytes": info.arena_bytes,
+        },
         "cycles": None,
     }
     if any(cycles):

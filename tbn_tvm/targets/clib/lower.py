@@ -1,0 +1,218 @@
+"""Lower a prepared Relax module to a flat list of kernel calls plus C source for the kernels.
+
+Relax's own passes legalize and fuse the graph (so bias adds and activations are folded into
+the layer kernels); what is left in ``main`` is a straight sequence of ``call_tir`` bindings
+(and free reshapes).  Each kernel is scheduled for a small core (intermediate stages inlined so
+no scratch memory is needed), lowered by TVM and emitted with the C code generator.  TVM's C
+calls every kernel through its packed convention; the generated ``#include``s of TVM headers are
+replaced by the project's own minimal ABI header (:data:`ABI_HEADER`), so the library needs no
+TVM file at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ABI_HEADER = "tbn_abi.h"
+
+
+@dataclass
+class Value:
+    """A tensor in the lowered graph: a model input, a constant, or a kernel output."""
+
+    name: str
+    kind: str  # "input" | "const" | "tensor"
+    shape: tuple[int, ...]
+    dtype: str
+    data: np.ndarray | None = None  # for constants
+    index: int = 0  # input position
+    alias_of: str | None = None  # a reshape of another value (same bytes)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Step:
+    kernel: str
+    args: list[str]  # value names, inputs first then the output
+    out: str
+
+
+@dataclass
+class LoweredGraph:
+    values: dict[str, Value]
+    steps: list[Step]
+    outputs: list[str]
+    kernels: dict[str, object] = field(default_factory=dict)  # name -> PrimFunc
+
+    def root(self, name: str) -> str:
+        """Follow reshape aliases to the value that owns the bytes."""
+        while self.values[name].alias_of is not None:
+            name = self.values[name].alias_of
+        return name
+
+
+def fuse(mod):
+    """Relax legalization + fusion (the same passes the host pipeline runs)."""
+    import tvm
+    from tvm import relax
+
+    seq = tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ],
+        name="tbn_clib_fuse",
+    )
+    return seq(mod)
+
+
+def extract(mod) -> LoweredGraph:
+    """Turn a fused module's ``main`` into values and steps."""
+    import tvm
+    from tvm import relax, tirx
+
+    from tbn_tvm.errors import TBNError
+
+    func = mod["main"]
+    values: dict[str, Value] = {}
+    var_names: dict[object, str] = {}
+    const_ids: dict[int, str] = {}
+
+    def ty_of(expr):
+        ty = expr.ty
+        return tuple(int(d) for d in ty.shape), str(ty.dtype)
+
+    for i, p in enumerate(func.params):
+        shape, dtype = ty_of(p)
+        name = f"in{i}"
+        values[name] = Value(name, "input", shape, dtype, index=i)
+        var_names[p] = name
+
+    def value_of(expr) -> str:
+        if isinstance(expr, tvm.ir.GenericConst):
+            key = expr.__hash__()
+            if key not in const_ids:
+                arr = expr.value.numpy()
+                name = f"c{len(const_ids)}"
+                const_ids[key] = name
+                values[name] = Value(name, "const", tuple(arr.shape), str(arr.dtype), data=arr)
+            return const_ids[key]
+        if isinstance(expr, relax.Var) and expr in var_names:
+            return var_names[expr]
+        raise TBNError(f"the C back end cannot handle the expression {type(expr).__name__} in the graph")
+
+    steps: list[Step] = []
+    kernels: dict[str, object] = {}
+    body = func.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            var, expr = binding.var, binding.value
+            name = f"t{len(steps)}_{len(var_names)}"
+            if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+                gv = expr.args[0]
+                args = [value_of(a) for a in expr.args[1].fields]
+                shape, dtype = ty_of(var)
+                values[name] = Value(name, "tensor", shape, dtype)
+                prim = mod[gv]
+                if not isinstance(prim, tirx.PrimFunc):
+                    raise TBNError(f"the C back end expected a TIR kernel, got {gv.name_hint}")
+                kernels[gv.name_hint] = prim
+                steps.append(Step(gv.name_hint, [*args, name], name))
+            elif isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.reshape":
+                src = value_of(expr.args[0])
+                shape, dtype = ty_of(var)
+                values[name] = Value(name, values[src].kind if values[src].kind == "const" else "tensor", shape, dtype,
+                                     alias_of=src, data=None)
+            elif isinstance(expr, relax.Tuple):
+                var_names[var] = "(" + ",".join(value_of(f) for f in expr.fields) + ")"
+                continue
+            elif isinstance(expr, relax.Var | tvm.ir.GenericConst):
+                var_names[var] = value_of(expr)
+                continue
+            else:
+                op = expr.op.name if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) else type(expr).__name__
+                raise TBNError(f"the C back end cannot lower the Relax operation {op}",
+                               hint="this operator has no TIR legalization in TVM 0.27")
+            var_names[var] = name
+    ret = body.body
+    if isinstance(ret, relax.Tuple):
+        outputs = [value_of(f) for f in ret.fields]
+    else:
+        out = value_of(ret)
+        outputs = out[1:-1].split(",") if out.startswith("(") else [out]
+    return LoweredGraph(values, steps, outputs, kernels)
+
+
+def _inline_intermediates(prim):
+    """Schedule for a microcontroller: inline padding / decode / element-wise stages into their
+    consumers (or producers), so the kernel needs no scratch buffer."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(prim)
+    changed = True
+    while changed:
+        changed = False
+        blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
+        for blk in blocks:
+            for attempt in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    attempt(blk)
+                    changed = True
+                    break
+                except Exception:  # not inlinable this way; leave it
+                    continue
+            if changed:
+                break
+    return sch.mod["main"]
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:
+        return False
+
+
+_INCLUDE = re.compile(r'^#include "tvm/[^"]+"\s*$', re.M)
+_WORKSPACE = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+\s*,\s*[^,]+,\s*\(uint64_t\)(\d+)")
+
+
+@dataclass
+class KernelSource:
+    code: str
+    symbols: dict[str, str]  # kernel name -> C symbol
+    workspace_bytes: int  # scratch memory the kernels may ask for at once (bump allocator)
+
+
+def kernels_to_c(kernels: dict[str, object], schedule: bool = True) -> KernelSource:
+    """C source for the kernels (TVM's C code generator, asserts disabled)."""
+    import tvm
+
+    funcs = {}
+    for name, prim in kernels.items():
+        f = _inline_intermediates(prim) if schedule else prim
+        funcs[name] = f.with_attr("global_symbol", name)
+    mod = tvm.IRModule(funcs)
+    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+        rt = tvm.tirx.build(mod, target=tvm.target.Target("c"))
+    code = rt.inspect_source()
+    code = _INCLUDE.sub("", code)
+    code = code.replace("#define TVM_EXPORTS\n", f'#include "{ABI_HEADER}"\n', 1)
+    # the library context pointer TVM declares is unused on a microcontroller
+    code = re.sub(r"^void\* __tvm_ffi__library_ctx = NULL;\n", "", code, flags=re.M)
+    workspace = 0
+    for chunk in re.split(r"\nTVM_DLL int32_t ", code):
+        need = sum((int(n) + 15) // 16 * 16 for n in _WORKSPACE.findall(chunk))
+        workspace = max(workspace, need)
+    return KernelSource(code, {n: f"__tvm_ffi_{n}" for n in kernels}, workspace)
