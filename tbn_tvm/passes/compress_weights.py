@@ -24,6 +24,7 @@ import tvm
 from tvm import relax
 
 from tbn_tvm.formats import LayerWeight, TiledFormat, detect_layer_weight
+from tbn_tvm.kernels import rows
 from tbn_tvm.kernels.conv import make_conv
 from tbn_tvm.kernels.dense import make_dense
 
@@ -35,6 +36,7 @@ class RewrittenLayer:
     op: str  # "matmul", "conv1d" or "conv2d"
     kernel: str | None  # the PrimFunc name, None when the layer stayed dense
     weight: LayerWeight
+    rows: rows.RowPlan | None = None  # set when only the distinct rows are computed
 
 
 def _const_value(expr) -> np.ndarray | None:
@@ -50,10 +52,11 @@ def _is_f32(expr) -> bool:
 
 @relax.expr_functor.mutator
 class _Compressor(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, layers: list[RewrittenLayer]) -> None:
+    def __init__(self, mod: tvm.IRModule, layers: list[RewrittenLayer], reuse_rows: bool) -> None:
         super().__init__(mod)
         self.mod_ = mod
         self.layers = layers
+        self.reuse_rows = reuse_rows
 
     def transform(self) -> tvm.IRModule:
         for gv, func in self.mod_.functions_items():
@@ -92,8 +95,13 @@ class _Compressor(relax.PyExprMutator):
         x_shape = [int(d) for d in x.ty.shape]
         if x_shape[-1] != w.shape[0]:
             return call
-        gv = self._add_kernel("tbn_dense", make_dense("k", x_shape, lw.format, lw.order))
-        self.layers.append(RewrittenLayer("matmul", gv.name_hint, lw))
+        plan = rows.row_plan(lw.format, w.shape[1]) if self.reuse_rows and lw.order == "transposed" else None
+        if plan is not None:
+            prim = rows.make("k", rows.dense_rows_te(x_shape, lw.format, plan))
+            gv = self._add_kernel("tbn_rows_dense", prim)
+        else:
+            gv = self._add_kernel("tbn_dense", make_dense("k", x_shape, lw.format, lw.order))
+        self.layers.append(RewrittenLayer("matmul", gv.name_hint, lw, plan))
         return relax.call_tir(gv, [x, *self._compact_args(lw.format)], call.ty)
 
     def _conv(self, call, op: str):
@@ -115,28 +123,34 @@ class _Compressor(relax.PyExprMutator):
         if not isinstance(lw.format, TiledFormat):
             self.layers.append(RewrittenLayer(op, None, lw))
             return call
-        prim = make_conv(
-            "k",
-            [int(d) for d in x.ty.shape],
-            lw.format,
-            [int(s) for s in attrs.strides],
-            [int(p) for p in attrs.padding],
-            [int(d) for d in attrs.dilation],
-            int(attrs.groups),
-        )
-        gv = self._add_kernel(f"tbn_{op}_", prim)
-        self.layers.append(RewrittenLayer(op, gv.name_hint, lw))
+        x_shape = [int(d) for d in x.ty.shape]
+        strides = [int(s) for s in attrs.strides]
+        padding = [int(p) for p in attrs.padding]
+        dilation = [int(d) for d in attrs.dilation]
+        groups = int(attrs.groups)
+        plan = rows.row_plan(lw.format, w.shape[0]) if self.reuse_rows and groups == 1 else None
+        if plan is not None:
+            prim = rows.make("k", rows.conv_rows_te(x_shape, lw.format, plan, strides, padding, dilation))
+            gv = self._add_kernel(f"tbn_rows_{op}_", prim)
+        else:
+            prim = make_conv("k", x_shape, lw.format, strides, padding, dilation, groups)
+            gv = self._add_kernel(f"tbn_{op}_", prim)
+        self.layers.append(RewrittenLayer(op, gv.name_hint, lw, plan))
         return relax.call_tir(gv, [x, *self._compact_args(lw.format)], call.ty)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tbn.CompressWeights")
 class CompressWeights:
-    """Module pass; after it runs, ``self.layers`` lists every matmul/conv layer it looked at."""
+    """Module pass; after it runs, ``self.layers`` lists every matmul/conv layer it looked at.
 
-    def __init__(self) -> None:
+    ``reuse_rows`` (default) computes only the distinct rows of a tiled weight, bit-serially
+    (:mod:`tbn_tvm.kernels.rows`); without it every output is computed from the decoded weight."""
+
+    def __init__(self, reuse_rows: bool = True) -> None:
         self.layers: list[RewrittenLayer] = []
+        self.reuse_rows = reuse_rows
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.layers.clear()
-        mod = _Compressor(mod, self.layers).transform()
+        mod = _Compressor(mod, self.layers, self.reuse_rows).transform()
         return relax.transform.DeadCodeElimination()(mod)

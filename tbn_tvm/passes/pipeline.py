@@ -29,9 +29,9 @@ class Prepared:
         return constant_bytes(self.mod)
 
 
-def prepare(mod: tvm.IRModule) -> Prepared:
+def prepare(mod: tvm.IRModule, reuse_rows: bool = True) -> Prepared:
     """Run the project's passes on an imported module (weights already folded to constants)."""
-    compress = CompressWeights()
+    compress = CompressWeights(reuse_rows=reuse_rows)
     mod = compress(mod)
     return Prepared(mod, list(compress.layers))
 

@@ -1,0 +1,220 @@
+"""Row reuse + bit-serial accumulation for tiled dense and conv layers.
+
+Flattened row-major, row ``r`` of a tiled weight (row length ``K``: ``in`` for a Linear layer,
+``I/groups * kh * kw`` for a conv filter) starts at bit ``r*K mod L`` of the tile.  Those
+offsets are multiples of ``g = gcd(K, L)``, so there are only ``L / g`` distinct sign rows
+(``out / p`` when p divides the output count).  With the scales constant along each row::
+
+    y[r] = scale_r * z[d(r)],   d(r) = (r*K mod L) / g,   z[d] = sum_k sign(d, k) * x[k]
+
+and for ±1 signs ``z = 2 * sum_{bit=1} x - sum x``: no multiplies, and ``sum x`` is shared by
+every row.  The kernels below compute ``z`` for the distinct rows only, then scale and gather.
+
+When no distinct row wraps around the end of the tile (``(D-1)*g + K <= L``, always the case
+when p divides the output count) each row's bits are a contiguous bit string: the kernel first
+re-aligns them into 32-bit words (two loads and a funnel shift per word), so the inner loop is
+a shift, a test and a conditional add.  Otherwise it reads bit ``(d*g + k) mod L`` directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tbn_tvm.kernels import i64, shape64
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How a tiled weight's rows reuse each other."""
+
+    rows: int  # output rows / channels N
+    row_length: int  # K
+    tile_length: int  # L
+    scale_chunk: int  # S
+    num_scales: int
+
+    @property
+    def g(self) -> int:
+        return math.gcd(self.row_length, self.tile_length)
+
+    @property
+    def distinct(self) -> int:
+        """Number of distinct sign rows actually used by the ``rows`` outputs."""
+        return min(self.rows, self.tile_length // self.g)
+
+    @property
+    def aligned(self) -> bool:
+        """No distinct row wraps past the end of the tile."""
+        return (self.distinct - 1) * self.g + self.row_length <= self.tile_length
+
+    @property
+    def words_per_row(self) -> int:
+        return (self.row_length + 31) // 32
+
+
+def row_plan(fmt, rows: int) -> RowPlan | None:
+    """A plan when the rows can be factored (scales constant along each row), else None."""
+    K = fmt.n // rows
+    if K * rows != fmt.n:
+        return None
+    S = fmt.scale_chunk
+    if fmt.num_scales != 1 and S % K != 0:
+        return None
+    return RowPlan(rows, K, fmt.tile_length, S, fmt.num_scales)
+
+
+def _bit_of_tile(P, j):
+    from tvm import tirx
+
+    word = P[tirx.shift_right(j, i64(5))]
+    return tirx.bitwise_and(tirx.shift_right(word, tirx.Cast("uint32", tirx.bitwise_and(j, i64(31)))),
+                            tirx.const(1, "uint32"))
+
+
+def _row_words(plan: RowPlan, P, num_words: int):
+    """``W[d, c]``: bits ``32c .. 32c+31`` of distinct row ``d`` as one word (aligned plans)."""
+    from tvm import te, tirx
+
+    D, C = plan.distinct, plan.words_per_row
+
+    def body(d, c):
+        b = d * i64(plan.g) + c * i64(32)
+        w = tirx.shift_right(b, i64(5))
+        s = tirx.Cast("uint32", tirx.bitwise_and(b, i64(31)))
+        lo = tirx.shift_right(P[w], s)
+        nxt = tirx.min(w + i64(1), i64(num_words - 1))
+        hi = tirx.Select(s == tirx.const(0, "uint32"), tirx.const(0, "uint32"),
+                         tirx.shift_left(P[nxt], tirx.const(32, "uint32") - s))
+        return tirx.bitwise_or(lo, hi)
+
+    return te.compute(shape64([D, C]), body, name="row_words")
+
+
+def _row_scale_and_index(plan: RowPlan, A, n):
+    from tvm import tirx
+
+    d = tirx.floordiv(tirx.floormod(n * i64(plan.row_length), i64(plan.tile_length)), i64(plan.g))
+    if plan.num_scales == 1:
+        s = A[i64(0)]
+    else:
+        s = A[tirx.floordiv(n * i64(plan.row_length), i64(plan.scale_chunk))]
+    return d, s
+
+
+def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, dtype: str = "float32"):
+    """``Y[..., n] = scale_n * (2 * sum_{bit(d(n),k)} X[..., k] - sum_k X[..., k])`` with the
+    sums over bits computed once per distinct row."""
+    from tvm import te, tirx
+
+    *lead, K = (int(d) for d in x_shape)
+    N, D = plan.rows, plan.distinct
+    X = te.placeholder(shape64([*lead, K]), dtype, name="x")
+    P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
+    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
+    zero = tirx.const(0.0, dtype)
+    k = te.reduce_axis((i64(0), i64(K)), name="k")
+    if plan.aligned:
+        W = _row_words(plan, P, fmt.num_words)
+
+        def bit(d, kk):
+            return tirx.bitwise_and(
+                tirx.shift_right(W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))),
+                tirx.const(1, "uint32"))
+    else:
+
+        def bit(d, kk):
+            return _bit_of_tile(P, tirx.floormod(d * i64(plan.g) + kk, i64(plan.tile_length)))
+
+    def ones(*idx):
+        *m, d = idx
+        return te.sum(tirx.Select(bit(d, k) == tirx.const(1, "uint32"), X[(*m, k)], zero), axis=k)
+
+    Pos = te.compute(shape64([*lead, D]), ones, name="tbn_rows_ones")
+    k2 = te.reduce_axis((i64(0), i64(K)), name="k2")
+    Sx = te.compute(shape64(lead) if lead else [], lambda *m: te.sum(X[(*m, k2)], axis=k2), name="tbn_sum_x")
+
+    def out(*idx):
+        *m, n = idx
+        d, s = _row_scale_and_index(plan, A, n)
+        return s * (tirx.const(2.0, dtype) * Pos[(*m, d)] - Sx[tuple(m)])
+
+    Y = te.compute(shape64([*lead, N]), out, name="tbn_rows_dense")
+    return [X, P, A, Y]
+
+
+def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, dtype: str = "float32"):
+    """Grouped-free (groups = 1) N-d convolution computing only the distinct filters, bit-serial."""
+    from tvm import te, tirx
+
+    x_shape = [int(d) for d in x_shape]
+    B, C, *spatial = x_shape
+    O, Cg, *ksize = fmt.shape
+    nd = len(spatial)
+    begin, end = list(padding[:nd]), list(padding[nd:])
+    out_spatial = [(spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
+                   for d in range(nd)]
+    X = te.placeholder(shape64(x_shape), dtype, name="x")
+    P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
+    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
+    zero = tirx.const(0.0, dtype)
+    if any(begin) or any(end):
+
+        def pad_body(b, c, *pos):
+            inside = tirx.all(*[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)])
+            return tirx.if_then_else(inside, X[(b, c, *[pos[d] - i64(begin[d]) for d in range(nd)])], zero)
+
+        Xp = te.compute(shape64([B, C, *[spatial[d] + begin[d] + end[d] for d in range(nd)]]), pad_body, name="pad")
+    else:
+        Xp = X
+    ksz = math.prod(ksize)
+    if plan.aligned:
+        W = _row_words(plan, P, fmt.num_words)
+
+        def bit(d, kk):
+            return tirx.bitwise_and(
+                tirx.shift_right(W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))),
+                tirx.const(1, "uint32"))
+    else:
+
+        def bit(d, kk):
+            return _bit_of_tile(P, tirx.floormod(d * i64(plan.g) + kk, i64(plan.tile_length)))
+
+    rc = te.reduce_axis((i64(0), i64(Cg)), name="rc")
+    rk = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk{d}") for d in range(nd)]
+
+    def flat_k():
+        f = rc * i64(ksz)
+        for d in range(nd):
+            f = f + rk[d] * i64(math.prod(ksize[d + 1 :]))
+        return f
+
+    def src(b, pos, c):
+        return Xp[(b, c, *[pos[d] * i64(strides[d]) + rk[d] * i64(dilation[d]) for d in range(nd)])]
+
+    def ones(b, d, *pos):
+        return te.sum(tirx.Select(bit(d, flat_k()) == tirx.const(1, "uint32"), src(b, pos, rc), zero), axis=[rc, *rk])
+
+    Pos = te.compute(shape64([B, plan.distinct, *out_spatial]), ones, name="tbn_rows_ones")
+    rc2 = te.reduce_axis((i64(0), i64(Cg)), name="rc2")
+    rk2 = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk2_{d}") for d in range(nd)]
+
+    def box(b, *pos):
+        return te.sum(Xp[(b, rc2, *[pos[d] * i64(strides[d]) + rk2[d] * i64(dilation[d]) for d in range(nd)])],
+                      axis=[rc2, *rk2])
+
+    Sx = te.compute(shape64([B, *out_spatial]), box, name="tbn_sum_x")
+
+    def out(b, o, *pos):
+        d, s = _row_scale_and_index(plan, A, o)
+        return s * (tirx.const(2.0, dtype) * Pos[(b, d, *pos)] - Sx[(b, *pos)])
+
+    Y = te.compute(shape64([B, O, *out_spatial]), out, name=f"tbn_rows_conv{nd}d")
+    return [X, P, A, Y]
+
+
+def make(name: str, tensors) -> object:
+    from tvm import te
+
+    return te.create_prim_func(tensors).with_attr("global_symbol", name)
