@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -87,25 +88,17 @@ def mlp_artifact(work, mlp):
 # ---------------------------------------------------------------------------------------------
 # inspect
 # ---------------------------------------------------------------------------------------------
-def test_inspect_table(mlp):
+def test_inspect_json_and_table(mlp):
     zm, path = mlp
-    out = ok(cli("inspect", path)).stdout
-    assert out.strip()
-    for word in ("tiled", "binary", "dense"):
-        assert word in out
-    # the table shows the total weight bytes (with or without thousands separators)
-    total = json.loads(ok(cli("inspect", path, "--json")).stdout)["total"]["weight_bytes"]
-    assert str(total) in out.replace(",", "").replace("_", "")
-
-
-@pytest.mark.parametrize("name", ["mlp", "cnn", "expand_form_gemm", "matmul_in_out"])
-def test_inspect_json(work, name):
-    zm = zoo.ZOO[name]()
-    path = zm.save(work / f"{name}.onnx")
     d = json.loads(ok(cli("inspect", path, "--json")).stdout)
     assert isinstance(d, dict) and {"layers", "total"} <= set(d)
     zoo.check_layers(d["layers"], zm)
     zoo.check_total(d["total"], d["layers"], zm)
+    table = ok(cli("inspect", path)).stdout
+    for word in ("tiled", "binary", "dense"):
+        assert word in table
+    # the table shows the total weight bytes (with or without thousands separators)
+    assert str(d["total"]["weight_bytes"]) in table.replace(",", "").replace("_", "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,25 +150,17 @@ def test_run_json(work, mlp_artifact):
         zoo.assert_close(ys[i], zoo.run_onnxruntime(zm.model, {"x": xs[i]})[0], what=f"sample {i}")
 
 
-def test_run_table(work, mlp_artifact):
-    zm, out = mlp_artifact
-    xs = zm.sample(seed=4, n=2)["x"]
-    np.save(work / "x2.npy", xs)
-    proc = ok(cli("run", out, "--input", work / "x2.npy", "--output", work / "y2.npy"))
-    assert proc.stdout.strip()
-    zoo.assert_close(np.load(work / "y2.npy")[1], zoo.run_onnxruntime(zm.model, {"x": xs[1]})[0])
-
-
-def test_compile_and_run_two_inputs(work):
+def test_run_two_inputs(work):
+    """``--input NAME=FILE`` repeated; the artifact is built with the API (one CLI call fewer)."""
+    tbn_tvm = zoo.require_module("tbn_tvm.api")
     zm = zoo.two_inputs()
-    path = zm.save(work / "two.onnx")
     out = work / "two-llvm"
-    ok(cli("compile", path, "--target", "llvm", "-o", out))
+    tbn_tvm.compile(zm.model, target="llvm").save(out)
     feeds = zm.sample(seed=6, n=3)
     for k, v in feeds.items():
         np.save(work / f"in_{k}.npy", v)
     y = work / "two_y.npy"
-    ok(
+    proc = ok(
         cli(
             "run",
             out,
@@ -187,6 +172,7 @@ def test_compile_and_run_two_inputs(work):
             y,
         )
     )
+    assert proc.stdout.strip()  # a human summary without --json
     ys = np.load(y)
     assert ys.shape == (3, *zm.output_shape)
     for i in range(3):
@@ -194,99 +180,75 @@ def test_compile_and_run_two_inputs(work):
         zoo.assert_close(ys[i], want)
 
 
-def test_cross_compile_aarch64(work, mlp):
-    _, path = mlp
-    out = work / "mlp-aarch64"
-    ok(cli("compile", path, "--target", "aarch64-linux-gnu", "-o", out))
-    assert "aarch64" in (out / "manifest.json").read_text()
-
-
 # ---------------------------------------------------------------------------------------------
-# user errors
+# user errors: all cases are prepared and run concurrently once (each CLI start imports TVM,
+# seconds of CPU), then one test per case checks its result
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture()
-def case(tmp_path):
-    """A fresh folder per error case; the test asserts nothing new is left in it."""
-    return tmp_path
+ERROR_CASES = [
+    "inspect_missing_file",
+    "compile_missing_file",
+    "compile_truncated_onnx",
+    "compile_unsupported_op",
+    "compile_dynamic_shape",
+    "compile_unknown_target",
+    "run_missing_sample_axis",
+    "run_float64_input",
+    "run_missing_input_file",
+    "run_missing_artifact",
+]
 
 
-def test_error_inspect_missing_file(case):
-    user_error(cli("inspect", case / "missing.onnx"), "missing.onnx")
-    assert listing(case) == set()
+def _prepare(name: str, d, artifact, onnx_path) -> tuple[list, tuple[str, ...]]:
+    """(CLI arguments, strings the error line must mention) for one case, files made in ``d``."""
+    out = d / "out"
+    if name == "inspect_missing_file":
+        return ["inspect", d / "missing.onnx"], ("missing.onnx",)
+    if name == "compile_missing_file":
+        return ["compile", d / "missing.onnx", "--target", "llvm", "-o", out], ("missing.onnx",)
+    if name == "compile_truncated_onnx":
+        data = zoo.mlp().model.SerializeToString()
+        (d / "truncated.onnx").write_bytes(data[: len(data) * 2 // 3])
+        return ["compile", d / "truncated.onnx", "--target", "llvm", "-o", out], ("truncated.onnx",)
+    if name == "compile_unsupported_op":
+        model, op, node = zoo.unsupported_op_model()
+        onnx.save(model, str(d / "unsupported.onnx"))
+        return ["compile", d / "unsupported.onnx", "--target", "llvm", "-o", out], (op, node)
+    if name == "compile_dynamic_shape":
+        onnx.save(zoo.dynamic_batch_model(), str(d / "dynamic.onnx"))
+        return ["compile", d / "dynamic.onnx", "--target", "llvm", "-o", out], ()
+    if name == "compile_unknown_target":
+        return ["compile", onnx_path, "--target", "no-such-target", "-o", out], ("no-such-target",)
+    xs = zoo.mlp().sample(seed=0, n=2)["x"]  # [2, 1, 64]
+    if name == "run_missing_sample_axis":
+        np.save(d / "x.npy", xs[0])  # [1, 64]: not [N, 1, 64]
+        return ["run", artifact, "--input", d / "x.npy", "--output", d / "y.npy"], ()
+    if name == "run_float64_input":
+        np.save(d / "x.npy", xs.astype(np.float64))
+        return ["run", artifact, "--input", d / "x.npy", "--output", d / "y.npy"], ()
+    if name == "run_missing_input_file":
+        return ["run", artifact, "--input", d / "nope.npy", "--output", d / "y.npy"], ("nope.npy",)
+    if name == "run_missing_artifact":
+        np.save(d / "x.npy", xs)
+        return ["run", d / "no-artifact", "--input", d / "x.npy", "--output", d / "y.npy"], ()
+    raise AssertionError(name)
 
 
-def test_error_compile_missing_file(case):
-    user_error(cli("compile", case / "missing.onnx", "--target", "llvm", "-o", case / "out"), "missing.onnx")
-    assert listing(case) == set()
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory, mlp, mlp_artifact):
+    _, onnx_path = mlp
+    _, artifact = mlp_artifact
+    cases = {}
+    for name in ERROR_CASES:
+        d = tmp_path_factory.mktemp(name)
+        args, mentions = _prepare(name, d, artifact, onnx_path)
+        cases[name] = (d, listing(d), args, mentions)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        procs = dict(zip(cases, pool.map(lambda c: cli(*c[2]), cases.values()), strict=True))
+    return {name: (procs[name], *cases[name]) for name in cases}
 
 
-def test_error_truncated_onnx(case):
-    data = zoo.mlp().model.SerializeToString()
-    bad = case / "truncated.onnx"
-    bad.write_bytes(data[: len(data) * 2 // 3])
-    before = listing(case)
-    user_error(cli("compile", bad, "--target", "llvm", "-o", case / "out"), "truncated.onnx")
-    assert listing(case) == before
-    user_error(cli("inspect", bad), "truncated.onnx")
-
-
-def test_error_not_onnx(case):
-    bad = case / "notes.onnx"
-    bad.write_text("this is not a protobuf\n" * 20)
-    before = listing(case)
-    user_error(cli("compile", bad, "--target", "llvm", "-o", case / "out"))
-    assert listing(case) == before
-
-
-def test_error_unsupported_op(case):
-    model, op, node = zoo.unsupported_op_model()
-    path = case / "unsupported.onnx"
-    onnx.save(model, str(path))
-    before = listing(case)
-    user_error(cli("compile", path, "--target", "llvm", "-o", case / "out"), op, node)
-    assert listing(case) == before
-
-
-def test_error_dynamic_shape(case):
-    path = case / "dynamic.onnx"
-    onnx.save(zoo.dynamic_batch_model(), str(path))
-    before = listing(case)
-    user_error(cli("compile", path, "--target", "llvm", "-o", case / "out"))
-    assert listing(case) == before
-
-
-def test_error_unknown_target(case, mlp):
-    _, path = mlp
-    user_error(cli("compile", path, "--target", "no-such-target", "-o", case / "out"), "no-such-target")
-    assert listing(case) == set()
-
-
-@pytest.mark.parametrize(
-    "kind",
-    ["missing_sample_axis", "wrong_feature_size", "float64", "int32"],
-)
-def test_error_run_bad_input(case, mlp_artifact, kind):
-    zm, out = mlp_artifact
-    xs = zm.sample(seed=0, n=2)["x"]
-    bad = {
-        "missing_sample_axis": xs[0],  # [1, 64]: not [N, 1, 64]
-        "wrong_feature_size": xs[..., :-3],
-        "float64": xs.astype(np.float64),
-        "int32": np.ones(xs.shape, np.int32),
-    }[kind]
-    np.save(case / "x.npy", bad)
-    before = listing(case)
-    user_error(cli("run", out, "--input", case / "x.npy", "--output", case / "y.npy"))
-    assert listing(case) == before  # no y.npy, no temporary file
-
-
-def test_error_run_missing_input_file(case, mlp_artifact):
-    _, out = mlp_artifact
-    user_error(cli("run", out, "--input", case / "nope.npy", "--output", case / "y.npy"), "nope.npy")
-    assert listing(case) == set()
-
-
-def test_error_run_missing_artifact(case):
-    np.save(case / "x.npy", np.zeros((1, 1, 64), np.float32))
-    user_error(cli("run", case / "no-artifact", "--input", case / "x.npy", "--output", case / "y.npy"))
-    assert listing(case) == {"x.npy"}
+@pytest.mark.parametrize("name", ERROR_CASES)
+def test_user_error(error_runs, name):
+    proc, d, before, _, mentions = error_runs[name]
+    user_error(proc, *mentions)
+    assert listing(d) == before, "the failed command left files behind (OUT_DIR, y.npy or a temporary)"

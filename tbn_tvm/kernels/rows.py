@@ -103,9 +103,16 @@ def _row_scale_and_index(plan: RowPlan, A, n):
     return d, s
 
 
-def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, dtype: str = "float32"):
-    """``Y[..., n] = scale_n * (2 * sum_{bit(d(n),k)} X[..., k] - sum_k X[..., k])`` with the
-    sums over bits computed once per distinct row."""
+ACCUMULATE = ("signed", "shared_sum")
+
+
+def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = "signed", dtype: str = "float32"):
+    """``Y[..., n] = scale_n * z[..., d(n)]`` with ``z`` computed once per distinct row.
+
+    ``accumulate="signed"`` sums ``+x`` or ``-x`` by the bit (no multiplies, same rounding as a
+    plain dot product); ``"shared_sum"`` uses ``2 * sum_{bit=1} x - sum x`` with ``sum x`` shared
+    by all rows (fewer operations when adds are cheaper than negations, but it cancels: larger
+    rounding error)."""
     from tvm import te, tirx
 
     *lead, K = (int(d) for d in x_shape)
@@ -114,37 +121,78 @@ def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, dtype: str = "floa
     P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
     A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
     zero = tirx.const(0.0, dtype)
+    one = tirx.const(1, "uint32")
     k = te.reduce_axis((i64(0), i64(K)), name="k")
     if plan.aligned:
+        # two reduction axes: the word (kc) and the bit inside it (kb), so one word load serves
+        # 32 inputs and the bit position is the loop index itself (vectorisable shifts)
         W = _row_words(plan, P, fmt.num_words)
+        C = plan.words_per_row
+        kc = te.reduce_axis((i64(0), i64(C)), name="kc")
+        kb = te.reduce_axis((i64(0), i64(32)), name="kb")
+
+        def signed_term(m, d):
+            kk = kc * i64(32) + kb
+            b = tirx.bitwise_and(tirx.shift_right(W[d, kc], tirx.Cast("uint32", kb)), one)
+            xv = X[(*m, kk)] if K % 32 == 0 else tirx.if_then_else(kk < i64(K), X[(*m, tirx.min(kk, i64(K - 1)))], zero)
+            return tirx.Select(b == one, xv, -xv)
+
+        if accumulate == "signed":
+            Z = te.compute(shape64([*lead, D]), lambda *idx: te.sum(signed_term(idx[:-1], idx[-1]), axis=[kc, kb]),
+                           name="tbn_rows_sum")
+
+            def out(*idx):
+                *m, n = idx
+                d, s = _row_scale_and_index(plan, A, n)
+                return s * Z[(*m, d)]
+
+            return [X, P, A, te.compute(shape64([*lead, N]), out, name="tbn_rows_dense")]
 
         def bit(d, kk):
             return tirx.bitwise_and(
                 tirx.shift_right(W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))),
-                tirx.const(1, "uint32"))
+                one)
     else:
 
         def bit(d, kk):
             return _bit_of_tile(P, tirx.floormod(d * i64(plan.g) + kk, i64(plan.tile_length)))
 
-    def ones(*idx):
-        *m, d = idx
-        return te.sum(tirx.Select(bit(d, k) == tirx.const(1, "uint32"), X[(*m, k)], zero), axis=k)
+    if accumulate == "signed":
 
-    Pos = te.compute(shape64([*lead, D]), ones, name="tbn_rows_ones")
-    k2 = te.reduce_axis((i64(0), i64(K)), name="k2")
-    Sx = te.compute(shape64(lead) if lead else [], lambda *m: te.sum(X[(*m, k2)], axis=k2), name="tbn_sum_x")
+        def rowsum(*idx):
+            *m, d = idx
+            return te.sum(tirx.Select(bit(d, k) == one, X[(*m, k)], -X[(*m, k)]), axis=k)
+
+        Z = te.compute(shape64([*lead, D]), rowsum, name="tbn_rows_sum")
+
+        def z_of(m, d):
+            return Z[(*m, d)]
+    elif accumulate == "shared_sum":
+
+        def ones(*idx):
+            *m, d = idx
+            return te.sum(tirx.Select(bit(d, k) == one, X[(*m, k)], zero), axis=k)
+
+        Pos = te.compute(shape64([*lead, D]), ones, name="tbn_rows_sum")
+        k2 = te.reduce_axis((i64(0), i64(K)), name="k2")
+        Sx = te.compute(shape64(lead) if lead else [], lambda *m: te.sum(X[(*m, k2)], axis=k2), name="tbn_sum_x")
+
+        def z_of(m, d):
+            return tirx.const(2.0, dtype) * Pos[(*m, d)] - Sx[tuple(m)]
+    else:
+        raise ValueError(f"accumulate must be one of {ACCUMULATE}")
 
     def out(*idx):
         *m, n = idx
         d, s = _row_scale_and_index(plan, A, n)
-        return s * (tirx.const(2.0, dtype) * Pos[(*m, d)] - Sx[tuple(m)])
+        return s * z_of(m, d)
 
     Y = te.compute(shape64([*lead, N]), out, name="tbn_rows_dense")
     return [X, P, A, Y]
 
 
-def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, dtype: str = "float32"):
+def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, accumulate: str = "signed",
+                 dtype: str = "float32"):
     """Grouped-free (groups = 1) N-d convolution computing only the distinct filters, bit-serial."""
     from tvm import te, tirx
 
@@ -193,22 +241,40 @@ def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, dtype:
     def src(b, pos, c):
         return Xp[(b, c, *[pos[d] * i64(strides[d]) + rk[d] * i64(dilation[d]) for d in range(nd)])]
 
-    def ones(b, d, *pos):
-        return te.sum(tirx.Select(bit(d, flat_k()) == tirx.const(1, "uint32"), src(b, pos, rc), zero), axis=[rc, *rk])
+    one = tirx.const(1, "uint32")
+    if accumulate == "signed":
 
-    Pos = te.compute(shape64([B, plan.distinct, *out_spatial]), ones, name="tbn_rows_ones")
-    rc2 = te.reduce_axis((i64(0), i64(Cg)), name="rc2")
-    rk2 = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk2_{d}") for d in range(nd)]
+        def rowsum(b, d, *pos):
+            v = src(b, pos, rc)
+            return te.sum(tirx.Select(bit(d, flat_k()) == one, v, -v), axis=[rc, *rk])
 
-    def box(b, *pos):
-        return te.sum(Xp[(b, rc2, *[pos[d] * i64(strides[d]) + rk2[d] * i64(dilation[d]) for d in range(nd)])],
-                      axis=[rc2, *rk2])
+        Z = te.compute(shape64([B, plan.distinct, *out_spatial]), rowsum, name="tbn_rows_sum")
 
-    Sx = te.compute(shape64([B, *out_spatial]), box, name="tbn_sum_x")
+        def z_of(b, d, pos):
+            return Z[(b, d, *pos)]
+    elif accumulate == "shared_sum":
+
+        def ones(b, d, *pos):
+            return te.sum(tirx.Select(bit(d, flat_k()) == one, src(b, pos, rc), zero), axis=[rc, *rk])
+
+        Pos = te.compute(shape64([B, plan.distinct, *out_spatial]), ones, name="tbn_rows_sum")
+        rc2 = te.reduce_axis((i64(0), i64(Cg)), name="rc2")
+        rk2 = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk2_{d}") for d in range(nd)]
+
+        def box(b, *pos):
+            return te.sum(Xp[(b, rc2, *[pos[d] * i64(strides[d]) + rk2[d] * i64(dilation[d]) for d in range(nd)])],
+                          axis=[rc2, *rk2])
+
+        Sx = te.compute(shape64([B, *out_spatial]), box, name="tbn_sum_x")
+
+        def z_of(b, d, pos):
+            return tirx.const(2.0, dtype) * Pos[(b, d, *pos)] - Sx[(b, *pos)]
+    else:
+        raise ValueError(f"accumulate must be one of {ACCUMULATE}")
 
     def out(b, o, *pos):
         d, s = _row_scale_and_index(plan, A, o)
-        return s * (tirx.const(2.0, dtype) * Pos[(b, d, *pos)] - Sx[(b, *pos)])
+        return s * z_of(b, d, pos)
 
     Y = te.compute(shape64([B, O, *out_spatial]), out, name=f"tbn_rows_conv{nd}d")
     return [X, P, A, Y]

@@ -1,12 +1,107 @@
-"""Host CPU schedules for the compact-weight kernels.
+"""Host CPU schedules for the project's kernels (applied before Relax's default pipeline).
 
-For now the kernels are left in their naive loop order (correct, not fast); tuned records are
-applied by :mod:`tbn_tvm.schedules.tuning` when given.
+The row-reuse kernels (:mod:`tbn_tvm.kernels.rows`) get a hand schedule: the reduction over
+the row is split into SIMD-width chunks and r-factored, so the per-bit sign select runs on
+vectors; distinct rows are spread over the cores; the re-aligned row words are computed next to
+their row.  Other kernels keep TVM's default loop nest (correct, untuned); MetaSchedule records
+(:mod:`tbn_tvm.schedules.tuning`) replace either when given.
 """
 
 from __future__ import annotations
 
+import tvm
 
-def schedule_cpu(mod, target):
-    """Return ``mod`` with the project's PrimFuncs scheduled for ``target`` (host CPU)."""
+
+def _name(sch, block) -> str:
+    return sch.get(block).name_hint
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # the primitive does not apply; keep the block as it is
+        return None
+
+
+def vector_lanes(target) -> int:
+    """float32 lanes of the widest SIMD unit of the target's CPU (16 AVX-512, 8 AVX2, else 4)."""
+    from tvm.target import codegen
+
+    mcpu = target.attrs.get("mcpu")
+    if not mcpu:
+        return 4
+    try:
+        if codegen.llvm_cpu_has_features("avx512f", target):
+            return 16
+        if codegen.llvm_cpu_has_features("avx2", target):
+            return 8
+    except Exception:  # feature query unsupported for this target: stay conservative
+        pass
+    return 4
+
+
+def schedule_rows(prim, lanes: int, cores: int):
+    """Schedule one (possibly fused) PrimFunc holding a ``tbn_rows_sum`` block."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(prim)
+    root = sch.get_sblock("root")
+    # epilogues (scale/gather, relu, bias) folded into one element-wise block
+    for blk in list(sch.get_child_blocks(root)):
+        name = _name(sch, blk)
+        if name.startswith(("tbn_rows_sum", "row_words")):
+            continue
+        if not name.startswith("tbn_rows_"):
+            _try(sch.reverse_compute_inline, blk) or _try(sch.compute_inline, blk)
+    blocks = {_name(sch, b): b for b in sch.get_child_blocks(root)}
+    rsum = next(b for n, b in blocks.items() if n.startswith("tbn_rows_sum"))
+    words = [b for n, b in blocks.items() if n.startswith("row_words")]
+    kinds = [int(iv.iter_type) for iv in sch.get(rsum).iter_vars]
+    loops = sch.get_loops(rsum)
+    n_spatial = kinds.count(0)
+    spatial, reduce = loops[:n_spatial], loops[n_spatial:]
+    two_level = len(reduce) == 2 and int(sch.get(reduce[1]).extent) == 32  # (word, bit) axes
+    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    if two_level and 32 % lanes == 0:
+        _, kb = reduce
+        kbo, kbi = sch.split(kb, [None, lanes])
+        rf = sch.rfactor(kbi, n_spatial)
+        rf_loops = sch.get_loops(rf)
+        sch.vectorize(rf_loops[-1])
+        if cores > 1:
+            sch.parallel(rf_loops[0])
+        if words:
+            _try(sch.compute_at, words[0], rf_loops[0])
+        _try(sch.decompose_reduction, rf, sch.get_loops(rf)[1])
+    elif cores > 1:
+        sch.parallel(fused)
+        if words:
+            _try(sch.compute_at, words[0], fused)
+    return sch.mod["main"]
+
+
+def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """Return ``mod`` with the project's row-reuse PrimFuncs hand-scheduled for ``target``.
+
+    Runs on the Relax module before fusion: FuseTIR later merges the scheduled kernel with its
+    element-wise neighbours."""
+    from tvm import tirx
+
+    lanes = vector_lanes(target)
+    cores = int(target.attrs.get("num-cores", 0) or 0) or _cpu_count()
+    updates = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and gv.name_hint.startswith("tbn_rows_"):
+            try:
+                updates[gv] = schedule_rows(func, lanes, cores).with_attr("tirx.is_scheduled", True)
+            except Exception:  # fall back to the unscheduled kernel; still correct
+                continue
+    for gv, func in updates.items():
+        mod[gv] = func
     return mod
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -71,7 +71,9 @@ def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> 
         else:
             raise TBNError(f"--mcpu is only used with a thumbv7em triple, not with target '{t}'")
     if low in ("llvm", "host", "cpu"):
-        return TargetSpec("host", "llvm", {"kind": "llvm"})
+        return TargetSpec("host", "llvm", {"kind": "llvm", **_native_cpu()})
+    if low in ("llvm-generic", "x86_64"):
+        return TargetSpec("host", "llvm-generic", {"kind": "llvm"})
     if low in _CORTEX_M:
         cpu = _CORTEX_M[low]
         return _cortex_m(cpu)
@@ -88,6 +90,17 @@ def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> 
     if m and m.group("arch") in ("x86_64", "aarch64", "armv7", "armv7a", "riscv64", "i686") and "none" not in low:
         return TargetSpec("host", low, {"kind": "llvm", "mtriple": low})
     raise TBNError(f"unknown target '{t}'", hint=f"use one of: {_KNOWN}")
+
+
+def _native_cpu() -> dict:
+    """The host CPU's name for LLVM (so vector units such as AVX-512 are used), if known."""
+    try:
+        from tvm.target import codegen
+
+        cpu = str(codegen.llvm_get_system_cpu())
+        return {"mcpu": cpu} if cpu and cpu != "generic" else {}
+    except Exception:  # an LLVM without host detection: generic code
+        return {}
 
 
 def _cortex_m(cpu: str) -> TargetSpec:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cm_support import FIXTURES, Toy
 
 from tbn_tvm.errors import TBNError
-
 
 
 def _toolchain_missing() -> str | None:

@@ -16,7 +16,6 @@ from tbn_tvm.targets.cortex_m import firmware as fw_module
 from tbn_tvm.targets.cortex_m.elf import ElfFile
 from tbn_tvm.targets.cortex_m.toolchain import find_gcc
 
-
 pytestmark = pytest.mark.qemu
 
 
@@ -28,7 +27,9 @@ def test_size_report_matches_binutils(toy, tmp_path: Path) -> None:
     elf = tmp_path / "fw.elf"
     report = build_firmware(toy.lib, "cortex-m4", elf)
     sizes = {}
-    for line in subprocess.run([_binutil("size"), "-A", str(elf)], capture_output=True, text=True).stdout.splitlines():
+    for line in subprocess.run(
+        [_binutil("size"), "-A", str(elf)], capture_output=True, text=True
+    ).stdout.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1].isdigit():
             sizes[parts[0]] = int(parts[1])
@@ -50,7 +51,9 @@ def test_library_symbols_are_attributed(toy, tmp_path: Path) -> None:
     assert by_name["tbn_model_run"].kind == "text"
     assert "main" not in by_name and "tbn_reset_handler" not in by_name  # firmware, not library
     # The same figures as binutils' nm.
-    nm = subprocess.run([_binutil("nm"), "-S", str(tmp_path / "fw.elf")], capture_output=True, text=True).stdout
+    nm = subprocess.run(
+        [_binutil("nm"), "-S", str(tmp_path / "fw.elf")], capture_output=True, text=True
+    ).stdout
     nm_sizes = {p[3]: int(p[1], 16) for p in (ln.split() for ln in nm.splitlines()) if len(p) == 4}
     assert all(nm_sizes[s.name] == s.size for s in report.library_symbols)
     assert {s.name for s in symbol_sizes(tmp_path / "fw.elf")} >= {"main", "tbn_model_run", "tbn_fw_info"}
@@ -75,7 +78,9 @@ def test_two_builds_are_byte_identical(toy, tmp_path: Path) -> None:
 def test_too_large_is_refused_before_linking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    big = write_dense_lib(tmp_path / "big", np.ones((64, 1024), np.float32), np.zeros(64, np.float32))  # 256 KiB
+    big = write_dense_lib(
+        tmp_path / "big", np.ones((64, 1024), np.float32), np.zeros(64, np.float32)
+    )  # 256 KiB
     monkeypatch.setattr(fw_module, "_link", lambda *a: pytest.fail("the linker ran"))
     elf = tmp_path / "fw.elf"
     with pytest.raises(TBNError) as e:
@@ -113,7 +118,9 @@ def test_library_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(TBNError, match="has no model.h"):
         build_firmware(tmp_path / "empty", "cortex-m4", tmp_path / "fw.elf")
     broken = shutil.copytree(FIXTURES / "misbehave_lib", tmp_path / "broken")
-    (broken / "model.c").write_text('#include "model.h"\nint tbn_model_run(const float *in, float *out) { oops }\n')
+    (broken / "model.c").write_text(
+        '#include "model.h"\nint tbn_model_run(const float *in, float *out) { oops }\n'
+    )
     with pytest.raises(TBNError, match="compiling lib/model.c for Cortex-M failed: .*error"):
         build_firmware(broken, "cortex-m4", tmp_path / "fw.elf")
     (broken / "model.c").write_text('#include "model.h"\nint not_the_entry_point(void) { return 0; }\n')

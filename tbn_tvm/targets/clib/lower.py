@@ -153,37 +153,6 @@ def extract(mod) -> LoweredGraph:
     return LoweredGraph(values, steps, outputs, kernels)
 
 
-def _inline_intermediates(prim):
-    """Schedule for a microcontroller: inline padding / decode / element-wise stages into their
-    consumers (or producers), so the kernel needs no scratch buffer."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(prim)
-    changed = True
-    while changed:
-        changed = False
-        blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
-        for blk in blocks:
-            for attempt in (sch.compute_inline, sch.reverse_compute_inline):
-                try:
-                    attempt(blk)
-                    changed = True
-                    break
-                except Exception:  # not inlinable this way; leave it
-                    continue
-            if changed:
-                break
-    return sch.mod["main"]
-
-
-def _has_root(sch) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:
-        return False
-
-
 _INCLUDE = re.compile(r'^#include "tvm/[^"]+"\s*$', re.M)
 _WORKSPACE = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+\s*,\s*[^,]+,\s*\(uint64_t\)(\d+)")
 
@@ -199,9 +168,11 @@ def kernels_to_c(kernels: dict[str, object], schedule: bool = True) -> KernelSou
     """C source for the kernels (TVM's C code generator, asserts disabled)."""
     import tvm
 
+    from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
+
     funcs = {}
     for name, prim in kernels.items():
-        f = _inline_intermediates(prim) if schedule else prim
+        f = schedule_prim_mcu(prim) if schedule else prim
         funcs[name] = f.with_attr("global_symbol", name)
     mod = tvm.IRModule(funcs)
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):

@@ -71,10 +71,10 @@ class Board:
             if not isinstance(value, int) or value <= 0:
                 raise TBNError(f"{key} must be a positive number of bytes, got {value!r}")
         board = dataclasses.replace(self, **changes)
-        if board.stack_bytes % 8 or board.stack_bytes >= board.ram_bytes:
+        if board.stack_bytes % 8 or not 256 <= board.stack_bytes < board.ram_bytes:
             raise TBNError(
-                f"a stack of {board.stack_bytes} bytes does not fit {board.name}'s "
-                f"{board.ram_bytes} bytes of RAM (or is not a multiple of 8)"
+                f"a stack of {board.stack_bytes} bytes does not suit {board.name}'s {board.ram_bytes} bytes "
+                "of RAM (it must be a multiple of 8, at least 256 and smaller than the RAM)"
             )
         return board
 

@@ -20,6 +20,7 @@ DWT cycles).
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import tempfile
@@ -41,6 +42,8 @@ _STAT_MAGIC = 0x534E4254  # "TBNS"
 
 #: Exit statuses of the semihosting firmware (templates/main_semihost.c).
 EXIT_IO, EXIT_FORMAT, EXIT_MODEL, EXIT_FAULT = 1, 2, 3, 250
+#: Wall-clock limit of a QEMU run when none is given.
+DEFAULT_TIMEOUT_S = 60.0
 
 
 def qemu_machine_args(board: Board) -> list[str]:
@@ -60,14 +63,16 @@ def run_qemu(
     output_size: int | None = None,
     *,
     count_instructions: bool = False,
-    timeout_s: float = 60.0,
+    timeout_s: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Run every sample of ``inputs`` through the firmware ``elf`` on QEMU.
 
     Returns ``(outputs[N, output_size] float32, stats)``; ``stats`` holds ``samples``,
     ``wall_s``, ``stack_peak_bytes`` and, with ``count_instructions``, ``instructions``
-    (``per_inference``, ``mean``, ``min``, ``max``, ``total_executed``).
+    (``per_inference``, ``mean``, ``min``, ``max``, ``total_executed``).  ``timeout_s`` bounds
+    the whole run (``None``: :data:`DEFAULT_TIMEOUT_S`); past it QEMU is killed.
     """
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     board = get_board(board)
     machine_args = qemu_machine_args(board)
     elf = Path(elf).resolve()
@@ -103,7 +108,7 @@ def run_qemu(
                 hint="raise the timeout if the model is just slow",
             ) from None
         wall = time.monotonic() - t0
-        check_exit(proc.returncode, proc.stderr)
+        check_exit(proc.returncode, proc.stderr, board)
 
         y = np.fromfile(tmp / "tbn_out.bin", dtype="<f4") if (tmp / "tbn_out.bin").exists() else np.zeros(0)
         if y.size != x.shape[0] * info.output_size:
@@ -116,17 +121,13 @@ def run_qemu(
     return y.reshape(x.shape[0], info.output_size).astype(np.float32), stats
 
 
-def check_exit(returncode: int, stderr: str) -> None:
+def check_exit(returncode: int, stderr: str, board: Board) -> None:
     """Turn a semihosting firmware's QEMU exit into a one-line TBNError (status 0: no error)."""
     if returncode == 0:
         return
     said = " ".join(ln[5:].strip() for ln in stderr.splitlines() if ln.startswith("tbn: "))
     if "Lockup" in stderr or returncode in (-6, 134):
-        line = next((ln.strip() for ln in stderr.splitlines() if "Lockup" in ln), "QEMU aborted")
-        raise TBNError(
-            f"the firmware locked up ({line})",
-            hint="a fault while handling a fault, usually a stack overflow: raise stack_bytes",
-        )
+        raise lockup_error(stderr, board)
     if returncode == EXIT_FAULT:
         raise TBNError(f"the firmware crashed: {said or 'CPU fault'}", hint="a bug in the model's C code?")
     if returncode == EXIT_MODEL:
@@ -135,6 +136,25 @@ def check_exit(returncode: int, stderr: str) -> None:
         raise TBNError(f"the firmware could not read its samples: {said}")
     tail = " | ".join(stderr.strip().splitlines()[-3:])
     raise TBNError(f"QEMU exited with status {returncode}: {tail or 'no message'}")
+
+
+def lockup_error(qemu_output: str, board: Board) -> TBNError:
+    """The error for a CPU lockup (a fault while handling a fault), from QEMU's register dump.
+
+    The stack sits at the bottom of RAM with an MPU guard below it, so a stack pointer below the
+    RAM origin at the lockup means the stack overflowed.
+    """
+    line = next((ln.strip() for ln in qemu_output.splitlines() if "Lockup" in ln), "QEMU aborted")
+    sp = re.search(r"R13=([0-9a-fA-F]{8})", qemu_output)
+    if sp and board.ram_origin - 0x10000 <= int(sp.group(1), 16) < board.ram_origin:
+        return TBNError(
+            f"the firmware overflowed its {board.stack_bytes}-byte stack (CPU lockup, sp=0x{sp.group(1)})",
+            hint="raise stack_bytes",
+        )
+    return TBNError(
+        f"the firmware locked up ({line})",
+        hint="a fault while handling a fault: a corrupted stack pointer or a stack overflow?",
+    )
 
 
 def _qemu_escape(option_value: str) -> str:

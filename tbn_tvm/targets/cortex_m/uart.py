@@ -51,13 +51,15 @@ import numpy as np
 from tbn_tvm.errors import TBNError
 from tbn_tvm.targets.cortex_m.boards import Board, get_board
 from tbn_tvm.targets.cortex_m.firmware import firmware_info
-from tbn_tvm.targets.cortex_m.qemu import qemu_machine_args
+from tbn_tvm.targets.cortex_m.qemu import lockup_error, qemu_machine_args
 from tbn_tvm.targets.cortex_m.samples import as_batch
 from tbn_tvm.targets.cortex_m.toolchain import find_qemu
 
 SYNC = b"\xa5\x5a"
 HELLO, RUN, INFO, RESULT, ERROR, FAULT = 0x01, 0x02, 0x81, 0x82, 0xE0, 0xEF
 PROTOCOL = 1
+#: Seconds a request may wait for its answer when no timeout is given.
+DEFAULT_TIMEOUT_S = 10.0
 MAX_PAYLOAD = 64 * 1024 * 1024
 _HEADER = struct.Struct("<BBI")
 _FAULT_NAMES = {2: "NMI", 3: "HardFault", 4: "MemManage", 5: "BusFault", 6: "UsageFault"}
@@ -221,13 +223,15 @@ def run_uart(
     output_size: int | None = None,
     *,
     baudrate: int = 115200,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Run every sample of ``inputs`` on the device at ``port``; ``timeout_s`` bounds each request.
 
     Returns ``(outputs[N, output_size] float32, stats)``; ``stats["cycles"]`` holds the DWT
     cycle counts per inference when the device measures them (real boards), else ``None``.
+    ``timeout_s=None`` means :data:`DEFAULT_TIMEOUT_S`.
     """
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     with UartLink(open_port(port, baudrate)) as link:
         return _serve_all(link, port, inputs, output_size, timeout_s)
 
@@ -279,28 +283,30 @@ def run_uart_qemu(
     inputs: np.ndarray,
     output_size: int | None = None,
     *,
-    timeout_s: float = 30.0,
+    timeout_s: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """:func:`run_uart` against a UART firmware on QEMU, whose serial port stands in for a board.
 
+    ``timeout_s`` bounds QEMU's start and each request (``None``: :data:`DEFAULT_TIMEOUT_S`).
     QEMU's UART is a TCP server on 127.0.0.1 that waits for the host to connect before the
     guest starts, so no byte is lost.  A crash or lockup of QEMU is reported with its message.
     """
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     board = get_board(board)
-    machine_args = qemu_machine_args(board)
+    qemu_machine_args(board)  # refuses a physical board
     elf = Path(elf).resolve()
     if firmware_info(elf).mode != "uart":
         raise TBNError(f"{elf.name} is not a UART firmware", hint="build it with mode='uart'")
     qemu = find_qemu()
     with tempfile.TemporaryDirectory(prefix="tbn-uart-") as tmp_name:
         log_path = Path(tmp_name) / "qemu.log"
-        proc, link, url = _start_qemu_serial(qemu, machine_args, elf, log_path, timeout_s)
+        proc, link, url = _start_qemu_serial(qemu, board, elf, log_path, timeout_s)
         try:
             with link:
                 outputs, stats = _serve_all(link, url, inputs, output_size, timeout_s)
         except TBNError as e:
             if proc.poll() is not None:  # QEMU itself died: its message says more than a timeout
-                raise _qemu_died(proc.returncode, log_path) from None
+                raise _qemu_died(proc.returncode, log_path, board) from None
             raise e from None
         finally:
             _stop(proc)
@@ -309,14 +315,14 @@ def run_uart_qemu(
 
 
 def _start_qemu_serial(
-    qemu: str, machine_args: list[str], elf: Path, log_path: Path, timeout_s: float
+    qemu: str, board: Board, elf: Path, log_path: Path, timeout_s: float
 ) -> tuple[subprocess.Popen, UartLink, str]:
     for _attempt in range(5):
         port_number = _free_tcp_port()
         url = f"socket://127.0.0.1:{port_number}"
         cmd = [
             qemu,
-            *machine_args,
+            *qemu_machine_args(board),
             "-serial",
             f"tcp:127.0.0.1:{port_number},server=on,wait=on",
             "-kernel",
@@ -335,7 +341,7 @@ def _start_qemu_serial(
         if still_running:
             raise TBNError(f"QEMU did not open its serial port within {timeout_s:g} s")
         if "in use" not in log_path.read_text(errors="replace"):  # only a lost race for the port is retried
-            raise _qemu_died(proc.returncode, log_path)
+            raise _qemu_died(proc.returncode, log_path, board)
     raise TBNError("could not find a free TCP port on 127.0.0.1 for QEMU's serial port")
 
 
@@ -355,14 +361,10 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _qemu_died(returncode: int | None, log_path: Path) -> TBNError:
+def _qemu_died(returncode: int | None, log_path: Path, board: Board) -> TBNError:
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    lockup = next((ln.strip() for ln in text.splitlines() if "Lockup" in ln), None)
-    if lockup:
-        return TBNError(
-            f"the firmware locked up ({lockup})",
-            hint="a fault while handling a fault, usually a stack overflow: raise stack_bytes",
-        )
+    if "Lockup" in text:
+        return lockup_error(text, board)
     tail = " | ".join(text.strip().splitlines()[-3:])
     return TBNError(f"QEMU exited with status {returncode}: {tail or 'no message'}")
 

@@ -5,6 +5,14 @@
 #include "tbn_fw.h"
 
 #define TBN_STACK_PATTERN 0xC0DEFACEu
+#define TBN_STACK_GUARD 0x10000u /* bytes below the stack (and RAM) made inaccessible by the MPU */
+
+/* PMSAv7 MPU registers (Cortex-M4/M7). */
+#define TBN_MPU_TYPE (*(volatile uint32_t *)0xE000ED90u)
+#define TBN_MPU_CTRL (*(volatile uint32_t *)0xE000ED94u)
+#define TBN_MPU_RNR (*(volatile uint32_t *)0xE000ED98u)
+#define TBN_MPU_RBAR (*(volatile uint32_t *)0xE000ED9Cu)
+#define TBN_MPU_RASR (*(volatile uint32_t *)0xE000EDA0u)
 
 /* Symbols defined by link.ld. */
 extern uint32_t __data_load[], __data_start[], __data_end[];
@@ -51,6 +59,18 @@ void tbn_reset_handler(void)
     uint32_t sp;
     __asm volatile("mov %0, sp" : "=r"(sp));
     for (dst = __stack_bottom; (uintptr_t)dst < sp - 64u; dst++) *dst = TBN_STACK_PATTERN;
+
+    /* Stack guard.  The stack sits at the bottom of RAM, so an overflow writes below RAM: make
+     * the 64 KiB there a no-access MPU region, and an overflow faults at once (even with a
+     * large stack frame) instead of going unnoticed where that memory ignores writes (QEMU). */
+    uint32_t guard = (uint32_t)(uintptr_t)__stack_bottom - TBN_STACK_GUARD;
+    if (((TBN_MPU_TYPE >> 8) & 0xFFu) && (guard & (TBN_STACK_GUARD - 1u)) == 0u) {
+        TBN_MPU_RNR = 0;
+        TBN_MPU_RBAR = guard;
+        TBN_MPU_RASR = (1u << 28) | (15u << 1) | 1u; /* XN, no access, 2^(15+1) bytes, enabled */
+        TBN_MPU_CTRL = (1u << 2) | 1u;               /* default memory map elsewhere, MPU on */
+        __asm volatile("dsb\n\tisb" ::: "memory");
+    }
 
     tbn_platform_exit(main());
 }
