@@ -204,7 +204,9 @@ def compile(  # noqa: A001 - the natural name for users
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
     backend_cls = _backend_for(spec)
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
-    return CompiledModel(spec, loaded.inputs, outputs, report, backend, extra)
+    model = CompiledModel(spec, loaded.inputs, outputs, report, backend, extra)
+    backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
+    return model
 
 
 def load(out_dir: str | os.PathLike) -> CompiledModel:
@@ -222,6 +224,7 @@ def load(out_dir: str | os.PathLike) -> CompiledModel:
     except (ValueError, KeyError, TypeError) as e:
         raise TBNError(f"{path}: damaged manifest ({type(e).__name__}: {e})", hint="compile the model again") from None
     backend = _backend_for(spec).load(spec, out, manifest)
+    backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     report = {k: manifest[k] for k in ("layers", "total", "compressed_layers", "source") if k in manifest}
     extra = {k: v for k, v in manifest.items() if k not in report and k not in
              ("target", "inputs", "outputs", "tbn_tvm_version", "target_family")}

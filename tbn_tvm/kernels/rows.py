@@ -127,24 +127,34 @@ def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = 
         # two reduction axes: the word (kc) and the bit inside it (kb), so one word load serves
         # 32 inputs and the bit position is the loop index itself (vectorisable shifts)
         W = _row_words(plan, P, fmt.num_words)
-        C = plan.words_per_row
-        kc = te.reduce_axis((i64(0), i64(C)), name="kc")
-        kb = te.reduce_axis((i64(0), i64(32)), name="kb")
+        full, tail = divmod(K, 32)
 
-        def signed_term(m, d):
-            kk = kc * i64(32) + kb
-            b = tirx.bitwise_and(tirx.shift_right(W[d, kc], tirx.Cast("uint32", kb)), one)
-            xv = X[(*m, kk)] if K % 32 == 0 else tirx.if_then_else(kk < i64(K), X[(*m, tirx.min(kk, i64(K - 1)))], zero)
+        def signed_term(m, d, word, bit):
+            xv = X[(*m, word * i64(32) + bit)]
+            b = tirx.bitwise_and(tirx.shift_right(W[d, word], tirx.Cast("uint32", bit)), one)
             return tirx.Select(b == one, xv, -xv)
 
         if accumulate == "signed":
-            Z = te.compute(shape64([*lead, D]), lambda *idx: te.sum(signed_term(idx[:-1], idx[-1]), axis=[kc, kb]),
-                           name="tbn_rows_sum")
+            parts = []
+            if full:
+                kc = te.reduce_axis((i64(0), i64(full)), name="kc")
+                kb = te.reduce_axis((i64(0), i64(32)), name="kb")
+                parts.append(te.compute(shape64([*lead, D]),
+                                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], kc, kb), axis=[kc, kb]),
+                                        name="tbn_rows_sum"))
+            if tail:  # the last, partial word of each row: its own small reduction, no guards
+                kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
+                parts.append(te.compute(shape64([*lead, D]),
+                                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], i64(full), kt), axis=kt),
+                                        name="tbn_rows_tail"))
 
             def out(*idx):
                 *m, n = idx
                 d, s = _row_scale_and_index(plan, A, n)
-                return s * Z[(*m, d)]
+                z = parts[0][(*m, d)]
+                for extra in parts[1:]:
+                    z = z + extra[(*m, d)]
+                return s * z
 
             return [X, P, A, te.compute(shape64([*lead, N]), out, name="tbn_rows_dense")]
 

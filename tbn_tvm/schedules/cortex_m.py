@@ -40,22 +40,25 @@ def schedule_prim_mcu(prim):
             if _try(sch.compute_inline, blk) or _try(sch.reverse_compute_inline, blk):
                 changed = True
                 break
-    # 2. row words under the distinct-row loop of their consumer; chunk the reduction by 32
+    # 2. row words under the distinct-row loop of their consumer; unroll the 32 bits of a word
+    #    (constant masks and load offsets); chunk a single-axis reduction by 32
     for blk in _blocks(sch):
-        if not _name(sch, blk).startswith("tbn_rows_sum"):
+        if not _name(sch, blk).startswith(("tbn_rows_sum", "tbn_rows_tail")):
             continue
         kinds = [int(iv.iter_type) for iv in sch.get(blk).iter_vars]  # 0: spatial, 2: reduction
         n_spatial = kinds.count(0)
         loops = sch.get_loops(blk)
         if len(loops) != len(kinds):
             continue
-        dense = len(kinds) - n_spatial == 1
-        row_axis = loops[n_spatial - 1] if dense else loops[1]
+        n_reduce = len(kinds) - n_spatial
+        conv = n_reduce >= 2 and int(sch.get(loops[-1]).extent) != 32 or len(loops) > n_spatial + 2
+        row_axis = loops[1] if conv else loops[n_spatial - 1]
         words = [b for b in _blocks(sch) if _name(sch, b).startswith("row_words")]
         if words:
             _try(sch.compute_at, words[0], row_axis)
-        if dense and int(sch.get(loops[-1]).extent) > 32:
-            _try(sch.split, loops[-1], [None, 32])
+        loops = sch.get_loops(blk)
+        if not conv and int(sch.get(loops[-1]).extent) <= 32:
+            _try(sch.unroll, loops[-1])
     # 3. initialise accumulators before their reduction loops, not inside them
     for blk in _blocks(sch):
         kinds = [int(iv.iter_type) for iv in sch.get(blk).iter_vars]

@@ -1,0 +1,192 @@
+"""The Cortex-M back end of :func:`tbn_tvm.compile`: a static C library + firmware, run on QEMU
+or on a board over UART.
+
+OUT_DIR layout::
+
+    lib/                 the C library to drop into a board project (model.h, model.c, weights.c,
+                         kernels.c, tbn_abi.h)
+    firmware.elf         semihosting firmware for QEMU (`tbn-tvm run OUT_DIR --qemu`)
+    firmware_uart.elf    UART-protocol firmware for the QEMU board (stand-in for a real board)
+    manifest.json        target, shapes, per-layer formats, flash/RAM per section and per layer
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tbn_tvm.errors import TBNError
+from tbn_tvm.targets import TargetSpec
+
+LIB_DIR = "lib"
+FIRMWARE = "firmware.elf"
+FIRMWARE_UART = "firmware_uart.elf"
+
+
+def parse_size(value) -> int | None:
+    """``"512K"``, ``"1M"``, ``"65536"`` or an int -> bytes."""
+    if value is None or isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)(i?[bB])?\s*", str(value))
+    if not m:
+        raise TBNError(f"bad size '{value}'", hint="write bytes, or a number with K or M (e.g. 512K)")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
+
+
+def _layer_sizes(graph, info, size_report, layers: list[dict]) -> list[dict]:
+    """Flash per layer: its weight arrays plus the code of its kernel(s)."""
+    code = {s.name: s.size for s in size_report.library_symbols if s.kind in ("func", "text")}
+    per_step = []
+    for i, step in enumerate(graph.steps):
+        weights = sum(info.constants[c] for c in info.step_constants[i])
+        per_step.append({"kernel": step.kernel, "weight_bytes": weights,
+                         "code_bytes": code.get(f"__tvm_ffi_{step.kernel}", 0)})
+    # attach the per-step figures to the report's layers in order (kernels that carry weights)
+    weighted = [s for s in per_step if s["weight_bytes"] > 0]
+    for layer, step in zip(layers, weighted):
+        layer["flash"] = step
+    return per_step
+
+
+class CortexMBackend:
+    """Holds the built library and firmware until :meth:`save`; runs them on QEMU or a board."""
+
+    def __init__(self, spec: TargetSpec, board, staging: Path | None = None, out_dir: Path | None = None,
+                 manifest: dict | None = None) -> None:
+        self.spec = spec
+        self.board = board
+        self._staging = staging  # a temp dir with lib/ and the ELFs, before save()
+        self._dir = out_dir  # a saved artifact directory
+        self.manifest = manifest or {}
+        self.run_options = {"qemu": True, "board": None, "baud": 115200, "count_instructions": False,
+                            "timeout": None}
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def create(cls, spec: TargetSpec, prepared, inputs, outputs, *, board=None, flash_size=None, ram_size=None,
+               stack_size=None, tuning_db=None) -> tuple[CortexMBackend, dict]:
+        from tbn_tvm.targets.clib.driver import write_library
+        from tbn_tvm.targets.clib.lower import extract, fuse, kernels_to_c
+        from tbn_tvm.targets.cortex_m import build_firmware, ensure_toolchain, get_board
+
+        if tuning_db is not None:
+            raise TBNError("--tuning-db applies to host and CUDA builds; Cortex-M kernels use a fixed schedule")
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise TBNError("the Cortex-M back end supports models with exactly one input and one output")
+        limits = {"flash_bytes": parse_size(flash_size), "ram_bytes": parse_size(ram_size),
+                  "stack_bytes": parse_size(stack_size)}
+        brd = get_board(board or spec.cpu, **limits)
+        if brd.cpu != spec.cpu:
+            raise TBNError(f"board {brd.name} has a {brd.cpu}, but the target is {spec.cpu}")
+        ensure_toolchain(install=False, need_qemu=False)
+        graph = extract(fuse(prepared.mod))
+        kernels = kernels_to_c(graph.kernels)
+        staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
+        try:
+            lib = staging / LIB_DIR
+            lib.mkdir()
+            info = write_library(graph, kernels, lib)
+            _write_build_files(lib)
+            size = build_firmware(lib, brd, staging / FIRMWARE, mode="semihost", **limits)
+            extra = {"board": brd.name, "qemu_machine": brd.qemu_machine, "memory": size.to_dict(),
+                     "flash_bytes": size.flash, "ram_bytes": size.ram, "arena_bytes": info.arena_bytes,
+                     "library_weight_bytes": info.weight_bytes, "firmware": FIRMWARE, "library": LIB_DIR}
+            if brd.qemu_machine is not None and brd.uart_driver is not None:
+                build_firmware(lib, brd, staging / FIRMWARE_UART, mode="uart", **limits)
+                extra["firmware_uart"] = FIRMWARE_UART
+            extra["steps"] = _layer_sizes(graph, info, size, [])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        backend = cls(spec, brd, staging=staging)
+        backend.manifest = extra
+        return backend, extra
+
+    def __del__(self) -> None:
+        if getattr(self, "_staging", None) is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+    def _path(self, name: str) -> Path:
+        base = self._dir if self._dir is not None else self._staging
+        return base / name
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: Path) -> dict:
+        shutil.copytree(self._path(LIB_DIR), out_dir / LIB_DIR)
+        files = {"artifact": FIRMWARE}
+        for name in (FIRMWARE, FIRMWARE_UART):
+            if self._path(name).exists():
+                shutil.copy2(self._path(name), out_dir / name)
+        return files
+
+    @classmethod
+    def load(cls, spec: TargetSpec, out_dir: Path, manifest: dict) -> CortexMBackend:
+        from tbn_tvm.targets.cortex_m import get_board
+
+        if not (out_dir / manifest.get("firmware", FIRMWARE)).exists():
+            raise TBNError(f"{out_dir}: {FIRMWARE} is missing", hint="compile the model again")
+        return cls(spec, get_board(manifest.get("board") or spec.cpu), out_dir=out_dir, manifest=manifest)
+
+    # ------------------------------------------------------------------ running
+    def configure(self, *, qemu: bool = True, board: str | None = None, baud: int = 115200,
+                  count_instructions: bool = False, timeout: float | None = None) -> None:
+        """Choose where :meth:`run_batch` runs: QEMU (default) or a board's serial port."""
+        self.run_options = {"qemu": qemu, "board": board, "baud": baud, "count_instructions": count_instructions,
+                            "timeout": timeout}
+
+    def run_batch(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict]:
+        from tbn_tvm.targets.cortex_m import run_qemu, run_uart
+
+        x = np.ascontiguousarray(arrays[0], dtype=np.float32)
+        n = x.shape[0]
+        opts = self.run_options
+        if opts.get("board"):
+            y, stats = run_uart(opts["board"], x.reshape(n, -1), baudrate=opts["baud"], timeout_s=opts["timeout"])
+        else:
+            y, stats = run_qemu(self._path(FIRMWARE), self.board, x.reshape(n, -1),
+                                count_instructions=opts["count_instructions"], timeout_s=opts["timeout"])
+        out_shape = getattr(self, "output_shape", None)
+        y = np.asarray(y, dtype=np.float32)
+        if out_shape is not None:
+            y = y.reshape(n, *out_shape)
+        flat = {"device": "qemu " + (self.board.qemu_machine or "") if not opts.get("board") else opts["board"]}
+        ins = stats.get("instructions")
+        if ins:
+            flat["instructions_per_inference"] = ins.get("mean")
+            flat["instructions_min"] = ins.get("min")
+            flat["instructions_max"] = ins.get("max")
+        for key in ("stack_peak_bytes", "cycles", "wall_s"):
+            if stats.get(key) is not None:
+                flat[key] = stats[key]
+        return [y], flat
+
+
+_MAKEFILE = """# Build the tbn-tvm model library into your firmware (GNU make).
+# Add to your Makefile:
+#   TBN_DIR := path/to/lib
+#   include $(TBN_DIR)/tbn_model.mk
+#   CFLAGS  += $(TBN_CFLAGS)
+#   OBJS    += $(TBN_OBJS)
+TBN_DIR ?= $(dir $(lastword $(MAKEFILE_LIST)))
+TBN_SRCS := $(TBN_DIR)model.c $(TBN_DIR)weights.c $(TBN_DIR)kernels.c
+TBN_OBJS := $(TBN_SRCS:.c=.o)
+TBN_CFLAGS := -I$(TBN_DIR) -std=gnu11 -O2 -ffunction-sections -fdata-sections
+"""
+
+_CMAKE = """# Build the tbn-tvm model library into your firmware (CMake >= 3.13).
+#   add_subdirectory(path/to/lib tbn_model)
+#   target_link_libraries(your_firmware PRIVATE tbn_model)
+add_library(tbn_model STATIC model.c weights.c kernels.c)
+target_include_directories(tbn_model PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+target_compile_options(tbn_model PRIVATE -O2 -ffunction-sections -fdata-sections)
+set_property(TARGET tbn_model PROPERTY C_STANDARD 11)
+"""
+
+
+def _write_build_files(lib: Path) -> None:
+    (lib / "tbn_model.mk").write_text(_MAKEFILE)
+    (lib / "CMakeLists.txt").write_text(_CMAKE)
