@@ -180,10 +180,9 @@ class LayerSpec:
 def _tiled_spec(t: Tiled, shape, bias: int = 0, stored_shape=None, alpha=None) -> LayerSpec:
     n_scales = {"per_copy": t.p, "single": 1, "per_channel": shape[0]}[t.alpha]
     fmt = "binary" if t.p == 1 else "tiled"
-    if t.p == 1 and t.alpha == "per_copy":
-        labels = frozenset({"single", "per_copy"})
-    else:
-        labels = frozenset({t.alpha} if alpha is None else alpha)
+    labels = frozenset({t.alpha} if alpha is None else alpha)
+    if n_scales == 1:  # one scale is "single", whatever the weight was built as
+        labels |= {"single"}
     return LayerSpec(tuple(shape), fmt, t.p, labels, t.L, n_scales, bias, stored_shape)
 
 
@@ -749,6 +748,17 @@ def two_outputs() -> ZooModel:
     y0 = b.gemm(x, t.weight, None, name="fc1")
     y1 = b.gemm(b.relu(y0), w2, None, name="fc2")
     return b.finish("two_outputs", [y0, y1], [_tiled_spec(t, (16, 32)), _dense_spec((8, 16))])
+
+
+def random_tiled_gemm(rows: int, cols: int, p: int, alpha: str, seed: int, bias: bool = True) -> ZooModel:
+    """Gemm transB=1 with a random tiled weight [rows, cols] (for property tests)."""
+    rng = _rng(seed)
+    b = _Builder()
+    x = b.input("x", (1, cols))
+    t = make_tiled((rows, cols), p, alpha, rng)
+    y = b.gemm(x, t.weight, _bias(rng, rows) if bias else None, name="fc")
+    spec = _tiled_spec(t, (rows, cols), bias=rows if bias else 0)
+    return b.finish(f"random_tiled_gemm_{rows}x{cols}_p{p}_{alpha}", [y], [spec])
 
 
 # Models with one input and one output, each a case the compiler must handle.

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnx_zoo as zoo
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 api = zoo.require_module("tbn_tvm.api")
 import tbn_tvm  # noqa: E402
@@ -96,6 +98,25 @@ def test_inspect_without_compiling(cache, name, tmp_path):
     # a path gives the same answer
     path = zm.save(tmp_path / f"{name}.onnx")
     assert tbn_tvm.inspect(str(path)).to_dict()["layers"] == d["layers"]
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 24),
+    cols=st.integers(2, 70),
+    p=st.sampled_from([1, 2, 3, 4, 8]),
+    alpha=st.sampled_from(zoo.ALPHAS),
+    seed=st.integers(0, 1000),
+)
+def test_random_tiled_gemm(rows, cols, p, alpha, seed):
+    """Any shape, p, alpha kind and tile length (dividing the row length or not)."""
+    assume((rows * cols) % p == 0 and rows * cols // p >= 2)
+    zm = zoo.random_tiled_gemm(rows, cols, p, alpha, seed)
+    cm = tbn_tvm.compile(zm.model, target="llvm")
+    zoo.check_layers(cm.report()["layers"], zm)
+    x = zm.sample(seed)["x"]
+    zoo.assert_close(cm.run(x), zoo.run_onnxruntime(zm.model, {"x": x})[0], what=zm.name)
+    assert cm.report()["total"]["built_constant_bytes"] <= zm.built_constant_budget
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import importlib
 
 # Order here is the order in `tbn-tvm --help`.
-for _name in ("inspect", "compile", "run", "train", "tune", "bench"):
+for _name in ("demo", "inspect", "compile", "run", "train", "tune", "bench"):
     try:
         importlib.import_module(f"tbn_tvm.commands.{_name}")
     except ModuleNotFoundError as e:  # a command module not written yet
