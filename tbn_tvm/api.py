@@ -179,12 +179,16 @@ def compile(  # noqa: A001 - the natural name for users
     *,
     mcpu: str | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    compress: bool = True,
+    reuse_rows: bool = True,
     **options,
 ) -> CompiledModel:
     """Compile an ONNX model for ``target`` (``"llvm"``, an LLVM triple, ``"cortex-m4"``, ...).
 
-    ``input_shapes`` fixes dynamic input dimensions (``{"x": [1, 784]}``).  Other keyword options
-    go to the target's back end (e.g. ``board=`` for Cortex-M)."""
+    ``input_shapes`` fixes dynamic input dimensions (``{"x": [1, 784]}``).  ``compress=False``
+    builds every weight dense (TVM's plain fp32 build, the baseline of the benchmarks);
+    ``reuse_rows=False`` keeps compact weights but computes every output row.  Other keyword
+    options go to the target's back end (e.g. ``board=`` for Cortex-M)."""
     spec = resolve_target(target, mcpu)
     from tbn_tvm.frontend.onnx import load_onnx, output_specs, to_relax
     from tbn_tvm.passes.pipeline import prepare
@@ -196,7 +200,7 @@ def compile(  # noqa: A001 - the natural name for users
     outputs = output_specs(mod)
     names = [o.name for o in loaded.proto.graph.output]
     outputs = [TensorSpec(n, o.shape, o.dtype) for n, o in zip(names, outputs)]
-    prepared = prepare(mod)
+    prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows)
     report = layer_report.to_dict()
     report.pop("model", None)
     report["source"] = loaded.source

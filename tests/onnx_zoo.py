@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 from collections.abc import Callable, Sequence
@@ -183,7 +184,10 @@ def _tiled_spec(t: Tiled, shape, bias: int = 0, stored_shape=None, alpha=None) -
     labels = frozenset({t.alpha} if alpha is None else alpha)
     if n_scales == 1:  # one scale is "single", whatever the weight was built as
         labels |= {"single"}
-    return LayerSpec(tuple(shape), fmt, t.p, labels, t.L, n_scales, bias, stored_shape)
+    spec = LayerSpec(tuple(shape), fmt, t.p, labels, t.L, n_scales, bias, stored_shape)
+    if 2 * spec.compact_bytes > 4 * spec.numel:  # saves less than 2x: keeping it dense is fine too
+        spec = dataclasses.replace(spec, alternatives=(_dense_spec(shape, bias, stored_shape),))
+    return spec
 
 
 def _dense_spec(shape, bias: int = 0, stored_shape=None, alternatives=()) -> LayerSpec:

@@ -20,6 +20,8 @@ from tbn_tvm.cli import arg, command
 @arg("--flash-size", type=str, default=None, help="Cortex-M flash limit in bytes (or 512K, 1M)")
 @arg("--ram-size", type=str, default=None, help="Cortex-M RAM limit in bytes (or 128K)")
 @arg("--tuning-db", default=None, metavar="DIR", help="apply MetaSchedule records from this directory")
+@arg("--no-compress", action="store_true", help="keep every weight dense (plain TVM fp32 build, for comparison)")
+@arg("--no-row-reuse", action="store_true", help="compute every output row (no distinct-row reuse)")
 @arg("--json", action="store_true", help="print the manifest summary as JSON")
 def run(args) -> int:
     from tbn_tvm.api import compile as tbn_compile
@@ -31,7 +33,7 @@ def run(args) -> int:
         if value is not None:
             options[key] = value
     model = tbn_compile(args.model, args.target, mcpu=args.mcpu, input_shapes=parse_shapes(args.input_shape),
-                        **options)
+                        compress=not args.no_compress, reuse_rows=not args.no_row_reuse, **options)
     out = model.save(args.output)
     rep = model.report()
     if args.json:

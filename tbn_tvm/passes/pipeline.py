@@ -29,8 +29,12 @@ class Prepared:
         return constant_bytes(self.mod)
 
 
-def prepare(mod: tvm.IRModule, reuse_rows: bool = True) -> Prepared:
-    """Run the project's passes on an imported module (weights already folded to constants)."""
+def prepare(mod: tvm.IRModule, compress: bool = True, reuse_rows: bool = True) -> Prepared:
+    """Run the project's passes on an imported module (weights already folded to constants).
+
+    ``compress=False`` leaves every weight dense (the plain TVM build)."""
+    if not compress:
+        return Prepared(mod, [])
     compress = CompressWeights(reuse_rows=reuse_rows)
     mod = compress(mod)
     return Prepared(mod, list(compress.layers))

@@ -193,6 +193,7 @@ def export_onnx(
     infer = inference_copy(model, form)
     example = example.detach().to("cpu")
     proto = _to_onnx(infer, example, form, dynamic_batch, input_name, output_name, opset)
+    _strip_node_metadata(proto)
     layers = _layer_info(model)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps({"form": form, "layers": layers})
@@ -239,6 +240,7 @@ def export_onnx(
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -250,6 +252,29 @@ def export_onnx(
     return ExportResult(path=path, form=form, opset=opset_used, input_shape=shape,
                         ops=dict(Counter(n.op_type for n in proto.graph.node)), layers=layers,
                         file_bytes=len(data), max_abs_diff=max_diff)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _strip_node_metadata(proto) -> None:
+    """Drop the exporter's per-node stack traces and names of torch internals (tens of kB)."""
+    graphs = [proto.graph]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            del vi.metadata_props[:]
+        for init in g.initializer:
+            del init.metadata_props[:]
 
 
 def frozen_layers(model: nn.Module) -> list[FrozenTiled]:

@@ -272,7 +272,7 @@ def _fit(model: nn.Module, data: DataSplit, recipe: Recipe, seed: int, progress:
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             correct += float((logits.argmax(1) == yb).sum())
             seen += len(idx)
         if progress and hasattr(bar, "set_postfix"):
@@ -287,7 +287,9 @@ def _bar(iterable, desc: str, enabled: bool, leave: bool = True, total: int | No
         from tqdm.auto import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, desc=desc, leave=leave, total=total, file=sys.stderr, dynamic_ncols=True)
+    # disable=None: bars only on a terminal, so logs and CI output stay clean.
+    return tqdm(iterable, desc=desc, leave=leave, total=total, file=sys.stderr, dynamic_ncols=True,
+                disable=None)
 
 
 # ------------------------------------------------------------------------------- one job (worker)
