@@ -166,10 +166,6 @@ def _backend_for(spec: TargetSpec):
         from tbn_tvm.targets.cortex_m.backend import CortexMBackend
 
         return CortexMBackend
-    if spec.family == "cuda":
-        from tbn_tvm.targets.cuda import CudaBackend
-
-        return CudaBackend
     raise TBNError(f"no back end for target family {spec.family}")
 
 

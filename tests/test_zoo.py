@@ -43,7 +43,7 @@ def _flat_period_ok(flat: np.ndarray, L: int) -> bool:  # noqa: N803
     return bool(np.array_equal(s, np.tile(s[:L], flat.size // L)))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     rows=st.integers(1, 12),
     cols=st.integers(1, 40),

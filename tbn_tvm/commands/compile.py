@@ -12,14 +12,13 @@ from tbn_tvm.cli import arg, command
 @arg("model", metavar="MODEL.onnx", help="the ONNX model")
 @arg("--target", "-t", default="llvm",
      help="llvm (host), an LLVM triple (aarch64-linux-gnu, ...), cortex-m4, cortex-m7, "
-          "thumbv7em-none-eabihf with --mcpu, cuda (default: llvm)")
+          "thumbv7em-none-eabihf with --mcpu (default: llvm)")
 @arg("--mcpu", default=None, help="CPU for a thumbv7em-none-eabihf triple: cortex-m4 or cortex-m7")
 @arg("-o", "--output", required=True, metavar="OUT_DIR", help="output directory (replaced atomically)")
 @arg("--input-shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
 @arg("--board", default=None, help="Cortex-M board profile (sets flash/RAM limits)")
 @arg("--flash-size", type=str, default=None, help="Cortex-M flash limit in bytes (or 512K, 1M)")
 @arg("--ram-size", type=str, default=None, help="Cortex-M RAM limit in bytes (or 128K)")
-@arg("--tuning-db", default=None, metavar="DIR", help="apply MetaSchedule records from this directory")
 @arg("--no-compress", action="store_true", help="keep every weight dense (plain TVM fp32 build, for comparison)")
 @arg("--no-row-reuse", action="store_true", help="compute every output row (no distinct-row reuse)")
 @arg("--json", action="store_true", help="print the manifest summary as JSON")
@@ -28,7 +27,7 @@ def run(args) -> int:
     from tbn_tvm.commands.common import parse_shapes
 
     options = {}
-    for key in ("board", "flash_size", "ram_size", "tuning_db"):
+    for key in ("board", "flash_size", "ram_size"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value

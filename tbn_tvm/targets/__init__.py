@@ -19,7 +19,7 @@ from tbn_tvm.errors import TBNError
 _TRIPLE = re.compile(r"^(?P<arch>[a-z0-9_]+)-(?P<rest>[a-z0-9_.]+(?:-[a-z0-9_.]+){0,2})$")
 _HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 _CORTEX_M = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m7", "m4": "cortex-m4", "m7": "cortex-m7"}
-_KNOWN = "llvm, an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), cortex-m4, cortex-m7, thumbv7em-none-eabihf --mcpu cortex-m4|cortex-m7, cuda"
+_KNOWN = "llvm, an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), cortex-m4, cortex-m7, thumbv7em-none-eabihf --mcpu cortex-m4|cortex-m7"
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,6 @@ def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> 
         kind = target.get("kind")
         if kind == "llvm" and "thumb" not in str(target.get("mtriple", "")):
             return TargetSpec("host", target.get("mtriple", "llvm"), dict(target))
-        if kind == "cuda":
-            return TargetSpec("cuda", "cuda", dict(target))
         raise TBNError(f"unsupported target dict {target!r}", hint=f"use one of: {_KNOWN}")
     t = str(target).strip()
     low = t.lower()
@@ -85,7 +83,7 @@ def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> 
             raise TBNError(f"unknown --mcpu '{mcpu}'", hint="use cortex-m4 or cortex-m7")
         return _cortex_m(cpu)
     if low == "cuda" or low.startswith("nvidia/"):
-        return TargetSpec("cuda", low, {"kind": "cuda"} if low == "cuda" else {"tag": low})
+        raise TBNError(f"target '{t}': the CUDA back end is not part of this release", hint=f"use one of: {_KNOWN}")
     m = _TRIPLE.match(low)
     if m and m.group("arch") in ("x86_64", "aarch64", "armv7", "armv7a", "riscv64", "i686") and "none" not in low:
         return TargetSpec("host", low, {"kind": "llvm", "mtriple": low})

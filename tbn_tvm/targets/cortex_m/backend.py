@@ -68,13 +68,11 @@ class CortexMBackend:
     # ------------------------------------------------------------------ build
     @classmethod
     def create(cls, spec: TargetSpec, prepared, inputs, outputs, *, board=None, flash_size=None, ram_size=None,
-               stack_size=None, tuning_db=None) -> tuple[CortexMBackend, dict]:
+               stack_size=None) -> tuple[CortexMBackend, dict]:
         from tbn_tvm.targets.clib.driver import write_library
         from tbn_tvm.targets.clib.lower import extract, fuse, kernels_to_c
         from tbn_tvm.targets.cortex_m import build_firmware, ensure_toolchain, get_board
 
-        if tuning_db is not None:
-            raise TBNError("--tuning-db applies to host and CUDA builds; Cortex-M kernels use a fixed schedule")
         if len(inputs) != 1 or len(outputs) != 1:
             raise TBNError("the Cortex-M back end supports models with exactly one input and one output")
         limits = {"flash_bytes": parse_size(flash_size), "ram_bytes": parse_size(ram_size),
