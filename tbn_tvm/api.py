@@ -187,10 +187,11 @@ def compile(  # noqa: A001 - the natural name for users
     options go to the target's back end (e.g. ``board=`` for Cortex-M)."""
     spec = resolve_target(target, mcpu)
     from tbn_tvm.frontend.onnx import load_onnx, output_specs, to_relax
-    from tbn_tvm.passes.pipeline import prepare
     from tbn_tvm.report import inspect
 
-    loaded = load_onnx(model, input_shapes)
+    loaded = load_onnx(model, input_shapes)  # cheap checks first: TVM is imported after them
+    from tbn_tvm.passes.pipeline import prepare
+
     layer_report = inspect(loaded.proto)
     mod = to_relax(loaded)
     outputs = output_specs(mod)
@@ -204,7 +205,7 @@ def compile(  # noqa: A001 - the natural name for users
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
     backend_cls = _backend_for(spec)
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
-    model = CompiledModel(spec, loaded.inputs, outputs, report, backend, extra)
+    model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     return model
 

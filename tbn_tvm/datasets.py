@@ -239,7 +239,7 @@ def load_cifar10_folder(path: str | Path, as_uint8: bool = False) -> DataSplit:
     ``as_uint8=True``, which needs a quarter of the memory).  Nothing is downloaded.
 
     >>> d = load_cifar10_folder("~/data/cifar10")          # doctest: +SKIP
-    >>> d.x_train.shape
+    >>> d.x_train.shape                                     # doctest: +SKIP
     (50000, 3, 32, 32)
     """
     root = Path(path).expanduser()

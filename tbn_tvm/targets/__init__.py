@@ -51,6 +51,13 @@ class TargetSpec:
 
         return tvm.target.Target(dict(self.tvm_target))
 
+    def with_native_cpu(self) -> TargetSpec:
+        """For the plain host target: pin LLVM's name of this machine's CPU (so its vector
+        units, e.g. AVX-512, are used).  Other targets are returned unchanged."""
+        if self.family != "host" or self.name != "llvm" or "mcpu" in self.tvm_target:
+            return self
+        return TargetSpec(self.family, self.name, {**self.tvm_target, **_native_cpu()}, self.cpu)
+
 
 def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> TargetSpec:
     """Turn what the user typed into a :class:`TargetSpec`, or raise a one-line TBNError."""
@@ -69,7 +76,7 @@ def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> 
         else:
             raise TBNError(f"--mcpu is only used with a thumbv7em triple, not with target '{t}'")
     if low in ("llvm", "host", "cpu"):
-        return TargetSpec("host", "llvm", {"kind": "llvm", **_native_cpu()})
+        return TargetSpec("host", "llvm", {"kind": "llvm"})
     if low in ("llvm-generic", "x86_64"):
         return TargetSpec("host", "llvm-generic", {"kind": "llvm"})
     if low in _CORTEX_M:

@@ -36,6 +36,7 @@ class HostBackend:
     def create(cls, spec: TargetSpec, prepared, inputs, outputs, **options) -> tuple[HostBackend, dict]:
         if options:
             raise TBNError(f"unknown option(s) for a host build: {', '.join(sorted(options))}")
+        spec = spec.with_native_cpu()
         return cls(spec, executable=build(prepared.mod, spec)), {}
 
     def __init__(self, spec: TargetSpec, executable=None, module=None) -> None:

@@ -102,7 +102,7 @@ class _TiledWeightSTE(torch.autograd.Function):
         g = grad.reshape(ctx.p, -1)
         grad_w = grad_a = None
         if ctx.needs_input_grad[0]:
-            grad_w = (g * scales.reshape(-1, 1) * 1.001).reshape(grad.shape)
+            grad_w = (g * scales.reshape(-1, 1)).reshape(grad.shape)
         if ctx.needs_input_grad[1]:
             per_copy = (g * t).sum(dim=1)
             grad_a = per_copy if scales.numel() == ctx.p else per_copy.sum().reshape(scales.shape)

@@ -12,7 +12,7 @@ training tensors ``W`` and ``A`` are not stored at inference and are not counted
 ...                              nn.Linear(256, 10, bias=False)), p=4, min_size=0)
 >>> s = summary(model)
 >>> s.total["weight_bits"], round(s.total["bits_per_weight"], 4)
-(35040, 0.4157)
+(35520, 0.4205)
 >>> print(s)                                               # doctest: +SKIP
 """
 

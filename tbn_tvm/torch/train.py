@@ -313,11 +313,12 @@ def _export(model: nn.Module, dataset: str, variant: str, folder: Path, form: st
     stem = f"{dataset}-{variant}"
     example = _as_float(data.x_test[:1])
     res = export_onnx(model, example, folder / f"{stem}.onnx", form=form)  # type: ignore[arg-type]
-    # A small reference for checking a compiled build: inputs, torch logits, labels.
+    # A small reference for checking a compiled build: 64 held-out inputs stacked as
+    # [N, *model input shape] (what CompiledModel.run takes), torch's logits [N, 1, classes], labels.
     x_ref = _as_float(data.x_test[:64])
     with torch.no_grad():
         logits = model.eval()(x_ref).numpy()
-    np.savez_compressed(folder / f"{stem}.reference.npz", x=x_ref.numpy(), logits=logits,
+    np.savez_compressed(folder / f"{stem}.reference.npz", x=x_ref.numpy()[:, None], logits=logits[:, None],
                         labels=data.y_test[:64])
     out = res.to_dict()
     out["path"] = f"onnx/{stem}.onnx"

@@ -65,7 +65,8 @@ def np_forward(layer, x: np.ndarray) -> np.ndarray:
     w_hat = ref.tiled_weight(w, layer.p, a, layer.alpha)
     if isinstance(layer, nn.Linear):
         return ref.linear(x, w_hat, b)
-    return ref.conv_nd(x, w_hat, b, layer.stride, layer.padding, layer.dilation, layer.groups, layer.padding_mode)
+    return ref.conv_nd(x, w_hat, b, layer.stride, layer.padding, layer.dilation, layer.groups,
+                       layer.padding_mode)
 
 
 def example_input(kind: str, rng) -> np.ndarray:

@@ -153,7 +153,7 @@ def write_library(graph: LoweredGraph, kernels: KernelSource, out: Path, model_n
         f'#include "{ABI_HEADER}"',
         "",
         "/* Intermediate tensors, placed by a static memory plan that reuses space. */",
-        "static uint8_t tbn_arena[TBN_MODEL_ARENA_BYTES] __attribute__((aligned(16)));",
+        "static uint8_t tbn_arena[TBN_MODEL_ARENA_BYTES] __attribute__((aligned(16), unused));",
         "",
         *[f"extern const {_C_TYPE[graph.values[n].dtype]} {c}[];" for n, c in sorted(cname.items(), key=lambda t: t[1])],
         "",
