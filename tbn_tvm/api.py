@@ -57,24 +57,32 @@ class CompiledModel:
         if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
             if len(self.inputs) != 1:
                 names = ", ".join(t.name for t in self.inputs)
-                raise TBNError(f"the model has {len(self.inputs)} inputs ({names}): pass a dict name -> array")
+                raise TBNError(
+                    f"the model has {len(self.inputs)} inputs ({names}): pass a dict name -> array"
+                )
             inputs = {self.inputs[0].name: inputs}
         unknown = set(inputs) - {t.name for t in self.inputs}
         if unknown:
-            raise TBNError(f"unknown input name(s): {', '.join(sorted(unknown))}",
-                           hint="inputs are " + ", ".join(t.name for t in self.inputs))
+            raise TBNError(
+                f"unknown input name(s): {', '.join(sorted(unknown))}",
+                hint="inputs are " + ", ".join(t.name for t in self.inputs),
+            )
         arrays, stacked_flags, counts = [], [], []
         for spec in self.inputs:
             if spec.name not in inputs:
                 raise TBNError(f"missing input '{spec.name}'")
             a = np.asarray(inputs[spec.name])
             if a.dtype != np.dtype(spec.dtype):
-                raise TBNError(f"input '{spec.name}' has dtype {a.dtype}, the model expects {spec.dtype}",
-                               hint=f"convert it, e.g. x.astype(np.{spec.dtype})")
+                raise TBNError(
+                    f"input '{spec.name}' has dtype {a.dtype}, the model expects {spec.dtype}",
+                    hint=f"convert it, e.g. x.astype(np.{spec.dtype})",
+                )
             if tuple(a.shape) == spec.shape:
-                arrays.append(a[None]); stacked_flags.append(False)  # noqa: E702
+                arrays.append(a[None])
+                stacked_flags.append(False)  # noqa: E702
             elif a.ndim == len(spec.shape) + 1 and tuple(a.shape[1:]) == spec.shape:
-                arrays.append(a); stacked_flags.append(True)  # noqa: E702
+                arrays.append(a)
+                stacked_flags.append(True)  # noqa: E702
             else:
                 shape = "x".join(map(str, spec.shape))
                 raise TBNError(
@@ -103,7 +111,12 @@ class CompiledModel:
             outs = [np.stack([s[j] for s in per_sample]) for j in range(len(self.outputs))]
             stats = {}
         elapsed = time.perf_counter() - t0
-        self.last_run_stats = {"samples": n, "seconds": elapsed, "seconds_per_inference": elapsed / max(n, 1), **stats}
+        self.last_run_stats = {
+            "samples": n,
+            "seconds": elapsed,
+            "seconds_per_inference": elapsed / max(n, 1),
+            **stats,
+        }
         if not stacked:
             outs = [o[0] for o in outs]
         if len(outs) == 1:
@@ -130,8 +143,10 @@ class CompiledModel:
         if out.exists() and not out.is_dir():
             raise TBNError(f"{out}: exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
-            raise TBNError(f"{out}: directory is not empty and holds no tbn-tvm output",
-                           hint="choose a new output directory")
+            raise TBNError(
+                f"{out}: directory is not empty and holds no tbn-tvm output",
+                hint="choose a new output directory",
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
@@ -223,10 +238,15 @@ def load(out_dir: str | os.PathLike) -> CompiledModel:
         inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
         outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
     except (ValueError, KeyError, TypeError) as e:
-        raise TBNError(f"{path}: damaged manifest ({type(e).__name__}: {e})", hint="compile the model again") from None
+        raise TBNError(
+            f"{path}: damaged manifest ({type(e).__name__}: {e})", hint="compile the model again"
+        ) from None
     backend = _backend_for(spec).load(spec, out, manifest)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     report = {k: manifest[k] for k in ("layers", "total", "compressed_layers", "source") if k in manifest}
-    extra = {k: v for k, v in manifest.items() if k not in report and k not in
-             ("target", "inputs", "outputs", "tbn_tvm_version", "target_family")}
+    extra = {
+        k: v
+        for k, v in manifest.items()
+        if k not in report and k not in ("target", "inputs", "outputs", "tbn_tvm_version", "target_family")
+    }
     return CompiledModel(spec, inputs, outputs, report, backend, extra)

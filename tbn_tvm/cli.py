@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from tbn_tvm.errors import TBNError
 
 # name -> (help, add_arguments(parser), run(args) -> exit status)
-_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+_COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {}
 
 
 def command(name: str, help: str):  # noqa: A002 - mirrors argparse

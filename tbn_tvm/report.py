@@ -70,7 +70,11 @@ class ModelReport:
         }
 
     def to_dict(self) -> dict:
-        return {"model": self.source, "layers": [layer.to_dict() for layer in self.layers], "total": self.totals()}
+        return {
+            "model": self.source,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "total": self.totals(),
+        }
 
     def table(self) -> str:
         """A fixed-width table in the spirit of larq's model summary."""
@@ -81,15 +85,25 @@ class ModelReport:
             fmt = d["format"] if d["format"] != "tiled" else f"tiled p={d['p']} L={d['tile_length']}"
             alpha = "-" if d["alpha"] == "none" else f"{d['alpha']} x{d['scales']}"
             rows.append(
-                [d["name"], d["op"], "x".join(map(str, d["weight_shape"])), fmt, alpha,
-                 f"{d['bits_per_weight']:.4f}", f"{d['bytes']:,}", f"{d['fp32_bytes']:,}"]
+                [
+                    d["name"],
+                    d["op"],
+                    "x".join(map(str, d["weight_shape"])),
+                    fmt,
+                    alpha,
+                    f"{d['bits_per_weight']:.4f}",
+                    f"{d['bytes']:,}",
+                    f"{d['fp32_bytes']:,}",
+                ]
             )
         t = self.totals()
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         right = {5, 6, 7}
 
         def fmt_row(r):
-            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            return "  ".join(
+                c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+            )
 
         rule = "-" * len(fmt_row(head))
         lines = [fmt_row(head), rule, *map(fmt_row, rows), rule]
@@ -134,8 +148,9 @@ def _constant_values(proto: onnx.ModelProto, names: set[str]) -> dict[str, np.nd
             from onnx.reference import ReferenceEvaluator
 
             sub_inits = [t for t in g.initializer]
-            sub = onnx.helper.make_graph(order, "const", [], [onnx.helper.make_tensor_value_info(name, 0, None)],
-                                         sub_inits)
+            sub = onnx.helper.make_graph(
+                order, "const", [], [onnx.helper.make_tensor_value_info(name, 0, None)], sub_inits
+            )
             model = onnx.helper.make_model(sub, opset_imports=proto.opset_import)
             wanted[name] = np.asarray(ReferenceEvaluator(model).run(None, {})[0])
         except Exception:
@@ -164,7 +179,9 @@ def inspect(model: str | os.PathLike | onnx.ModelProto) -> ModelReport:
         if node.op_type == "Conv":
             lw = detect_layer_weight(w, "conv")
         elif w.ndim == 2:
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0) if node.op_type == "Gemm" else 0
+            trans_b = (
+                next((a.i for a in node.attribute if a.name == "transB"), 0) if node.op_type == "Gemm" else 0
+            )
             lw = detect_layer_weight(np.ascontiguousarray(w.T) if trans_b else w, "matmul")
         else:
             continue

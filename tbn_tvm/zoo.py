@@ -38,7 +38,10 @@ def authors_mnist_mlp() -> onnx.ModelProto:
         "tbn_authors_mnist_mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 784])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(w["fc1_weight"], "fc1.weight"), numpy_helper.from_array(w["fc2_weight"], "fc2.weight")],
+        [
+            numpy_helper.from_array(w["fc1_weight"], "fc1.weight"),
+            numpy_helper.from_array(w["fc2_weight"], "fc2.weight"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tbn-tvm")
     model.ir_version = 9  # readable by onnxruntime releases of 2024-2026

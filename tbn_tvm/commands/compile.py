@@ -10,16 +10,24 @@ from tbn_tvm.cli import arg, command
 
 @command("compile", help="Compile an ONNX model for a target and write the artifact + manifest.json")
 @arg("model", metavar="MODEL.onnx", help="the ONNX model")
-@arg("--target", "-t", default="llvm",
-     help="llvm (host), an LLVM triple (aarch64-linux-gnu, ...), cortex-m4, cortex-m7, "
-          "thumbv7em-none-eabihf with --mcpu (default: llvm)")
+@arg(
+    "--target",
+    "-t",
+    default="llvm",
+    help="llvm (host), an LLVM triple (aarch64-linux-gnu, ...), cortex-m4, cortex-m7, "
+    "thumbv7em-none-eabihf with --mcpu (default: llvm)",
+)
 @arg("--mcpu", default=None, help="CPU for a thumbv7em-none-eabihf triple: cortex-m4 or cortex-m7")
 @arg("-o", "--output", required=True, metavar="OUT_DIR", help="output directory (replaced atomically)")
 @arg("--input-shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
 @arg("--board", default=None, help="Cortex-M board profile (sets flash/RAM limits)")
 @arg("--flash-size", type=str, default=None, help="Cortex-M flash limit in bytes (or 512K, 1M)")
 @arg("--ram-size", type=str, default=None, help="Cortex-M RAM limit in bytes (or 128K)")
-@arg("--no-compress", action="store_true", help="keep every weight dense (plain TVM fp32 build, for comparison)")
+@arg(
+    "--no-compress",
+    action="store_true",
+    help="keep every weight dense (plain TVM fp32 build, for comparison)",
+)
 @arg("--no-row-reuse", action="store_true", help="compute every output row (no distinct-row reuse)")
 @arg("--json", action="store_true", help="print the manifest summary as JSON")
 def run(args) -> int:
@@ -31,8 +39,15 @@ def run(args) -> int:
         value = getattr(args, key)
         if value is not None:
             options[key] = value
-    model = tbn_compile(args.model, args.target, mcpu=args.mcpu, input_shapes=parse_shapes(args.input_shape),
-                        compress=not args.no_compress, reuse_rows=not args.no_row_reuse, **options)
+    model = tbn_compile(
+        args.model,
+        args.target,
+        mcpu=args.mcpu,
+        input_shapes=parse_shapes(args.input_shape),
+        compress=not args.no_compress,
+        reuse_rows=not args.no_row_reuse,
+        **options,
+    )
     out = model.save(args.output)
     rep = model.report()
     if args.json:
@@ -42,8 +57,10 @@ def run(args) -> int:
     layers = rep["layers"]
     tiled = sum(1 for layer in layers if layer["format"] != "dense")
     print(f"compiled {rep.get('source', args.model)} for {model.target.name} -> {out}", file=sys.stdout)
-    print(f"  layers: {len(layers)} ({tiled} compact, {len(layers) - tiled} dense); "
-          f"weights {total['weight_bytes']:,} bytes (fp32 {total['fp32_bytes']:,}, {total['compression']:g}x smaller)")
+    print(
+        f"  layers: {len(layers)} ({tiled} compact, {len(layers) - tiled} dense); "
+        f"weights {total['weight_bytes']:,} bytes (fp32 {total['fp32_bytes']:,}, {total['compression']:g}x smaller)"
+    )
     for key, label in (("flash_bytes", "flash"), ("ram_bytes", "RAM")):
         if key in rep:
             print(f"  {label}: {rep[key]:,} bytes")

@@ -76,13 +76,17 @@ def run(args) -> int:
         print(json.dumps(fig))
         return 0
     say("")
-    say(f"accuracy           {acc * 100:.2f} % on {len(x):,} MNIST test images "
-        f"(predictions equal to the numpy reference on {agree * 100:.2f} %)")
+    say(
+        f"accuracy           {acc * 100:.2f} % on {len(x):,} MNIST test images "
+        f"(predictions equal to the numpy reference on {agree * 100:.2f} %)"
+    )
     say(f"weights in flash   {r['library_weight_bytes']:,} bytes (fp32: {rep.totals()['fp32_bytes']:,})")
     say(f"firmware           flash {r['flash_bytes']:,} bytes, RAM {r['ram_bytes']:,} bytes (incl. stack)")
     if ins:
-        say(f"instructions       {ins:,.0f} per inference on QEMU {args.target} "
-            f"(authors' float C loop: {AUTHORS_INSTRUCTIONS:,}; {AUTHORS_INSTRUCTIONS / ins:.1f}x fewer)")
+        say(
+            f"instructions       {ins:,.0f} per inference on QEMU {args.target} "
+            f"(authors' float C loop: {AUTHORS_INSTRUCTIONS:,}; {AUTHORS_INSTRUCTIONS / ins:.1f}x fewer)"
+        )
     if agree < 1.0:
         print("warning: some predictions differ from the numpy reference", file=sys.stderr)
     return 0

@@ -37,8 +37,14 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 @command("run", help="Run a compiled model on stacked samples (host, QEMU or a board over UART)")
 @arg("artifact", metavar="OUT_DIR", help="a directory written by 'tbn-tvm compile'")
-@arg("--input", "-i", action="append", required=True, metavar="[NAME=]X.npy",
-     help="samples stacked on a new leading axis: [N, *input_shape]; repeat as NAME=FILE for several inputs")
+@arg(
+    "--input",
+    "-i",
+    action="append",
+    required=True,
+    metavar="[NAME=]X.npy",
+    help="samples stacked on a new leading axis: [N, *input_shape]; repeat as NAME=FILE for several inputs",
+)
 @arg("--output", "-o", metavar="Y.npy", help="where to write the outputs ([N, *output_shape])")
 @arg("--qemu", action="store_true", help="Cortex-M: run the firmware on QEMU")
 @arg("--board", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
@@ -57,7 +63,9 @@ def run(args) -> int:
             inputs[name] = _load_npy(path)
         else:
             if len(model.inputs) != 1:
-                raise TBNError(f"the model has {len(model.inputs)} inputs: pass --input NAME=FILE.npy for each")
+                raise TBNError(
+                    f"the model has {len(model.inputs)} inputs: pass --input NAME=FILE.npy for each"
+                )
             inputs[model.inputs[0].name] = _load_npy(item)
     for spec in model.inputs:
         a = inputs.get(spec.name)
@@ -71,18 +79,29 @@ def run(args) -> int:
     if model.target.family == "cortex-m":
         if args.qemu == bool(args.board):
             raise TBNError("a Cortex-M build runs with exactly one of --qemu or --board PORT")
-        run_options = {"qemu": args.qemu, "board": args.board, "baud": args.baud,
-                       "count_instructions": args.count_instructions, "timeout": args.timeout}
+        run_options = {
+            "qemu": args.qemu,
+            "board": args.board,
+            "baud": args.baud,
+            "count_instructions": args.count_instructions,
+            "timeout": args.timeout,
+        }
         model.backend.configure(**run_options)
     elif args.qemu or args.board or args.count_instructions:
-        raise TBNError(f"--qemu/--board/--count-instructions need a Cortex-M build; this one is for {model.target.name}")
+        raise TBNError(
+            f"--qemu/--board/--count-instructions need a Cortex-M build; this one is for {model.target.name}"
+        )
     outputs = model.run(inputs)
     stats = model.last_run_stats
     if args.output:
         arr = outputs if isinstance(outputs, np.ndarray) else np.stack(list(outputs.values()))
         _save_npy_atomic(Path(args.output), arr)
-    summary = {"samples": stats["samples"], "seconds": round(stats["seconds"], 6),
-               "seconds_per_inference": stats["seconds_per_inference"], "target": model.target.name}
+    summary = {
+        "samples": stats["samples"],
+        "seconds": round(stats["seconds"], 6),
+        "seconds_per_inference": stats["seconds_per_inference"],
+        "target": model.target.name,
+    }
     summary.update({k: v for k, v in stats.items() if k not in summary})
     if args.json:
         print(json.dumps(summary))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tbn_tvm.formats.dense import DenseFormat
-from tbn_tvm.formats.tiled import TiledFormat, detect as detect_tiled
+from tbn_tvm.formats.tiled import TiledFormat
+from tbn_tvm.formats.tiled import detect as detect_tiled
 
 __all__ = ["DenseFormat", "TiledFormat", "LayerWeight", "detect_layer_weight"]
 

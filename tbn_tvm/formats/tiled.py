@@ -146,9 +146,13 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     nwords = (bits.size + 31) // 32
     padded = np.zeros(nwords * 32, dtype=np.uint8)
     padded[: bits.size] = bits
-    return np.packbits(padded.reshape(nwords, 4, 8), axis=-1, bitorder="little").reshape(nwords, 4).view(
-        "<u4"
-    ).reshape(nwords).astype(np.uint32)
+    return (
+        np.packbits(padded.reshape(nwords, 4, 8), axis=-1, bitorder="little")
+        .reshape(nwords, 4)
+        .view("<u4")
+        .reshape(nwords)
+        .astype(np.uint32)
+    )
 
 
 def unpack_bits(words: np.ndarray, length: int) -> np.ndarray:
@@ -204,7 +208,9 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
     bits = (flat > 0).astype(np.uint8)
     period = smallest_period(bits, int(MAX_TILE_FRACTION * n))
     tile = bits[:period] if period else bits
-    fmt = TiledFormat(shape=tuple(int(d) for d in w.shape), tile=tile.copy(), scales=scales, scale_chunk=chunk)
+    fmt = TiledFormat(
+        shape=tuple(int(d) for d in w.shape), tile=tile.copy(), scales=scales, scale_chunk=chunk
+    )
     if fmt.storage_bits() >= 32 * n:
         return None
     return fmt

@@ -35,7 +35,8 @@ def conv_te(
         raise ValueError("kernel and input ranks differ")
     begin, end = list(padding[:nd]), list(padding[nd:])
     out_spatial = [
-        (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1 for d in range(nd)
+        (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
+        for d in range(nd)
     ]
     og = O // groups  # output channels per group
     X = te.placeholder(shape64(x_shape), dtype, name="x")
@@ -45,7 +46,9 @@ def conv_te(
     if any(begin) or any(end):
 
         def pad_body(b, c, *pos):
-            inside = tirx.all(*[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)])
+            inside = tirx.all(
+                *[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)]
+            )
             src = [pos[d] - i64(begin[d]) for d in range(nd)]
             return tirx.if_then_else(inside, X[(b, c, *src)], tirx.const(0.0, dtype))
 

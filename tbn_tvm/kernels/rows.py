@@ -69,8 +69,9 @@ def _bit_of_tile(P, j):
     from tvm import tirx
 
     word = P[tirx.shift_right(j, i64(5))]
-    return tirx.bitwise_and(tirx.shift_right(word, tirx.Cast("uint32", tirx.bitwise_and(j, i64(31)))),
-                            tirx.const(1, "uint32"))
+    return tirx.bitwise_and(
+        tirx.shift_right(word, tirx.Cast("uint32", tirx.bitwise_and(j, i64(31)))), tirx.const(1, "uint32")
+    )
 
 
 def _row_words(plan: RowPlan, P, num_words: int):
@@ -85,8 +86,11 @@ def _row_words(plan: RowPlan, P, num_words: int):
         s = tirx.Cast("uint32", tirx.bitwise_and(b, i64(31)))
         lo = tirx.shift_right(P[w], s)
         nxt = tirx.min(w + i64(1), i64(num_words - 1))
-        hi = tirx.Select(s == tirx.const(0, "uint32"), tirx.const(0, "uint32"),
-                         tirx.shift_left(P[nxt], tirx.const(32, "uint32") - s))
+        hi = tirx.Select(
+            s == tirx.const(0, "uint32"),
+            tirx.const(0, "uint32"),
+            tirx.shift_left(P[nxt], tirx.const(32, "uint32") - s),
+        )
         return tirx.bitwise_or(lo, hi)
 
     return te.compute(shape64([D, C]), body, name="row_words")
@@ -106,7 +110,9 @@ def _row_scale_and_index(plan: RowPlan, A, n):
 ACCUMULATE = ("signed", "shared_sum")
 
 
-def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = "signed", dtype: str = "float32"):
+def dense_rows_te(
+    x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = "signed", dtype: str = "float32"
+):
     """``Y[..., n] = scale_n * z[..., d(n)]`` with ``z`` computed once per distinct row.
 
     ``accumulate="signed"`` sums ``+x`` or ``-x`` by the bit (no multiplies, same rounding as a
@@ -139,14 +145,22 @@ def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = 
             if full:
                 kc = te.reduce_axis((i64(0), i64(full)), name="kc")
                 kb = te.reduce_axis((i64(0), i64(32)), name="kb")
-                parts.append(te.compute(shape64([*lead, D]),
-                                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], kc, kb), axis=[kc, kb]),
-                                        name="tbn_rows_sum"))
+                parts.append(
+                    te.compute(
+                        shape64([*lead, D]),
+                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], kc, kb), axis=[kc, kb]),
+                        name="tbn_rows_sum",
+                    )
+                )
             if tail:  # the last, partial word of each row: its own small reduction, no guards
                 kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
-                parts.append(te.compute(shape64([*lead, D]),
-                                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], i64(full), kt), axis=kt),
-                                        name="tbn_rows_tail"))
+                parts.append(
+                    te.compute(
+                        shape64([*lead, D]),
+                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], i64(full), kt), axis=kt),
+                        name="tbn_rows_tail",
+                    )
+                )
 
             def out(*idx):
                 *m, n = idx
@@ -160,8 +174,11 @@ def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = 
 
         def bit(d, kk):
             return tirx.bitwise_and(
-                tirx.shift_right(W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))),
-                one)
+                tirx.shift_right(
+                    W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))
+                ),
+                one,
+            )
     else:
 
         def bit(d, kk):
@@ -185,7 +202,9 @@ def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = 
 
         Pos = te.compute(shape64([*lead, D]), ones, name="tbn_rows_sum")
         k2 = te.reduce_axis((i64(0), i64(K)), name="k2")
-        Sx = te.compute(shape64(lead) if lead else [], lambda *m: te.sum(X[(*m, k2)], axis=k2), name="tbn_sum_x")
+        Sx = te.compute(
+            shape64(lead) if lead else [], lambda *m: te.sum(X[(*m, k2)], axis=k2), name="tbn_sum_x"
+        )
 
         def z_of(m, d):
             return tirx.const(2.0, dtype) * Pos[(*m, d)] - Sx[tuple(m)]
@@ -201,8 +220,16 @@ def dense_rows_te(x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = 
     return [X, P, A, Y]
 
 
-def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, accumulate: str = "signed",
-                 dtype: str = "float32"):
+def conv_rows_te(
+    x_shape,
+    fmt,
+    plan: RowPlan,
+    strides,
+    padding,
+    dilation,
+    accumulate: str = "signed",
+    dtype: str = "float32",
+):
     """Grouped-free (groups = 1) N-d convolution computing only the distinct filters, bit-serial."""
     from tvm import te, tirx
 
@@ -211,8 +238,10 @@ def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, accumu
     O, Cg, *ksize = fmt.shape
     nd = len(spatial)
     begin, end = list(padding[:nd]), list(padding[nd:])
-    out_spatial = [(spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
-                   for d in range(nd)]
+    out_spatial = [
+        (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
+        for d in range(nd)
+    ]
     X = te.placeholder(shape64(x_shape), dtype, name="x")
     P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
     A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
@@ -220,10 +249,14 @@ def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, accumu
     if any(begin) or any(end):
 
         def pad_body(b, c, *pos):
-            inside = tirx.all(*[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)])
+            inside = tirx.all(
+                *[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)]
+            )
             return tirx.if_then_else(inside, X[(b, c, *[pos[d] - i64(begin[d]) for d in range(nd)])], zero)
 
-        Xp = te.compute(shape64([B, C, *[spatial[d] + begin[d] + end[d] for d in range(nd)]]), pad_body, name="pad")
+        Xp = te.compute(
+            shape64([B, C, *[spatial[d] + begin[d] + end[d] for d in range(nd)]]), pad_body, name="pad"
+        )
     else:
         Xp = X
     ksz = math.prod(ksize)
@@ -232,8 +265,11 @@ def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, accumu
 
         def bit(d, kk):
             return tirx.bitwise_and(
-                tirx.shift_right(W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))),
-                tirx.const(1, "uint32"))
+                tirx.shift_right(
+                    W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))
+                ),
+                tirx.const(1, "uint32"),
+            )
     else:
 
         def bit(d, kk):
@@ -272,8 +308,10 @@ def conv_rows_te(x_shape, fmt, plan: RowPlan, strides, padding, dilation, accumu
         rk2 = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk2_{d}") for d in range(nd)]
 
         def box(b, *pos):
-            return te.sum(Xp[(b, rc2, *[pos[d] * i64(strides[d]) + rk2[d] * i64(dilation[d]) for d in range(nd)])],
-                          axis=[rc2, *rk2])
+            return te.sum(
+                Xp[(b, rc2, *[pos[d] * i64(strides[d]) + rk2[d] * i64(dilation[d]) for d in range(nd)])],
+                axis=[rc2, *rk2],
+            )
 
         Sx = te.compute(shape64([B, *out_spatial]), box, name="tbn_sum_x")
 

@@ -41,10 +41,19 @@ class TargetSpec:
         if triple is None:
             return True
         arch = triple.split("-", 1)[0]
-        return _HOST_ARCH.get(platform.machine().lower()) == arch and "linux" in triple and platform.system() == "Linux"
+        return (
+            _HOST_ARCH.get(platform.machine().lower()) == arch
+            and "linux" in triple
+            and platform.system() == "Linux"
+        )
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "name": self.name, "tvm_target": dict(self.tvm_target), "cpu": self.cpu}
+        return {
+            "family": self.family,
+            "name": self.name,
+            "tvm_target": dict(self.tvm_target),
+            "cpu": self.cpu,
+        }
 
     def tvm(self):
         import tvm
@@ -90,9 +99,15 @@ def resolve_target(target: str | dict | TargetSpec, mcpu: str | None = None) -> 
             raise TBNError(f"unknown --mcpu '{mcpu}'", hint="use cortex-m4 or cortex-m7")
         return _cortex_m(cpu)
     if low == "cuda" or low.startswith("nvidia/"):
-        raise TBNError(f"target '{t}': the CUDA back end is not part of this release", hint=f"use one of: {_KNOWN}")
+        raise TBNError(
+            f"target '{t}': the CUDA back end is not part of this release", hint=f"use one of: {_KNOWN}"
+        )
     m = _TRIPLE.match(low)
-    if m and m.group("arch") in ("x86_64", "aarch64", "armv7", "armv7a", "riscv64", "i686") and "none" not in low:
+    if (
+        m
+        and m.group("arch") in ("x86_64", "aarch64", "armv7", "armv7a", "riscv64", "i686")
+        and "none" not in low
+    ):
         return TargetSpec("host", low, {"kind": "llvm", "mtriple": low})
     raise TBNError(f"unknown target '{t}'", hint=f"use one of: {_KNOWN}")
 

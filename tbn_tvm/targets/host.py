@@ -55,7 +55,9 @@ class HostBackend:
                 hint="copy the artifact to a matching machine, or compile with --target llvm",
             )
         if self._vm is None:
-            self._vm = relax.VirtualMachine(self.executable if self.executable is not None else self._module, tvm.cpu())
+            self._vm = relax.VirtualMachine(
+                self.executable if self.executable is not None else self._module, tvm.cpu()
+            )
         return self._vm
 
     def run_one(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -94,5 +96,7 @@ class HostBackend:
         try:
             module = tvm.runtime.load_module(str(path))
         except Exception as e:
-            raise TBNError(f"{path}: cannot load the compiled library ({' '.join(str(e).split())[:200]})") from None
+            raise TBNError(
+                f"{path}: cannot load the compiled library ({' '.join(str(e).split())[:200]})"
+            ) from None
         return cls(spec, module=module)

@@ -92,7 +92,9 @@ def test_rebuild_is_byte_identical(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "tbn_tvm", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tbn_tvm", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_cli_refuses_firmware_too_large_and_runs_qemu(tmp_path):
@@ -114,8 +116,17 @@ def test_cli_refuses_firmware_too_large_and_runs_qemu(tmp_path):
     assert manifest["memory"]["flash"]["used"] > manifest["library_weight_bytes"] >= 3316
     images, _ = load_mnist_test()
     np.save(tmp_path / "x.npy", images[:5].reshape(5, 1, 784))
-    res = _cli("run", str(out), "--qemu", "--count-instructions", "--input", str(tmp_path / "x.npy"),
-               "--output", str(tmp_path / "y.npy"), "--json")
+    res = _cli(
+        "run",
+        str(out),
+        "--qemu",
+        "--count-instructions",
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--output",
+        str(tmp_path / "y.npy"),
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["samples"] == 5 and summary["instructions_per_inference"] > 0

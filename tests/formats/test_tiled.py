@@ -45,7 +45,9 @@ def test_detect_roundtrip(shape, p, alpha):
         assert fmt.tile_length == w.size // p
         assert fmt.p == p
         assert np.array_equal(np.where(fmt.tile == 1, 1.0, -1.0), tile)
-    expected_alpha = {"single": "single", "per_copy": "per_copy" if p > 1 else "single"}.get(alpha, "per_channel")
+    expected_alpha = {"single": "single", "per_copy": "per_copy" if p > 1 else "single"}.get(
+        alpha, "per_channel"
+    )
     assert fmt.alpha_kind == expected_alpha
 
 

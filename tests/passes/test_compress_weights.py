@@ -47,10 +47,12 @@ def _gemm(weight: np.ndarray):
 
     out, inp = weight.shape
     g = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], "g",
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, inp])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, out])],
-        [numpy_helper.from_array(weight, "W")])
+        [numpy_helper.from_array(weight, "W")],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 9
     return m

@@ -15,7 +15,9 @@ from tbn_tvm.targets.clib.memory_plan import Interval, check, plan
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 20), st.integers(0, 5)), min_size=1, max_size=25))
+@given(
+    st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 20), st.integers(0, 5)), min_size=1, max_size=25)
+)
 def test_memory_plan_never_overlaps_live_tensors(items):
     ivs = [Interval(f"t{i}", size, first, first + span) for i, (size, first, span) in enumerate(items)]
     offsets, total = plan(ivs)
@@ -60,18 +62,34 @@ def _build_and_run(model, x: np.ndarray, tmp_path, reuse_rows: bool = True) -> n
     (lib / "main.c").write_text(HOST_MAIN)
     exe = tmp_path / "model"
     srcs = [str(lib / n) for n in ("model.c", "weights.c", "kernels.c", "main.c")]
-    build = subprocess.run(["cc", "-std=gnu11", "-O1", "-Wall", "-Werror", f"-I{lib}", *srcs, "-o", str(exe), "-lm"],
-                   check=False, capture_output=True, text=True)
+    build = subprocess.run(
+        ["cc", "-std=gnu11", "-O1", "-Wall", "-Werror", f"-I{lib}", *srcs, "-o", str(exe), "-lm"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     n = x.shape[0]
-    res = subprocess.run([str(exe)], input=np.ascontiguousarray(x, np.float32).tobytes(), capture_output=True,
-                         check=True)
+    res = subprocess.run(
+        [str(exe)], input=np.ascontiguousarray(x, np.float32).tobytes(), capture_output=True, check=True
+    )
     return np.frombuffer(res.stdout, np.float32).reshape(n, -1)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a host C compiler")
-@pytest.mark.parametrize("name", ["gemm_tiled_bias", "conv2d_tiled", "conv1d_tiled", "cnn", "bn_folded_conv",
-                                  "gemm_l_k_coprime", "conv_bn", "matmul_3d"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gemm_tiled_bias",
+        "conv2d_tiled",
+        "conv1d_tiled",
+        "cnn",
+        "bn_folded_conv",
+        "gemm_l_k_coprime",
+        "conv_bn",
+        "matmul_3d",
+    ],
+)
 @pytest.mark.parametrize("reuse_rows", [True, False])
 def test_c_library_matches_onnxruntime(name, reuse_rows, tmp_path):
     case = getattr(zoo, name)()

@@ -118,7 +118,11 @@ def extract(mod) -> LoweredGraph:
         for binding in block.bindings:
             var, expr = binding.var, binding.value
             name = f"t{len(steps)}_{len(var_names)}"
-            if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+            if (
+                isinstance(expr, tvm.ir.Call)
+                and isinstance(expr.op, tvm.ir.Op)
+                and expr.op.name == "relax.call_tir"
+            ):
                 gv = expr.args[0]
                 args = [value_of(a) for a in expr.args[1].fields]
                 shape, dtype = ty_of(var)
@@ -128,11 +132,21 @@ def extract(mod) -> LoweredGraph:
                     raise TBNError(f"the C back end expected a TIR kernel, got {gv.name_hint}")
                 kernels[gv.name_hint] = prim
                 steps.append(Step(gv.name_hint, [*args, name], name))
-            elif isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.reshape":
+            elif (
+                isinstance(expr, tvm.ir.Call)
+                and isinstance(expr.op, tvm.ir.Op)
+                and expr.op.name == "relax.reshape"
+            ):
                 src = value_of(expr.args[0])
                 shape, dtype = ty_of(var)
-                values[name] = Value(name, values[src].kind if values[src].kind == "const" else "tensor", shape, dtype,
-                                     alias_of=src, data=None)
+                values[name] = Value(
+                    name,
+                    values[src].kind if values[src].kind == "const" else "tensor",
+                    shape,
+                    dtype,
+                    alias_of=src,
+                    data=None,
+                )
             elif isinstance(expr, relax.Tuple):
                 var_names[var] = "(" + ",".join(value_of(f) for f in expr.fields) + ")"
                 continue
@@ -140,9 +154,15 @@ def extract(mod) -> LoweredGraph:
                 var_names[var] = value_of(expr)
                 continue
             else:
-                op = expr.op.name if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) else type(expr).__name__
-                raise TBNError(f"the C back end cannot lower the Relax operation {op}",
-                               hint="this operator has no TIR legalization in TVM 0.27")
+                op = (
+                    expr.op.name
+                    if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op)
+                    else type(expr).__name__
+                )
+                raise TBNError(
+                    f"the C back end cannot lower the Relax operation {op}",
+                    hint="this operator has no TIR legalization in TVM 0.27",
+                )
             var_names[var] = name
     ret = body.body
     if isinstance(ret, relax.Tuple):

@@ -43,8 +43,13 @@ def _layer_sizes(graph, info, size_report, layers: list[dict]) -> list[dict]:
     per_step = []
     for i, step in enumerate(graph.steps):
         weights = sum(info.constants[c] for c in info.step_constants[i])
-        per_step.append({"kernel": step.kernel, "weight_bytes": weights,
-                         "code_bytes": code.get(f"__tvm_ffi_{step.kernel}", 0)})
+        per_step.append(
+            {
+                "kernel": step.kernel,
+                "weight_bytes": weights,
+                "code_bytes": code.get(f"__tvm_ffi_{step.kernel}", 0),
+            }
+        )
     # attach the per-step figures to the report's layers in order (kernels that carry weights)
     weighted = [s for s in per_step if s["weight_bytes"] > 0]
     for layer, step in zip(layers, weighted):
@@ -55,28 +60,52 @@ def _layer_sizes(graph, info, size_report, layers: list[dict]) -> list[dict]:
 class CortexMBackend:
     """Holds the built library and firmware until :meth:`save`; runs them on QEMU or a board."""
 
-    def __init__(self, spec: TargetSpec, board, staging: Path | None = None, out_dir: Path | None = None,
-                 manifest: dict | None = None) -> None:
+    def __init__(
+        self,
+        spec: TargetSpec,
+        board,
+        staging: Path | None = None,
+        out_dir: Path | None = None,
+        manifest: dict | None = None,
+    ) -> None:
         self.spec = spec
         self.board = board
         self._staging = staging  # a temp dir with lib/ and the ELFs, before save()
         self._dir = out_dir  # a saved artifact directory
         self.manifest = manifest or {}
-        self.run_options = {"qemu": True, "board": None, "baud": 115200, "count_instructions": False,
-                            "timeout": None}
+        self.run_options = {
+            "qemu": True,
+            "board": None,
+            "baud": 115200,
+            "count_instructions": False,
+            "timeout": None,
+        }
 
     # ------------------------------------------------------------------ build
     @classmethod
-    def create(cls, spec: TargetSpec, prepared, inputs, outputs, *, board=None, flash_size=None, ram_size=None,
-               stack_size=None) -> tuple[CortexMBackend, dict]:
+    def create(
+        cls,
+        spec: TargetSpec,
+        prepared,
+        inputs,
+        outputs,
+        *,
+        board=None,
+        flash_size=None,
+        ram_size=None,
+        stack_size=None,
+    ) -> tuple[CortexMBackend, dict]:
         from tbn_tvm.targets.clib.driver import write_library
         from tbn_tvm.targets.clib.lower import extract, fuse, kernels_to_c
         from tbn_tvm.targets.cortex_m import build_firmware, ensure_toolchain, get_board
 
         if len(inputs) != 1 or len(outputs) != 1:
             raise TBNError("the Cortex-M back end supports models with exactly one input and one output")
-        limits = {"flash_bytes": parse_size(flash_size), "ram_bytes": parse_size(ram_size),
-                  "stack_bytes": parse_size(stack_size)}
+        limits = {
+            "flash_bytes": parse_size(flash_size),
+            "ram_bytes": parse_size(ram_size),
+            "stack_bytes": parse_size(stack_size),
+        }
         brd = get_board(board or spec.cpu, **limits)
         if brd.cpu != spec.cpu:
             raise TBNError(f"board {brd.name} has a {brd.cpu}, but the target is {spec.cpu}")
@@ -90,9 +119,17 @@ class CortexMBackend:
             info = write_library(graph, kernels, lib)
             _write_build_files(lib)
             size = build_firmware(lib, brd, staging / FIRMWARE, mode="semihost", **limits)
-            extra = {"board": brd.name, "qemu_machine": brd.qemu_machine, "memory": size.to_dict(),
-                     "flash_bytes": size.flash, "ram_bytes": size.ram, "arena_bytes": info.arena_bytes,
-                     "library_weight_bytes": info.weight_bytes, "firmware": FIRMWARE, "library": LIB_DIR}
+            extra = {
+                "board": brd.name,
+                "qemu_machine": brd.qemu_machine,
+                "memory": size.to_dict(),
+                "flash_bytes": size.flash,
+                "ram_bytes": size.ram,
+                "arena_bytes": info.arena_bytes,
+                "library_weight_bytes": info.weight_bytes,
+                "firmware": FIRMWARE,
+                "library": LIB_DIR,
+            }
             if brd.qemu_machine is not None and brd.uart_driver is not None:
                 build_firmware(lib, brd, staging / FIRMWARE_UART, mode="uart", **limits)
                 extra["firmware_uart"] = FIRMWARE_UART
@@ -130,11 +167,23 @@ class CortexMBackend:
         return cls(spec, get_board(manifest.get("board") or spec.cpu), out_dir=out_dir, manifest=manifest)
 
     # ------------------------------------------------------------------ running
-    def configure(self, *, qemu: bool = True, board: str | None = None, baud: int = 115200,
-                  count_instructions: bool = False, timeout: float | None = None) -> None:
+    def configure(
+        self,
+        *,
+        qemu: bool = True,
+        board: str | None = None,
+        baud: int = 115200,
+        count_instructions: bool = False,
+        timeout: float | None = None,
+    ) -> None:
         """Choose where :meth:`run_batch` runs: QEMU (default) or a board's serial port."""
-        self.run_options = {"qemu": qemu, "board": board, "baud": baud, "count_instructions": count_instructions,
-                            "timeout": timeout}
+        self.run_options = {
+            "qemu": qemu,
+            "board": board,
+            "baud": baud,
+            "count_instructions": count_instructions,
+            "timeout": timeout,
+        }
 
     def run_batch(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict]:
         from tbn_tvm.targets.cortex_m import run_qemu, run_uart
@@ -143,15 +192,24 @@ class CortexMBackend:
         n = x.shape[0]
         opts = self.run_options
         if opts.get("board"):
-            y, stats = run_uart(opts["board"], x.reshape(n, -1), baudrate=opts["baud"], timeout_s=opts["timeout"])
+            y, stats = run_uart(
+                opts["board"], x.reshape(n, -1), baudrate=opts["baud"], timeout_s=opts["timeout"]
+            )
         else:
-            y, stats = run_qemu(self._path(FIRMWARE), self.board, x.reshape(n, -1),
-                                count_instructions=opts["count_instructions"], timeout_s=opts["timeout"])
+            y, stats = run_qemu(
+                self._path(FIRMWARE),
+                self.board,
+                x.reshape(n, -1),
+                count_instructions=opts["count_instructions"],
+                timeout_s=opts["timeout"],
+            )
         out_shape = getattr(self, "output_shape", None)
         y = np.asarray(y, dtype=np.float32)
         if out_shape is not None:
             y = y.reshape(n, *out_shape)
-        flat = {"device": "qemu " + (self.board.qemu_machine or "") if not opts.get("board") else opts["board"]}
+        flat = {
+            "device": "qemu " + (self.board.qemu_machine or "") if not opts.get("board") else opts["board"]
+        }
         ins = stats.get("instructions")
         if ins:
             flat["instructions_per_inference"] = ins.get("mean")
