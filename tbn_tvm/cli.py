@@ -7,6 +7,7 @@ Each sub-command lives in a ``_cmd_<name>`` function registered in ``_COMMANDS``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -78,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug in tbn-tvm or TVM, not in the user's input
+        if os.environ.get("TBN_TVM_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:400]
+        print(f"error: internal error ({type(e).__name__}: {msg}); rerun with TBN_TVM_DEBUG=1 for a traceback "
+              "and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,18 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
         raise
 
 
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @command("run", help="Run a compiled model on stacked samples (host, QEMU or a board over UART)")
 @arg("artifact", metavar="OUT_DIR", help="a directory written by 'tbn-tvm compile'")
 @arg(
@@ -45,7 +57,7 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     metavar="[NAME=]X.npy",
     help="samples stacked on a new leading axis: [N, *input_shape]; repeat as NAME=FILE for several inputs",
 )
-@arg("--output", "-o", metavar="Y.npy", help="where to write the outputs ([N, *output_shape])")
+@arg("--output", "-o", metavar="Y.npy", help="where to write the outputs ([N, *output_shape]; .npz for several)")
 @arg("--qemu", action="store_true", help="Cortex-M: run the firmware on QEMU")
 @arg("--board", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
 @arg("--baud", type=int, default=115200, help="UART baud rate for --board (default 115200)")
@@ -94,8 +106,13 @@ def run(args) -> int:
     outputs = model.run(inputs)
     stats = model.last_run_stats
     if args.output:
-        arr = outputs if isinstance(outputs, np.ndarray) else np.stack(list(outputs.values()))
-        _save_npy_atomic(Path(args.output), arr)
+        out_path = Path(args.output)
+        if isinstance(outputs, np.ndarray):
+            _save_npy_atomic(out_path, outputs)
+        elif out_path.suffix == ".npz":
+            _save_npz_atomic(out_path, outputs)
+        else:
+            raise TBNError(f"the model has {len(outputs)} outputs; write them to a .npz file (--output Y.npz)")
     summary = {
         "samples": stats["samples"],
         "seconds": round(stats["seconds"], 6),
