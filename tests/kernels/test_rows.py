@@ -1,0 +1,74 @@
+"""The row-reuse algebra (kernels/rows.py) checked against numpy on the decoded weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_zoo as zoo
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tbn_tvm.formats.tiled import detect
+from tbn_tvm.kernels.rows import row_plan
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 24), K=st.integers(1, 40), L=st.integers(1, 200), seed=st.integers(0, 10_000))
+def test_distinct_rows_and_row_map(rows, K, L, seed):
+    n = rows * K
+    if L > n // 2:
+        return
+    rng = np.random.default_rng(seed)
+    tile = np.where(rng.random(L) < 0.5, -1.0, 1.0).astype(np.float32)
+    w = (np.tile(tile, -(-n // L))[:n] * np.float32(0.5)).reshape(rows, K)
+    fmt = detect(w)
+    assert fmt is not None
+    plan = row_plan(fmt, rows)
+    signs = np.sign(w)
+    # the algebra: row r starts at bit r*K mod L; offsets are multiples of g = gcd(K, L)
+    g = math.gcd(K, fmt.tile_length)
+    assert plan.g == g
+    d_of = [(r * K % fmt.tile_length) // g for r in range(rows)]
+    for r in range(rows):
+        d = d_of[r]
+        start = d * g
+        bits = fmt.tile[(start + np.arange(K)) % fmt.tile_length]
+        assert np.array_equal(np.where(bits == 1, 1.0, -1.0), signs[r])
+    # rows with the same d are identical; the plan computes min(rows, L/g) of them
+    assert len(set(d_of)) <= plan.distinct <= fmt.tile_length // g
+    assert len({tuple(s) for s in signs}) <= plan.distinct
+
+
+def test_plan_rejects_scales_varying_inside_rows():
+    w = zoo.tiled_weight((8, 6), 2, "per_copy", np.random.default_rng(0))  # copies of 24 = 4 rows each
+    assert row_plan(detect(w), 8) is not None
+    # a tile of 9 with an alpha per copy: scales change inside rows of 6 -> no factorisation
+    rng = np.random.default_rng(1)
+    tile = np.where(rng.random(9) < 0.5, -1.0, 1.0)
+    w = (np.tile(tile, 6)[:48] * np.repeat(rng.uniform(0.2, 1, 6), 9)[:48]).astype(np.float32).reshape(8, 6)
+    fmt = detect(w)
+    assert fmt is not None and row_plan(fmt, 8) is None
+
+
+@pytest.mark.parametrize("accumulate", ["signed", "shared_sum"])
+def test_accumulation_forms_match_numpy(accumulate):
+    tvm = pytest.importorskip("tvm")
+    from tvm import te
+
+    from tbn_tvm.kernels.rows import dense_rows_te
+
+    rng = np.random.default_rng(2)
+    w = zoo.tiled_weight((24, 70), 4, "per_copy", rng)  # K = 70: a partial last word
+    fmt = detect(w)
+    plan = row_plan(fmt, 24)
+    assert plan.distinct == 6
+    f = te.create_prim_func(dense_rows_te((3, 70), fmt, plan, accumulate))
+    lib = tvm.compile(tvm.IRModule({"main": f}), target="llvm")
+    x = rng.standard_normal((3, 70)).astype(np.float32)
+    words, scales = fmt.pack()
+    y = tvm.runtime.tensor(np.zeros((3, 24), np.float32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(words), tvm.runtime.tensor(scales), y)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
