@@ -12,6 +12,39 @@ from collections.abc import Sequence
 from tbn_tvm.kernels import i64, shape64
 
 
+def conv_inputs(x_shape: Sequence[int], fmt, strides, padding, dilation, dtype: str = "float32"):
+    """Placeholders ``X, words, scales``, the zero-padded input ``Xp`` (``X`` itself when there
+    is no padding) and the output's spatial extents, shared by every conv kernel."""
+    from tvm import te, tirx
+
+    x_shape = [int(d) for d in x_shape]
+    B, C, *spatial = x_shape
+    _, _, *ksize = fmt.shape
+    nd = len(spatial)
+    if len(ksize) != nd:
+        raise ValueError("kernel and input ranks differ")
+    begin, end = list(padding[:nd]), list(padding[nd:])
+    out_spatial = [
+        (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
+        for d in range(nd)
+    ]
+    X = te.placeholder(shape64(x_shape), dtype, name="x")
+    P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
+    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
+    if not (any(begin) or any(end)):
+        return X, P, A, X, out_spatial
+
+    def pad_body(b, c, *pos):
+        inside = tirx.all(
+            *[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)]
+        )
+        src = [pos[d] - i64(begin[d]) for d in range(nd)]
+        return tirx.if_then_else(inside, X[(b, c, *src)], tirx.const(0.0, dtype))
+
+    padded = [spatial[d] + begin[d] + end[d] for d in range(nd)]
+    return X, P, A, te.compute(shape64([B, C, *padded]), pad_body, name="pad"), out_spatial
+
+
 def conv_te(
     x_shape: Sequence[int],
     fmt,
@@ -27,34 +60,11 @@ def conv_te(
     """
     from tvm import te, tirx
 
-    x_shape = [int(d) for d in x_shape]
-    B, C, *spatial = x_shape
+    X, P, A, Xp, out_spatial = conv_inputs(x_shape, fmt, strides, padding, dilation, dtype)
+    B = int(x_shape[0])
     O, Cg, *ksize = fmt.shape
-    nd = len(spatial)
-    if len(ksize) != nd:
-        raise ValueError("kernel and input ranks differ")
-    begin, end = list(padding[:nd]), list(padding[nd:])
-    out_spatial = [
-        (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
-        for d in range(nd)
-    ]
+    nd = len(ksize)
     og = O // groups  # output channels per group
-    X = te.placeholder(shape64(x_shape), dtype, name="x")
-    P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
-    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
-    padded = [spatial[d] + begin[d] + end[d] for d in range(nd)]
-    if any(begin) or any(end):
-
-        def pad_body(b, c, *pos):
-            inside = tirx.all(
-                *[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)]
-            )
-            src = [pos[d] - i64(begin[d]) for d in range(nd)]
-            return tirx.if_then_else(inside, X[(b, c, *src)], tirx.const(0.0, dtype))
-
-        Xp = te.compute(shape64([B, C, *padded]), pad_body, name="pad")
-    else:
-        Xp = X
     rc = te.reduce_axis((i64(0), i64(Cg)), name="rc")
     rk = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk{d}") for d in range(nd)]
     K = Cg * math.prod(ksize)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tbn_tvm.kernels import i64, shape64
+from tbn_tvm.kernels.conv import conv_inputs
 
 
 @dataclass(frozen=True)
@@ -233,32 +234,11 @@ def conv_rows_te(
     """Grouped-free (groups = 1) N-d convolution computing only the distinct filters, bit-serial."""
     from tvm import te, tirx
 
-    x_shape = [int(d) for d in x_shape]
-    B, C, *spatial = x_shape
+    X, P, A, Xp, out_spatial = conv_inputs(x_shape, fmt, strides, padding, dilation, dtype)
+    B = int(x_shape[0])
     O, Cg, *ksize = fmt.shape
-    nd = len(spatial)
-    begin, end = list(padding[:nd]), list(padding[nd:])
-    out_spatial = [
-        (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
-        for d in range(nd)
-    ]
-    X = te.placeholder(shape64(x_shape), dtype, name="x")
-    P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
-    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
+    nd = len(ksize)
     zero = tirx.const(0.0, dtype)
-    if any(begin) or any(end):
-
-        def pad_body(b, c, *pos):
-            inside = tirx.all(
-                *[tirx.all(pos[d] >= i64(begin[d]), pos[d] < i64(begin[d] + spatial[d])) for d in range(nd)]
-            )
-            return tirx.if_then_else(inside, X[(b, c, *[pos[d] - i64(begin[d]) for d in range(nd)])], zero)
-
-        Xp = te.compute(
-            shape64([B, C, *[spatial[d] + begin[d] + end[d] for d in range(nd)]]), pad_body, name="pad"
-        )
-    else:
-        Xp = X
     ksz = math.prod(ksize)
     if plan.aligned:
         W = _row_words(plan, P, fmt.num_words)
