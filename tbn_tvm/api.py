@@ -212,7 +212,7 @@ def compile(  # noqa: A001 - the natural name for users
     outputs = output_specs(mod)
     names = [o.name for o in loaded.proto.graph.output]
     outputs = [TensorSpec(n, o.shape, o.dtype) for n, o in zip(names, outputs)]
-    prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows)
+    prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, simd=spec.family != "cortex-m")
     report = layer_report.to_dict()
     report.pop("model", None)
     report["source"] = loaded.source

@@ -230,8 +230,12 @@ def conv_rows_te(
     dilation,
     accumulate: str = "signed",
     dtype: str = "float32",
+    sign_multiply: bool = False,
 ):
-    """Grouped-free (groups = 1) N-d convolution computing only the distinct filters, bit-serial."""
+    """Grouped-free (groups = 1) N-d convolution computing only the distinct filters, bit-serial.
+
+    ``sign_multiply`` writes the ±1 as a float factor (vectorises over output positions on a
+    SIMD CPU) instead of a conditional negate (fewer instructions on a scalar MCU)."""
     from tvm import te, tirx
 
     X, P, A, Xp, out_spatial = conv_inputs(x_shape, fmt, strides, padding, dilation, dtype)
@@ -271,10 +275,15 @@ def conv_rows_te(
     if accumulate == "signed":
 
         def rowsum(b, d, *pos):
-            v = src(b, pos, rc)
+            if sign_multiply:
+                # the sign as a float (+1 / -1) times the input: the factor depends on the filter
+                # position only, so a loop over output positions is a plain (vector) multiply-add
+                sign = tirx.Cast(dtype, bit(d, flat_k())) * tirx.const(2.0, dtype) - tirx.const(1.0, dtype)
+                return te.sum(sign * src(b, pos, rc), axis=[rc, *rk])
+            v = src(b, pos, rc)  # a conditional negate: cheapest on a scalar core
             return te.sum(tirx.Select(bit(d, flat_k()) == one, v, -v), axis=[rc, *rk])
 
-        Z = te.compute(shape64([B, plan.distinct, *out_spatial]), rowsum, name="tbn_rows_sum")
+        Z = te.compute(shape64([B, plan.distinct, *out_spatial]), rowsum, name="tbn_rows_conv_sum")
 
         def z_of(b, d, pos):
             return Z[(b, d, *pos)]
@@ -283,7 +292,7 @@ def conv_rows_te(
         def ones(b, d, *pos):
             return te.sum(tirx.Select(bit(d, flat_k()) == one, src(b, pos, rc), zero), axis=[rc, *rk])
 
-        Pos = te.compute(shape64([B, plan.distinct, *out_spatial]), ones, name="tbn_rows_sum")
+        Pos = te.compute(shape64([B, plan.distinct, *out_spatial]), ones, name="tbn_rows_conv_sum")
         rc2 = te.reduce_axis((i64(0), i64(Cg)), name="rc2")
         rk2 = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk2_{d}") for d in range(nd)]
 

@@ -52,11 +52,12 @@ def _is_f32(expr) -> bool:
 
 @relax.expr_functor.mutator
 class _Compressor(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, layers: list[RewrittenLayer], reuse_rows: bool) -> None:
+    def __init__(self, mod: tvm.IRModule, layers: list[RewrittenLayer], reuse_rows: bool, simd: bool) -> None:
         super().__init__(mod)
         self.mod_ = mod
         self.layers = layers
         self.reuse_rows = reuse_rows
+        self.simd = simd
 
     def transform(self) -> tvm.IRModule:
         for gv, func in self.mod_.functions_items():
@@ -130,7 +131,12 @@ class _Compressor(relax.PyExprMutator):
         groups = int(attrs.groups)
         plan = rows.row_plan(lw.format, w.shape[0]) if self.reuse_rows and groups == 1 else None
         if plan is not None:
-            prim = rows.make("k", rows.conv_rows_te(x_shape, lw.format, plan, strides, padding, dilation))
+            prim = rows.make(
+                "k",
+                rows.conv_rows_te(
+                    x_shape, lw.format, plan, strides, padding, dilation, sign_multiply=self.simd
+                ),
+            )
             gv = self._add_kernel(f"tbn_rows_{op}_", prim)
         else:
             prim = make_conv("k", x_shape, lw.format, strides, padding, dilation, groups)
@@ -144,13 +150,16 @@ class CompressWeights:
     """Module pass; after it runs, ``self.layers`` lists every matmul/conv layer it looked at.
 
     ``reuse_rows`` (default) computes only the distinct rows of a tiled weight, bit-serially
-    (:mod:`tbn_tvm.kernels.rows`); without it every output is computed from the decoded weight."""
+    (:mod:`tbn_tvm.kernels.rows`); without it every output is computed from the decoded weight.
+    ``simd`` picks kernel forms that vectorise (host CPUs) over ones with fewest scalar
+    instructions (microcontrollers)."""
 
-    def __init__(self, reuse_rows: bool = True) -> None:
+    def __init__(self, reuse_rows: bool = True, simd: bool = True) -> None:
         self.layers: list[RewrittenLayer] = []
         self.reuse_rows = reuse_rows
+        self.simd = simd
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.layers.clear()
-        mod = _Compressor(mod, self.layers, self.reuse_rows).transform()
+        mod = _Compressor(mod, self.layers, self.reuse_rows, self.simd).transform()
         return relax.transform.DeadCodeElimination()(mod)

@@ -29,13 +29,13 @@ class Prepared:
         return constant_bytes(self.mod)
 
 
-def prepare(mod: tvm.IRModule, compress: bool = True, reuse_rows: bool = True) -> Prepared:
+def prepare(mod: tvm.IRModule, compress: bool = True, reuse_rows: bool = True, simd: bool = True) -> Prepared:
     """Run the project's passes on an imported module (weights already folded to constants).
 
     ``compress=False`` leaves every weight dense (the plain TVM build)."""
     if not compress:
         return Prepared(mod, [])
-    compress = CompressWeights(reuse_rows=reuse_rows)
+    compress = CompressWeights(reuse_rows=reuse_rows, simd=simd)
     mod = compress(mod)
     return Prepared(mod, list(compress.layers))
 

@@ -43,15 +43,15 @@ def schedule_prim_mcu(prim):
     # 2. row words under the distinct-row loop of their consumer; unroll the 32 bits of a word
     #    (constant masks and load offsets); chunk a single-axis reduction by 32
     for blk in _blocks(sch):
-        if not _name(sch, blk).startswith(("tbn_rows_sum", "tbn_rows_tail")):
+        name = _name(sch, blk)
+        if not name.startswith(("tbn_rows_sum", "tbn_rows_tail", "tbn_rows_conv_sum")):
             continue
         kinds = [int(iv.iter_type) for iv in sch.get(blk).iter_vars]  # 0: spatial, 2: reduction
         n_spatial = kinds.count(0)
         loops = sch.get_loops(blk)
         if len(loops) != len(kinds):
             continue
-        n_reduce = len(kinds) - n_spatial
-        conv = n_reduce >= 2 and int(sch.get(loops[-1]).extent) != 32 or len(loops) > n_spatial + 2
+        conv = name.startswith("tbn_rows_conv_sum")
         row_axis = loops[1] if conv else loops[n_spatial - 1]
         words = [b for b in _blocks(sch) if _name(sch, b).startswith("row_words")]
         if words:

@@ -49,11 +49,14 @@ def schedule_rows(prim, lanes: int, cores: int):
     # epilogues (scale/gather, relu, bias) folded into one element-wise block
     for blk in list(sch.get_child_blocks(root)):
         name = _name(sch, blk)
-        if name.startswith(("tbn_rows_sum", "row_words")):
+        if name.startswith(("tbn_rows_sum", "tbn_rows_conv_sum", "row_words", "pad")):
             continue
         if not name.startswith("tbn_rows_"):
             _try(sch.reverse_compute_inline, blk) or _try(sch.compute_inline, blk)
     blocks = {_name(sch, b): b for b in sch.get_child_blocks(root)}
+    conv = next((b for n, b in blocks.items() if n.startswith("tbn_rows_conv_sum")), None)
+    if conv is not None:
+        return _schedule_conv_rows(sch, conv, blocks, lanes, cores)
     rsum = next(b for n, b in blocks.items() if n.startswith("tbn_rows_sum"))
     words = [b for n, b in blocks.items() if n.startswith("row_words")]
     kinds = [int(iv.iter_type) for iv in sch.get(rsum).iter_vars]
@@ -77,6 +80,36 @@ def schedule_rows(prim, lanes: int, cores: int):
         sch.parallel(fused)
         if words:
             _try(sch.compute_at, words[0], fused)
+    return sch.mod["main"]
+
+
+def _schedule_conv_rows(sch, blk, blocks, lanes: int, cores: int):
+    """Distinct filters over the cores; the output row's last spatial axis innermost and in
+    vectors (one sign bit broadcast against contiguous inputs)."""
+    loops = sch.get_loops(blk)
+    kinds = [int(iv.iter_type) for iv in sch.get(blk).iter_vars]
+    n_spatial = kinds.count(0)
+    if len(loops) != len(kinds):
+        return sch.mod["main"]
+    b, d, *pos = loops[:n_spatial]
+    reduce = loops[n_spatial:]
+    fused = sch.fuse(b, d)
+    if cores > 1:
+        sch.parallel(fused)
+    words = [x for n, x in blocks.items() if n.startswith("row_words")]
+    if words:
+        _try(sch.compute_at, words[0], fused)
+    last = pos[-1]
+    extent = int(sch.get(last).extent)
+    if extent >= 4:
+        if extent > lanes:
+            outer, inner = sch.split(last, [None, lanes])
+            sch.reorder(*pos[:-1], outer, *reduce, inner)
+        else:
+            inner = last
+            sch.reorder(*pos[:-1], *reduce, inner)
+        first_reduce = reduce[0]
+        _try(sch.decompose_reduction, blk, first_reduce)
     return sch.mod["main"]
 
 
