@@ -207,7 +207,7 @@ def compile(  # noqa: A001 - the natural name for users
     loaded = load_onnx(model, input_shapes)  # cheap checks first: TVM is imported after them
     from tbn_tvm.passes.pipeline import prepare
 
-    layer_report = inspect(loaded.proto)
+    layer_report = inspect(loaded)
     mod = to_relax(loaded)
     outputs = output_specs(mod)
     names = [o.name for o in loaded.proto.graph.output]

@@ -48,7 +48,16 @@ MNIST_TRAIN_SIZE = 8000
 """Images ``[0, 8000)`` of the MNIST test set train; ``[8000, 10000)`` are held out."""
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 
@@ -74,8 +83,10 @@ class DataSplit:
         return tuple(self.x_train.shape[1:])
 
     def __repr__(self) -> str:
-        return (f"DataSplit({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "
-                f"classes={self.num_classes})")
+        return (
+            f"DataSplit({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "
+            f"classes={self.num_classes})"
+        )
 
 
 # --------------------------------------------------------------------------------------- MNIST
@@ -84,8 +95,9 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes())
     except FileNotFoundError:
-        raise TBNError(f"{path}: no such file", hint="the bundled MNIST files are missing; "
-                       "reinstall tbn-tvm") from None
+        raise TBNError(
+            f"{path}: no such file", hint="the bundled MNIST files are missing; reinstall tbn-tvm"
+        ) from None
     except (OSError, EOFError) as e:
         raise TBNError(f"{path}: not a gzip file ({e})") from None
     if len(raw) < 4:
@@ -97,8 +109,7 @@ def _read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     count = int(np.prod(dims))
     if len(raw) - header != count:
-        raise TBNError(f"{path}: expected {count} bytes of data for shape {dims}, "
-                       f"found {len(raw) - header}")
+        raise TBNError(f"{path}: expected {count} bytes of data for shape {dims}, found {len(raw) - header}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -137,9 +148,15 @@ def load_mnist_split(flatten: bool = True) -> DataSplit:
     n = MNIST_TRAIN_SIZE
     return DataSplit(
         name="mnist",
-        x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:], num_classes=10,
-        description=(f"MNIST test set (bundled): images [0, {n}) train, [{n}, {len(x)}) held out; "
-                     "pixels / 255, no normalisation"),
+        x_train=x[:n],
+        y_train=y[:n],
+        x_test=x[n:],
+        y_test=y[n:],
+        num_classes=10,
+        description=(
+            f"MNIST test set (bundled): images [0, {n}) train, [{n}, {len(x)}) held out; "
+            "pixels / 255, no normalisation"
+        ),
     )
 
 
@@ -159,20 +176,23 @@ def load_digits_split(flatten: bool = False, test_size: float = 0.2, split_seed:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        raise TBNError("the digits data set needs scikit-learn",
-                       hint="pip install scikit-learn") from None
+        raise TBNError("the digits data set needs scikit-learn", hint="pip install scikit-learn") from None
     bunch = load_digits()
-    x = (bunch.data.astype(np.float32) / np.float32(16.0))
+    x = bunch.data.astype(np.float32) / np.float32(16.0)
     x = x if flatten else x.reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.uint8)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=split_seed,
-                                              stratify=y)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=split_seed, stratify=y)
     return DataSplit(
         name="digits",
-        x_train=np.ascontiguousarray(x_tr), y_train=y_tr, x_test=np.ascontiguousarray(x_te), y_test=y_te,
+        x_train=np.ascontiguousarray(x_tr),
+        y_train=y_tr,
+        x_test=np.ascontiguousarray(x_te),
+        y_test=y_te,
         num_classes=10,
-        description=(f"sklearn load_digits (1797 8x8 images, pixels / 16): stratified split, "
-                     f"test_size={test_size}, random_state={split_seed}"),
+        description=(
+            f"sklearn load_digits (1797 8x8 images, pixels / 16): stratified split, "
+            f"test_size={test_size}, random_state={split_seed}"
+        ),
     )
 
 
@@ -208,14 +228,15 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise TBNError(f"{path}: no such file",
-                       hint="expected torchvision's CIFAR-10 layout: cifar-10-batches-py/"
-                            "data_batch_1..5 and test_batch")
+        raise TBNError(
+            f"{path}: no such file",
+            hint="expected torchvision's CIFAR-10 layout: cifar-10-batches-py/data_batch_1..5 and test_batch",
+        )
     try:
         with path.open("rb") as f:
             batch = _CifarUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise TBNError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+    except Exception as e:  # a malformed pickle can raise almost anything; report it as bad input
+        raise TBNError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
     if not isinstance(batch, dict):
         raise TBNError(f"{path}: not a CIFAR-10 python batch (a {type(batch).__name__}, not a dict)")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -244,8 +265,10 @@ def load_cifar10_folder(path: str | Path, as_uint8: bool = False) -> DataSplit:
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise TBNError(f"{root}: no such folder",
-                       hint="give the folder that holds cifar-10-batches-py (torchvision's format)")
+        raise TBNError(
+            f"{root}: no such folder",
+            hint="give the folder that holds cifar-10-batches-py (torchvision's format)",
+        )
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     x_test, y_test = _read_cifar_batch(folder / "test_batch")
@@ -256,6 +279,10 @@ def load_cifar10_folder(path: str | Path, as_uint8: bool = False) -> DataSplit:
         x_test = x_test.astype(np.float32) / np.float32(255.0)
     return DataSplit(
         name="cifar10",
-        x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, num_classes=10,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=10,
         description=f"CIFAR-10 python batches from {folder.name}: data_batch_1..5 train, test_batch held out",
     )

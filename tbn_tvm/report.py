@@ -11,7 +11,6 @@ the compiler and the report always agree.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,11 +157,14 @@ def _constant_values(proto: onnx.ModelProto, names: set[str]) -> dict[str, np.nd
     return wanted
 
 
-def inspect(model: str | os.PathLike | onnx.ModelProto) -> ModelReport:
-    """Describe every Gemm/MatMul/Conv layer with a constant weight (see module docstring)."""
-    from tbn_tvm.frontend.onnx import load_onnx
+def inspect(model) -> ModelReport:
+    """Describe every Gemm/MatMul/Conv layer with a constant weight (see module docstring).
 
-    loaded = load_onnx(model)
+    ``model`` is a path, an ``onnx.ModelProto`` or an already validated
+    :class:`~tbn_tvm.frontend.onnx.LoadedModel`."""
+    from tbn_tvm.frontend.onnx import LoadedModel, load_onnx
+
+    loaded = model if isinstance(model, LoadedModel) else load_onnx(model)
     g = loaded.proto.graph
     weight_inputs = {}
     for i, node in enumerate(g.node):

@@ -182,6 +182,80 @@ def smallest_period(bits: np.ndarray, max_period: int) -> int | None:
     return None
 
 
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def period_with_chunk_flips(bits: np.ndarray, chunk: int, max_period: int) -> tuple[int, np.ndarray] | None:
+    """Smallest tile length ``L`` (a divisor of ``n``, ``L <= max_period``) for which the bits are
+    periodic once every chunk of ``chunk`` bits may be inverted as a whole, with the inversion
+    flags (one per chunk, the first chunk never inverted), or None.
+
+    For ``i >= L``: ``b[i] ^ f[c(i)] == b[i-L] ^ f[c(i-L)]``, i.e. ``b[i] ^ b[i-L]`` must be one
+    constant per pair of chunks, and the flags follow by propagating those parities.
+    """
+    n = bits.size
+    nchunks = -(-n // chunk)
+    for L in _divisors(n):
+        if L > max_period:
+            break
+        # cheap rejection on a prefix first, then the whole sequence
+        if _flip_parities(bits, L, chunk, nchunks, min(n - L, 4096)) is None:
+            continue
+        parities = _flip_parities(bits, L, chunk, nchunks, n - L)
+        if parities is None:
+            continue
+        flips = _solve_parities(nchunks, *parities)
+        if flips is not None:
+            return L, flips
+    return None
+
+
+def _solve_parities(nchunks: int, a_s, b_s, pars) -> np.ndarray | None:
+    """Flags ``f`` with ``f[a] ^ f[b] == par`` for every constraint (union-find with parity), the
+    root of each group taken as not inverted (chunk 0 first), or None if inconsistent."""
+    parent = list(range(nchunks))
+    rel = [0] * nchunks  # parity to parent
+
+    def find(x: int) -> tuple[int, int]:
+        path = []
+        while parent[x] != x:
+            path.append(x)
+            x = parent[x]
+        root, acc = x, 0
+        for node in reversed(path):  # compress, accumulating parity from the root down
+            acc ^= rel[node]
+            rel[node], parent[node] = acc, root
+        return root, (rel[path[0]] if path else 0)
+
+    for a, b, par in zip(a_s.tolist(), b_s.tolist(), pars.tolist()):
+        ra, pa = find(a)
+        rb, pb = find(b)
+        if ra == rb:
+            if pa ^ pb != par:
+                return None
+        elif ra < rb:
+            parent[rb], rel[rb] = ra, pa ^ pb ^ par
+        else:
+            parent[ra], rel[ra] = rb, pa ^ pb ^ par
+    return np.array([find(c)[1] for c in range(nchunks)], dtype=np.uint8)
+
+
+def _flip_parities(bits: np.ndarray, L: int, chunk: int, nchunks: int, m: int):
+    """For positions ``L .. L+m``: the (chunk, earlier chunk, parity) runs, or None when the
+    parity is not constant within a run."""
+    e = bits[L : L + m] ^ bits[:m]
+    idx = np.arange(m)
+    ci, cj = (idx + L) // chunk, idx // chunk
+    pair = ci * nchunks + cj
+    starts = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
+    first = e[starts]
+    if not np.array_equal(e, np.repeat(first, np.diff(np.append(starts, m)))):
+        return None
+    return ci[starts], cj[starts], first
+
+
 def detect(weight: np.ndarray) -> TiledFormat | None:
     """Find the exact tile + scales form of ``weight`` (framework layout), or None.
 
@@ -207,6 +281,14 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
         return None
     bits = (flat > 0).astype(np.uint8)
     period = smallest_period(bits, int(MAX_TILE_FRACTION * n))
+    if period is None and scales.size > 1:
+        # a negative scale flips a whole chunk's signs (BatchNorm with gamma < 0 folded in):
+        # look for a tile once each chunk's sign is factored out
+        found = period_with_chunk_flips(bits, chunk, int(MAX_TILE_FRACTION * n))
+        if found is not None:
+            period, flips = found
+            bits = bits ^ np.repeat(flips, chunk)[:n]
+            scales = np.where(flips == 1, -scales, scales).astype(np.float32)
     tile = bits[:period] if period else bits
     fmt = TiledFormat(
         shape=tuple(int(d) for d in w.shape), tile=tile.copy(), scales=scales, scale_chunk=chunk

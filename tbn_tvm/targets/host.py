@@ -5,12 +5,18 @@ object-file archive (``model.tar``) to link on the target machine.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from tbn_tvm.errors import TBNError
 from tbn_tvm.targets import TargetSpec
+
+# TVM's thread pool takes half the logical CPUs on x86 by default; use every core the process may
+# run on unless the user chose (set before the pool starts, at the first parallel kernel).
+if hasattr(os, "sched_getaffinity"):
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 ARTIFACT_SO = "model.so"
 ARTIFACT_TAR = "model.tar"

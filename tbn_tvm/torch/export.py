@@ -64,15 +64,22 @@ class ExportResult:
     opset: int
     input_shape: tuple[int | str, ...]
     ops: dict[str, int]
-    layers: list[dict] = field(default_factory=list)   # name, kind, weight_shape, p, alpha
+    layers: list[dict] = field(default_factory=list)  # name, kind, weight_shape, p, alpha
     file_bytes: int = 0
-    max_abs_diff: float | None = None                   # onnxruntime vs torch (None: not run)
+    max_abs_diff: float | None = None  # onnxruntime vs torch (None: not run)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {"path": str(self.path), "form": self.form, "opset": self.opset,
-                "input_shape": list(self.input_shape), "ops": self.ops, "layers": self.layers,
-                "file_bytes": self.file_bytes, "max_abs_diff": self.max_abs_diff}
+        return {
+            "path": str(self.path),
+            "form": self.form,
+            "opset": self.opset,
+            "input_shape": list(self.input_shape),
+            "ops": self.ops,
+            "layers": self.layers,
+            "file_bytes": self.file_bytes,
+            "max_abs_diff": self.max_abs_diff,
+        }
 
 
 def inference_copy(model: nn.Module, form: ExportForm = "tile") -> nn.Module:
@@ -97,8 +104,16 @@ def _layer_info(model: nn.Module) -> list[dict]:
     for name, m in model.named_modules():
         if isinstance(m, TiledLayer):
             kind = type(m).__name__.replace("Tiled", "").lower()
-            info.append({"name": name, "kind": kind, "weight_shape": list(m.weight.shape), "p": m.p,
-                         "alpha": m.alpha, "tile_length": m.tile_length})
+            info.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "weight_shape": list(m.weight.shape),
+                    "p": m.p,
+                    "alpha": m.alpha,
+                    "tile_length": m.tile_length,
+                }
+            )
     return info
 
 
@@ -129,14 +144,26 @@ def _keep_tiles(node) -> bool | None:
     return None
 
 
-def _to_onnx(model: nn.Module, example: torch.Tensor, form: str, dynamic_batch: bool,
-             input_name: str, output_name: str, opset: int | None):
+def _to_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    form: str,
+    dynamic_batch: bool,
+    input_name: str,
+    output_name: str,
+    opset: int | None,
+):
     try:
         import onnxscript.optimizer as oso
     except ImportError:
         raise TBNError("ONNX export needs onnxscript", hint="pip install onnxscript") from None
-    kwargs: dict = dict(dynamo=True, input_names=[input_name], output_names=[output_name],
-                        external_data=False, optimize=(form == "dense"))
+    kwargs: dict = dict(
+        dynamo=True,
+        input_names=[input_name],
+        output_names=[output_name],
+        external_data=False,
+        optimize=(form == "dense"),
+    )
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamic_batch:
@@ -146,8 +173,10 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, form: str, dynamic_batch: 
             program = torch.onnx.export(model, (example,), **kwargs)
         except Exception as e:  # the exporter raises many types; report one line
             tail = log.getvalue().strip().splitlines()[-1:] or [""]
-            raise TBNError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}",
-                           hint=tail[0] or None) from e
+            raise TBNError(
+                f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}",
+                hint=tail[0] or None,
+            ) from e
         if form == "tile":
             oso.optimize_ir(program.model, should_fold=_keep_tiles)
     return program.model_proto
@@ -233,8 +262,10 @@ def export_onnx(
             diff = np.abs(got - ref)
             max_diff = max(max_diff, float(diff.max(initial=0.0)))
             if got.shape != ref.shape or np.any(diff > atol + rtol * np.abs(ref)):
-                raise TBNError(f"onnxruntime disagrees with torch on the exported graph "
-                               f"(max |diff| {float(diff.max(initial=0.0)):.3g})")
+                raise TBNError(
+                    f"onnxruntime disagrees with torch on the exported graph "
+                    f"(max |diff| {float(diff.max(initial=0.0)):.3g})"
+                )
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -247,11 +278,20 @@ def export_onnx(
             os.unlink(tmp)
         raise
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
-                  for d in proto.graph.input[0].type.tensor_type.shape.dim)
-    return ExportResult(path=path, form=form, opset=opset_used, input_shape=shape,
-                        ops=dict(Counter(n.op_type for n in proto.graph.node)), layers=layers,
-                        file_bytes=len(data), max_abs_diff=max_diff)
+    shape = tuple(
+        d.dim_value if d.HasField("dim_value") else d.dim_param
+        for d in proto.graph.input[0].type.tensor_type.shape.dim
+    )
+    return ExportResult(
+        path=path,
+        form=form,
+        opset=opset_used,
+        input_shape=shape,
+        ops=dict(Counter(n.op_type for n in proto.graph.node)),
+        layers=layers,
+        file_bytes=len(data),
+        max_abs_diff=max_diff,
+    )
 
 
 def _umask() -> int:

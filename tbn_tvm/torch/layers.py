@@ -164,8 +164,10 @@ def _check_divisible(n: int, p: int, what: str) -> None:
     if not isinstance(p, int) or isinstance(p, bool) or p < 1:
         raise TilingError(f"p must be a positive integer, got {p!r}")
     if n % p:
-        raise TilingError(f"{what} has {n} weights, which p={p} does not divide",
-                          hint="choose a p that divides the number of weights")
+        raise TilingError(
+            f"{what} has {n} weights, which p={p} does not divide",
+            hint="choose a p that divides the number of weights",
+        )
 
 
 # ---------------------------------------------------------------------------------- the layers
@@ -289,18 +291,36 @@ class TiledLinear(TiledLayer, nn.Linear):
         return f"{nn.Linear.extra_repr(self)}, {self._tiling_repr()}"
 
     @classmethod
-    def from_dense(cls, layer: nn.Linear, p: int, alpha: AlphaMode = "per_copy",
-                   alpha_source: AlphaSource = "A", copy_weight: bool = True) -> TiledLinear:
+    def from_dense(
+        cls,
+        layer: nn.Linear,
+        p: int,
+        alpha: AlphaMode = "per_copy",
+        alpha_source: AlphaSource = "A",
+        copy_weight: bool = True,
+    ) -> TiledLinear:
         """A tiled layer with ``layer``'s shape (and, by default, its weight and bias)."""
-        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                  device=layer.weight.device, dtype=layer.weight.dtype,
-                  p=p, alpha=alpha, alpha_source=alpha_source)
+        new = cls(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            p=p,
+            alpha=alpha,
+            alpha_source=alpha_source,
+        )
         _copy_from(new, layer, copy_weight)
         return new
 
     def to_dense(self) -> nn.Linear:  # noqa: D102
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.weight.device, dtype=self.weight.dtype)
+        dense = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         _fill_dense(dense, self)
         return dense
 
@@ -315,8 +335,14 @@ class _TiledConv(TiledLayer):
         return f"{nn.modules.conv._ConvNd.extra_repr(self)}, {self._tiling_repr()}"
 
     @classmethod
-    def from_dense(cls, layer: nn.modules.conv._ConvNd, p: int, alpha: AlphaMode = "per_copy",
-                   alpha_source: AlphaSource = "A", copy_weight: bool = True):
+    def from_dense(
+        cls,
+        layer: nn.modules.conv._ConvNd,
+        p: int,
+        alpha: AlphaMode = "per_copy",
+        alpha_source: AlphaSource = "A",
+        copy_weight: bool = True,
+    ):
         """A tiled layer with ``layer``'s shape and options (and, by default, its weight and bias)."""
         new = cls(**_conv_kwargs(layer), p=p, alpha=alpha, alpha_source=alpha_source)
         _copy_from(new, layer, copy_weight)
@@ -338,13 +364,38 @@ class TiledConv1d(_TiledConv, nn.Conv1d):
 
     _dense_class = nn.Conv1d
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, p: int = 4, alpha: AlphaMode = "per_copy",
-                 alpha_source: AlphaSource = "A") -> None:
-        nn.Conv1d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                           dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
-                           device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        p: int = 4,
+        alpha: AlphaMode = "per_copy",
+        alpha_source: AlphaSource = "A",
+    ) -> None:
+        nn.Conv1d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self._setup_tiling(p, alpha, alpha_source)
 
 
@@ -358,21 +409,55 @@ class TiledConv2d(_TiledConv, nn.Conv2d):
 
     _dense_class = nn.Conv2d
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, p: int = 4, alpha: AlphaMode = "per_copy",
-                 alpha_source: AlphaSource = "A") -> None:
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                           dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
-                           device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        p: int = 4,
+        alpha: AlphaMode = "per_copy",
+        alpha_source: AlphaSource = "A",
+    ) -> None:
+        nn.Conv2d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self._setup_tiling(p, alpha, alpha_source)
 
 
 def _conv_kwargs(layer: nn.modules.conv._ConvNd) -> dict:
-    return dict(in_channels=layer.in_channels, out_channels=layer.out_channels,
-                kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                dilation=layer.dilation, groups=layer.groups, bias=layer.bias is not None,
-                padding_mode=layer.padding_mode, device=layer.weight.device, dtype=layer.weight.dtype)
+    return dict(
+        in_channels=layer.in_channels,
+        out_channels=layer.out_channels,
+        kernel_size=layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        bias=layer.bias is not None,
+        padding_mode=layer.padding_mode,
+        device=layer.weight.device,
+        dtype=layer.weight.dtype,
+    )
 
 
 def _copy_from(new: TiledLayer, old: nn.Module, copy_weight: bool) -> None:
@@ -412,8 +497,13 @@ class FrozenTiled(nn.Module):
 
     def __init__(self, layer: TiledLayer) -> None:
         super().__init__()
-        self.kind = ("linear" if isinstance(layer, nn.Linear) else
-                     "conv1d" if isinstance(layer, nn.Conv1d) else "conv2d")
+        self.kind = (
+            "linear"
+            if isinstance(layer, nn.Linear)
+            else "conv1d"
+            if isinstance(layer, nn.Conv1d)
+            else "conv2d"
+        )
         self.p = layer.p
         self.alpha = layer.alpha
         self.weight_shape = tuple(layer.weight.shape)

@@ -38,11 +38,11 @@ class LayerSize:
     name: str
     type: str
     weight_shape: tuple[int, ...] | None
-    format: str          # "tiled", "binary", "dense" (fp32 weight) or "other" (BN, norms, ...)
+    format: str  # "tiled", "binary", "dense" (fp32 weight) or "other" (BN, norms, ...)
     p: int | None
-    weights: int         # elements of the Linear/Conv weight (0 for "other")
-    weight_bits: int     # storage of that weight: tile bits + 32 per α, or 32 per element
-    other_values: int    # biases, norm parameters, running statistics (fp32)
+    weights: int  # elements of the Linear/Conv weight (0 for "other")
+    weight_bits: int  # storage of that weight: tile bits + 32 per α, or 32 per element
+    other_values: int  # biases, norm parameters, running statistics (fp32)
 
     @property
     def bits(self) -> int:
@@ -97,26 +97,57 @@ class ModelSummary:
         for r in self.rows:
             d = asdict(r)
             d["weight_shape"] = list(r.weight_shape) if r.weight_shape else None
-            d.update(bits=r.bits, bytes=r.bytes, bits_per_weight=_nan_none(r.bits_per_weight),
-                     compression=_nan_none(r.compression))
+            d.update(
+                bits=r.bits,
+                bytes=r.bytes,
+                bits_per_weight=_nan_none(r.bits_per_weight),
+                compression=_nan_none(r.compression),
+            )
             layers.append(d)
         return {"layers": layers, "total": {k: _nan_none(v) for k, v in self.total.items()}}
 
     def table(self, markdown: bool = False) -> str:
         """The table as text (``markdown=True``: a GitHub markdown table)."""
-        head = ["layer", "type", "weight shape", "format", "p", "bits/weight", "other fp32", "bytes",
-                "compression"]
+        head = [
+            "layer",
+            "type",
+            "weight shape",
+            "format",
+            "p",
+            "bits/weight",
+            "other fp32",
+            "bytes",
+            "compression",
+        ]
         body = []
         for r in self.rows:
-            body.append([
-                r.name or "(model)", r.type, "x".join(map(str, r.weight_shape)) if r.weight_shape else "-",
-                r.format, str(r.p) if r.p else "-",
-                f"{r.bits_per_weight:.4f}" if r.weights else "-", str(r.other_values), f"{r.bytes:,}",
-                f"{r.compression:.1f}x",
-            ])
+            body.append(
+                [
+                    r.name or "(model)",
+                    r.type,
+                    "x".join(map(str, r.weight_shape)) if r.weight_shape else "-",
+                    r.format,
+                    str(r.p) if r.p else "-",
+                    f"{r.bits_per_weight:.4f}" if r.weights else "-",
+                    str(r.other_values),
+                    f"{r.bytes:,}",
+                    f"{r.compression:.1f}x",
+                ]
+            )
         t = self.total
-        body.append(["total", "", f"{t['weights']:,} weights", "", "", f"{t['bits_per_weight']:.4f}",
-                     str(t["other_values"]), f"{t['bytes']:,}", f"{t['compression']:.1f}x"])
+        body.append(
+            [
+                "total",
+                "",
+                f"{t['weights']:,} weights",
+                "",
+                "",
+                f"{t['bits_per_weight']:.4f}",
+                str(t["other_values"]),
+                f"{t['bytes']:,}",
+                f"{t['compression']:.1f}x",
+            ]
+        )
         if markdown:
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -125,12 +156,22 @@ class ModelSummary:
         right = {4, 5, 6, 7, 8}
 
         def fmt(row: list[str]) -> str:
-            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                             for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            return "  ".join(
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
 
         rule = "-" * len(fmt(head))
-        return "\n".join([fmt(head), rule, *map(fmt, body[:-1]), rule, fmt(body[-1]),
-                          f"fp32 size {t['fp32_bytes']:,} bytes -> {t['bytes']:,} bytes"])
+        return "\n".join(
+            [
+                fmt(head),
+                rule,
+                *map(fmt, body[:-1]),
+                rule,
+                fmt(body[-1]),
+                f"fp32 size {t['fp32_bytes']:,} bytes -> {t['bytes']:,} bytes",
+            ]
+        )
 
     def __str__(self) -> str:
         return self.table()
@@ -164,12 +205,25 @@ def summary(model: nn.Module) -> ModelSummary:
             n_alpha = m.p if m.alpha == "per_copy" else 1
             bits = n // m.p + ALPHA_BITS * n_alpha
             other = _other_values(m, {"weight", "alpha_weight", "tile", "scales"})
-            rows.append(LayerSize(name, type(m).__name__, shape, "tiled" if m.p > 1 else "binary", m.p,
-                                  n, bits, other))
+            rows.append(
+                LayerSize(
+                    name, type(m).__name__, shape, "tiled" if m.p > 1 else "binary", m.p, n, bits, other
+                )
+            )
         elif isinstance(m, _DENSE):
             n = m.weight.numel()
-            rows.append(LayerSize(name, type(m).__name__, tuple(m.weight.shape), "dense", None, n, 32 * n,
-                                  _other_values(m, {"weight"})))
+            rows.append(
+                LayerSize(
+                    name,
+                    type(m).__name__,
+                    tuple(m.weight.shape),
+                    "dense",
+                    None,
+                    n,
+                    32 * n,
+                    _other_values(m, {"weight"}),
+                )
+            )
         else:
             other = _other_values(m, set())
             if other:

@@ -116,8 +116,10 @@ def tiling_plan(
     unknown = [k for k in overrides if k not in used]
     if unknown:
         names = ", ".join(name for name, _ in layers[:8]) + (", ..." if len(layers) > 8 else "")
-        raise TilingError(f"overrides match no Linear/Conv1d/Conv2d layer: {', '.join(map(repr, unknown))}",
-                          hint=f"layers are: {names}")
+        raise TilingError(
+            f"overrides match no Linear/Conv1d/Conv2d layer: {', '.join(map(repr, unknown))}",
+            hint=f"layers are: {names}",
+        )
     return plan
 
 
@@ -157,12 +159,15 @@ def tbnify(
                 warnings.warn(f"tbnify: layer {name!r} kept at p=1 ({row.reason})", stacklevel=2)
             new = replaced.get(id(module))
             if new is None:
-                new = TILEABLE[type(module)].from_dense(module, row.p, alpha=alpha, alpha_source=alpha_source,
-                                                        copy_weight=copy_weights)
+                new = TILEABLE[type(module)].from_dense(
+                    module, row.p, alpha=alpha, alpha_source=alpha_source, copy_weight=copy_weights
+                )
                 replaced[id(module)] = new
         if name == "":
-            raise TilingError("tbnify needs a container model, not a single layer",
-                              hint="wrap it, e.g. nn.Sequential(layer), or use TiledLinear.from_dense")
+            raise TilingError(
+                "tbnify needs a container model, not a single layer",
+                hint="wrap it, e.g. nn.Sequential(layer), or use TiledLinear.from_dense",
+            )
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
     return model

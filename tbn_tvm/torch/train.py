@@ -49,7 +49,7 @@ from tbn_tvm.torch.export import export_onnx
 from tbn_tvm.torch.layers import TiledLayer
 from tbn_tvm.torch.models import MODELS
 from tbn_tvm.torch.summary import summary
-from tbn_tvm.torch.tbnify import tbnify
+from tbn_tvm.torch.tbnify import tbnify, tiling_plan
 
 __all__ = [
     "DEFAULT_VARIANTS",
@@ -98,14 +98,20 @@ class TrainOptions:
     alpha: str = "per_copy"
     alpha_source: str = "A"
     threads: int = 1
-    train_limit: int | None = None     # use only the first N training images (quick runs)
-    data_path: str | None = None       # CIFAR-10 folder
+    train_limit: int | None = None  # use only the first N training images (quick runs)
+    data_path: str | None = None  # CIFAR-10 folder
+    overrides: tuple[tuple[str, int | None], ...] = ()  # tbnify overrides for the tbnP variants
+    tile_first: bool = False  # tbnP variants: tile the first layer too (the last stays binary)
 
     def recipe(self, dataset: str) -> Recipe:
         """The data set's recipe with this object's overrides applied."""
         base = RECIPES[dataset]
-        return replace(base, epochs=self.epochs or base.epochs, batch_size=self.batch_size or base.batch_size,
-                       lr=self.lr or base.lr)
+        return replace(
+            base,
+            epochs=self.epochs or base.epochs,
+            batch_size=self.batch_size or base.batch_size,
+            lr=self.lr or base.lr,
+        )
 
 
 @dataclass
@@ -142,8 +148,9 @@ def variant_p(variant: str) -> int | None:
         return 1
     m = re.fullmatch(r"tbn([1-9][0-9]*)", variant)
     if not m:
-        raise TBNError(f"unknown variant {variant!r}",
-                       hint="use fp32, binary or tbnP with an integer P, e.g. tbn4")
+        raise TBNError(
+            f"unknown variant {variant!r}", hint="use fp32, binary or tbnP with an integer P, e.g. tbn4"
+        )
     return int(m.group(1))
 
 
@@ -157,8 +164,10 @@ def load_dataset(name: str, data_path: str | None = None, train_limit: int | Non
         data = load_digits_split()
     elif name == "cifar10":
         if not data_path:
-            raise TBNError("cifar10 needs the folder with torchvision's cifar-10-batches-py",
-                           hint="pass --data PATH (nothing is downloaded)")
+            raise TBNError(
+                "cifar10 needs the folder with torchvision's cifar-10-batches-py",
+                hint="pass --data PATH (nothing is downloaded)",
+            )
         data = load_cifar10_folder(data_path, as_uint8=True)
     else:
         raise TBNError(f"unknown data set {name!r}", hint=f"use one of {', '.join(DATASETS)}")
@@ -180,9 +189,19 @@ def build_variant(dataset: str, variant: str, seed: int, options: TrainOptions |
     torch.manual_seed(seed)
     model = MODELS[dataset]()
     if p is not None:
-        tbnify(model, p=p, min_size=options.min_size if p > 1 else 0,
-               keep_first_last_binary=options.keep_first_last_binary,
-               alpha=options.alpha, alpha_source=options.alpha_source)  # type: ignore[arg-type]
+        overrides = dict(options.overrides) if p > 1 else {}
+        if options.tile_first and p > 1:
+            first = tiling_plan(model, p, min_size=0)[0]
+            overrides.setdefault(first.name, p if first.numel % p == 0 else 1)
+        tbnify(
+            model,
+            p=p,
+            min_size=options.min_size if p > 1 else 0,
+            keep_first_last_binary=options.keep_first_last_binary,
+            overrides=overrides,
+            alpha=options.alpha,
+            alpha_source=options.alpha_source,
+        )  # type: ignore[arg-type]
     return model
 
 
@@ -191,8 +210,8 @@ def _accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000)
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            logits = model(_as_float(x[i:i + batch]))
-            correct += int((logits.argmax(1).numpy() == y[i:i + batch]).sum())
+            logits = model(_as_float(x[i : i + batch]))
+            correct += int((logits.argmax(1).numpy() == y[i : i + batch]).sum())
     return correct / max(len(x), 1)
 
 
@@ -236,14 +255,32 @@ def train_one(
         acc = _accuracy(model, data.x_test, data.y_test)
     seconds = time.perf_counter() - t0
     size = summary(model).total
-    layers = [{"name": name, "type": type(m).__name__, "weight_shape": list(m.weight.shape),
-               "p": m.p if isinstance(m, TiledLayer) else None}
-              for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+    layers = [
+        {
+            "name": name,
+            "type": type(m).__name__,
+            "weight_shape": list(m.weight.shape),
+            "p": m.p if isinstance(m, TiledLayer) else None,
+        }
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+    ]
     result = RunResult(
-        dataset=dataset, variant=variant, p=p, seed=seed, epochs=recipe.epochs, batch_size=recipe.batch_size,
-        lr=recipe.lr, accuracy=acc, train_accuracy=stats["train_accuracy"], final_loss=stats["loss"],
-        bits_per_weight=size["bits_per_weight"], weight_bits=size["weight_bits"], model_bytes=size["bytes"],
-        seconds=seconds, layers=layers,
+        dataset=dataset,
+        variant=variant,
+        p=p,
+        seed=seed,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        accuracy=acc,
+        train_accuracy=stats["train_accuracy"],
+        final_loss=stats["loss"],
+        bits_per_weight=size["bits_per_weight"],
+        weight_bits=size["weight_bits"],
+        model_bytes=size["bytes"],
+        seconds=seconds,
+        layers=layers,
     )
     return model.eval(), result
 
@@ -262,7 +299,7 @@ def _fit(model: nn.Module, data: DataSplit, recipe: Recipe, seed: int, progress:
         order = torch.randperm(n, generator=gen).numpy()
         loss_sum = correct = seen = 0.0
         for i in range(steps):
-            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             xb, yb = _as_float(x[idx]), y[idx]
@@ -288,13 +325,21 @@ def _bar(iterable, desc: str, enabled: bool, leave: bool = True, total: int | No
     except ImportError:
         return iterable
     # disable=None: bars only on a terminal, so logs and CI output stay clean.
-    return tqdm(iterable, desc=desc, leave=leave, total=total, file=sys.stderr, dynamic_ncols=True,
-                disable=None)
+    return tqdm(
+        iterable, desc=desc, leave=leave, total=total, file=sys.stderr, dynamic_ncols=True, disable=None
+    )
 
 
 # ------------------------------------------------------------------------------- one job (worker)
-def _job(dataset: str, variant: str, seed: int, options: TrainOptions, export_dir: str | None,
-         export_form: str, progress: bool) -> RunResult:
+def _job(
+    dataset: str,
+    variant: str,
+    seed: int,
+    options: TrainOptions,
+    export_dir: str | None,
+    export_form: str,
+    progress: bool,
+) -> RunResult:
     model, result = train_one(dataset, variant, seed, options, progress=progress)
     if export_dir is not None:
         result.export = _export(model, dataset, variant, Path(export_dir), export_form, options)
@@ -307,8 +352,9 @@ def _worker_init(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
-def _export(model: nn.Module, dataset: str, variant: str, folder: Path, form: str,
-            options: TrainOptions) -> dict:
+def _export(
+    model: nn.Module, dataset: str, variant: str, folder: Path, form: str, options: TrainOptions
+) -> dict:
     data = load_dataset(dataset, options.data_path, options.train_limit)
     stem = f"{dataset}-{variant}"
     example = _as_float(data.x_test[:1])
@@ -318,11 +364,20 @@ def _export(model: nn.Module, dataset: str, variant: str, folder: Path, form: st
     x_ref = _as_float(data.x_test[:64])
     with torch.no_grad():
         logits = model.eval()(x_ref).numpy()
-    np.savez_compressed(folder / f"{stem}.reference.npz", x=x_ref.numpy()[:, None], logits=logits[:, None],
-                        labels=data.y_test[:64])
+    np.savez_compressed(
+        folder / f"{stem}.reference.npz",
+        x=x_ref.numpy()[:, None],
+        logits=logits[:, None],
+        labels=data.y_test[:64],
+    )
+    # The trained weights (latent W and A included): build_variant(dataset, variant, seed, options)
+    # then load_state_dict() restores the model for fine-tuning or further export.
+    (folder.parent / "checkpoints").mkdir(exist_ok=True)
+    torch.save(model.state_dict(), folder.parent / "checkpoints" / f"{stem}.pt")
     out = res.to_dict()
     out["path"] = f"onnx/{stem}.onnx"
     out["reference"] = f"onnx/{stem}.reference.npz"
+    out["state_dict"] = f"checkpoints/{stem}.pt"
     return out
 
 
@@ -349,15 +404,22 @@ class TableResult:
             accs = [100 * r.accuracy for r in runs]
             fp = [100 * r.accuracy for r in self.runs if r.dataset == dataset and r.variant == "fp32"]
             mean = statistics.fmean(accs)
-            out.append({
-                "dataset": dataset, "variant": variant, "p": runs[0].p,
-                "bits_per_weight": runs[0].bits_per_weight, "model_bytes": runs[0].model_bytes,
-                "accuracy_mean": mean, "accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "accuracy_min": min(accs), "accuracy_max": max(accs),
-                "accuracies": {str(r.seed): 100 * r.accuracy for r in runs},
-                "delta_vs_fp32": mean - statistics.fmean(fp) if fp else None,
-                "seconds_per_run": statistics.fmean(r.seconds for r in runs),
-            })
+            out.append(
+                {
+                    "dataset": dataset,
+                    "variant": variant,
+                    "p": runs[0].p,
+                    "bits_per_weight": runs[0].bits_per_weight,
+                    "model_bytes": runs[0].model_bytes,
+                    "accuracy_mean": mean,
+                    "accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                    "accuracy_min": min(accs),
+                    "accuracy_max": max(accs),
+                    "accuracies": {str(r.seed): 100 * r.accuracy for r in runs},
+                    "delta_vs_fp32": mean - statistics.fmean(fp) if fp else None,
+                    "seconds_per_run": statistics.fmean(r.seconds for r in runs),
+                }
+            )
         return out
 
     def to_dict(self) -> dict:
@@ -365,18 +427,37 @@ class TableResult:
         return {
             "command": self.command,
             "options": asdict(self.options),
-            "recipes": {d: asdict(self.options.recipe(d))
-                        for d in dict.fromkeys(r.dataset for r in self.runs)},
+            "recipes": {
+                d: asdict(self.options.recipe(d)) for d in dict.fromkeys(r.dataset for r in self.runs)
+            },
             "seeds": self.seeds,
             "workers": self.workers,
             "wall_seconds": self.wall_seconds,
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "machine": platform.machine(), "cpu_count": os.cpu_count()},
+            "environment": {
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "cpu_count": os.cpu_count(),
+            },
             "rows": self.rows(),
             "runs": [asdict(r) for r in self.runs],
             "compiler_check": self.compiler_check,
             "files": self.files,
         }
+
+    def _tiling_text(self) -> str:
+        o = self.options
+        if not o.keep_first_last_binary:
+            ends = "first/last layers tiled too"
+        elif o.tile_first:
+            ends = "first layer tiled too, last layer binary"
+        else:
+            ends = "first/last layers binary"
+        text = f"min_size {o.min_size}, {ends}"
+        text += f", alpha {o.alpha} from {o.alpha_source}"
+        if o.overrides:
+            text += ", overrides " + ", ".join(f"{k}={'fp32' if v is None else v}" for k, v in o.overrides)
+        return text
 
     def markdown(self) -> str:
         """The result table(s) as markdown, one per data set."""
@@ -385,14 +466,18 @@ class TableResult:
         for dataset in dict.fromkeys(r["dataset"] for r in rows):
             recipe = self.options.recipe(dataset)
             data = load_dataset(dataset, self.options.data_path, self.options.train_limit)
-            lines += [f"### {dataset}: {recipe.model}", "",
-                      f"{len(data.x_train):,} training / {len(data.x_test):,} held-out images; "
-                      f"{recipe.epochs} epochs, batch {recipe.batch_size}, "
-                      f"Adam + one-cycle max lr {recipe.lr:g}; "
-                      f"seeds {', '.join(map(str, self.seeds))}.", "",
-                      "| variant | p (hidden) | bits/weight | model bytes | held-out acc % (mean ± sd) | "
-                      "per seed | Δ vs fp32 | s/run |",
-                      "|---|---|---|---|---|---|---|---|"]
+            lines += [
+                f"### {dataset}: {recipe.model}",
+                "",
+                f"{len(data.x_train):,} training / {len(data.x_test):,} held-out images; "
+                f"{recipe.epochs} epochs, batch {recipe.batch_size}, "
+                f"Adam + one-cycle max lr {recipe.lr:g}; "
+                f"seeds {', '.join(map(str, self.seeds))}; tiled variants: {self._tiling_text()}.",
+                "",
+                "| variant | p (hidden) | bits/weight | model bytes | held-out acc % (mean ± sd) | "
+                "per seed | Δ vs fp32 | s/run |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for r in (r for r in rows if r["dataset"] == dataset):
                 per_seed = " / ".join(f"{a:.2f}" for a in r["accuracies"].values())
                 fp = r["delta_vs_fp32"] is None or r["variant"] == "fp32"
@@ -401,10 +486,13 @@ class TableResult:
                 lines.append(
                     f"| {r['variant']} | {p} | {r['bits_per_weight']:.4f} | {r['model_bytes']:,} | "
                     f"{r['accuracy_mean']:.2f} ± {r['accuracy_sd']:.2f} | {per_seed} | "
-                    f"{delta} | {r['seconds_per_run']:.1f} |")
+                    f"{delta} | {r['seconds_per_run']:.1f} |"
+                )
             lines.append("")
-        lines.append(f"Wall time {self.wall_seconds:.0f} s with {self.workers} worker process(es), "
-                     f"{self.options.threads} torch thread(s) each (torch {torch.__version__}).")
+        lines.append(
+            f"Wall time {self.wall_seconds:.0f} s with {self.workers} worker process(es), "
+            f"{self.options.threads} torch thread(s) each (torch {torch.__version__})."
+        )
         if self.compiler_check:
             lines += ["", "Compiler view of the exported files (`tbn_tvm.inspect`):", ""]
             for name, check in self.compiler_check.items():
@@ -424,11 +512,22 @@ def _plot(rows: list[dict], path: Path) -> None:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         rs = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["bits_per_weight"])
         xs = [r["bits_per_weight"] for r in rs]
-        ax.errorbar(xs, [r["accuracy_mean"] for r in rs], yerr=[r["accuracy_sd"] for r in rs], marker="o",
-                    capsize=3, label=dataset)
+        ax.errorbar(
+            xs,
+            [r["accuracy_mean"] for r in rs],
+            yerr=[r["accuracy_sd"] for r in rs],
+            marker="o",
+            capsize=3,
+            label=dataset,
+        )
         for r in rs:
-            ax.annotate(r["variant"], (r["bits_per_weight"], r["accuracy_mean"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7)
+            ax.annotate(
+                r["variant"],
+                (r["bits_per_weight"], r["accuracy_mean"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+            )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bits per weight (Linear/Conv weights, incl. 32-bit scales)")
     ax.set_ylabel("held-out accuracy (%)")
@@ -448,18 +547,30 @@ def _compiler_check(onnx_path: Path, trained: list[dict]) -> dict:
         report = tbn_tvm.inspect(str(onnx_path)).to_dict()
     except (ImportError, AttributeError) as e:
         return {"available": False, "summary": f"compiler inspect not available ({e})"}
-    except TBNError as e:
-        return {"available": True, "ok": False, "summary": f"inspect failed: {e}"}
-    detected = [{"name": layer.get("name"), "format": layer.get("format"), "p": layer.get("p"),
-                 "weight_shape": layer.get("weight_shape")} for layer in report.get("layers", [])]
+    except Exception as e:  # never lose a finished training table to a compiler-side problem
+        return {"available": True, "ok": False, "summary": f"inspect failed: {type(e).__name__}: {e}"}
+    detected = [
+        {
+            "name": layer.get("name"),
+            "format": layer.get("format"),
+            "p": layer.get("p"),
+            "weight_shape": layer.get("weight_shape"),
+        }
+        for layer in report.get("layers", [])
+    ]
     expected = [layer for layer in trained if layer["p"] is not None]
     ok = len(detected) == len(expected) and all(
         d["weight_shape"] == e["weight_shape"]
         and (d["format"] == "tiled" and d["p"] == e["p"] if e["p"] > 1 else d["format"] == "binary")
-        for d, e in zip(detected, expected, strict=False))
+        for d, e in zip(detected, expected, strict=False)
+    )
     found = ", ".join(f"{d['format']} p={d['p']}" for d in detected)
-    return {"available": True, "ok": ok, "layers": detected,
-            "summary": ("agrees: " if ok else "DISAGREES: ") + found}
+    return {
+        "available": True,
+        "ok": ok,
+        "layers": detected,
+        "summary": ("agrees: " if ok else "DISAGREES: ") + found,
+    }
 
 
 def train_table(
@@ -481,9 +592,12 @@ def train_table(
 
     With ``out_dir`` the results are written there: ``results.json``, ``results.md``,
     ``accuracy_vs_bits.png`` and, with ``export``, ``onnx/<dataset>-<variant>.onnx`` (from the
-    first seed) plus a ``.reference.npz`` with 64 held-out inputs and torch's logits.  Files are
+    first seed) plus a ``.reference.npz`` with 64 held-out inputs and torch's logits, and the
+    trained weights ``checkpoints/<dataset>-<variant>.pt`` (a ``state_dict`` for
+    :func:`build_variant`).  Files are
     written in a temporary folder first and moved into place at the end, so an interrupted run
-    leaves nothing half-written.
+    leaves nothing half-written.  With ``workers > 1`` the runs go to spawned processes, so a
+    script calling this must guard its entry point with ``if __name__ == "__main__":``.
 
     >>> table = train_table(["digits"], ["fp32", "tbn4"], seeds=[0],     # doctest: +SKIP
     ...                     out_dir="tbn-out/train")
@@ -496,6 +610,8 @@ def train_table(
         if d not in RECIPES:
             raise TBNError(f"unknown data set {d!r}", hint=f"use one of {', '.join(DATASETS)}")
         load_dataset(d, options.data_path, options.train_limit)  # fail early on a missing folder
+        for v in variants:
+            build_variant(d, v, 0, options)  # ... and on bad overrides
     if not seeds:
         raise TBNError("no seeds given")
     if len(set(seeds)) != len(seeds):
@@ -512,15 +628,20 @@ def train_table(
             onnx_dir.mkdir()
         # Longest jobs first so that the workers finish together.
         order = {"cifar10": 0, "mnist": 1, "digits": 2}
-        jobs = [(d, v, s) for d in sorted(datasets, key=lambda d: order.get(d, 3))
-                for v in variants for s in seeds]
+        jobs = [
+            (d, v, s)
+            for d in sorted(datasets, key=lambda d: order.get(d, 3))
+            for v in variants
+            for s in seeds
+        ]
         t0 = time.perf_counter()
         runs = _run_jobs(jobs, options, onnx_dir, export_form, seeds[0], workers, progress, on_result)
         wall = time.perf_counter() - t0
         key = {job: i for i, job in enumerate(itertools.product(datasets, variants, seeds))}
         runs.sort(key=lambda r: key[(r.dataset, r.variant, r.seed)])
-        table = TableResult(runs=runs, options=options, seeds=list(seeds), wall_seconds=wall, workers=workers,
-                            command=command)
+        table = TableResult(
+            runs=runs, options=options, seeds=list(seeds), wall_seconds=wall, workers=workers, command=command
+        )
         if stage is not None and out is not None:
             if onnx_dir is not None:
                 for r in runs:
@@ -528,10 +649,16 @@ def train_table(
                         rel = r.export["path"]
                         table.compiler_check[rel] = _compiler_check(stage / rel, r.layers)
             if plot:
-                _plot(table.rows(), stage / "accuracy_vs_bits.png")
+                try:
+                    _plot(table.rows(), stage / "accuracy_vs_bits.png")
+                except ImportError:
+                    print("warning: matplotlib is not installed: no accuracy_vs_bits.png", file=sys.stderr)
             (stage / "results.md").write_text(table.markdown())
-            table.files = {p.relative_to(stage).as_posix(): str(out / p.relative_to(stage))
-                           for p in sorted(stage.rglob("*")) if p.is_file()}
+            table.files = {
+                p.relative_to(stage).as_posix(): str(out / p.relative_to(stage))
+                for p in sorted(stage.rglob("*"))
+                if p.is_file()
+            }
             table.files["results.json"] = str(out / "results.json")
             (stage / "results.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n")
             _move_into(stage, out)
@@ -563,8 +690,16 @@ def _move_into(stage: Path, out: Path) -> None:
                 os.replace(tmp, dst)
 
 
-def _run_jobs(jobs, options: TrainOptions, onnx_dir: Path | None, export_form: str, export_seed: int,
-              workers: int, progress: bool, on_result) -> list[RunResult]:
+def _run_jobs(
+    jobs,
+    options: TrainOptions,
+    onnx_dir: Path | None,
+    export_form: str,
+    export_seed: int,
+    workers: int,
+    progress: bool,
+    on_result,
+) -> list[RunResult]:
     results: list[RunResult] = []
 
     def done(r: RunResult, bar) -> None:
@@ -586,10 +721,15 @@ def _run_jobs(jobs, options: TrainOptions, onnx_dir: Path | None, export_form: s
                     bar.update(1)
         else:
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                        initializer=_worker_init, initargs=(options.threads,)) as pool:
-                futures = [pool.submit(_job, d, v, s, options, export_to(s), export_form, False)
-                           for d, v, s in jobs]
+            with cf.ProcessPoolExecutor(
+                max_workers=min(workers, len(jobs)),
+                mp_context=ctx,
+                initializer=_worker_init,
+                initargs=(options.threads,),
+            ) as pool:
+                futures = [
+                    pool.submit(_job, d, v, s, options, export_to(s), export_form, False) for d, v, s in jobs
+                ]
                 try:
                     for fut in cf.as_completed(futures):
                         done(fut.result(), bar)

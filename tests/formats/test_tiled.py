@@ -132,3 +132,17 @@ def test_pack_bits_layout(bits):
     words = pack_bits(bits)
     for i, b in enumerate(bits):  # bit j of word k is bits[32k + j]
         assert (int(words[i // 32]) >> (i % 32)) & 1 == b
+
+
+@pytest.mark.parametrize("shape,L", [((32, 72), 576), ((10, 40), 100), ((6, 100), 150)])
+def test_negative_per_row_scales(shape, L):
+    """BatchNorm with gamma < 0 folded into a tiled layer flips whole rows."""
+    rng = np.random.default_rng(4)
+    n = shape[0] * shape[1]
+    tile = np.where(rng.random(L) < 0.5, -1.0, 1.0).astype(np.float32)
+    g = rng.uniform(0.2, 1.0, shape[0]) * np.where(rng.random(shape[0]) < 0.5, -1.0, 1.0)
+    w = (np.tile(tile, -(-n // L))[:n].reshape(shape) * g[:, None]).astype(np.float32)
+    fmt = detect(w)
+    assert fmt is not None and fmt.kind == "tiled" and fmt.tile_length == L
+    assert fmt.alpha_kind == "per_channel"
+    assert np.array_equal(fmt.decode(), w)

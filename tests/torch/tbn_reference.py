@@ -28,7 +28,7 @@ def tile_bits(w: np.ndarray, p: int) -> np.ndarray:
     q = n // p
     s = np.zeros(q, dtype=flat.dtype)
     for k in range(p):  # sequential sum over the chunks, as written in the paper
-        s = s + flat[k * q:(k + 1) * q]
+        s = s + flat[k * q : (k + 1) * q]
     return np.where(s > 0, 1.0, -1.0).astype(w.dtype)
 
 
@@ -36,7 +36,7 @@ def alphas(a: np.ndarray, p: int, mode: str) -> np.ndarray:
     flat = np.abs(a.reshape(-1))
     q = flat.size // p
     if mode == "per_copy":
-        return np.array([flat[k * q:(k + 1) * q].mean() for k in range(p)], dtype=a.dtype)
+        return np.array([flat[k * q : (k + 1) * q].mean() for k in range(p)], dtype=a.dtype)
     return np.array([flat.mean()], dtype=a.dtype)
 
 
@@ -59,7 +59,7 @@ def tiled_weight_grads(w: np.ndarray, p: int, a: np.ndarray | None, mode: str, g
     t_full = np.tile(t, p).astype(np.float64)
     if mode == "per_copy":
         al_full = np.repeat(al.astype(np.float64), q)
-        per_copy = np.array([(gf[k * q:(k + 1) * q] * t).sum() for k in range(p)])
+        per_copy = np.array([(gf[k * q : (k + 1) * q] * t).sum() for k in range(p)])
         d_src = np.sign(src.reshape(-1)) / q * np.repeat(per_copy, q)
     else:
         al_full = np.full(n, float(al[0]))
@@ -76,8 +76,16 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return y if b is None else y + b
 
 
-def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, padding, dilation, groups: int,
-            padding_mode: str = "zeros") -> np.ndarray:
+def conv_nd(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+    padding_mode: str = "zeros",
+) -> np.ndarray:
     """Direct N-d convolution (cross-correlation, like torch) for 1-d and 2-d, float64."""
     nd = w.ndim - 2
     x = x.astype(np.float64)
@@ -92,14 +100,16 @@ def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, padding,
     out_sp = [(x.shape[2 + d] - dilation[d] * (k[d] - 1) - 1) // stride[d] + 1 for d in range(nd)]
     y = np.zeros((n, o, *out_sp))
     for g in range(groups):
-        xs = x[:, g * cin_g:(g + 1) * cin_g]
-        ws = w[g * cout_g:(g + 1) * cout_g]
+        xs = x[:, g * cin_g : (g + 1) * cin_g]
+        ws = w[g * cout_g : (g + 1) * cout_g]
         for idx in np.ndindex(*k):
-            sl = tuple(slice(idx[d] * dilation[d], idx[d] * dilation[d] + stride[d] * (out_sp[d] - 1) + 1,
-                             stride[d]) for d in range(nd))
-            patch = xs[(slice(None), slice(None), *sl)]          # [n, cin_g, *out_sp]
-            wk = ws[(slice(None), slice(None), *idx)]           # [cout_g, cin_g]
-            y[:, g * cout_g:(g + 1) * cout_g] += np.einsum("nc...,oc->no...", patch, wk)
+            sl = tuple(
+                slice(idx[d] * dilation[d], idx[d] * dilation[d] + stride[d] * (out_sp[d] - 1) + 1, stride[d])
+                for d in range(nd)
+            )
+            patch = xs[(slice(None), slice(None), *sl)]  # [n, cin_g, *out_sp]
+            wk = ws[(slice(None), slice(None), *idx)]  # [cout_g, cin_g]
+            y[:, g * cout_g : (g + 1) * cout_g] += np.einsum("nc...,oc->no...", patch, wk)
     if b is not None:
         y += b.reshape(1, -1, *([1] * nd))
     return y

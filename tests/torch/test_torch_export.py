@@ -45,11 +45,19 @@ def _randomise_bn(model: nn.Module, seed: int, negative_gamma: bool = False) -> 
 
 def mlp_bn(p: int, negative_gamma: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(OrderedDict([
-        ("fc1", nn.Linear(64, 128, bias=False)), ("bn1", nn.BatchNorm1d(128)), ("r1", nn.ReLU()),
-        ("fc2", nn.Linear(128, 256, bias=False)), ("bn2", nn.BatchNorm1d(256)), ("r2", nn.ReLU()),
-        ("fc3", nn.Linear(256, 10)),
-    ]))
+    model = nn.Sequential(
+        OrderedDict(
+            [
+                ("fc1", nn.Linear(64, 128, bias=False)),
+                ("bn1", nn.BatchNorm1d(128)),
+                ("r1", nn.ReLU()),
+                ("fc2", nn.Linear(128, 256, bias=False)),
+                ("bn2", nn.BatchNorm1d(256)),
+                ("r2", nn.ReLU()),
+                ("fc3", nn.Linear(256, 10)),
+            ]
+        )
+    )
     tbnify(model, p=p, min_size=0)
     _randomise_bn(model, 1, negative_gamma)
     return model.eval()
@@ -64,16 +72,24 @@ def cnn(p: int) -> nn.Module:
 
 def conv1d_net(p: int) -> nn.Module:
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv1d(3, 16, 3, padding=1), nn.ReLU(),
-                          nn.Conv1d(16, 32, 5, stride=2, bias=False), nn.ReLU(),
-                          nn.Conv1d(32, 32, 1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4, 5))
+    model = nn.Sequential(
+        nn.Conv1d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(16, 32, 5, stride=2, bias=False),
+        nn.ReLU(),
+        nn.Conv1d(32, 32, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4, 5),
+    )
     return tbnify(model, p=p, min_size=0).eval()
 
 
 def no_bn_mlp(p: int) -> nn.Module:
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 512, bias=False), nn.ReLU(),
-                          nn.Linear(512, 8))   # fc2: 131,072 weights, tile > the exporter's fold limit
+    model = nn.Sequential(
+        nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 512, bias=False), nn.ReLU(), nn.Linear(512, 8)
+    )  # fc2: 131,072 weights, tile > the exporter's fold limit
     return tbnify(model, p=p, min_size=0).eval()
 
 
@@ -99,8 +115,9 @@ def ort_out(path, x: np.ndarray) -> np.ndarray:
 
 
 def trained_layers(model) -> list[tuple[str, list[int], int]]:
-    return [(name, list(m.weight.shape), m.p)
-            for name, m in model.named_modules() if isinstance(m, TiledLayer)]
+    return [
+        (name, list(m.weight.shape), m.p) for name, m in model.named_modules() if isinstance(m, TiledLayer)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +145,7 @@ def test_valid_static_inference_graph_equal_to_torch(exported, name, p, form):
     ops = {n.op_type for n in proto.graph.node}
     assert not ops & TRAINING_OPS, f"training ops left in the graph: {ops & TRAINING_OPS}"
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == list(MODELS[name][1]) and all(d > 0 for d in dims)      # static, batch 1
+    assert dims == list(MODELS[name][1]) and all(d > 0 for d in dims)  # static, batch 1
     assert result.opset >= 18
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-5
     meta = {e.key: e.value for e in proto.metadata_props}
@@ -151,7 +168,7 @@ def test_tile_form_stores_the_tile_and_scales(exported, name, p):
         a = None if m.alpha_weight is None else m.alpha_weight.detach().numpy()
         tile = inits[f"{lname}.tile"]
         assert tile.shape == (1, w.size // m.p)
-        np.testing.assert_array_equal(tile[0], ref.tile_bits(w, m.p))          # numpy re-derivation
+        np.testing.assert_array_equal(tile[0], ref.tile_bits(w, m.p))  # numpy re-derivation
         want_scales = ref.alphas(a if a is not None else w, m.p, m.alpha)
         np.testing.assert_allclose(inits[f"{lname}.scales"].reshape(-1), want_scales, rtol=1e-6)
     full_sizes = {m.weight.numel() for m in model.modules() if isinstance(m, TiledLayer) and m.p > 1}
@@ -176,7 +193,7 @@ def _periodic_with_copy_scales(w: np.ndarray, p: int) -> bool:
 
 
 def test_dense_form_weights_are_tiled_tensors(exported):
-    model, path, _ = exported[("no_bn_mlp", "dense")]   # no BatchNorm: weights are exactly B_hat
+    model, path, _ = exported[("no_bn_mlp", "dense")]  # no BatchNorm: weights are exactly B_hat
     inits = [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer]
     for m in (m for m in model.modules() if isinstance(m, TiledLayer)):
         shape = tuple(m.weight.shape)
@@ -184,7 +201,7 @@ def test_dense_form_weights_are_tiled_tensors(exported):
         assert candidates, f"no initializer of shape {shape}"
         w = candidates[0] if candidates[0].shape == shape else candidates[0].T
         assert _periodic_with_copy_scales(np.ascontiguousarray(w), m.p)
-        assert not _periodic_with_copy_scales(np.ascontiguousarray(w), 2 * m.p)   # p is the trained one
+        assert not _periodic_with_copy_scales(np.ascontiguousarray(w), 2 * m.p)  # p is the trained one
 
 
 def test_dynamic_batch_and_model_left_unchanged(tmp_path):
@@ -207,13 +224,16 @@ def test_export_errors(tmp_path):
         export_onnx(model, torch.rand(1, 64), tmp_path / "m.onnx", form="packed")
     with pytest.raises(TBNError, match="export failed"):
         export_onnx(model, torch.rand(1, 63), tmp_path / "m.onnx")
-    assert list(tmp_path.iterdir()) == []                      # nothing half-written
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
 # --------------------------------------------------------------------- through the tbn-tvm compiler
 def _expected_formats(model) -> list[tuple[list[int], str, int]]:
-    return [(list(m.weight.shape), "tiled" if m.p > 1 else "binary", m.p)
-            for m in model.modules() if isinstance(m, TiledLayer)]
+    return [
+        (list(m.weight.shape), "tiled" if m.p > 1 else "binary", m.p)
+        for m in model.modules()
+        if isinstance(m, TiledLayer)
+    ]
 
 
 @pytest.mark.parametrize("form", ["tile", "dense"])
@@ -248,8 +268,6 @@ def test_round_trip_torch_onnxruntime_tbn_tvm(exported, name, p, form):
     assert [(d["weight_shape"], d["format"], d["p"]) for d in report["layers"]] == _expected_formats(model)
 
 
-@pytest.mark.xfail(strict=True, reason="compiler gap: a BatchNorm with gamma < 0 folded into the weight "
-                   "gives negative per-row scales, which the tiled detector does not accept yet")
 def test_compiler_recognises_tiling_after_folding_a_batchnorm_with_negative_gamma(tmp_path):
     pytest.importorskip("tbn_tvm.api")
     import tbn_tvm
@@ -257,6 +275,6 @@ def test_compiler_recognises_tiling_after_folding_a_batchnorm_with_negative_gamm
     model = mlp_bn(4, negative_gamma=True)
     path = tmp_path / "neg.onnx"
     result = export_onnx(model, torch.rand(1, 64), path, form="dense")
-    assert "BatchNormalization" not in result.ops                 # folded into the Gemm weights
+    assert "BatchNormalization" not in result.ops  # folded into the Gemm weights
     layers = tbn_tvm.inspect(str(path)).to_dict()["layers"]
     assert [(d["weight_shape"], d["format"], d["p"]) for d in layers] == _expected_formats(model)

@@ -65,8 +65,9 @@ def np_forward(layer, x: np.ndarray) -> np.ndarray:
     w_hat = ref.tiled_weight(w, layer.p, a, layer.alpha)
     if isinstance(layer, nn.Linear):
         return ref.linear(x, w_hat, b)
-    return ref.conv_nd(x, w_hat, b, layer.stride, layer.padding, layer.dilation, layer.groups,
-                       layer.padding_mode)
+    return ref.conv_nd(
+        x, w_hat, b, layer.stride, layer.padding, layer.dilation, layer.groups, layer.padding_mode
+    )
 
 
 def example_input(kind: str, rng) -> np.ndarray:
@@ -89,7 +90,7 @@ def test_weight_and_forward_match_numpy(kind, p, alpha, alpha_source):
     for mode in ("train", "eval"):
         layer.train(mode == "train")
         got_w = layer.binary_weight().detach().numpy()
-        np.testing.assert_array_equal(got_w, expected_w)          # bit-exact weight
+        np.testing.assert_array_equal(got_w, expected_w)  # bit-exact weight
         y = layer(torch.from_numpy(x)).detach().numpy()
         np.testing.assert_allclose(y, np_forward(layer, x), rtol=1e-5, atol=1e-5)
 
@@ -104,7 +105,7 @@ def test_paper_example_by_hand():
     assert layer.binary_weight().tolist() == [[-1.0, 1.0], [-3.0, 3.0]]
     assert layer.tile().tolist() == [-1.0, 1.0]
     assert layer.alphas().tolist() == [1.0, 3.0]
-    layer.alpha = "single"                       # mean |A| = 2
+    layer.alpha = "single"  # mean |A| = 2
     assert layer.binary_weight().tolist() == [[-2.0, 2.0], [-2.0, 2.0]]
 
 
@@ -113,8 +114,8 @@ def test_sign_of_zero_is_minus_one(train):
     layer = TiledLinear(4, 4, bias=False, p=2).train(train)
     with torch.no_grad():
         w = torch.arange(16, dtype=torch.float32).reshape(4, 4) - 7.5
-        w[2:] = -w[:2]                           # second chunk cancels the first: s == 0 everywhere
-        w[0, 0], w[2, 0] = 1.0, 0.5              # ... except position 0 (s = 1.5 > 0)
+        w[2:] = -w[:2]  # second chunk cancels the first: s == 0 everywhere
+        w[0, 0], w[2, 0] = 1.0, 0.5  # ... except position 0 (s = 1.5 > 0)
         layer.weight.copy_(w)
     t = layer.tile()
     assert t[0] == 1 and bool((t[1:] == -1).all())
@@ -142,8 +143,13 @@ def test_tiled_weight_repeats_the_tile_p_times():
 
 
 @settings(max_examples=25, deadline=None)
-@given(out_f=st.integers(1, 12), in_f=st.integers(1, 12), p=st.sampled_from([1, 2, 3, 4, 6]),
-       alpha=st.sampled_from(["per_copy", "single"]), seed=st.integers(0, 2**16))
+@given(
+    out_f=st.integers(1, 12),
+    in_f=st.integers(1, 12),
+    p=st.sampled_from([1, 2, 3, 4, 6]),
+    alpha=st.sampled_from(["per_copy", "single"]),
+    seed=st.integers(0, 2**16),
+)
 def test_random_float_weights_match_numpy(out_f, in_f, p, alpha, seed):
     if (out_f * in_f) % p:
         with pytest.raises(TilingError):
@@ -186,7 +192,7 @@ def test_ste_is_identity_from_B_to_W():
     w = torch.randn(6, 4, requires_grad=True)
     g = torch.randn(6, 4)
     (tiled_sign(w, 3) * g).sum().backward()
-    assert torch.equal(w.grad, g)               # each W element gets its own position's gradient
+    assert torch.equal(w.grad, g)  # each W element gets its own position's gradient
     # No clipping: large |W| still receives gradient.
     w2 = (torch.randn(6, 4) * 100).requires_grad_()
     (tiled_sign(w2, 3) * g).sum().backward()
@@ -207,7 +213,7 @@ def test_gradients_reach_W_A_and_bias(kind):
 def test_eval_mode_has_no_straight_through_path():
     layer = TiledLinear(8, 8, p=2).eval()
     layer(torch.randn(3, 8)).sum().backward()
-    assert layer.weight.grad is None            # plain sign in eval: W is not differentiated
+    assert layer.weight.grad is None  # plain sign in eval: W is not differentiated
     out = tiled_weight(torch.randn(8, requires_grad=True), 2, ste=False)
     assert not out.requires_grad
 
@@ -225,10 +231,16 @@ def test_p_must_divide_the_weight_count():
         TiledLinear(4, 4, p=2, alpha_source="B")
 
 
-@pytest.mark.parametrize("conv", [
-    dict(stride=2, padding=1), dict(dilation=2, padding=2), dict(groups=2, padding=1),
-    dict(padding=1, padding_mode="reflect"), dict(padding=1, padding_mode="circular"),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(stride=2, padding=1),
+        dict(dilation=2, padding=2),
+        dict(groups=2, padding=1),
+        dict(padding=1, padding_mode="reflect"),
+        dict(padding=1, padding_mode="circular"),
+    ],
+)
 @pytest.mark.parametrize("kind", ["conv1d", "conv2d"])
 def test_conv_options_match_numpy(kind, conv):
     rng = np.random.default_rng(7)
@@ -251,8 +263,8 @@ def test_drop_in_constructor_arguments():
 
 
 def test_storage_bits_follow_the_authors_accounting():
-    layer = TiledLinear(784, 128, bias=False, p=4)           # the authors' MNIST fc1
-    assert layer.storage_bits() == 784 * 128 // 4 + 32 * 4   # 25,088 tile bits + 4 fp32 alphas
+    layer = TiledLinear(784, 128, bias=False, p=4)  # the authors' MNIST fc1
+    assert layer.storage_bits() == 784 * 128 // 4 + 32 * 4  # 25,088 tile bits + 4 fp32 alphas
     single = TiledLinear(128, 10, bias=False, p=1, alpha="single")
     assert single.storage_bits() == 1280 + 32
 

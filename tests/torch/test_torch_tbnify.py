@@ -25,24 +25,34 @@ from tbn_tvm.torch import (  # noqa: E402
 
 def mlp() -> nn.Sequential:
     # weights: 64*100=6400, 100*700=70000, 700*100=70000, 100*10=1000
-    return nn.Sequential(OrderedDict([
-        ("fc1", nn.Linear(64, 100)), ("act1", nn.ReLU()),
-        ("fc2", nn.Linear(100, 700)), ("act2", nn.ReLU()),
-        ("fc3", nn.Linear(700, 100)), ("act3", nn.ReLU()),
-        ("head", nn.Linear(100, 10)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("fc1", nn.Linear(64, 100)),
+                ("act1", nn.ReLU()),
+                ("fc2", nn.Linear(100, 700)),
+                ("act2", nn.ReLU()),
+                ("fc3", nn.Linear(700, 100)),
+                ("act3", nn.ReLU()),
+                ("head", nn.Linear(100, 10)),
+            ]
+        )
+    )
 
 
 def ps(model) -> dict[str, int | None]:
-    return {name: getattr(m, "p", None) for name, m in model.named_modules()
-            if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)}
+    return {
+        name: getattr(m, "p", None)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+    }
 
 
 def test_default_rules_first_last_binary_and_min_size():
-    model = tbnify(mlp(), p=4)                                 # min_size 64000 (the authors')
+    model = tbnify(mlp(), p=4)  # min_size 64000 (the authors')
     assert ps(model) == {"fc1": 1, "fc2": 4, "fc3": 4, "head": 1}
     assert all(isinstance(m, TiledLinear) for m in (model.fc1, model.fc2, model.fc3, model.head))
-    model = tbnify(mlp(), p=4, min_size=70001)                 # both hidden layers now too small
+    model = tbnify(mlp(), p=4, min_size=70001)  # both hidden layers now too small
     assert ps(model) == {"fc1": 1, "fc2": 1, "fc3": 1, "head": 1}
 
 
@@ -56,7 +66,7 @@ def test_first_and_last_can_be_tiled():
 def test_overrides_exact_glob_and_full_precision():
     model = tbnify(mlp(), p=4, min_size=0, overrides={"fc3": 8, "fc*": 2, "head": None})
     assert ps(model) == {"fc1": 2, "fc2": 2, "fc3": 8, "head": None}
-    assert type(model.head) is nn.Linear                      # None keeps the dense layer
+    assert type(model.head) is nn.Linear  # None keeps the dense layer
 
 
 def test_override_errors():
@@ -85,19 +95,31 @@ def test_plan_lists_every_layer_without_changing_the_model():
     model = mlp()
     plan = tiling_plan(model, p=8, min_size=10000)
     assert [(r.name, r.p, r.numel) for r in plan] == [
-        ("fc1", 1, 6400), ("fc2", 8, 70000), ("fc3", 8, 70000), ("head", 1, 1000)]
+        ("fc1", 1, 6400),
+        ("fc2", 8, 70000),
+        ("fc3", 8, 70000),
+        ("head", 1, 1000),
+    ]
     assert all(type(m) is nn.Linear for m in model if not isinstance(m, nn.ReLU))
 
 
 def test_conv_layers_are_replaced_with_their_options():
-    model = nn.Sequential(nn.Conv1d(2, 8, 3), nn.Conv2d(8, 16, (3, 1), stride=2, padding=(1, 0), groups=2,
-                                                         padding_mode="reflect"),
-                          nn.Conv2d(16, 4, 1))
+    model = nn.Sequential(
+        nn.Conv1d(2, 8, 3),
+        nn.Conv2d(8, 16, (3, 1), stride=2, padding=(1, 0), groups=2, padding_mode="reflect"),
+        nn.Conv2d(16, 4, 1),
+    )
     tbnify(model, p=2, min_size=0)
     assert isinstance(model[0], TiledConv1d) and isinstance(model[1], TiledConv2d)
     c = model[1]
     assert (c.kernel_size, c.stride, c.padding, c.groups, c.padding_mode, c.p) == (
-        (3, 1), (2, 2), (1, 0), 2, "reflect", 2)
+        (3, 1),
+        (2, 2),
+        (1, 0),
+        2,
+        "reflect",
+        2,
+    )
 
 
 def test_weights_are_copied_and_p1_model_is_sign_times_mean_abs():
@@ -134,22 +156,28 @@ def test_shared_module_is_replaced_everywhere_and_attention_is_left_alone():
             self.out = nn.Linear(8, 8)
 
     a = tbnify(Attn(), p=2, min_size=0)
-    assert type(a.mha.out_proj) is not TiledLinear            # used by weight directly: never swapped
+    assert type(a.mha.out_proj) is not TiledLinear  # used by weight directly: never swapped
     assert isinstance(a.inp, TiledLinear) and isinstance(a.out, TiledLinear)
 
 
 # --------------------------------------------------------------------------------------- summary
 def test_summary_bits_follow_the_authors_accounting():
-    model = nn.Sequential(nn.Linear(64, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(),
-                          nn.Linear(256, 256, bias=False), nn.ReLU(), nn.Linear(256, 10))
+    model = nn.Sequential(
+        nn.Linear(64, 256, bias=False),
+        nn.BatchNorm1d(256),
+        nn.ReLU(),
+        nn.Linear(256, 256, bias=False),
+        nn.ReLU(),
+        nn.Linear(256, 10),
+    )
     tbnify(model, p=4, min_size=0)
     s = summary(model)
     rows = {r.name: r for r in s.rows}
     # By hand: binary layer = n bits + one fp32 alpha; tiled = n/p bits + p fp32 alphas.
     assert rows["0"].weight_bits == 64 * 256 + 32 and rows["0"].format == "binary"
     assert rows["3"].weight_bits == 256 * 256 // 4 + 4 * 32 and rows["3"].format == "tiled"
-    assert rows["5"].weight_bits == 2560 + 32 and rows["5"].other_values == 10   # bias
-    assert rows["1"].other_values == 4 * 256 and rows["1"].format == "other"    # gamma, beta, mean, var
+    assert rows["5"].weight_bits == 2560 + 32 and rows["5"].other_values == 10  # bias
+    assert rows["1"].other_values == 4 * 256 and rows["1"].format == "other"  # gamma, beta, mean, var
     total = s.total
     weights = 64 * 256 + 256 * 256 + 2560
     weight_bits = (64 * 256 + 32) + (256 * 256 // 4 + 128) + (2560 + 32)

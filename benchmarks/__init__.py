@@ -1,0 +1,1 @@
+"""The benchmark suite of tbn-tvm: ``python -m benchmarks [--quick]`` (see ``run.py``)."""
