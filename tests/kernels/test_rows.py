@@ -24,7 +24,9 @@ def test_distinct_rows_and_row_map(rows, K, L, seed):
     tile = np.where(rng.random(L) < 0.5, -1.0, 1.0).astype(np.float32)
     w = (np.tile(tile, -(-n // L))[:n] * np.float32(0.5)).reshape(rows, K)
     fmt = detect(w)
-    assert fmt is not None
+    if fmt is None:  # only when the compact form is not smaller than float32
+        assert 32 * (-(-L // 32)) + 32 >= 32 * n
+        return
     plan = row_plan(fmt, rows)
     signs = np.sign(w)
     # the algebra: row r starts at bit r*K mod L; offsets are multiples of g = gcd(K, L)
