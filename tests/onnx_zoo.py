@@ -670,17 +670,14 @@ def gemm_dense() -> ZooModel:
 def gemm_flipped_sign() -> ZooModel:
     """A tiled weight (W [10, 48], p=4, distinct alphas, copy boundaries inside rows) with one
     sign flipped: no longer tiled (no p > 1), nor binary with one scale or per-row scales.
-
-    Expected dense.  Also accepted: binary (p=1) with 4 scales, one per contiguous quarter of the
-    flat weight -- still exact, and the compiler's ``per_chunk`` encoding of it."""
+    Expected dense."""
     rng = _rng(16)
     b = _Builder()
     x = b.input("x", (1, 48))
     t = make_tiled((10, 48), 4, "per_copy", rng)
     w = flip_one_sign(t.weight, 200)
     y = b.gemm(x, w, None, name="fc")
-    chunks = LayerSpec((10, 48), "binary", 1, frozenset(), 480, n_scales=4)
-    return b.finish("gemm_flipped_sign", [y], [_dense_spec((10, 48), alternatives=(chunks,))])
+    return b.finish("gemm_flipped_sign", [y], [_dense_spec((10, 48))])
 
 
 def gemm_perturbed_magnitude() -> ZooModel:

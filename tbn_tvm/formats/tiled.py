@@ -260,10 +260,11 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
     """Find the exact tile + scales form of ``weight`` (framework layout), or None.
 
     Returns a :class:`TiledFormat` whose :meth:`~TiledFormat.decode` equals ``weight`` exactly, and
-    whose storage is smaller than float32.  A tile that repeats is ``kind == "tiled"``; a ±1 weight
-    without repetition is ``kind == "binary"``.  Anything else (zeros, non-finite values, scales
-    that change inside the tile pattern too often to save space) gives None: the caller keeps the
-    layer dense.
+    whose storage is smaller than float32.  A tile that repeats is ``kind == "tiled"`` (scales
+    constant per copy, per row, or per piece of both); a ±1 weight without repetition is
+    ``kind == "binary"`` with one scale or one per output row, as a binary layer or BatchNorm
+    folding makes it.  Anything else (zeros, non-finite values, a tile broken by a flipped sign,
+    scales that change too often to save space) gives None: the caller keeps the layer dense.
     """
     w = np.asarray(weight)
     if w.dtype != np.float32 or w.size < 2:
@@ -273,6 +274,7 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
     if not np.all(np.isfinite(mags)) or not np.all(mags > 0):
         return None
     n = flat.size
+    row_length = n // w.shape[0] if w.ndim > 1 else n
     # scales: |w| is constant on chunks of S elements, S = gcd of n and every change point
     change = np.flatnonzero(mags[1:] != mags[:-1]) + 1
     chunk = int(np.gcd.reduce(np.concatenate([[n], change]).astype(np.int64)))
@@ -289,6 +291,10 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
             period, flips = found
             bits = bits ^ np.repeat(flips, chunk)[:n]
             scales = np.where(flips == 1, -scales, scales).astype(np.float32)
+    if period is None and chunk not in (n, row_length):
+        # no repetition: only the binary layers the paper and BatchNorm folding make count
+        # (one scale, or one per output row); a tile broken by a flipped sign stays dense
+        return None
     tile = bits[:period] if period else bits
     fmt = TiledFormat(
         shape=tuple(int(d) for d in w.shape), tile=tile.copy(), scales=scales, scale_chunk=chunk

@@ -65,10 +65,13 @@ def test_negative_cases_stay_dense():
     rng = np.random.default_rng(1)
     w, _ = make_tiled((32, 64), 4, "per_copy", rng)
     flipped = w.copy()
-    flipped[5, 7] *= -1  # one flipped sign breaks the repetition: binary, not tiled
-    fmt = detect(flipped)
-    assert fmt is not None and fmt.kind == "binary"
-    assert np.array_equal(fmt.decode(), flipped)
+    flipped[5, 7] *= -1  # one flipped sign breaks the repetition: not tiled, and with an
+    assert detect(flipped) is None  # alpha per copy not a binary layer either -> dense
+    single, _ = make_tiled((32, 64), 4, "single", rng)
+    single[5, 7] *= -1  # with one alpha it is exactly a plain binary layer (p = 1)
+    fmt = detect(single)
+    assert fmt is not None and fmt.kind == "binary" and fmt.alpha_kind == "single"
+    assert np.array_equal(fmt.decode(), single)
     scaled = w.copy()
     scaled[3, 3] *= 1.0001  # one magnitude off: no exact compact form worth having
     fmt = detect(scaled)
