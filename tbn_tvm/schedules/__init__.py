@@ -1,1 +1,1 @@
-"""Per-target schedules for the project's kernels (cpu, cuda, cortex-m) and auto-tuning."""
+"""Per-target schedules for the project's kernels: host CPU (cpu.py) and Cortex-M (cortex_m.py)."""

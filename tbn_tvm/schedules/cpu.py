@@ -3,8 +3,9 @@
 The row-reuse kernels (:mod:`tbn_tvm.kernels.rows`) get a hand schedule: the reduction over
 the row is split into SIMD-width chunks and r-factored, so the per-bit sign select runs on
 vectors; distinct rows are spread over the cores; the re-aligned row words are computed next to
-their row.  Other kernels keep TVM's default loop nest (correct, untuned); MetaSchedule records
-(:mod:`tbn_tvm.schedules.tuning`) replace either when given.
+their row; row-reuse convolutions put the output row's positions innermost so LLVM vectorises
+them.  Other kernels (plain decode kernels, TVM's own legalized ops) keep TVM's default loop
+nest: correct but untuned (auto-tuning is not part of this release).
 """
 
 from __future__ import annotations

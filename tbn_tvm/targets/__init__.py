@@ -24,7 +24,7 @@ _KNOWN = "llvm, an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), cortex-m4,
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A resolved target: its family (host / cortex-m / cuda), a name for people and the manifest,
+    """A resolved target: its family (host / cortex-m), a name for people and the manifest,
     and the dict TVM's ``Target`` takes."""
 
     family: str
