@@ -220,9 +220,24 @@ def compile(  # noqa: A001 - the natural name for users
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
     backend_cls = _backend_for(spec)
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
+    _name_kernel_layers(extra.get("steps", []), prepared.layers, report["layers"])
     model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     return model
+
+
+def _name_kernel_layers(steps: list[dict], rewritten, layers: list[dict]) -> None:
+    """Label each generated kernel with the model layer it computes (the pass numbers its kernels
+    by layer, in graph order, like the report), when the two lists line up."""
+    import re
+
+    if len(rewritten) != len(layers):
+        return
+    by_kernel = {r.kernel: layers[i]["name"] for i, r in enumerate(rewritten) if r.kernel}
+    for step in steps:
+        names = [name for k, name in by_kernel.items() if re.search(rf"(^|_){re.escape(k)}(_|$)", step["kernel"])]
+        if names:
+            step["layers"] = names
 
 
 def load(out_dir: str | os.PathLike) -> CompiledModel:
