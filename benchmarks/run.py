@@ -18,23 +18,19 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tbn_tvm.cli import build_parser
-    from tbn_tvm.errors import TBNError
+    from tbn_tvm.cli import build_parser, guarded
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
+
+    def run() -> int:
         args = build_parser().parse_args(["bench", *argv])
         from benchmarks import models
         from tbn_tvm.bench import run_from_args
 
         models.__bench_path__ = Path(models.__file__).resolve()
         return run_from_args(args, prog="python -m benchmarks", models=None if args.models else models)
-    except TBNError as e:
-        print(e.render(), file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,11 @@ def _load_commands() -> None:
     from tbn_tvm import commands  # noqa: F401
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def guarded(run: Callable[[], int]) -> int:
+    """Call ``run`` and turn what it raises into the house rule: one ``error: ...`` line and exit
+    status 2 for user errors, 1 for internal ones (``TBN_TVM_DEBUG=1`` shows the traceback)."""
     try:
-        args = build_parser().parse_args(argv)
-        return int(_COMMANDS[args.command][2](args) or 0)
+        return int(run() or 0)
     except TBNError as e:
         print(e.render(), file=sys.stderr)
         return e.exit_code
@@ -83,9 +84,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("TBN_TVM_DEBUG"):
             raise
         msg = " ".join(str(e).split())[:400]
-        print(f"error: internal error ({type(e).__name__}: {msg}); rerun with TBN_TVM_DEBUG=1 for a traceback "
-              "and report it", file=sys.stderr)
+        print(
+            f"error: internal error ({type(e).__name__}: {msg}); rerun with TBN_TVM_DEBUG=1 for a traceback "
+            "and report it",
+            file=sys.stderr,
+        )
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def run() -> int:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command][2](args)
+
+    return guarded(run)
 
 
 if __name__ == "__main__":
