@@ -212,7 +212,17 @@ def compile(  # noqa: A001 - the natural name for users
     outputs = output_specs(mod)
     names = [o.name for o in loaded.proto.graph.output]
     outputs = [TensorSpec(n, o.shape, o.dtype) for n, o in zip(names, outputs)]
-    prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, simd=spec.family != "cortex-m")
+    from tbn_tvm.frontend.layers import fingerprint, weighted_layers
+
+    names = {}
+    for layer in weighted_layers(loaded.proto):
+        names.setdefault(fingerprint(layer.stored), layer.name)
+        names.setdefault(
+            fingerprint(layer.matmul_operand if layer.kind == "matmul" else layer.stored), layer.name
+        )
+    prepared = prepare(
+        mod, compress=compress, reuse_rows=reuse_rows, simd=spec.family != "cortex-m", names=names
+    )
     report = layer_report.to_dict()
     report.pop("model", None)
     report["source"] = loaded.source
@@ -235,7 +245,9 @@ def _name_kernel_layers(steps: list[dict], rewritten, layers: list[dict]) -> Non
         return
     by_kernel = {r.kernel: layers[i]["name"] for i, r in enumerate(rewritten) if r.kernel}
     for step in steps:
-        names = [name for k, name in by_kernel.items() if re.search(rf"(^|_){re.escape(k)}(_|$)", step["kernel"])]
+        names = [
+            name for k, name in by_kernel.items() if re.search(rf"(^|_){re.escape(k)}(_|$)", step["kernel"])
+        ]
         if names:
             step["layers"] = names
 

@@ -163,7 +163,7 @@ class LayerSpec:
         if self.format == "dense":
             return {4 * self.numel}
         counts = {"per_copy": self.p, "single": 1, "per_channel": self.weight_shape[0]}
-        n_scales = {counts[a] for a in self.alpha} | {self.n_scales}
+        n_scales = {counts[a] for a in self.alpha if a in counts} | {self.n_scales}
         return {4 * math.ceil(self.L / 32) + 4 * k for k in n_scales}
 
     @property
@@ -669,15 +669,16 @@ def gemm_dense() -> ZooModel:
 
 def gemm_flipped_sign() -> ZooModel:
     """A tiled weight (W [10, 48], p=4, distinct alphas, copy boundaries inside rows) with one
-    sign flipped: no longer tiled (no p > 1), nor binary with one scale or per-row scales.
-    Expected dense."""
+    sign flipped: no longer tiled (no p > 1), but still exactly ±alpha per copy of 120
+    elements: its cheapest exact form is binary (480 sign bits) with 4 per-chunk scales."""
     rng = _rng(16)
     b = _Builder()
     x = b.input("x", (1, 48))
     t = make_tiled((10, 48), 4, "per_copy", rng)
     w = flip_one_sign(t.weight, 200)
     y = b.gemm(x, w, None, name="fc")
-    return b.finish("gemm_flipped_sign", [y], [_dense_spec((10, 48))])
+    spec = LayerSpec((10, 48), "binary", 1, frozenset({"per_chunk"}), 480, 4)
+    return b.finish("gemm_flipped_sign", [y], [spec])
 
 
 def gemm_perturbed_magnitude() -> ZooModel:

@@ -1,7 +1,15 @@
-"""Weight formats: one module each (detect, pack, numpy decode, storage accounting, TIR read).
+"""Weight formats: one module each behind the contract of :mod:`tbn_tvm.formats.base`.
 
+:data:`FORMATS` is the registry: every format in it is tried on each weight and the cheapest
+exact form wins; a weight that none reproduces exactly stays :class:`DenseFormat`.
 :func:`detect_layer_weight` is the single entry point the passes and ``inspect`` share, so both
 always agree on what a layer is.
+
+>>> import numpy as np
+>>> w = np.tile(np.float32([0.5, -0.5, 0.5, 0.5]), 8).reshape(4, 8)   # Linear [out=4, in=8]
+>>> lw = detect_layer_weight(np.ascontiguousarray(w.T), "matmul")    # stored as x @ W: [in, out]
+>>> lw.format.label(), lw.order
+('tiled p=8 L=4', 'transposed')
 """
 
 from __future__ import annotations
@@ -10,11 +18,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tbn_tvm.formats.base import FLOAT_DTYPES, OPS, Buffer, WeightFormat, bits_per_weight
 from tbn_tvm.formats.dense import DenseFormat
 from tbn_tvm.formats.tiled import TiledFormat
-from tbn_tvm.formats.tiled import detect as detect_tiled
 
-__all__ = ["DenseFormat", "TiledFormat", "LayerWeight", "detect_layer_weight"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "FORMATS",
+    "Buffer",
+    "DenseFormat",
+    "LayerWeight",
+    "TiledFormat",
+    "WeightFormat",
+    "bits_per_weight",
+    "detect_layer_weight",
+    "detect_weight",
+]
+
+#: The compact formats, tried on every weight; the cheapest exact form wins (ties: first listed).
+FORMATS: list[type[WeightFormat]] = [
+    TiledFormat,
+]
 
 
 @dataclass(frozen=True)
@@ -28,31 +52,48 @@ class LayerWeight:
     Linear layer.
     """
 
-    format: TiledFormat | DenseFormat
+    format: WeightFormat
     order: str = "stored"
+
+    @property
+    def compact(self) -> bool:
+        return self.format.compact
+
+
+def detect_weight(weight: np.ndarray, op: str) -> WeightFormat | None:
+    """The cheapest exact compact form of ``weight`` (framework layout) among :data:`FORMATS`."""
+    found = [f for f in (cls.detect(weight, op) for cls in FORMATS) if f is not None]
+    dense_bits = 8 * np.asarray(weight).dtype.itemsize * np.asarray(weight).size
+    found = [f for f in found if f.storage_bits() < dense_bits]
+    return min(found, key=lambda f: f.storage_bits()) if found else None
 
 
 def detect_layer_weight(weight: np.ndarray, op: str) -> LayerWeight:
     """Detect the format of a layer weight as it is stored in the graph.
 
-    ``op`` is ``"matmul"`` for a weight ``W`` used as ``x @ W`` (shape ``[in, out]``) or
-    ``"conv"`` for a convolution kernel (``[O, I/groups, *kernel]``).  For matmul operands both
-    flattening orders are tried (``[out, in]`` first, as a Linear layer stores it), and the more
-    compact exact form wins.
+    ``op`` is ``"matmul"`` for a weight ``W`` used as ``x @ W`` (shape ``[in, out]``; a 1-D
+    ``W`` of shape ``[in]`` is a single output), ``"conv"`` for a convolution kernel
+    (``[O, I/groups, *kernel]``) or ``"conv_transpose"`` (``[I, O/groups, *kernel]``).  For matmul
+    operands both flattening orders are tried (``[out, in]`` first, as a Linear layer stores it),
+    and the more compact exact form wins.
     """
     weight = np.asarray(weight)
-    if op == "conv":
-        fmt = detect_tiled(weight)
-        return LayerWeight(fmt if fmt is not None else DenseFormat(tuple(weight.shape)), "stored")
-    if op != "matmul" or weight.ndim != 2:
-        raise ValueError(f"unknown layer kind {op!r} for weight of shape {weight.shape}")
+    if op not in OPS:
+        raise ValueError(f"unknown layer kind {op!r}")
+    if op != "matmul":
+        fmt = detect_weight(weight, op)
+        return LayerWeight(fmt if fmt is not None else DenseFormat.detect(weight, op), "stored")
+    if weight.ndim == 1:
+        weight = weight[:, None]
+    if weight.ndim != 2:
+        raise ValueError(f"a matmul weight must be 1-D or 2-D, got shape {weight.shape}")
     candidates = []
-    as_oi = detect_tiled(np.ascontiguousarray(weight.T))
+    as_oi = detect_weight(np.ascontiguousarray(weight.T), op)
     if as_oi is not None:
         candidates.append(LayerWeight(as_oi, "transposed"))
-    as_io = detect_tiled(weight)
+    as_io = detect_weight(weight, op)
     if as_io is not None:
         candidates.append(LayerWeight(as_io, "stored"))
     if not candidates:
-        return LayerWeight(DenseFormat((weight.shape[1], weight.shape[0])), "transposed")
+        return LayerWeight(DenseFormat.detect(np.ascontiguousarray(weight.T), op), "transposed")
     return min(candidates, key=lambda c: c.format.storage_bits())

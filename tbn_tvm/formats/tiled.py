@@ -1,7 +1,8 @@
 """Tiled Bit Network weights: one short ±1 tile repeated along the flattened weight, with scales.
 
 A weight of ``n`` elements (flattened row-major in the framework layout: ``[out, in]`` for a
-Linear/Gemm, ``[O, I/groups, kh, kw]`` for Conv2d, ``[O, I, k]`` for Conv1d) is *tiled* when
+Linear/Gemm, ``[O, I/groups, kh, kw]`` for Conv2d, ``[O, I, k]`` for Conv1d, ``[I, O/groups,
+kh, kw]`` for ConvTranspose) is *tiled* when
 
     w[i] = scale[i // S] * (+1 if tile[i % L] else -1)        for every i < n
 
@@ -10,13 +11,16 @@ for a bit tile of length ``L`` (the paper's ``n/p``) and scales that are constan
 
 * the paper's layer (Gorbett et al., CIKM 2024): ``L = n/p``, one α per copy (``S = L``) or a
   single α (``S = n``);
-* a plain binary-weight layer (``p = 1``): no repetition, ``L = n``;
-* BatchNorm folded into a tiled layer: each output row gets its own positive scale (``S`` = the
-  row length, or a divisor of it when per-copy α's and per-row scales meet);
+* a plain binary-weight layer (``p = 1``): no repetition, ``L = n``, with one scale, one per
+  output row (neighbouring rows may share it) or one per chunk;
+* BatchNorm folded into a tiled layer: each output row gets its own scale (``S`` = the row
+  length, or a divisor of it when per-copy α's and per-row scales meet); a negative gamma flips
+  the row's signs and gives a negative scale;
 * a tile whose length does not divide the row length or even ``n`` (the last copy is cut short).
 
 Detection is exact: the stored weight must equal the decoded one bit for bit, otherwise the
-layer stays dense.  Nothing is ever approximated.
+layer stays dense.  Nothing is ever approximated.  float32 and float16 weights are accepted (the
+scales keep the weight's dtype).
 
 >>> import numpy as np
 >>> tile = np.array([1, -1, -1, 1, 1, -1], np.float32)
@@ -30,10 +34,16 @@ True
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
+
+from tbn_tvm.formats.base import Buffer, WeightFormat, as_float
+from tbn_tvm.formats.bits import pack_bits, tir_bit, unpack_bits
+
+__all__ = ["TiledFormat", "detect", "pack_bits", "unpack_bits", "smallest_period"]
 
 #: A sign sequence counts as *tiled* when at least two copies of its tile fit in it.
 MAX_TILE_FRACTION = 0.5
@@ -43,20 +53,22 @@ _PROBE_BITS = 256
 
 
 @dataclass(frozen=True, eq=False)
-class TiledFormat:
-    """An exact tile + scales description of one weight tensor (see the module docstring)."""
+class TiledFormat(WeightFormat):
+    """An exact tile + scales description of one weight tensor (see the module docstring).
+
+    Buffers: ``tile`` (uint32 words, bit ``j`` = ``tile[j]``, 1 meaning +1) and ``scales`` (one
+    per chunk of :attr:`scale_chunk` elements, in the weight's dtype; negative where BatchNorm
+    with gamma < 0 was folded in)."""
+
+    name: ClassVar[str] = "tiled"
 
     shape: tuple[int, ...]
     tile: np.ndarray  # uint8 0/1, length L (1 means +1)
-    scales: np.ndarray  # float32, length ceil(n / S), all > 0
+    scales: np.ndarray  # length ceil(n / S), any sign, never zero
     scale_chunk: int  # S
-    name: str = field(default="tiled")
+    dtype: str = field(default="float32")
 
     # ----------------------------------------------------------------- derived facts
-    @property
-    def n(self) -> int:
-        return math.prod(self.shape)
-
     @property
     def tile_length(self) -> int:
         return int(self.tile.size)
@@ -73,7 +85,7 @@ class TiledFormat:
 
     @property
     def row_length(self) -> int:
-        return math.prod(self.shape[1:]) if len(self.shape) > 1 else self.n
+        return self.n // self.shape[0] if len(self.shape) > 1 else self.n
 
     @property
     def num_scales(self) -> int:
@@ -94,71 +106,54 @@ class TiledFormat:
     def num_words(self) -> int:
         return (self.tile_length + 31) // 32
 
-    def storage_bits(self) -> int:
-        """Bits kept at run time: the tile packed in 32-bit words plus one float32 per scale."""
-        return 32 * self.num_words + 32 * self.num_scales
+    # ----------------------------------------------------------------- the format contract
+    @classmethod
+    def detect(cls, weight: np.ndarray, op: str = "matmul") -> TiledFormat | None:
+        return detect(weight)
 
-    def storage_bytes(self) -> int:
-        return self.storage_bits() // 8
+    def buffers(self) -> list[Buffer]:
+        return [Buffer("tile", pack_bits(self.tile)), Buffer("scales", self.scales.astype(self.dtype))]
 
-    # ----------------------------------------------------------------- packing / reference
     def pack(self) -> tuple[np.ndarray, np.ndarray]:
-        """The run-time buffers: ``(words uint32, scales float32)``; bit ``j`` of word ``k`` is
-        ``tile[32 k + j]``."""
-        return pack_bits(self.tile), self.scales.astype(np.float32)
+        """The run-time buffers as arrays: ``(tile words uint32, scales)``."""
+        tile, scales = self.buffers()
+        return tile.data, scales.data
+
+    def read(self, bufs: Mapping[str, Any], i):
+        from tvm import tirx
+
+        from tbn_tvm.kernels import i64
+
+        j = i if self.tile_length == self.n else tirx.floormod(i, i64(self.tile_length))
+        bit = tir_bit(bufs["tile"], j)
+        scales = bufs["scales"]
+        s = scales[i64(0)] if self.num_scales == 1 else scales[tirx.floordiv(i, i64(self.scale_chunk))]
+        return tirx.Select(bit == tirx.const(1, "uint32"), s, -s)
 
     def decode(self) -> np.ndarray:
-        """The dense weight (numpy reference, framework layout)."""
         i = np.arange(self.n)
-        signs = np.where(self.tile[i % self.tile_length] == 1, np.float32(1), np.float32(-1))
-        return (self.scales[i // self.scale_chunk] * signs).astype(np.float32).reshape(self.shape)
+        signs = np.where(self.tile[i % self.tile_length] == 1, 1.0, -1.0).astype(self.dtype)
+        return (self.scales.astype(self.dtype)[i // self.scale_chunk] * signs).reshape(self.shape)
+
+    def label(self) -> str:
+        if self.kind == "binary":
+            return "binary"
+        p = self.p
+        ptxt = f"{p:g}" if float(p).is_integer() else f"{p:.2f}"
+        return f"tiled p={ptxt} L={self.tile_length}"
 
     def describe(self) -> str:
         if self.kind == "binary":
-            return f"binary ({self.alpha_kind} scale)"
-        p = self.p
-        ptxt = f"{p:g}" if float(p).is_integer() else f"{p:.2f}"
-        return f"tiled p={ptxt} L={self.tile_length} ({self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
+            return f"binary ({self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
+        return f"{self.label()} ({self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
 
-    # ----------------------------------------------------------------- TIR
-    def tir_read(self, words, scales, flat_index):
-        """TIR expression for weight element ``flat_index`` (an int64 PrimExpr) read from the packed
-        ``words`` (uint32) and ``scales`` (float32) buffers or TE tensors."""
-        from tvm import tirx
+    def fields(self) -> dict:
+        return {"tile_length": self.tile_length}
 
-        def i64(v: int):
-            return tirx.IntImm("int64", v)
+    def kernel(self, layer):
+        from tbn_tvm.kernels import rows
 
-        j = flat_index if self.tile_length == self.n else tirx.floormod(flat_index, i64(self.tile_length))
-        word = words[tirx.shift_right(j, i64(5))]
-        shift = tirx.Cast("uint32", tirx.bitwise_and(j, i64(31)))
-        bit = tirx.bitwise_and(tirx.shift_right(word, shift), tirx.const(1, "uint32"))
-        if self.num_scales == 1:
-            s = scales[i64(0)]
-        else:
-            s = scales[tirx.floordiv(flat_index, i64(self.scale_chunk))]
-        return tirx.Select(bit == tirx.const(1, "uint32"), s, -s)
-
-
-def pack_bits(bits: np.ndarray) -> np.ndarray:
-    """Pack 0/1 values into uint32 words, little-endian within each word."""
-    bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
-    nwords = (bits.size + 31) // 32
-    padded = np.zeros(nwords * 32, dtype=np.uint8)
-    padded[: bits.size] = bits
-    return (
-        np.packbits(padded.reshape(nwords, 4, 8), axis=-1, bitorder="little")
-        .reshape(nwords, 4)
-        .view("<u4")
-        .reshape(nwords)
-        .astype(np.uint32)
-    )
-
-
-def unpack_bits(words: np.ndarray, length: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`."""
-    b = np.asarray(words, dtype="<u4").view(np.uint8)
-    return np.unpackbits(b, bitorder="little")[:length]
+        return rows.kernel_for(self, layer)
 
 
 def smallest_period(bits: np.ndarray, max_period: int) -> int | None:
@@ -260,26 +255,27 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
     """Find the exact tile + scales form of ``weight`` (framework layout), or None.
 
     Returns a :class:`TiledFormat` whose :meth:`~TiledFormat.decode` equals ``weight`` exactly, and
-    whose storage is smaller than float32.  A tile that repeats is ``kind == "tiled"`` (scales
-    constant per copy, per row, or per piece of both); a ±1 weight without repetition is
-    ``kind == "binary"`` with one scale or one per output row, as a binary layer or BatchNorm
-    folding makes it.  Anything else (zeros, non-finite values, a tile broken by a flipped sign,
-    scales that change too often to save space) gives None: the caller keeps the layer dense.
+    whose storage is smaller than the dense weight.  A tile that repeats is ``kind == "tiled"``
+    (scales constant per copy, per row, or per piece of both); a ±1 weight without repetition is
+    ``kind == "binary"`` with one scale, one per output row or one per chunk — the cheapest exact
+    form of a binary layer, of BatchNorm folding, or of a tile broken by a flipped sign whose
+    per-copy α's line up with rows.  Anything else (zeros, non-finite values, scales that change
+    too often to save space) gives None: the caller keeps the layer dense.
     """
-    w = np.asarray(weight)
-    if w.dtype != np.float32 or w.size < 2:
+    w = as_float(weight)
+    if w is None:
         return None
     flat = w.reshape(-1)
     mags = np.abs(flat)
-    if not np.all(np.isfinite(mags)) or not np.all(mags > 0):
+    if not np.all(mags > 0):
         return None
     n = flat.size
-    row_length = n // w.shape[0] if w.ndim > 1 else n
+    elem_bits = 8 * w.dtype.itemsize
     # scales: |w| is constant on chunks of S elements, S = gcd of n and every change point
     change = np.flatnonzero(mags[1:] != mags[:-1]) + 1
     chunk = int(np.gcd.reduce(np.concatenate([[n], change]).astype(np.int64)))
-    scales = mags[::chunk].astype(np.float32)
-    if 32 * scales.size >= 31 * n:  # the scales alone would cost about as much as float32
+    scales = mags[::chunk]
+    if elem_bits * scales.size >= (elem_bits - 1) * n:  # the scales alone cost about as much as the weight
         return None
     bits = (flat > 0).astype(np.uint8)
     period = smallest_period(bits, int(MAX_TILE_FRACTION * n))
@@ -290,15 +286,15 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
         if found is not None:
             period, flips = found
             bits = bits ^ np.repeat(flips, chunk)[:n]
-            scales = np.where(flips == 1, -scales, scales).astype(np.float32)
-    if period is None and chunk not in (n, row_length):
-        # no repetition: only the binary layers the paper and BatchNorm folding make count
-        # (one scale, or one per output row); a tile broken by a flipped sign stays dense
-        return None
+            scales = np.where(flips == 1, -scales, scales)
     tile = bits[:period] if period else bits
     fmt = TiledFormat(
-        shape=tuple(int(d) for d in w.shape), tile=tile.copy(), scales=scales, scale_chunk=chunk
+        shape=tuple(int(d) for d in w.shape),
+        tile=tile.copy(),
+        scales=scales.astype(w.dtype),
+        scale_chunk=chunk,
+        dtype=str(w.dtype),
     )
-    if fmt.storage_bits() >= 32 * n:
+    if fmt.storage_bits() >= elem_bits * n:
         return None
     return fmt

@@ -7,9 +7,7 @@ array's own flat order (``order="stored"``: flat index ``k*N + n``) or its trans
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from tbn_tvm.kernels import i64, shape64
+from tbn_tvm.kernels import Layer, finish, i64, shape64, widen
 
 
 def flat_index(order: str, k, n, K: int, N: int):
@@ -21,28 +19,20 @@ def flat_index(order: str, k, n, K: int, N: int):
     raise ValueError(f"unknown weight order {order!r}")
 
 
-def dense_te(x_shape: Sequence[int], fmt, order: str, dtype: str = "float32"):
-    """TE tensors ``[X, words, scales, Y]`` computing ``Y[..., n] = sum_k X[..., k] * W[k, n]``."""
+def dense_te(layer: Layer, fmt) -> list:
+    """TE tensors ``[X, *buffers, Y]`` computing ``Y[..., n] = sum_k X[..., k] * W[k, n]``."""
     from tvm import te
 
-    *lead, K = (int(d) for d in x_shape)
-    N = fmt.shape[0] if order == "transposed" else fmt.shape[1]
-    X = te.placeholder(shape64([*lead, K]), dtype, name="x")
-    P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
-    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
+    *lead, K = layer.x_shape
+    N = layer.out_shape[-1]
+    X = te.placeholder(shape64([*lead, K]), layer.dtype, name="x")
+    bufs = fmt.placeholders()
     k = te.reduce_axis((i64(0), i64(K)), name="k")
 
     def body(*idx):
         *m, n = idx
-        w = fmt.tir_read(P, A, flat_index(order, k, n, K, N))
-        return te.sum(X[(*m, k)] * w, axis=k)
+        w = fmt.read(bufs, flat_index(layer.order, k, n, K, N))
+        return te.sum(widen(X[(*m, k)], layer) * widen(w, layer), axis=k)
 
     Y = te.compute(shape64([*lead, N]), body, name="tbn_dense")
-    return [X, P, A, Y]
-
-
-def make_dense(name: str, x_shape: Sequence[int], fmt, order: str):
-    """A PrimFunc named ``name`` for :func:`dense_te`."""
-    from tvm import te
-
-    return te.create_prim_func(dense_te(x_shape, fmt, order)).with_attr("global_symbol", name)
+    return [X, *bufs.values(), finish(Y, layer, "tbn_dense_cast")]

@@ -1,34 +1,50 @@
-"""Row reuse + bit-serial accumulation for tiled dense and conv layers.
+"""Row reuse + bit-serial accumulation: the tiled format's structure kernels (dense and conv).
 
 Flattened row-major, row ``r`` of a tiled weight (row length ``K``: ``in`` for a Linear layer,
-``I/groups * kh * kw`` for a conv filter) starts at bit ``r*K mod L`` of the tile.  Those
-offsets are multiples of ``g = gcd(K, L)``, so there are only ``L / g`` distinct sign rows
-(``out / p`` when p divides the output count).  With the scales constant along each row::
+``I * kh * kw`` for a conv filter) starts at bit ``r*K mod L`` of the tile.  With
+``g = gcd(K, L)`` that offset depends only on ``r mod (L/g)``, so there are at most ``L/g``
+distinct sign rows (``out / p`` when p divides the output count).  With the scales constant
+along each row::
 
-    y[r] = scale_r * z[d(r)],   d(r) = (r*K mod L) / g,   z[d] = sum_k sign(d, k) * x[k]
+    y[r] = scale_r * z[d(r)],   d(r) = r mod (L/g),   z[d] = sum_k sign(start(d) + k) * x[k],
+    start(d) = d*K mod L
 
-and for ±1 signs ``z = 2 * sum_{bit=1} x - sum x``: no multiplies, and ``sum x`` is shared by
-every row.  The kernels below compute ``z`` for the distinct rows only, then scale and gather.
+(``D = min(rows, L/g)`` distinct rows are computed; when ``rows <= L/g`` nothing repeats and
+``d(r) = r``.)  For ±1 signs ``z = 2 * sum_{bit=1} x - sum x``: no multiplies, and ``sum x`` is
+shared by every row.  The kernels below compute ``z`` for the distinct rows only, then scale and
+gather.
 
-When no distinct row wraps around the end of the tile (``(D-1)*g + K <= L``, always the case
-when p divides the output count) each row's bits are a contiguous bit string: the kernel first
-re-aligns them into 32-bit words (two loads and a funnel shift per word), so the inner loop is
-a shift, a test and a conditional add.  Otherwise it reads bit ``(d*g + k) mod L`` directly.
+When no distinct row wraps around the end of the tile (``start(d) + K <= L`` for every ``d``,
+always the case when p divides the output count) each row's bits are a contiguous bit string:
+the kernel first re-aligns them into 32-bit words (two loads and a funnel shift per word), so
+the inner loop is a shift, a test and a conditional add.  Otherwise it reads bit
+``(start(d) + k) mod L`` directly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tbn_tvm.kernels import i64, shape64
+from tbn_tvm.formats.bits import tir_bit
+from tbn_tvm.kernels import Kernel, Layer, i64, make_kernel, shape64
 from tbn_tvm.kernels.conv import conv_inputs
+
+#: Block names of the row-reuse kernels, for the schedules (one place).
+BLOCK_ROW_WORDS = "row_words"
+BLOCK_SUM = "tbn_rows_sum"
+BLOCK_TAIL = "tbn_rows_tail"
+BLOCK_CONV_SUM = "tbn_rows_conv_sum"
+BLOCK_SUM_X = "tbn_sum_x"
+
+#: Kernel kinds (the ``tbn.kernel`` attribute) of this module.
+KIND_DENSE = "rows_dense"
+KIND_CONV = "rows_conv"
 
 
 @dataclass(frozen=True)
 class RowPlan:
-    """How a tiled weight's rows reuse each other."""
+    """How a tiled weight's rows reuse each other (see the module docstring)."""
 
     rows: int  # output rows / channels N
     row_length: int  # K
@@ -41,18 +57,36 @@ class RowPlan:
         return math.gcd(self.row_length, self.tile_length)
 
     @property
+    def period(self) -> int:
+        """``L / g``: rows ``r`` and ``r + L/g`` are identical."""
+        return self.tile_length // self.g
+
+    @property
     def distinct(self) -> int:
-        """Number of distinct sign rows actually used by the ``rows`` outputs."""
-        return min(self.rows, self.tile_length // self.g)
+        """Number of distinct rows computed: ``min(rows, L/g)``."""
+        return min(self.rows, self.period)
+
+    def start(self, d: int) -> int:
+        """First tile bit of distinct row ``d``."""
+        return d * self.row_length % self.tile_length
+
+    def row_of(self, r: int) -> int:
+        """The distinct row output row ``r`` reads."""
+        return r % self.period
 
     @property
     def aligned(self) -> bool:
         """No distinct row wraps past the end of the tile."""
-        return (self.distinct - 1) * self.g + self.row_length <= self.tile_length
+        return all(self.start(d) + self.row_length <= self.tile_length for d in range(self.distinct))
 
     @property
     def words_per_row(self) -> int:
         return (self.row_length + 31) // 32
+
+    @property
+    def reuses(self) -> bool:
+        """Whether some output rows share a distinct row (otherwise the plan saves nothing)."""
+        return self.distinct < self.rows
 
 
 def row_plan(fmt, rows: int) -> RowPlan | None:
@@ -66,13 +100,35 @@ def row_plan(fmt, rows: int) -> RowPlan | None:
     return RowPlan(rows, K, fmt.tile_length, S, fmt.num_scales)
 
 
-def _bit_of_tile(P, j):
+def kernel_for(fmt, layer: Layer) -> Kernel | None:
+    """The row-reuse, bit-serial kernel for a tiled or binary layer, or None when it does not
+    apply (the layer option is off, scales vary inside rows, rows are not contiguous in the
+    weight, grouped or transposed convolutions, float16).  A binary layer (nothing repeats)
+    still gets the bit-serial sum: one plan, ``D = rows``."""
+    if not layer.reuse_rows or layer.dtype != "float32":
+        return None
+    if layer.op == "matmul":
+        if layer.order != "transposed":
+            return None
+        plan = row_plan(fmt, layer.out_shape[-1])
+        if plan is None:
+            return None
+        return make_kernel(KIND_DENSE, dense_rows_te(layer, fmt, plan), plan)
+    if layer.op in ("conv1d", "conv2d") and layer.groups == 1:
+        plan = row_plan(fmt, fmt.shape[0])
+        if plan is None:
+            return None
+        return make_kernel(KIND_CONV, conv_rows_te(layer, fmt, plan), plan)
+    return None
+
+
+def _start(plan: RowPlan, d):
+    """TIR: first tile bit of distinct row ``d``."""
     from tvm import tirx
 
-    word = P[tirx.shift_right(j, i64(5))]
-    return tirx.bitwise_and(
-        tirx.shift_right(word, tirx.Cast("uint32", tirx.bitwise_and(j, i64(31)))), tirx.const(1, "uint32")
-    )
+    if plan.distinct == 1:
+        return i64(0)
+    return tirx.floormod(d * i64(plan.row_length), i64(plan.tile_length))
 
 
 def _row_words(plan: RowPlan, P, num_words: int):
@@ -82,7 +138,7 @@ def _row_words(plan: RowPlan, P, num_words: int):
     D, C = plan.distinct, plan.words_per_row
 
     def body(d, c):
-        b = d * i64(plan.g) + c * i64(32)
+        b = _start(plan, d) + c * i64(32)
         w = tirx.shift_right(b, i64(5))
         s = tirx.Cast("uint32", tirx.bitwise_and(b, i64(31)))
         lo = tirx.shift_right(P[w], s)
@@ -94,13 +150,37 @@ def _row_words(plan: RowPlan, P, num_words: int):
         )
         return tirx.bitwise_or(lo, hi)
 
-    return te.compute(shape64([D, C]), body, name="row_words")
+    return te.compute(shape64([D, C]), body, name=BLOCK_ROW_WORDS)
+
+
+def _row_bit(plan: RowPlan, P, num_words: int):
+    """``bit(d, k)``: bit ``k`` of distinct row ``d`` (from re-aligned words when aligned)."""
+    from tvm import tirx
+
+    if plan.aligned:
+        W = _row_words(plan, P, num_words)
+
+        def bit(d, kk):
+            return tirx.bitwise_and(
+                tirx.shift_right(
+                    W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))
+                ),
+                tirx.const(1, "uint32"),
+            )
+
+        return bit
+
+    def bit(d, kk):
+        return tir_bit(P, tirx.floormod(_start(plan, d) + kk, i64(plan.tile_length)))
+
+    return bit
 
 
 def _row_scale_and_index(plan: RowPlan, A, n):
+    """TIR: the distinct row output row ``n`` reads, and its scale."""
     from tvm import tirx
 
-    d = tirx.floordiv(tirx.floormod(n * i64(plan.row_length), i64(plan.tile_length)), i64(plan.g))
+    d = n if plan.rows <= plan.period else tirx.floormod(n, i64(plan.period))
     if plan.num_scales == 1:
         s = A[i64(0)]
     else:
@@ -111,9 +191,7 @@ def _row_scale_and_index(plan: RowPlan, A, n):
 ACCUMULATE = ("signed", "shared_sum")
 
 
-def dense_rows_te(
-    x_shape: Sequence[int], fmt, plan: RowPlan, accumulate: str = "signed", dtype: str = "float32"
-):
+def dense_rows_te(layer: Layer, fmt, plan: RowPlan, accumulate: str = "signed") -> list:
     """``Y[..., n] = scale_n * z[..., d(n)]`` with ``z`` computed once per distinct row.
 
     ``accumulate="signed"`` sums ``+x`` or ``-x`` by the bit (no multiplies, same rounding as a
@@ -122,15 +200,16 @@ def dense_rows_te(
     rounding error)."""
     from tvm import te, tirx
 
-    *lead, K = (int(d) for d in x_shape)
+    dtype = layer.dtype
+    *lead, K = layer.x_shape
     N, D = plan.rows, plan.distinct
     X = te.placeholder(shape64([*lead, K]), dtype, name="x")
-    P = te.placeholder(shape64([fmt.num_words]), "uint32", name="tile_words")
-    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
+    bufs = fmt.placeholders()
+    P, A = bufs["tile"], bufs["scales"]
     zero = tirx.const(0.0, dtype)
     one = tirx.const(1, "uint32")
     k = te.reduce_axis((i64(0), i64(K)), name="k")
-    if plan.aligned:
+    if plan.aligned and accumulate == "signed":
         # two reduction axes: the word (kc) and the bit inside it (kb), so one word load serves
         # 32 inputs and the bit position is the loop index itself (vectorisable shifts)
         W = _row_words(plan, P, fmt.num_words)
@@ -141,57 +220,45 @@ def dense_rows_te(
             b = tirx.bitwise_and(tirx.shift_right(W[d, word], tirx.Cast("uint32", bit)), one)
             return tirx.Select(b == one, xv, -xv)
 
-        if accumulate == "signed":
-            parts = []
-            if full:
-                kc = te.reduce_axis((i64(0), i64(full)), name="kc")
-                kb = te.reduce_axis((i64(0), i64(32)), name="kb")
-                parts.append(
-                    te.compute(
-                        shape64([*lead, D]),
-                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], kc, kb), axis=[kc, kb]),
-                        name="tbn_rows_sum",
-                    )
+        parts = []
+        if full:
+            kc = te.reduce_axis((i64(0), i64(full)), name="kc")
+            kb = te.reduce_axis((i64(0), i64(32)), name="kb")
+            parts.append(
+                te.compute(
+                    shape64([*lead, D]),
+                    lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], kc, kb), axis=[kc, kb]),
+                    name=BLOCK_SUM,
                 )
-            if tail:  # the last, partial word of each row: its own small reduction, no guards
-                kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
-                parts.append(
-                    te.compute(
-                        shape64([*lead, D]),
-                        lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], i64(full), kt), axis=kt),
-                        name="tbn_rows_tail",
-                    )
-                )
-
-            def out(*idx):
-                *m, n = idx
-                d, s = _row_scale_and_index(plan, A, n)
-                z = parts[0][(*m, d)]
-                for extra in parts[1:]:
-                    z = z + extra[(*m, d)]
-                return s * z
-
-            return [X, P, A, te.compute(shape64([*lead, N]), out, name="tbn_rows_dense")]
-
-        def bit(d, kk):
-            return tirx.bitwise_and(
-                tirx.shift_right(
-                    W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))
-                ),
-                one,
             )
-    else:
+        if tail:  # the last, partial word of each row: its own small reduction, no guards
+            kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
+            parts.append(
+                te.compute(
+                    shape64([*lead, D]),
+                    lambda *idx: te.sum(signed_term(idx[:-1], idx[-1], i64(full), kt), axis=kt),
+                    name=BLOCK_TAIL,
+                )
+            )
 
-        def bit(d, kk):
-            return _bit_of_tile(P, tirx.floormod(d * i64(plan.g) + kk, i64(plan.tile_length)))
+        def out(*idx):
+            *m, n = idx
+            d, s = _row_scale_and_index(plan, A, n)
+            z = parts[0][(*m, d)]
+            for extra in parts[1:]:
+                z = z + extra[(*m, d)]
+            return s * z
 
+        return [X, P, A, te.compute(shape64([*lead, N]), out, name="tbn_rows_dense")]
+
+    bit = _row_bit(plan, P, fmt.num_words)
     if accumulate == "signed":
 
         def rowsum(*idx):
             *m, d = idx
             return te.sum(tirx.Select(bit(d, k) == one, X[(*m, k)], -X[(*m, k)]), axis=k)
 
-        Z = te.compute(shape64([*lead, D]), rowsum, name="tbn_rows_sum")
+        Z = te.compute(shape64([*lead, D]), rowsum, name=BLOCK_SUM)
 
         def z_of(m, d):
             return Z[(*m, d)]
@@ -201,10 +268,10 @@ def dense_rows_te(
             *m, d = idx
             return te.sum(tirx.Select(bit(d, k) == one, X[(*m, k)], zero), axis=k)
 
-        Pos = te.compute(shape64([*lead, D]), ones, name="tbn_rows_sum")
+        Pos = te.compute(shape64([*lead, D]), ones, name=BLOCK_SUM)
         k2 = te.reduce_axis((i64(0), i64(K)), name="k2")
         Sx = te.compute(
-            shape64(lead) if lead else [], lambda *m: te.sum(X[(*m, k2)], axis=k2), name="tbn_sum_x"
+            shape64(lead) if lead else [], lambda *m: te.sum(X[(*m, k2)], axis=k2), name=BLOCK_SUM_X
         )
 
         def z_of(m, d):
@@ -221,44 +288,22 @@ def dense_rows_te(
     return [X, P, A, Y]
 
 
-def conv_rows_te(
-    x_shape,
-    fmt,
-    plan: RowPlan,
-    strides,
-    padding,
-    dilation,
-    accumulate: str = "signed",
-    dtype: str = "float32",
-    sign_multiply: bool = False,
-):
-    """Grouped-free (groups = 1) N-d convolution computing only the distinct filters, bit-serial.
+def conv_rows_te(layer: Layer, fmt, plan: RowPlan, accumulate: str = "signed") -> list:
+    """Ungrouped N-d convolution computing only the distinct filters, bit-serially.
 
-    ``sign_multiply`` writes the ±1 as a float factor (vectorises over output positions on a
-    SIMD CPU) instead of a conditional negate (fewer instructions on a scalar MCU)."""
+    On a SIMD CPU (``layer.simd``) the ±1 is written as a float factor (vectorises over output
+    positions) instead of a conditional negate (fewer instructions on a scalar MCU)."""
     from tvm import te, tirx
 
-    X, P, A, Xp, out_spatial = conv_inputs(x_shape, fmt, strides, padding, dilation, dtype)
-    B = int(x_shape[0])
+    dtype = layer.dtype
+    X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
+    P, A = bufs["tile"], bufs["scales"]
+    B = layer.x_shape[0]
     O, Cg, *ksize = fmt.shape
     nd = len(ksize)
     zero = tirx.const(0.0, dtype)
     ksz = math.prod(ksize)
-    if plan.aligned:
-        W = _row_words(plan, P, fmt.num_words)
-
-        def bit(d, kk):
-            return tirx.bitwise_and(
-                tirx.shift_right(
-                    W[d, tirx.shift_right(kk, i64(5))], tirx.Cast("uint32", tirx.bitwise_and(kk, i64(31)))
-                ),
-                tirx.const(1, "uint32"),
-            )
-    else:
-
-        def bit(d, kk):
-            return _bit_of_tile(P, tirx.floormod(d * i64(plan.g) + kk, i64(plan.tile_length)))
-
+    bit = _row_bit(plan, P, fmt.num_words)
     rc = te.reduce_axis((i64(0), i64(Cg)), name="rc")
     rk = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk{d}") for d in range(nd)]
 
@@ -269,13 +314,15 @@ def conv_rows_te(
         return f
 
     def src(b, pos, c):
-        return Xp[(b, c, *[pos[d] * i64(strides[d]) + rk[d] * i64(dilation[d]) for d in range(nd)])]
+        return Xp[
+            (b, c, *[pos[d] * i64(layer.strides[d]) + rk[d] * i64(layer.dilation[d]) for d in range(nd)])
+        ]
 
     one = tirx.const(1, "uint32")
     if accumulate == "signed":
 
         def rowsum(b, d, *pos):
-            if sign_multiply:
+            if layer.simd:
                 # the sign as a float (+1 / -1) times the input: the factor depends on the filter
                 # position only, so a loop over output positions is a plain (vector) multiply-add
                 sign = tirx.Cast(dtype, bit(d, flat_k())) * tirx.const(2.0, dtype) - tirx.const(1.0, dtype)
@@ -283,7 +330,7 @@ def conv_rows_te(
             v = src(b, pos, rc)  # a conditional negate: cheapest on a scalar core
             return te.sum(tirx.Select(bit(d, flat_k()) == one, v, -v), axis=[rc, *rk])
 
-        Z = te.compute(shape64([B, plan.distinct, *out_spatial]), rowsum, name="tbn_rows_conv_sum")
+        Z = te.compute(shape64([B, plan.distinct, *out_spatial]), rowsum, name=BLOCK_CONV_SUM)
 
         def z_of(b, d, pos):
             return Z[(b, d, *pos)]
@@ -292,17 +339,26 @@ def conv_rows_te(
         def ones(b, d, *pos):
             return te.sum(tirx.Select(bit(d, flat_k()) == one, src(b, pos, rc), zero), axis=[rc, *rk])
 
-        Pos = te.compute(shape64([B, plan.distinct, *out_spatial]), ones, name="tbn_rows_conv_sum")
+        Pos = te.compute(shape64([B, plan.distinct, *out_spatial]), ones, name=BLOCK_CONV_SUM)
         rc2 = te.reduce_axis((i64(0), i64(Cg)), name="rc2")
         rk2 = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk2_{d}") for d in range(nd)]
 
         def box(b, *pos):
             return te.sum(
-                Xp[(b, rc2, *[pos[d] * i64(strides[d]) + rk2[d] * i64(dilation[d]) for d in range(nd)])],
+                Xp[
+                    (
+                        b,
+                        rc2,
+                        *[
+                            pos[d] * i64(layer.strides[d]) + rk2[d] * i64(layer.dilation[d])
+                            for d in range(nd)
+                        ],
+                    )
+                ],
                 axis=[rc2, *rk2],
             )
 
-        Sx = te.compute(shape64([B, *out_spatial]), box, name="tbn_sum_x")
+        Sx = te.compute(shape64([B, *out_spatial]), box, name=BLOCK_SUM_X)
 
         def z_of(b, d, pos):
             return tirx.const(2.0, dtype) * Pos[(b, d, *pos)] - Sx[(b, *pos)]
@@ -315,9 +371,3 @@ def conv_rows_te(
 
     Y = te.compute(shape64([B, O, *out_spatial]), out, name=f"tbn_rows_conv{nd}d")
     return [X, P, A, Y]
-
-
-def make(name: str, tensors) -> object:
-    from tvm import te
-
-    return te.create_prim_func(tensors).with_attr("global_symbol", name)

@@ -6,37 +6,50 @@ Before::
 
 After::
 
-    lv = R.call_tir(cls.tbn_dense0, (x, words, scales), out_ty=R.Tensor((1, 128), "float32"))
-    # words: uint32[784] (the 25,088-bit tile), scales: float32[4]
+    lv = R.call_tir(cls.tbn_fc1_rows_dense, (x, tile, scales), out_ty=R.Tensor((1, 128), "float32"))
+    # tile: uint32[784] (the 25,088-bit tile), scales: float32[4]
 
 Handled: ``relax.matmul`` with a constant right operand (ONNX MatMul and Gemm, whichever layout
-the weight was stored in), ``relax.nn.conv1d`` / ``conv2d`` (NCW/NCHW data, OIW/OIHW kernel)
-with any strides, padding, dilation and groups.  Bias adds and activations stay separate Relax
-ops and are fused later by FuseOps.  Weights that match no compact format stay dense constants.
+the weight was stored in, 1-D weights included), ``relax.nn.conv1d`` / ``conv2d`` (NCW/NCHW data,
+OIW/OIHW kernel) and ``conv1d_transpose`` / ``conv2d_transpose`` (IOW/IOHW kernel) with any
+strides, padding, dilation and groups, in float32 or float16.  The pass never names a format: it
+asks the registry (:func:`tbn_tvm.formats.detect_layer_weight`) for the cheapest exact form and
+that form for its buffers and kernel (:func:`tbn_tvm.kernels.build`).  Bias adds and
+activations stay separate Relax ops and are fused later.  Weights that match no compact format
+stay dense constants.  A weight used by several layers gets one set of buffers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from tbn_tvm.formats import LayerWeight, TiledFormat, detect_layer_weight
-from tbn_tvm.kernels import rows
-from tbn_tvm.kernels.conv import make_conv
-from tbn_tvm.kernels.dense import make_dense
+from tbn_tvm import kernels
+from tbn_tvm.formats import FLOAT_DTYPES, LayerWeight, detect_layer_weight
+from tbn_tvm.frontend.layers import c_identifier, fingerprint
 
 
 @dataclass
 class RewrittenLayer:
     """What the pass did with one layer (in program order)."""
 
-    op: str  # "matmul", "conv1d" or "conv2d"
+    name: str  # the layer's one name (see tbn_tvm.frontend.layers)
+    op: str  # "matmul", "conv1d", "conv2d", "conv1d_transpose" or "conv2d_transpose"
     kernel: str | None  # the PrimFunc name, None when the layer stayed dense
     weight: LayerWeight
-    rows: rows.RowPlan | None = None  # set when only the distinct rows are computed
+    kernel_kind: str | None = None  # the kernel's tbn.kernel kind
+    plan: object | None = None  # the format's structure plan (e.g. RowPlan), when used
+
+    @property
+    def rows(self):
+        """The row-reuse plan when the layer computes only distinct rows (else None)."""
+        from tbn_tvm.kernels.rows import RowPlan
+
+        return self.plan if isinstance(self.plan, RowPlan) else None
 
 
 def _const_value(expr) -> np.ndarray | None:
@@ -45,33 +58,44 @@ def _const_value(expr) -> np.ndarray | None:
     return None
 
 
-def _is_f32(expr) -> bool:
+def _dtype(expr) -> str | None:
     ty = expr.ty
-    return isinstance(ty, relax.TensorType) and ty.dtype == "float32" and ty.shape is not None
+    if isinstance(ty, relax.TensorType) and ty.shape is not None:
+        try:
+            [int(d) for d in ty.shape]
+        except (TypeError, ValueError):
+            return None  # symbolic shape
+        return str(ty.dtype)
+    return None
+
+
+def _shape(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape)
+
+
+_CONV_LAYOUTS = {
+    "relax.nn.conv1d": ("conv1d", "conv", ("NCW", "OIW")),
+    "relax.nn.conv2d": ("conv2d", "conv", ("NCHW", "OIHW")),
+    "relax.nn.conv1d_transpose": ("conv1d_transpose", "conv_transpose", ("NCW", "IOW")),
+    "relax.nn.conv2d_transpose": ("conv2d_transpose", "conv_transpose", ("NCHW", "IOHW")),
+}
 
 
 @relax.expr_functor.mutator
 class _Compressor(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, layers: list[RewrittenLayer], reuse_rows: bool, simd: bool) -> None:
+    def __init__(self, mod: tvm.IRModule, owner: CompressWeights) -> None:
         super().__init__(mod)
         self.mod_ = mod
-        self.layers = layers
-        self.reuse_rows = reuse_rows
-        self.simd = simd
+        self.owner = owner
+        self.layers = owner.layers
+        self._buffers: dict[tuple[str, str], list] = {}  # one set of constants per weight
+        self._symbols: set[str] = set()
 
     def transform(self) -> tvm.IRModule:
         for gv, func in self.mod_.functions_items():
             if isinstance(func, relax.Function):
                 self.builder_.update_func(gv, self.visit_expr(func))
         return self.builder_.get()
-
-    def _add_kernel(self, prefix: str, prim_func) -> relax.GlobalVar:
-        name = f"{prefix}{len(self.layers)}"
-        return self.builder_.add_func(prim_func.with_attr("global_symbol", name), name)
-
-    def _compact_args(self, fmt: TiledFormat) -> list:
-        words, scales = fmt.pack()
-        return [relax.const(words, "uint32"), relax.const(scales, "float32")]
 
     def visit_call_(self, call):  # noqa: D102 - mutator hook
         call = self.visit_expr_post_order(call)
@@ -80,86 +104,132 @@ class _Compressor(relax.PyExprMutator):
         name = call.op.name
         if name == "relax.matmul":
             return self._matmul(call)
-        if name in ("relax.nn.conv1d", "relax.nn.conv2d"):
-            return self._conv(call, name.rsplit(".", 1)[1])
+        if name in _CONV_LAYOUTS:
+            return self._conv(call, *_CONV_LAYOUTS[name])
         return call
 
+    # ------------------------------------------------------------------ helpers
+    def _name(self, w: np.ndarray, op: str) -> str:
+        names = self.owner.names
+        for cand in (w, np.ascontiguousarray(w.T) if w.ndim == 2 else None):
+            if cand is not None and fingerprint(cand) in names:
+                return names[fingerprint(cand)]
+        return f"{op}_{len(self.layers)}"
+
+    def _symbol(self, name: str, kind: str) -> str:
+        base = f"tbn_{c_identifier(name)}_{kind}"
+        sym, i = base, 2
+        while sym in self._symbols:
+            sym, i = f"{base}_{i}", i + 1
+        self._symbols.add(sym)
+        return sym
+
+    def _args(self, w: np.ndarray, lw: LayerWeight) -> list:
+        key = (fingerprint(w), lw.order)
+        if key not in self._buffers:
+            self._buffers[key] = [relax.const(b.data, b.dtype) for b in lw.format.buffers()]
+        return self._buffers[key]
+
+    def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer):
+        kernel = kernels.build(lw.format, layer)
+        sym = self._symbol(layer.name, kernel.kind)
+        gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", sym), sym)
+        self.layers.append(RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan))
+        out_ty = relax.TensorType(layer.out_shape, layer.dtype)
+        result = relax.call_tir(gv, [x, *self._args(w, lw)], out_ty)
+        if tuple(layer.out_shape) != _shape(call):  # a 1-D weight: drop the unit output axis
+            result = relax.op.reshape(self.builder_.emit(result), _shape(call))
+        return result
+
+    # ------------------------------------------------------------------ layers
     def _matmul(self, call):
         x, w_expr = call.args
         w = _const_value(w_expr)
-        if w is None or w.ndim != 2 or w.dtype != np.float32 or not _is_f32(x) or not _is_f32(call):
+        dtype = _dtype(x)
+        if w is None or w.ndim not in (1, 2) or dtype not in FLOAT_DTYPES:
             return call
+        if str(w.dtype) != dtype or _dtype(call) != dtype:
+            return call
+        x_shape = _shape(x)
+        if x_shape[-1] != w.shape[0] or 0 in x_shape or w.size == 0:
+            return call
+        name = self._name(w, "matmul")
         lw = detect_layer_weight(w, "matmul")
-        if not isinstance(lw.format, TiledFormat):
-            self.layers.append(RewrittenLayer("matmul", None, lw))
+        if not lw.compact:
+            self.layers.append(RewrittenLayer(name, "matmul", None, lw))
             return call
-        x_shape = [int(d) for d in x.ty.shape]
-        if x_shape[-1] != w.shape[0]:
-            return call
-        plan = rows.row_plan(lw.format, w.shape[1]) if self.reuse_rows and lw.order == "transposed" else None
-        if plan is not None:
-            prim = rows.make("k", rows.dense_rows_te(x_shape, lw.format, plan))
-            gv = self._add_kernel("tbn_rows_dense", prim)
-        else:
-            gv = self._add_kernel("tbn_dense", make_dense("k", x_shape, lw.format, lw.order))
-        self.layers.append(RewrittenLayer("matmul", gv.name_hint, lw, plan))
-        return relax.call_tir(gv, [x, *self._compact_args(lw.format)], call.ty)
+        w2 = w[:, None] if w.ndim == 1 else w
+        out_shape = (*x_shape[:-1], w2.shape[1])
+        layer = kernels.Layer(
+            name=name,
+            op="matmul",
+            x_shape=x_shape,
+            out_shape=out_shape,
+            dtype=dtype,
+            order=lw.order,
+            reuse_rows=self.owner.reuse_rows,
+            simd=self.owner.simd,
+        )
+        return self._emit(call, x, w, lw, layer)
 
-    def _conv(self, call, op: str):
+    def _conv(self, call, op: str, kind: str, layouts: tuple[str, str]):
         x, w_expr = call.args
         attrs = call.attrs
         w = _const_value(w_expr)
-        nd = 1 if op == "conv1d" else 2
-        layouts = ("NCW", "OIW") if nd == 1 else ("NCHW", "OIHW")
+        dtype = _dtype(x)
         if (
             w is None
-            or w.dtype != np.float32
-            or not _is_f32(x)
-            or not _is_f32(call)
+            or dtype not in FLOAT_DTYPES
+            or str(w.dtype) != dtype
+            or _dtype(call) != dtype
             or (attrs.data_layout, attrs.kernel_layout) != layouts
             or str(attrs.out_layout) != layouts[0]
+            or 0 in _shape(x)
+            or 0 in _shape(call)
+            or w.size == 0
         ):
             return call
-        lw = detect_layer_weight(w, "conv")
-        if not isinstance(lw.format, TiledFormat):
-            self.layers.append(RewrittenLayer(op, None, lw))
+        name = self._name(w, op)
+        lw = detect_layer_weight(w, kind)
+        if not lw.compact:
+            self.layers.append(RewrittenLayer(name, op, None, lw))
             return call
-        x_shape = [int(d) for d in x.ty.shape]
-        strides = [int(s) for s in attrs.strides]
-        padding = [int(p) for p in attrs.padding]
-        dilation = [int(d) for d in attrs.dilation]
-        groups = int(attrs.groups)
-        plan = rows.row_plan(lw.format, w.shape[0]) if self.reuse_rows and groups == 1 else None
-        if plan is not None:
-            prim = rows.make(
-                "k",
-                rows.conv_rows_te(
-                    x_shape, lw.format, plan, strides, padding, dilation, sign_multiply=self.simd
-                ),
-            )
-            gv = self._add_kernel(f"tbn_rows_{op}_", prim)
-        else:
-            prim = make_conv("k", x_shape, lw.format, strides, padding, dilation, groups)
-            gv = self._add_kernel(f"tbn_{op}_", prim)
-        self.layers.append(RewrittenLayer(op, gv.name_hint, lw, plan))
-        return relax.call_tir(gv, [x, *self._compact_args(lw.format)], call.ty)
+        layer = kernels.Layer(
+            name=name,
+            op=op,
+            x_shape=_shape(x),
+            out_shape=_shape(call),
+            dtype=dtype,
+            strides=tuple(int(s) for s in attrs.strides),
+            padding=tuple(int(p) for p in attrs.padding),
+            dilation=tuple(int(d) for d in attrs.dilation),
+            groups=int(attrs.groups),
+            output_padding=tuple(int(p) for p in getattr(attrs, "output_padding", ()) or ()),
+            reuse_rows=self.owner.reuse_rows,
+            simd=self.owner.simd,
+        )
+        return self._emit(call, x, w, lw, layer)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tbn.CompressWeights")
 class CompressWeights:
     """Module pass; after it runs, ``self.layers`` lists every matmul/conv layer it looked at.
 
-    ``reuse_rows`` (default) computes only the distinct rows of a tiled weight, bit-serially
-    (:mod:`tbn_tvm.kernels.rows`); without it every output is computed from the decoded weight.
-    ``simd`` picks kernel forms that vectorise (host CPUs) over ones with fewest scalar
-    instructions (microcontrollers)."""
+    ``names`` maps a weight's :func:`~tbn_tvm.frontend.layers.fingerprint` to its layer name
+    (from :func:`tbn_tvm.frontend.layers.weighted_layers`); unnamed weights get ``<op>_<i>``.
+    ``reuse_rows`` (default) lets formats use their structure kernels (distinct rows of a tiled
+    weight); without it every output is computed from the decoded weight.  ``simd`` picks kernel
+    forms that vectorise (host CPUs) over ones with fewest scalar instructions (MCUs)."""
 
-    def __init__(self, reuse_rows: bool = True, simd: bool = True) -> None:
+    def __init__(
+        self, names: Mapping[str, str] | None = None, reuse_rows: bool = True, simd: bool = True
+    ) -> None:
         self.layers: list[RewrittenLayer] = []
+        self.names = dict(names or {})
         self.reuse_rows = reuse_rows
         self.simd = simd
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.layers.clear()
-        mod = _Compressor(mod, self.layers, self.reuse_rows, self.simd).transform()
+        mod = _Compressor(mod, self).transform()
         return relax.transform.DeadCodeElimination()(mod)

@@ -29,13 +29,20 @@ class Prepared:
         return constant_bytes(self.mod)
 
 
-def prepare(mod: tvm.IRModule, compress: bool = True, reuse_rows: bool = True, simd: bool = True) -> Prepared:
+def prepare(
+    mod: tvm.IRModule,
+    compress: bool = True,
+    reuse_rows: bool = True,
+    simd: bool = True,
+    names: dict[str, str] | None = None,
+) -> Prepared:
     """Run the project's passes on an imported module (weights already folded to constants).
 
-    ``compress=False`` leaves every weight dense (the plain TVM build)."""
+    ``compress=False`` leaves every weight dense (the plain TVM build); ``names`` maps weight
+    fingerprints to layer names (:func:`tbn_tvm.frontend.layers.weighted_layers`)."""
     if not compress:
         return Prepared(mod, [])
-    compress = CompressWeights(reuse_rows=reuse_rows, simd=simd)
+    compress = CompressWeights(names=names, reuse_rows=reuse_rows, simd=simd)
     mod = compress(mod)
     return Prepared(mod, list(compress.layers))
 

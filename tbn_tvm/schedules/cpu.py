@@ -124,8 +124,11 @@ def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
     lanes = vector_lanes(target)
     cores = int(target.attrs.get("num-cores", 0) or 0) or _cpu_count()
     updates = {}
+    from tbn_tvm.kernels import rows
+
     for gv, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc) and gv.name_hint.startswith("tbn_rows_"):
+        kind = func.attrs.get("tbn.kernel") if isinstance(func, tirx.PrimFunc) and func.attrs else None
+        if kind in (rows.KIND_DENSE, rows.KIND_CONV):
             try:
                 updates[gv] = schedule_rows(func, lanes, cores).with_attr("tirx.is_scheduled", True)
             except Exception:  # fall back to the unscheduled kernel; still correct

@@ -7,27 +7,6 @@ from pathlib import Path
 import pytest
 from cm_support import FIXTURES, Toy
 
-from tbn_tvm.errors import TBNError
-
-
-def _toolchain_missing() -> str | None:
-    from tbn_tvm.targets.cortex_m.toolchain import APT_COMMAND, find_gcc, find_qemu
-
-    try:
-        find_gcc()
-        find_qemu()
-    except TBNError as e:
-        return f"{e.message}; install with: {APT_COMMAND}"
-    return None
-
-
-_MISSING = _toolchain_missing()
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("qemu") and _MISSING:
-        pytest.skip(f"Cortex-M toolchain absent: {_MISSING}")
-
 
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Toy:

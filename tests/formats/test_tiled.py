@@ -65,8 +65,10 @@ def test_negative_cases_stay_dense():
     rng = np.random.default_rng(1)
     w, _ = make_tiled((32, 64), 4, "per_copy", rng)
     flipped = w.copy()
-    flipped[5, 7] *= -1  # one flipped sign breaks the repetition: not tiled, and with an
-    assert detect(flipped) is None  # alpha per copy not a binary layer either -> dense
+    flipped[5, 7] *= -1  # one flipped sign breaks the repetition: not tiled, but each copy of
+    fmt = detect(flipped)  # 8 rows has one alpha: exactly a binary layer with scales per 512
+    assert fmt is not None and fmt.kind == "binary" and fmt.scale_chunk == 512
+    assert np.array_equal(fmt.decode(), flipped)
     single, _ = make_tiled((32, 64), 4, "single", rng)
     single[5, 7] *= -1  # with one alpha it is exactly a plain binary layer (p = 1)
     fmt = detect(single)

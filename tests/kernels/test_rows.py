@@ -7,7 +7,7 @@ import math
 import numpy as np
 import onnx_zoo as zoo
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tbn_tvm.formats.tiled import detect
@@ -59,6 +59,7 @@ def test_accumulation_forms_match_numpy(accumulate):
     tvm = pytest.importorskip("tvm")
     from tvm import te
 
+    from tbn_tvm.kernels import Layer
     from tbn_tvm.kernels.rows import dense_rows_te
 
     rng = np.random.default_rng(2)
@@ -66,7 +67,8 @@ def test_accumulation_forms_match_numpy(accumulate):
     fmt = detect(w)
     plan = row_plan(fmt, 24)
     assert plan.distinct == 6
-    f = te.create_prim_func(dense_rows_te((3, 70), fmt, plan, accumulate))
+    layer = Layer("fc", "matmul", (3, 70), (3, 24), order="transposed")
+    f = te.create_prim_func(dense_rows_te(layer, fmt, plan, accumulate))
     lib = tvm.compile(tvm.IRModule({"main": f}), target="llvm")
     x = rng.standard_normal((3, 70)).astype(np.float32)
     words, scales = fmt.pack()
@@ -74,3 +76,106 @@ def test_accumulation_forms_match_numpy(accumulate):
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(words), tvm.runtime.tensor(scales), y)
     ref = x.astype(np.float64) @ w.T.astype(np.float64)
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan's indexing, compiled, against a numpy decode (issue: L not dividing n gave garbage)
+# ---------------------------------------------------------------------------------------------
+def _random_tiled(rng, shape, L, layout):
+    """A weight ``w[i] = s[i // S] * sign(tile[i % L])`` built directly from the definition."""
+    n = math.prod(shape)
+    tile = np.where(rng.random(L) < 0.5, -1.0, 1.0)
+    signs = np.tile(tile, -(-n // L))[:n]
+    rows = shape[0]
+    if layout == "single":
+        s = np.full(n, rng.uniform(0.1, 1.0))
+    elif layout == "per_row":
+        s = np.repeat(rng.uniform(0.1, 1.0, rows) * np.where(rng.random(rows) < 0.3, -1, 1), n // rows)
+    else:  # per copy, when copies line up with rows; else per row
+        S = L if L % (n // rows) == 0 else n // rows
+        s = np.repeat(rng.uniform(0.1, 1.0, -(-n // S)), S)[:n]
+    return (signs * s).astype(np.float32).reshape(shape)
+
+
+def _run_kernel(kernel, x, fmt, out_shape):
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target="llvm")
+    y = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(b.data) for b in fmt.buffers()], y)
+    return y.numpy()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(2, 20),
+    K=st.integers(1, 45),
+    L=st.integers(2, 120),
+    layout=st.sampled_from(["single", "per_row", "per_copy"]),
+    seed=st.integers(0, 10_000),
+)
+def test_dense_row_plan_matches_numpy_decode(rows, K, L, layout, seed):
+    pytest.importorskip("tvm")
+    from tbn_tvm.kernels import Layer, build
+
+    n = rows * K
+    assume(L <= n // 2)
+    rng = np.random.default_rng(seed)
+    w = _random_tiled(rng, (rows, K), L, layout)
+    fmt = detect(w)
+    assume(fmt is not None)
+    assert np.array_equal(fmt.decode(), w)
+    layer = Layer("fc", "matmul", (2, K), (2, rows), order="transposed")
+    kernel = build(fmt, layer)
+    plan = row_plan(fmt, rows)
+    if plan is not None:
+        assert kernel.kind == "rows_dense"
+        # every output row reads a distinct row the kernel computes, and it is the right one
+        assert max(plan.row_of(r) for r in range(rows)) < plan.distinct
+        for r in range(rows):
+            bits = fmt.tile[(plan.start(plan.row_of(r)) + np.arange(K)) % fmt.tile_length]
+            scale = fmt.scales[0] if fmt.num_scales == 1 else fmt.scales[r * K // fmt.scale_chunk]
+            assert np.array_equal(np.where(bits == 1, scale, -scale), w[r])
+    x = rng.standard_normal((2, K)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    got = _run_kernel(kernel, x, fmt, (2, rows))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    O=st.integers(2, 9),
+    C=st.integers(1, 3),
+    k=st.integers(1, 4),
+    L=st.integers(2, 80),
+    layout=st.sampled_from(["single", "per_row", "per_copy"]),
+    seed=st.integers(0, 10_000),
+)
+def test_conv_row_plan_matches_numpy_decode(O, C, k, L, layout, seed):
+    pytest.importorskip("tvm")
+    from tbn_tvm.kernels import Layer, build
+
+    shape = (O, C, k, k)
+    n = math.prod(shape)
+    assume(L <= n // 2)
+    rng = np.random.default_rng(seed)
+    w = _random_tiled(rng, shape, L, layout)
+    fmt = detect(w)
+    assume(fmt is not None)
+    H = 6
+    out = H - k + 1
+    layer = Layer(
+        "conv",
+        "conv2d",
+        (1, C, H, H),
+        (1, O, out, out),
+        strides=(1, 1),
+        padding=(0, 0, 0, 0),
+        dilation=(1, 1),
+        simd=bool(seed % 2),
+    )
+    kernel = build(fmt, layer)
+    x = rng.standard_normal((1, C, H, H)).astype(np.float32)
+    ref = zoo.np_conv(x.astype(np.float64), w.astype(np.float64))
+    got = _run_kernel(kernel, x, fmt, (1, O, out, out))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))

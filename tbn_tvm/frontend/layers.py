@@ -1,0 +1,201 @@
+"""The model's weighted layers, found on the ONNX graph alone (no TVM), each with its one name.
+
+A *layer* is a Gemm, MatMul, Conv or ConvTranspose node whose weight input is constant: an
+initializer, a ``Constant`` node, or a sub-graph of constants (the tile + Expand/Tile/Mul/Reshape
+chains exporters write), evaluated here with ONNX's reference implementation.  A layer is named
+once, in this order of preference:
+
+1. the PyTorch module name that :func:`tbn_tvm.torch.export_onnx` records in the model's
+   metadata (``tbn_tvm.layers`` → ``nodes``);
+2. the ONNX node name;
+3. the weight initializer's name (``fc1.weight`` → ``fc1``);
+4. ``<op>_<node index>``.
+
+The same name is used by ``inspect``, the compiler's kernels, the manifest and the C arrays
+(``tbn_<name>_tile``).  :func:`fingerprint` lets the compiler find a layer again from the
+constant TVM folded (in either orientation of a matmul operand).
+
+>>> import numpy as np, onnx
+>>> from onnx import helper, numpy_helper, TensorProto
+>>> g = helper.make_graph([helper.make_node("Gemm", ["x", "fc1.weight"], ["y"], transB=1)], "g",
+...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+...     [numpy_helper.from_array(np.ones((2, 4), np.float32), "fc1.weight")])
+>>> [(layer.name, layer.kind, layer.weight_name) for layer in weighted_layers(helper.make_model(g))]
+[('fc1', 'matmul', 'fc1.weight')]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+#: ONNX op -> layer kind (the ``op`` of :func:`tbn_tvm.formats.detect_layer_weight`).
+WEIGHTED_OPS = {"Gemm": "matmul", "MatMul": "matmul", "Conv": "conv", "ConvTranspose": "conv_transpose"}
+
+#: Metadata key written by :func:`tbn_tvm.torch.export_onnx` (JSON with ``layers`` and ``nodes``).
+METADATA_KEY = "tbn_tvm.layers"
+
+
+@dataclass
+class OnnxLayer:
+    """One weighted layer of the ONNX graph.
+
+    ``weight`` is in the framework layout the formats describe: ``[out, in]`` for Gemm with
+    ``transB=1``; for MatMul and Gemm without it, the stored ``[in, out]`` operand (the
+    detector tries both orders); ``[O, I/g, *k]`` for Conv; ``[I, O/g, *k]`` for ConvTranspose.
+    ``stored`` is the array as the graph holds it.  ``shared_by`` lists other layers (names)
+    using the same weight value."""
+
+    name: str
+    op_type: str
+    kind: str  # "matmul" | "conv" | "conv_transpose"
+    node_name: str
+    node_index: int
+    weight_name: str
+    stored: np.ndarray
+    trans_b: bool = False
+    shared_by: tuple[str, ...] = ()
+
+    @property
+    def matmul_operand(self) -> np.ndarray:
+        """The ``[in, out]`` operand of ``x @ W`` (matmul layers), as TVM folds it."""
+        return np.ascontiguousarray(self.stored.T) if self.trans_b else self.stored
+
+
+def fingerprint(arr: np.ndarray) -> str:
+    """A key identifying a constant by dtype, shape and bytes."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha1(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def c_identifier(name: str) -> str:
+    """``name`` reduced to a safe C identifier fragment: ``[A-Za-z0-9_]``, at most 48 characters,
+    never starting with a digit (the original name is never pasted into generated code)."""
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    s = re.sub(r"_+", "_", s).strip("_")[:48] or "layer"
+    return f"l{s}" if s[0].isdigit() else s
+
+
+def metadata_names(proto: onnx.ModelProto) -> dict[str, str]:
+    """ONNX node name -> PyTorch module name, as recorded by ``export_onnx`` (may be empty)."""
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            try:
+                nodes = json.loads(entry.value).get("nodes", {})
+            except (ValueError, AttributeError):
+                return {}
+            return {str(k): str(v) for k, v in nodes.items()} if isinstance(nodes, dict) else {}
+    return {}
+
+
+def constant_values(proto: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
+    """Values of ``names`` that depend only on initializers and Constant nodes (evaluated with
+    ONNX's reference evaluator when they are produced by nodes, e.g. Expand/Tile/Mul/Reshape)."""
+    g = proto.graph
+    values = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producers = {out: node for node in g.node for out in node.output}
+    graph_inputs = {vi.name for vi in g.input} - set(values)
+    wanted = {}
+    for name in sorted(names):
+        if name in values:
+            wanted[name] = values[name]
+            continue
+        # collect the producing sub-graph; give up if it touches a graph input
+        stack, nodes, ok, seen = [name], [], True, set()
+        while stack and ok:
+            cur = stack.pop()
+            if cur in seen or cur in values or cur == "":
+                continue
+            seen.add(cur)
+            if cur in graph_inputs or cur not in producers:
+                ok = False
+                break
+            node = producers[cur]
+            if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"):
+                ok = False
+                break
+            if node not in nodes:
+                nodes.append(node)
+            stack.extend(node.input)
+        if not ok:
+            continue
+        order = [n for n in g.node if n in nodes]
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            sub = onnx.helper.make_graph(
+                order, "const", [], [onnx.helper.make_tensor_value_info(name, 0, None)], list(g.initializer)
+            )
+            model = onnx.helper.make_model(sub, opset_imports=proto.opset_import)
+            wanted[name] = np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+        except Exception:  # noqa: BLE001 - an unevaluable chain simply is not a constant weight
+            continue
+    return wanted
+
+
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
+    """Every Gemm/MatMul/Conv/ConvTranspose node with a constant weight, in graph order, named
+    as the module docstring says (names made unique with ``_2``, ``_3`` ...)."""
+    g = proto.graph
+    candidates = []
+    for i, node in enumerate(g.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        if node.op_type == "Gemm" and _attr(node, "transA", 0):
+            continue
+        candidates.append((i, node))
+    values = constant_values(proto, {node.input[1] for _, node in candidates})
+    from_torch = metadata_names(proto)
+    initializer_names = {t.name for t in g.initializer}
+    layers: list[OnnxLayer] = []
+    used: dict[str, int] = {}
+    by_value: dict[str, OnnxLayer] = {}
+    for i, node in candidates:
+        wname = node.input[1]
+        w = values.get(wname)
+        if w is None or w.dtype.kind != "f":
+            continue
+        kind = WEIGHTED_OPS[node.op_type]
+        if kind == "matmul" and w.ndim not in (1, 2):
+            continue
+        if kind != "matmul" and w.ndim < 3:
+            continue
+        if node.name and node.name in from_torch:
+            name = from_torch[node.name]
+        elif node.name:
+            name = node.name
+        elif wname in initializer_names:
+            name = re.sub(r"\.weight$", "", wname)
+        else:
+            name = f"{node.op_type.lower()}_{i}"
+        count = used.get(name, 0) + 1
+        used[name] = count
+        if count > 1:
+            name = f"{name}_{count}"
+        trans_b = bool(_attr(node, "transB", 0)) if node.op_type == "Gemm" else False
+        layer = OnnxLayer(name, node.op_type, kind, node.name, i, wname, w, trans_b)
+        key = fingerprint(w)
+        if key in by_value:
+            first = by_value[key]
+            first.shared_by = (*first.shared_by, name)
+            layer.shared_by = (first.name,)
+        else:
+            by_value[key] = layer
+        layers.append(layer)
+    return layers
