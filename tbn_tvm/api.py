@@ -209,9 +209,7 @@ def compile(  # noqa: A001 - the natural name for users
 
     layer_report = inspect(loaded)
     mod = to_relax(loaded)
-    outputs = output_specs(mod)
-    names = [o.name for o in loaded.proto.graph.output]
-    outputs = [TensorSpec(n, o.shape, o.dtype) for n, o in zip(names, outputs)]
+    outputs = output_specs(mod, loaded)
     from tbn_tvm.frontend.layers import fingerprint, weighted_layers
 
     names = {}

@@ -1,0 +1,89 @@
+"""TVM's Relax ONNX importer with the project's converters in front and every failure named.
+
+:class:`_Importer` is TVM's ``ONNXGraphImporter`` with two changes: an operator listed in
+:data:`tbn_tvm.frontend.converters.CONVERTERS` is converted by the project's own converter (for
+ops where TVM's result is wrong), and any exception raised while converting a node becomes a
+:class:`~tbn_tvm.errors.TBNError` naming the node and operator.  TVM's prints and C++ log lines
+are captured (:mod:`tbn_tvm.quiet`) and shown only as the tail of such an error.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from tbn_tvm.errors import TBNError
+
+
+class _NodeError(Exception):
+    def __init__(self, node, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.node = node
+        self.cause = cause
+
+
+def _importer_class():
+    from tvm import relax
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    from tbn_tvm.frontend.converters import CONVERTERS
+
+    class _Importer(ONNXGraphImporter):
+        _current = None
+
+        def _parse_value_proto(self, value_proto):
+            if isinstance(value_proto, onnx.NodeProto):
+                self._current = value_proto  # the node about to be converted
+            return super()._parse_value_proto(value_proto)
+
+        def _convert_operator(self, op_name, inputs, attrs, opset):
+            node = self._current
+            try:
+                own = CONVERTERS.get(op_name)
+                if own is not None:
+                    sym = own(self.bb, inputs, attrs, opset, node)
+                    if sym is not None:
+                        return self.bb.normalize(sym) if isinstance(sym, relax.Expr) else sym
+                return super()._convert_operator(op_name, inputs, attrs, opset)
+            except TBNError:
+                raise
+            except Exception as e:  # noqa: BLE001 - TVM raises many types; each becomes one line
+                raise _NodeError(node, e) from None
+
+    return _Importer
+
+
+def import_model(proto: onnx.ModelProto, loaded):
+    """Relax IRModule of ``proto`` (weights as constants) for the static input specs of
+    ``loaded``; raises TBNError naming the failing node."""
+    from tbn_tvm.frontend.onnx import _printable
+    from tbn_tvm.quiet import captured
+
+    importer = _importer_class()(
+        {t.name: list(t.shape) for t in loaded.inputs},
+        {t.name: t.dtype for t in loaded.inputs},
+        keep_params_in_input=False,
+        sanitize=True,
+    )
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    with captured() as log:
+        try:
+            return importer.from_onnx(proto.graph, opset)
+        except TBNError:
+            raise
+        except _NodeError as e:
+            node = e.node
+            what = (
+                f"{node.op_type} node '{_printable(node.name or (node.output[0] if node.output else '?'))}'"
+            )
+            msg = " ".join(f"{type(e.cause).__name__}: {e.cause}".split())
+            raise TBNError(
+                f"{loaded.source}: cannot convert {what}: {msg[:240]}",
+                hint="this use of the operator is not supported by tbn-tvm; change it in the exporter "
+                "or report it with the model",
+            ) from None
+        except Exception as e:  # noqa: BLE001 - outside any node: assembling the function
+            msg = " ".join(f"{type(e).__name__}: {e}".split())
+            raise TBNError(
+                f"{loaded.source}: the import failed: {msg[:240]}", hint="report it with the model"
+            ) from None
+    del log
