@@ -1,7 +1,10 @@
 """``inspect``: what each layer's weight is, how many bytes it takes, and the totals.
 
-Works on the ONNX graph alone (no TVM import, fast), with the same detector the compiler uses, so
-the compiler and the report always agree.
+Works on the ONNX graph alone (no TVM import, fast, dynamic shapes welcome), with the same
+layer discovery and format registry the compiler uses, so the compiler and the report always
+agree.  Besides the weights, the other constants the compiled model keeps (biases, normalisation
+parameters, scalar operands) are listed and counted, so the total equals the constant bytes of
+the build.
 
 >>> rep = inspect("examples/tbn-mnist-mlp.onnx")              # doctest: +SKIP
 >>> rep.to_dict()["total"]["weight_bytes"]                     # doctest: +SKIP
@@ -11,67 +14,118 @@ the compiler and the report always agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from tbn_tvm.formats import DenseFormat, LayerWeight, detect_layer_weight
+from tbn_tvm.formats import LayerWeight, bits_per_weight, detect_layer_weight
+from tbn_tvm.frontend.layers import OnnxLayer, constant_values, fingerprint, weighted_layers
 
 
 @dataclass
 class LayerReport:
-    name: str
-    op: str
+    """One weighted layer: its ONNX facts and the format its weight was found to be."""
+
+    layer: OnnxLayer
     weight: LayerWeight
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def op(self) -> str:
+        return self.layer.op_type
 
     @property
     def weight_shape(self) -> list[int]:
         fmt = self.weight.format
-        if self.weight.order == "stored" and self.op in ("Gemm", "MatMul"):
+        if self.layer.kind == "matmul" and self.weight.order == "stored":
             return [fmt.shape[1], fmt.shape[0]]  # report Linear layout [out, in]
         return list(fmt.shape)
 
     def to_dict(self) -> dict:
         fmt = self.weight.format
-        p = fmt.p if not isinstance(fmt, DenseFormat) else 1
+        p = fmt.p
         d = {
             "name": self.name,
+            "weight": self.layer.weight_name,
             "op": self.op,
             "weight_shape": self.weight_shape,
+            "dtype": fmt.dtype,
             "format": fmt.kind,
+            "label": fmt.label(),
             "p": int(p) if float(p).is_integer() else round(float(p), 4),
             "alpha": fmt.alpha_kind,
             "scales": fmt.num_scales,
-            "bits_per_weight": round(fmt.storage_bits() / fmt.n, 4),
+            "bits_per_weight": round(bits_per_weight(fmt.storage_bits(), fmt.n), 4),
             "bytes": fmt.storage_bytes(),
             "fp32_bytes": 4 * fmt.n,
+            **fmt.fields(),
         }
-        if not isinstance(fmt, DenseFormat):
-            d["tile_length"] = fmt.tile_length
+        if fmt.compact:
             d["weight_order"] = self.weight.order
+        if self.layer.shared_by:
+            d["shared_with"] = list(self.layer.shared_by)
         return d
+
+
+@dataclass
+class OtherConstant:
+    """A constant the compiled graph keeps besides the layer weights (bias, norm parameter...)."""
+
+    name: str
+    consumer: str  # "<op> '<node>'"
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "used_by": self.consumer,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass
 class ModelReport:
     source: str
     layers: list[LayerReport]
+    others: list[OtherConstant] = field(default_factory=list)
+
+    def _unique_layers(self) -> list[LayerReport]:
+        seen, out = set(), []
+        for lr in self.layers:
+            key = fingerprint(lr.layer.stored)
+            if key not in seen:
+                seen.add(key)
+                out.append(lr)
+        return out
 
     def totals(self) -> dict:
-        weight = sum(layer.weight.format.storage_bytes() for layer in self.layers)
-        fp32 = sum(4 * layer.weight.format.n for layer in self.layers)
+        unique = self._unique_layers()
+        weight = sum(lr.weight.format.storage_bytes() for lr in unique)
+        fp32 = sum(4 * lr.weight.format.n for lr in unique)
+        other = sum(o.bytes for o in self.others)
         return {
             "weight_bytes": weight,
             "fp32_bytes": fp32,
             "compression": round(fp32 / weight, 2) if weight else 1.0,
+            "other_constant_bytes": other,
+            "constant_bytes": weight + other,
+            "compact_layers": sum(1 for lr in self.layers if lr.weight.compact),
+            "dense_layers": sum(1 for lr in self.layers if not lr.weight.compact),
         }
 
     def to_dict(self) -> dict:
         return {
             "model": self.source,
             "layers": [layer.to_dict() for layer in self.layers],
+            "other_constants": [o.to_dict() for o in self.others],
             "total": self.totals(),
         }
 
@@ -81,14 +135,14 @@ class ModelReport:
         rows = []
         for layer in self.layers:
             d = layer.to_dict()
-            fmt = d["format"] if d["format"] != "tiled" else f"tiled p={d['p']} L={d['tile_length']}"
             alpha = "-" if d["alpha"] == "none" else f"{d['alpha']} x{d['scales']}"
+            shared = f" (= {d['shared_with'][0]})" if "shared_with" in d and layer.layer.shared_by else ""
             rows.append(
                 [
-                    d["name"],
+                    d["name"] + shared,
                     d["op"],
                     "x".join(map(str, d["weight_shape"])),
-                    fmt,
+                    d["label"] + ("" if d["dtype"] == "float32" else f" {d['dtype']}"),
                     alpha,
                     f"{d['bits_per_weight']:.4f}",
                     f"{d['bytes']:,}",
@@ -108,84 +162,94 @@ class ModelReport:
         lines = [fmt_row(head), rule, *map(fmt_row, rows), rule]
         lines.append(
             f"total: {t['weight_bytes']:,} bytes of weights ({t['fp32_bytes']:,} in fp32, "
-            f"{t['compression']:g}x smaller); {len(self.layers)} layers"
+            f"{t['compression']:g}x smaller); {len(self.layers)} layers "
+            f"({t['compact_layers']} compact, {t['dense_layers']} dense)"
         )
+        if self.others:
+            lines.append(
+                f"other constants (biases, norm parameters, ...): {t['other_constant_bytes']:,} bytes in "
+                f"{len(self.others)} tensors; all constants: {t['constant_bytes']:,} bytes"
+            )
         return "\n".join(lines)
 
 
-def _constant_values(proto: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
-    """Values of ``names`` that depend only on initializers and Constant nodes (evaluated with
-    ONNX's reference evaluator when they are produced by nodes, e.g. Expand/Tile/Mul/Reshape)."""
-    g = proto.graph
-    values = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    producers = {out: node for node in g.node for out in node.output}
-    graph_inputs = {vi.name for vi in g.input} - set(values)
-    wanted = {}
-    for name in names:
-        if name in values:
-            wanted[name] = values[name]
-            continue
-        # collect the producing sub-graph; give up if it touches a graph input
-        stack, nodes, ok = [name], [], True
-        seen = set()
-        while stack and ok:
-            cur = stack.pop()
-            if cur in seen or cur in values or cur == "":
-                continue
-            seen.add(cur)
-            if cur in graph_inputs or cur not in producers:
-                ok = False
-                break
-            node = producers[cur]
-            if node not in nodes:
-                nodes.append(node)
-            stack.extend(node.input)
-        if not ok:
-            continue
-        order = [n for n in g.node if n in nodes]
-        try:
-            from onnx.reference import ReferenceEvaluator
+#: Node inputs that TVM's importer turns into shapes or attributes (not constants of the build).
+_SHAPE_INPUTS = {
+    "Reshape": {1},
+    "Expand": {1},
+    "Tile": {1},
+    "Slice": {1, 2, 3, 4},
+    "Pad": {1, 3},
+    "Resize": {1, 2, 3},
+    "Upsample": {1},
+    "ConstantOfShape": {0},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "Split": {1},
+    "TopK": {1},
+    "OneHot": {1},
+    "CumSum": {1},
+    "Trilu": {1},
+    "Range": {0, 1, 2},
+    "ReduceSum": {1},
+    "ReduceMean": {1},
+    "ReduceMax": {1},
+    "ReduceMin": {1},
+    "ReduceProd": {1},
+    "ReduceL1": {1},
+    "ReduceL2": {1},
+    "ReduceLogSum": {1},
+    "ReduceLogSumExp": {1},
+    "ReduceSumSquare": {1},
+}
 
-            sub_inits = [t for t in g.initializer]
-            sub = onnx.helper.make_graph(
-                order, "const", [], [onnx.helper.make_tensor_value_info(name, 0, None)], sub_inits
-            )
-            model = onnx.helper.make_model(sub, opset_imports=proto.opset_import)
-            wanted[name] = np.asarray(ReferenceEvaluator(model).run(None, {})[0])
-        except Exception:
+
+def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> list[OtherConstant]:
+    """Float constants consumed by the non-constant part of the graph, other than layer weights."""
+    g = proto.graph
+    const_names = {t.name for t in g.initializer}
+    inputs = {vi.name for vi in g.input} - const_names
+    for node in g.node:  # forward: a node whose inputs are all constant is folded
+        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"):
             continue
-    return wanted
+        if all(i == "" or i in const_names for i in node.input) and not any(i in inputs for i in node.input):
+            const_names.update(o for o in node.output if o)
+    weights = {(layer.node_index, 1) for layer in layers}
+    boundary: dict[str, str] = {}
+    for i, node in enumerate(g.node):
+        if all(o in const_names for o in node.output if o):
+            continue
+        skip = _SHAPE_INPUTS.get(node.op_type, set())
+        for j, name in enumerate(node.input):
+            if name in const_names and j not in skip and (i, j) not in weights and name not in boundary:
+                boundary[name] = f"{node.op_type} '{node.name or f'#{i}'}'"
+    # graph outputs that are constants are built too
+    values = constant_values(proto, set(boundary))
+    weight_keys = {fingerprint(layer.stored) for layer in layers}
+    out = []
+    for name in sorted(boundary, key=lambda n: list(boundary).index(n)):
+        v = values.get(name)
+        if v is None or v.dtype.kind != "f" or fingerprint(v) in weight_keys:
+            continue
+        out.append(
+            OtherConstant(name, boundary[name], tuple(int(d) for d in v.shape), str(v.dtype), int(v.nbytes))
+        )
+    return out
 
 
 def inspect(model) -> ModelReport:
-    """Describe every Gemm/MatMul/Conv layer with a constant weight (see module docstring).
+    """Describe every Gemm/MatMul/Conv/ConvTranspose layer with a constant weight, and the other
+    constants (see module docstring).
 
     ``model`` is a path, an ``onnx.ModelProto`` or an already validated
-    :class:`~tbn_tvm.frontend.onnx.LoadedModel`."""
+    :class:`~tbn_tvm.frontend.onnx.LoadedModel`.  Raises :class:`~tbn_tvm.errors.TBNError` for a
+    file that is not a valid ONNX model or uses unsupported operators."""
     from tbn_tvm.frontend.onnx import LoadedModel, load_onnx
 
-    loaded = model if isinstance(model, LoadedModel) else load_onnx(model)
-    g = loaded.proto.graph
-    weight_inputs = {}
-    for i, node in enumerate(g.node):
-        if node.op_type in ("Gemm", "MatMul", "Conv") and len(node.input) >= 2:
-            weight_inputs[i] = node.input[1]
-    values = _constant_values(loaded.proto, set(weight_inputs.values()))
-    layers = []
-    for i, wname in weight_inputs.items():
-        node = g.node[i]
-        w = values.get(wname)
-        if w is None or w.dtype != np.float32:
-            continue
-        label = node.name or f"{node.op_type.lower()}_{i}"
-        if node.op_type == "Conv":
-            lw = detect_layer_weight(w, "conv")
-        elif w.ndim == 2:
-            trans_b = (
-                next((a.i for a in node.attribute if a.name == "transB"), 0) if node.op_type == "Gemm" else 0
-            )
-            lw = detect_layer_weight(np.ascontiguousarray(w.T) if trans_b else w, "matmul")
-        else:
-            continue
-        layers.append(LayerReport(label, node.op_type, lw))
-    return ModelReport(loaded.source, layers)
+    loaded = model if isinstance(model, LoadedModel) else load_onnx(model, static=False)
+    layers = weighted_layers(loaded.proto)
+    reports = []
+    for layer in layers:
+        w = layer.matmul_operand if layer.kind == "matmul" else layer.stored
+        reports.append(LayerReport(layer, detect_layer_weight(np.asarray(w), layer.kind)))
+    return ModelReport(loaded.source, reports, _other_constants(loaded.proto, layers))

@@ -86,6 +86,8 @@ def test_built_module_keeps_only_compact_constants(cache, name):
     assert 0 < built <= zm.built_constant_budget, (
         f"{name}: {built} constant bytes in the built module, budget {zm.built_constant_budget:.1f}"
     )
+    # inspect (ONNX alone, no TVM) predicts the constants of the build exactly
+    assert tbn_tvm.inspect(zm.model).to_dict()["total"]["constant_bytes"] == built
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
