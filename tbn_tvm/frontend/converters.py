@@ -21,3 +21,73 @@ def converter(op_type: str):
         return fn
 
     return wrap
+
+
+def _const(value, dtype: str):
+    from tvm import relax
+
+    return relax.const(value, dtype)
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+@converter("Relu")
+def relu(bb, inputs, attrs, opset, node):
+    """``y = x < 0 ? 0 : x``: NaN propagates as in onnxruntime (TVM's ``max(x, 0)`` gives 0)."""
+    from tvm import relax
+
+    x = inputs[0]
+    dt = _dtype(x)
+    if not dt.startswith("float"):
+        return None
+    return relax.op.where(relax.op.less(x, _const(0, dt)), _const(0, dt), x)
+
+
+@converter("IsInf")
+def is_inf(bb, inputs, attrs, opset, node):
+    """Honours ``detect_negative`` / ``detect_positive`` (TVM ignores both)."""
+    from tvm import relax
+
+    x = inputs[0]
+    neg, pos = int(attrs.get("detect_negative", 1)), int(attrs.get("detect_positive", 1))
+    inf = relax.op.isinf(x)
+    if neg and pos:
+        return inf
+    dt = _dtype(x)
+    if not (neg or pos):
+        return relax.op.logical_and(inf, relax.op.not_equal(x, x))  # all False, same shape
+    side = relax.op.greater(x, _const(0, dt)) if pos else relax.op.less(x, _const(0, dt))
+    return relax.op.logical_and(inf, side)
+
+
+@converter("LayerNormalization")
+def layer_norm(bb, inputs, attrs, opset, node):
+    """With the optional ``Mean`` / ``InvStdDev`` outputs requested (TVM returns 0-d zeros for
+    them): computed here in the stash type, reduced axes kept as 1."""
+    from tvm import relax
+
+    wanted = [o for o in list(node.output)[1:] if o]
+    if not wanted:
+        return None
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    ndim = len(x.ty.shape)
+    axis = int(attrs.get("axis", -1))
+    axis = axis + ndim if axis < 0 else axis
+    axes = list(range(axis, ndim))
+    eps = float(attrs.get("epsilon", 1e-5))
+    stash = "float32" if int(attrs.get("stash_type", 1)) == 1 else _dtype(x)
+    dt = _dtype(x)
+    xs = x if stash == dt else relax.op.astype(x, stash)
+    mean = bb.emit(relax.op.mean(xs, axes, keepdims=True))
+    centred = bb.emit(relax.op.subtract(xs, mean))
+    var = relax.op.mean(relax.op.multiply(centred, centred), axes, keepdims=True)
+    inv = bb.emit(relax.op.divide(_const(1, stash), relax.op.sqrt(relax.op.add(var, _const(eps, stash)))))
+    y = relax.op.multiply(centred, inv)
+    y = y if stash == dt else relax.op.astype(y, dt)
+    y = relax.op.multiply(y, scale)
+    if bias is not None:
+        y = relax.op.add(y, bias)
+    return relax.Tuple([bb.emit(y), mean, inv])

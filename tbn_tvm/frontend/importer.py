@@ -9,6 +9,8 @@ are captured (:mod:`tbn_tvm.quiet`) and shown only as the tail of such an error.
 
 from __future__ import annotations
 
+import gc
+
 import onnx
 
 from tbn_tvm.errors import TBNError
@@ -35,15 +37,26 @@ def _importer_class():
                 self._current = value_proto  # the node about to be converted
             return super()._parse_value_proto(value_proto)
 
+        graph_outputs: frozenset = frozenset()
+
         def _convert_operator(self, op_name, inputs, attrs, opset):
             node = self._current
             try:
                 own = CONVERTERS.get(op_name)
-                if own is not None:
-                    sym = own(self.bb, inputs, attrs, opset, node)
-                    if sym is not None:
-                        return self.bb.normalize(sym) if isinstance(sym, relax.Expr) else sym
-                return super()._convert_operator(op_name, inputs, attrs, opset)
+                sym = own(self.bb, inputs, attrs, opset, node) if own is not None else None
+                if sym is None:
+                    sym = super()._convert_operator(op_name, inputs, attrs, opset)
+                elif isinstance(sym, relax.Expr):
+                    sym = self.bb.normalize(sym)
+                if (
+                    isinstance(sym, relax.Expr)
+                    and isinstance(sym.ty, relax.ShapeType)
+                    and node is not None
+                    and node.output[0] in self.graph_outputs
+                ):
+                    # a shape computed at import time (Shape, Size...) returned as a graph output
+                    sym = self.bb.normalize(relax.op.shape_to_tensor(sym))
+                return sym
             except TBNError:
                 raise
             except Exception as e:  # noqa: BLE001 - TVM raises many types; each becomes one line
@@ -64,26 +77,35 @@ def import_model(proto: onnx.ModelProto, loaded):
         keep_params_in_input=False,
         sanitize=True,
     )
+    importer.graph_outputs = frozenset(o.name for o in proto.graph.output)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-    with captured() as log:
+    error: TBNError | None = None
+    mod = None
+    with captured():
         try:
-            return importer.from_onnx(proto.graph, opset)
-        except TBNError:
-            raise
+            mod = importer.from_onnx(proto.graph, opset)
+        except TBNError as e:
+            error = TBNError(e.message, e.hint)
         except _NodeError as e:
             node = e.node
             what = (
                 f"{node.op_type} node '{_printable(node.name or (node.output[0] if node.output else '?'))}'"
             )
             msg = " ".join(f"{type(e.cause).__name__}: {e.cause}".split())
-            raise TBNError(
+            error = TBNError(
                 f"{loaded.source}: cannot convert {what}: {msg[:240]}",
                 hint="this use of the operator is not supported by tbn-tvm; change it in the exporter "
                 "or report it with the model",
-            ) from None
+            )
         except Exception as e:  # noqa: BLE001 - outside any node: assembling the function
             msg = " ".join(f"{type(e).__name__}: {e}".split())
-            raise TBNError(
+            error = TBNError(
                 f"{loaded.source}: the import failed: {msg[:240]}", hint="report it with the model"
-            ) from None
-    del log
+            )
+        # a failed import leaves TVM's BlockBuilder mid-function; it warns when destroyed, so
+        # drop every reference to it (the exception's frames included) inside the capture
+        importer = None
+        gc.collect()
+    if error is not None:
+        raise error
+    return mod

@@ -35,6 +35,12 @@ def build(mod, spec: TargetSpec):
     return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array of the same shape (0-d stays 0-d, unlike np.ascontiguousarray)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 class HostBackend:
     """Runs a host build through the Relax VM (only when the target matches this machine)."""
 
@@ -70,7 +76,7 @@ class HostBackend:
         import tvm
 
         vm = self._machine()
-        out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
+        out = vm["main"](*[tvm.runtime.tensor(_contiguous(a)) for a in arrays])
         outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
         return [o.numpy() for o in outs]
 
@@ -79,7 +85,7 @@ class HostBackend:
         import tvm
 
         vm = self._machine()
-        vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
+        vm.set_input("main", *[tvm.runtime.tensor(_contiguous(a)) for a in arrays])
         res = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=repeat)("main")
         return [float(r) for r in res.results]
 
