@@ -33,18 +33,6 @@ def _dtype(expr) -> str:
     return str(expr.ty.dtype)
 
 
-@converter("Relu")
-def relu(bb, inputs, attrs, opset, node):
-    """``y = x < 0 ? 0 : x``: NaN propagates as in onnxruntime (TVM's ``max(x, 0)`` gives 0)."""
-    from tvm import relax
-
-    x = inputs[0]
-    dt = _dtype(x)
-    if not dt.startswith("float"):
-        return None
-    return relax.op.where(relax.op.less(x, _const(0, dt)), _const(0, dt), x)
-
-
 @converter("IsInf")
 def is_inf(bb, inputs, attrs, opset, node):
     """Honours ``detect_negative`` / ``detect_positive`` (TVM ignores both)."""
@@ -91,3 +79,49 @@ def layer_norm(bb, inputs, attrs, opset, node):
     if bias is not None:
         y = relax.op.add(y, bias)
     return relax.Tuple([bb.emit(y), mean, inv])
+
+
+def _fold_binary(op, items):
+    acc = items[0]
+    for item in items[1:]:
+        acc = op(acc, item)
+    return acc
+
+
+@converter("Max")
+def maximum(bb, inputs, attrs, opset, node):
+    """Element-wise max of any number of inputs as ``relax.maximum`` (NaN kept, see
+    :mod:`tbn_tvm.passes.legalize`; TVM lowers it at import time with ``max``, losing NaN)."""
+    from tvm import relax
+
+    items = [i for i in inputs if i is not None]
+    return _fold_binary(relax.op.maximum, items) if len(items) > 1 else items[0]
+
+
+@converter("Min")
+def minimum(bb, inputs, attrs, opset, node):
+    """Element-wise min as ``relax.minimum`` (NaN kept, as :func:`maximum`)."""
+    from tvm import relax
+
+    items = [i for i in inputs if i is not None]
+    return _fold_binary(relax.op.minimum, items) if len(items) > 1 else items[0]
+
+
+@converter("Clip")
+def clip(bb, inputs, attrs, opset, node):
+    """``min(max(x, lo), hi)`` with NaN kept (onnxruntime's Clip propagates NaN)."""
+    from tvm import relax
+
+    x = inputs[0]
+    dt = _dtype(x)
+    if opset < 11:
+        lo = _const(float(attrs.get("min", -3.4028234663852886e38)), dt)
+        hi = _const(float(attrs.get("max", 3.4028234663852886e38)), dt)
+    else:
+        lo = inputs[1] if len(inputs) > 1 else None
+        hi = inputs[2] if len(inputs) > 2 else None
+    if lo is not None:
+        x = relax.op.maximum(x, lo)
+    if hi is not None:
+        x = relax.op.minimum(x, hi)
+    return x

@@ -27,10 +27,12 @@ def build(mod, spec: TargetSpec):
     import tvm
     from tvm import relax
 
+    from tbn_tvm.passes.legalize import Legalize
     from tbn_tvm.schedules.cpu import schedule_cpu
 
     target = spec.tvm()
     with target:
+        mod = Legalize()(mod)
         mod = schedule_cpu(mod, target)
     return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 

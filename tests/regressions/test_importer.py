@@ -156,3 +156,51 @@ def test_clean_errors(name, capfd):
         assert word in line, line
     out, errtxt = capfd.readouterr()
     assert out == "" and errtxt == "", "TVM's own output must not reach the user"
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN and infinities through Relu / Max / Min / Clip, as onnxruntime gives them
+# ---------------------------------------------------------------------------------------------
+X_SPECIAL = np.array([np.nan, -1, 2, -INF, INF, -0.0, 7], np.float32)
+
+
+def _unary(op, **attrs):
+    return reports.model([h.make_node(op, ["x"], ["y"], **attrs)], [("x", F, [7])], [("y", F, [7])])
+
+
+NAN_CASES = {
+    "relu": lambda: _unary("Relu"),
+    "clip_0_6": lambda: reports.model(
+        [h.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+        [("x", F, [7])],
+        [("y", F, [7])],
+        [("lo", np.array(0, np.float32)), ("hi", np.array(6, np.float32))],
+    ),
+    "max_with_constant": lambda: reports.model(
+        [h.make_node("Max", ["x", "c"], ["y"])],
+        [("x", F, [7])],
+        [("y", F, [7])],
+        [("c", np.ones(1, np.float32))],
+    ),
+    "min_with_constant": lambda: reports.model(
+        [h.make_node("Min", ["x", "c"], ["y"])],
+        [("x", F, [7])],
+        [("y", F, [7])],
+        [("c", np.ones(1, np.float32))],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAN_CASES))
+def test_nan_and_inf_like_onnxruntime_host(name):
+    m = NAN_CASES[name]()
+    expected = reports.ort(m, {"x": X_SPECIAL})[0]
+    np.testing.assert_array_equal(tbn_tvm.compile(m, "llvm").run(X_SPECIAL), expected)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", ["relu", "clip_0_6"])
+def test_nan_and_inf_like_onnxruntime_cortex_m4(name):
+    m = NAN_CASES[name]()
+    expected = reports.ort(m, {"x": X_SPECIAL})[0]
+    np.testing.assert_array_equal(tbn_tvm.compile(m, "cortex-m4").run(X_SPECIAL), expected)

@@ -62,9 +62,11 @@ def fuse(mod):
     import tvm
     from tvm import relax
 
+    from tbn_tvm.passes.legalize import Legalize
+
     seq = tvm.transform.Sequential(
         [
-            relax.transform.LegalizeOps(),
+            Legalize(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
