@@ -94,7 +94,8 @@ def write_library(
     for i, step in enumerate(graph.steps):
         for a in step.args[:-1]:
             last_use[graph.root(a)] = i
-        first_def.setdefault(graph.root(step.out), i)
+        for o in step.outs:
+            first_def.setdefault(graph.root(o), i)
     if out_name == graph.root(inp.name):
         raise TBNError("the model's output is its input; nothing to compile")
     intervals = []

@@ -39,8 +39,8 @@ class Value:
 @dataclass
 class Step:
     kernel: str
-    args: list[str]  # value names, inputs first then the output
-    out: str
+    args: list[str]  # value names, inputs first then the outputs
+    outs: list[str]  # the values the kernel writes (several for a fused kernel with a tuple result)
 
 
 @dataclass
@@ -127,13 +127,24 @@ def extract(mod) -> LoweredGraph:
             ):
                 gv = expr.args[0]
                 args = [value_of(a) for a in expr.args[1].fields]
-                shape, dtype = ty_of(var)
-                values[name] = Value(name, "tensor", shape, dtype)
                 prim = mod[gv]
                 if not isinstance(prim, tirx.PrimFunc):
                     raise TBNError(f"the C back end expected a TIR kernel, got {gv.name_hint}")
                 kernels[gv.name_hint] = prim
-                steps.append(Step(gv.name_hint, [*args, name], name))
+                if isinstance(var.ty, relax.TupleType):  # a fused kernel with several outputs
+                    outs = []
+                    for k, field_ty in enumerate(var.ty.fields):
+                        out_name = f"{name}_{k}"
+                        values[out_name] = Value(
+                            out_name, "tensor", tuple(int(d) for d in field_ty.shape), str(field_ty.dtype)
+                        )
+                        outs.append(out_name)
+                    steps.append(Step(gv.name_hint, [*args, *outs], outs))
+                    var_names[var] = "(" + ",".join(outs) + ")"
+                    continue
+                shape, dtype = ty_of(var)
+                values[name] = Value(name, "tensor", shape, dtype)
+                steps.append(Step(gv.name_hint, [*args, name], [name]))
             elif (
                 isinstance(expr, tvm.ir.Call)
                 and isinstance(expr.op, tvm.ir.Op)
@@ -151,6 +162,12 @@ def extract(mod) -> LoweredGraph:
                 )
             elif isinstance(expr, relax.Tuple):
                 var_names[var] = "(" + ",".join(value_of(f) for f in expr.fields) + ")"
+                continue
+            elif isinstance(expr, relax.TupleGetItem):
+                fields = value_of(expr.tuple_value)
+                if not fields.startswith("("):
+                    raise TBNError("the C back end found a tuple it cannot follow in the graph")
+                var_names[var] = fields[1:-1].split(",")[int(expr.index)]
                 continue
             elif isinstance(expr, relax.Var | tvm.ir.GenericConst):
                 var_names[var] = value_of(expr)
@@ -191,14 +208,26 @@ def kernels_to_c(kernels: dict[str, object], schedule: bool = True) -> KernelSou
     import tvm
 
     from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
+    from tbn_tvm.targets.clib import intrin
 
+    intrin.register()
     funcs = {}
     for name, prim in kernels.items():
         f = schedule_prim_mcu(prim) if schedule else prim
         funcs[name] = f.with_attr("global_symbol", name)
     mod = tvm.IRModule(funcs)
-    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
-        rt = tvm.tirx.build(mod, target=tvm.target.Target("c"))
+    from tbn_tvm.errors import TBNError
+    from tbn_tvm.quiet import captured
+
+    with captured(), tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+        try:
+            rt = tvm.tirx.build(mod, target=tvm.target.Target("c"))
+        except Exception as e:  # noqa: BLE001 - an op TVM's C code generator cannot emit
+            msg = " ".join(str(e).split())
+            raise TBNError(
+                f"the C code generator cannot emit the kernels ({msg[-200:]})",
+                hint="this operator is not supported on Cortex-M; it builds for llvm",
+            ) from None
     code = rt.inspect_source()
     code = _INCLUDE.sub("", code)
     code = code.replace("#define TVM_EXPORTS\n", f'#include "{ABI_HEADER}"\n', 1)
