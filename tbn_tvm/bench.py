@@ -127,35 +127,81 @@ class Case:
 def suite(models: ModuleType, settings: Settings) -> list[Case]:
     """The models of issue 4 (full run), or scaled-down versions of them (``--quick``)."""
     b = settings.batches
-    cases = [Case("authors_mnist_mlp", "authors' MNIST MLP 784-128-10, fc1 tiled p=4",
-                  models.authors_mlp, "authors_mlp", b, generator="models.authors_mlp(batch)", short="MNIST MLP")]
+    cases = [
+        Case(
+            "authors_mnist_mlp",
+            "authors' MNIST MLP 784-128-10, fc1 tiled p=4",
+            models.authors_mlp,
+            "authors_mlp",
+            b,
+            generator="models.authors_mlp(batch)",
+            short="MNIST MLP",
+        )
+    ]
     if settings.quick:
         w = 256
-        cases.append(Case("wide_mlp_p8", f"MLP {w}-{w}-{w}-10, hidden layers tiled p=8 (quick size)",
-                          lambda n: models.wide_mlp(8, n, width=w), "wide_mlp", (1,), cortex_m=False,
-                          generator=f"models.wide_mlp(p=8, batch, width={w})", short=f"MLP{w} p8"))
-        cases.append(Case("tiled_resnet", "ResNet-style CNN 3x8x8, 2 blocks (quick size)",
-                          lambda n: models.tiled_resnet(n, image=8, stem=8, stages=((8, 1, 4), (16, 2, 8))),
-                          "tiled_resnet", (1,), cortex_m=False, short="ResNet CNN",
-                          generator="models.tiled_resnet(batch, image=8, stem=8, stages=((8,1,4),(16,2,8)))"))
+        cases.append(
+            Case(
+                "wide_mlp_p8",
+                f"MLP {w}-{w}-{w}-10, hidden layers tiled p=8 (quick size)",
+                lambda n: models.wide_mlp(8, n, width=w),
+                "wide_mlp",
+                (1,),
+                cortex_m=False,
+                generator=f"models.wide_mlp(p=8, batch, width={w})",
+                short=f"MLP{w} p8",
+            )
+        )
+        cases.append(
+            Case(
+                "tiled_resnet",
+                "ResNet-style CNN 3x8x8, 2 blocks (quick size)",
+                lambda n: models.tiled_resnet(n, image=8, stem=8, stages=((8, 1, 4), (16, 2, 8))),
+                "tiled_resnet",
+                (1,),
+                cortex_m=False,
+                short="ResNet CNN",
+                generator="models.tiled_resnet(batch, image=8, stem=8, stages=((8,1,4),(16,2,8)))",
+            )
+        )
         return cases
     for p in (4, 8):
-        cases.append(Case(f"wide_mlp_p{p}", f"MLP 4096-4096-4096-10, hidden layers tiled p={p}",
-                          lambda n, p=p: models.wide_mlp(p, n), "wide_mlp", b,
-                          generator=f"models.wide_mlp(p={p}, batch)", short=f"MLP4096 p{p}"))
-    cases.append(Case("tiled_resnet", "ResNet-style CNN 3x32x32, 3 residual blocks (p=4,4,8)",
-                      models.tiled_resnet, "tiled_resnet", b, generator="models.tiled_resnet(batch)",
-                      short="ResNet CNN"))
+        cases.append(
+            Case(
+                f"wide_mlp_p{p}",
+                f"MLP 4096-4096-4096-10, hidden layers tiled p={p}",
+                lambda n, p=p: models.wide_mlp(p, n),
+                "wide_mlp",
+                b,
+                generator=f"models.wide_mlp(p={p}, batch)",
+                short=f"MLP4096 p{p}",
+            )
+        )
+    cases.append(
+        Case(
+            "tiled_resnet",
+            "ResNet-style CNN 3x32x32, 3 residual blocks (p=4,4,8)",
+            models.tiled_resnet,
+            "tiled_resnet",
+            b,
+            generator="models.tiled_resnet(batch)",
+            short="ResNet CNN",
+        )
+    )
     return cases
 
 
 def load_models(path: str | os.PathLike | None = None) -> ModuleType:
     """The ONNX generators: ``path``, else ``benchmarks/models.py`` of the working directory or
     of the checkout this package runs from."""
-    candidates = [Path(path)] if path else [
-        Path.cwd() / "benchmarks" / "models.py",
-        Path(__file__).resolve().parents[1] / "benchmarks" / "models.py",
-    ]
+    candidates = (
+        [Path(path)]
+        if path
+        else [
+            Path.cwd() / "benchmarks" / "models.py",
+            Path(__file__).resolve().parents[1] / "benchmarks" / "models.py",
+        ]
+    )
     for cand in candidates:
         if cand.is_file():
             spec = importlib.util.spec_from_file_location("tbn_bench_models", cand)
@@ -163,13 +209,17 @@ def load_models(path: str | os.PathLike | None = None) -> ModuleType:
             try:
                 spec.loader.exec_module(module)
             except Exception as e:
-                raise TBNError(f"{cand}: cannot load the benchmark models ({type(e).__name__}: {e})") from None
+                raise TBNError(
+                    f"{cand}: cannot load the benchmark models ({type(e).__name__}: {e})"
+                ) from None
             module.__bench_path__ = cand
             return module
     if path:
         raise TBNError(f"{path}: no such file", hint="pass the benchmarks/models.py of a tbn-tvm checkout")
-    raise TBNError("the benchmark models (benchmarks/models.py) are not here",
-                   hint="run from a tbn-tvm source checkout, or pass --models PATH")
+    raise TBNError(
+        "the benchmark models (benchmarks/models.py) are not here",
+        hint="run from a tbn-tvm source checkout, or pass --models PATH",
+    )
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -236,7 +286,9 @@ def machine() -> dict:
             info["cpu_model"] = value.strip()
         if key.strip() == "flags" and "simd" not in info:
             flags = set(value.split())
-            info["simd"] = [f for f in ("avx512f", "avx512bw", "avx512vl", "avx2", "fma", "neon") if f in flags]
+            info["simd"] = [
+                f for f in ("avx512f", "avx512bw", "avx512vl", "avx2", "fma", "neon") if f in flags
+            ]
     info.setdefault("cpu_model", platform.processor() or "unknown")
     info["logical_cpus"] = os.cpu_count()
     info["usable_cpus"] = _usable_cpus()
@@ -265,8 +317,11 @@ def _git_revision(where: Path) -> str | None:
     rev = _first_line(["git", "-C", str(where), "rev-parse", "--short", "HEAD"])
     if not rev or " " in rev:
         return None
-    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return rev + ("+local changes" if dirty else "")
 
 
@@ -291,8 +346,12 @@ def _ort_timer(sess, feed: dict) -> Timer:
     return timer
 
 
-def measure(timers: dict[str, Timer], first_calls: dict[str, float], settings: Settings,
-            log: Callable[[str], None] = lambda msg: None) -> dict[str, dict]:
+def measure(
+    timers: dict[str, Timer],
+    first_calls: dict[str, float],
+    settings: Settings,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict[str, dict]:
     """Time every variant: ``rounds`` rounds of ``number`` calls each, spread over ``passes``
     passes through the variants (so that load from other work on the machine, which comes and
     goes, meets every variant alike).  Variants run one after the other, each after a pause of
@@ -308,7 +367,9 @@ def measure(timers: dict[str, Timer], first_calls: dict[str, float], settings: S
                 time.sleep(settings.settle_s)
                 est = max(_estimate(timer, first_calls[name]), 1e-7)  # also the warm-up
                 number = max(1, math.ceil(settings.round_s / est))
-                rounds = int(min(settings.rounds, max(settings.min_rounds, settings.budget_s // (number * est))))
+                rounds = int(
+                    min(settings.rounds, max(settings.min_rounds, settings.budget_s // (number * est)))
+                )
                 slow = number == 1 and est >= 1.0
                 plans[name] = (number, rounds, est, slow)
                 log(f"timing {name}: {rounds} rounds x {number} calls of ~{est * 1e3:.3g} ms")
@@ -389,8 +450,11 @@ def run_host(case: Case, batch: int, models: ModuleType, settings: Settings, thr
         first[name] = time.perf_counter() - t0
         err = rel_err(y, ref)
         rep = cm.report()
-        row["variants"][name] = {"compile_s": round(compile_s, 2), "rel_err_vs_onnxruntime": err,
-                                 "weight_bytes_in_build": rep["total"]["built_constant_bytes"]}
+        row["variants"][name] = {
+            "compile_s": round(compile_s, 2),
+            "rel_err_vs_onnxruntime": err,
+            "weight_bytes_in_build": rep["total"]["built_constant_bytes"],
+        }
         if name == TBN:
             spec = getattr(cm.backend, "spec", None)
             row["target"] = ", ".join(f"{k}={v}" for k, v in (spec.tvm_target if spec else {}).items())
@@ -405,8 +469,10 @@ def run_host(case: Case, batch: int, models: ModuleType, settings: Settings, thr
     for name in order:
         row["variants"][name].update(timed[name])
         t = timed[name]
-        log(f"{label}: {name} median {t['median_s'] * 1e3:.4g} ms per call "
-            f"({t['rounds']} rounds x {t['number']} calls)")
+        log(
+            f"{label}: {name} median {t['median_s'] * 1e3:.4g} ms per call "
+            f"({t['rounds']} rounds x {t['number']} calls)"
+        )
     tbn = row["variants"][TBN]["median_s"]
     row["speedup"] = {f"vs_{n}": row["variants"][n]["median_s"] / tbn for n in order if n != TBN}
     best = row["variants"][TBN]["min_s"]
@@ -423,7 +489,9 @@ def _board():
     return get_board("cortex-m4")
 
 
-def _mcu_build(model, compress: bool, samples: np.ndarray, log: _Log, label: str) -> tuple[dict, np.ndarray | None]:
+def _mcu_build(
+    model, compress: bool, samples: np.ndarray, log: _Log, label: str
+) -> tuple[dict, np.ndarray | None]:
     """Compile for cortex-m4, run ``samples`` (``[N, *input_shape]``) on QEMU counting
     instructions.  Returns the figures and the outputs (``None`` when the build failed)."""
     import tbn_tvm
@@ -456,8 +524,10 @@ def _mcu_build(model, compress: bool, samples: np.ndarray, log: _Log, label: str
         "qemu_s": round(stats["seconds"], 2),
     }
     ins = fig["instructions_per_inference"]
-    log(f"{label}: {ins:,.0f} instructions per inference, flash {fig['flash_bytes']:,} B, RAM "
-        f"{fig['ram_bytes']:,} B ({len(samples)} samples, {stats['seconds']:.1f} s on QEMU)")
+    log(
+        f"{label}: {ins:,.0f} instructions per inference, flash {fig['flash_bytes']:,} B, RAM "
+        f"{fig['ram_bytes']:,} B ({len(samples)} samples, {stats['seconds']:.1f} s on QEMU)"
+    )
     return fig, np.asarray(y).reshape(len(samples), -1)
 
 
@@ -501,8 +571,10 @@ def run_cortex_m(case: Case, models: ModuleType, settings: Settings, threads: in
     # the dense build by the same path, where its fp32 weights can fit the board's flash
     fp32_bytes = int(sum(4 * int(np.prod(t.dims)) for t in model.graph.initializer))
     if fp32_bytes > board.flash_bytes:
-        reason = (f"does not fit: {fp32_bytes:,} bytes of fp32 weights > {board.flash_bytes:,} bytes of flash "
-                  f"on {board.name} (not attempted)")
+        reason = (
+            f"does not fit: {fp32_bytes:,} bytes of fp32 weights > {board.flash_bytes:,} bytes of flash "
+            f"on {board.name} (not attempted)"
+        )
         log(f"cortex-m4 {case.key} {TVM_FP32}: {reason}")
         out["builds"][TVM_FP32] = {"status": "does not fit", "reason": reason}
     else:
@@ -514,7 +586,9 @@ def run_cortex_m(case: Case, models: ModuleType, settings: Settings, threads: in
         out["builds"][TVM_FP32] = fig
     tbn, dense = out["builds"][TBN], out["builds"][TVM_FP32]
     if tbn.get("status") == "ok" and dense.get("status") == "ok":
-        out["fewer_instructions_than_dense"] = dense["instructions_per_inference"] / tbn["instructions_per_inference"]
+        out["fewer_instructions_than_dense"] = (
+            dense["instructions_per_inference"] / tbn["instructions_per_inference"]
+        )
         out["smaller_flash_than_dense"] = dense["flash_bytes"] / tbn["flash_bytes"]
     if mnist and tbn.get("status") == "ok":
         out["authors_instructions_per_inference"] = AUTHORS_INSTRUCTIONS
@@ -532,33 +606,68 @@ def acceptance(report: dict) -> list[dict]:
     if mcu and mcu["builds"][TBN].get("status") == "ok":
         b = mcu["builds"][TBN]
         mn = mcu.get("mnist", {})
-        items.append({"criterion": "MNIST MLP on QEMU Cortex-M4: instructions per inference",
-                      "required": f"<= {ACCEPT_MCU_INSTRUCTIONS:,}", "measured": b["instructions_per_inference"],
-                      "pass": b["instructions_per_inference"] <= ACCEPT_MCU_INSTRUCTIONS})
+        items.append(
+            {
+                "criterion": "MNIST MLP on QEMU Cortex-M4: instructions per inference",
+                "required": f"<= {ACCEPT_MCU_INSTRUCTIONS:,}",
+                "measured": b["instructions_per_inference"],
+                "pass": b["instructions_per_inference"] <= ACCEPT_MCU_INSTRUCTIONS,
+            }
+        )
         n = mn.get("images", 0)
-        same = min(mn.get("predictions_equal_numpy_reference", -1), mn.get("predictions_equal_onnxruntime", -1))
-        items.append({"criterion": "MNIST MLP on QEMU Cortex-M4: same predictions on the 10,000 test images "
-                                   "(as the numpy reference and onnxruntime)",
-                      "required": "10,000 of 10,000", "measured": f"{same:,} of {n:,}",
-                      "pass": n == 10_000 and same == n})
-        items.append({"criterion": "MNIST MLP on QEMU Cortex-M4: weight bytes in flash",
-                      "required": f"<= {ACCEPT_MCU_WEIGHT_BYTES:,}", "measured": b["weight_bytes"],
-                      "pass": b["weight_bytes"] <= ACCEPT_MCU_WEIGHT_BYTES})
+        same = min(
+            mn.get("predictions_equal_numpy_reference", -1), mn.get("predictions_equal_onnxruntime", -1)
+        )
+        items.append(
+            {
+                "criterion": "MNIST MLP on QEMU Cortex-M4: same predictions on the 10,000 test images "
+                "(as the numpy reference and onnxruntime)",
+                "required": "10,000 of 10,000",
+                "measured": f"{same:,} of {n:,}",
+                "pass": n == 10_000 and same == n,
+            }
+        )
+        items.append(
+            {
+                "criterion": "MNIST MLP on QEMU Cortex-M4: weight bytes in flash",
+                "required": f"<= {ACCEPT_MCU_WEIGHT_BYTES:,}",
+                "measured": b["weight_bytes"],
+                "pass": b["weight_bytes"] <= ACCEPT_MCU_WEIGHT_BYTES,
+            }
+        )
     host = next((r for r in report["host"] if r["model"] == "wide_mlp_p8" and r["batch"] == 1), None)
     if host:
         sp, v = host["speedup"], host["variants"]
-        items.append({"criterion": "host batch 1, MLP p=8: speed-up over onnxruntime fp32",
-                      "required": f">= {ACCEPT_HOST_VS_ORT:g}x", "measured": sp[f"vs_{ORT}"],
-                      "pass": sp[f"vs_{ORT}"] >= ACCEPT_HOST_VS_ORT})
-        items.append({"criterion": "host batch 1, MLP p=8: speed-up over TVM's fp32 build",
-                      "required": f">= {ACCEPT_HOST_VS_TVM:g}x", "measured": sp[f"vs_{TVM_FP32}"],
-                      "pass": sp[f"vs_{TVM_FP32}"] >= ACCEPT_HOST_VS_TVM})
+        items.append(
+            {
+                "criterion": "host batch 1, MLP p=8: speed-up over onnxruntime fp32",
+                "required": f">= {ACCEPT_HOST_VS_ORT:g}x",
+                "measured": sp[f"vs_{ORT}"],
+                "pass": sp[f"vs_{ORT}"] >= ACCEPT_HOST_VS_ORT,
+            }
+        )
+        items.append(
+            {
+                "criterion": "host batch 1, MLP p=8: speed-up over TVM's fp32 build",
+                "required": f">= {ACCEPT_HOST_VS_TVM:g}x",
+                "measured": sp[f"vs_{TVM_FP32}"],
+                "pass": sp[f"vs_{TVM_FP32}"] >= ACCEPT_HOST_VS_TVM,
+            }
+        )
         err = v[TBN]["rel_err_vs_onnxruntime"]
-        items.append({"criterion": "host batch 1, MLP p=8: max relative error of the outputs vs onnxruntime",
-                      "required": f"<= {ACCEPT_REL_ERR:g}", "measured": err, "pass": err <= ACCEPT_REL_ERR})
+        items.append(
+            {
+                "criterion": "host batch 1, MLP p=8: max relative error of the outputs vs onnxruntime",
+                "required": f"<= {ACCEPT_REL_ERR:g}",
+                "measured": err,
+                "pass": err <= ACCEPT_REL_ERR,
+            }
+        )
     if report["meta"]["quick"]:
         for item in items:
-            item["note"] = "quick mode: scaled-down models and sample counts, not the acceptance configuration"
+            item["note"] = (
+                "quick mode: scaled-down models and sample counts, not the acceptance configuration"
+            )
     return items
 
 
@@ -595,13 +704,21 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     if meta["quick"]:
-        lines += ["> Quick mode: scaled-down models, few rounds, few samples. A smoke test of the suite; "
-                  "its numbers are not the benchmark.", ""]
+        lines += [
+            "> Quick mode: scaled-down models, few rounds, few samples. A smoke test of the suite; "
+            "its numbers are not the benchmark.",
+            "",
+        ]
     acc = report["acceptance"]
     if acc:
-        lines += ["## Acceptance figures of issue 4", "",
-                  f"Produced by `{cmd}`; checked here against the issue's thresholds (not a CI test).", "",
-                  "| criterion | required | measured | met |", "|---|---|---|---|"]
+        lines += [
+            "## Acceptance figures of issue 4",
+            "",
+            f"Produced by `{cmd}`; checked here against the issue's thresholds (not a CI test).",
+            "",
+            "| criterion | required | measured | met |",
+            "|---|---|---|---|",
+        ]
         for a in acc:
             m = a["measured"]
             if isinstance(m, float) and a["criterion"].endswith("error of the outputs vs onnxruntime"):
@@ -612,7 +729,9 @@ def render_markdown(report: dict) -> str:
                 shown = _int(m)
             else:
                 shown = str(m)
-            lines.append(f"| {a['criterion']} | {a['required']} | {shown} | {'yes' if a['pass'] else '**no**'} |")
+            lines.append(
+                f"| {a['criterion']} | {a['required']} | {shown} | {'yes' if a['pass'] else '**no**'} |"
+            )
         lines.append("")
 
     # ---------------------------------------------------------------- host
@@ -621,7 +740,7 @@ def render_markdown(report: dict) -> str:
         "## Host CPU: time per inference",
         "",
         f"Produced by `{cmd}`. Median milliseconds per call over rounds (rounds × calls per round in "
-        "the JSON); speed-ups are ratios of the medians. tbn-tvm: `tbn_tvm.compile(model, \"llvm\")`; "
+        'the JSON); speed-ups are ratios of the medians. tbn-tvm: `tbn_tvm.compile(model, "llvm")`; '
         "no row reuse: `reuse_rows=False` (compact weights, every output row computed; batch "
         f"{', '.join(map(str, report['settings']['ablation_batches']))} only); TVM fp32: `compress=False` "
         "(TVM's own build of the dense model, same Relax pipeline, default schedules, untuned); "
@@ -641,34 +760,50 @@ def render_markdown(report: dict) -> str:
         def med(name, v=v):
             return _ms(v[name]["median_s"]) if name in v else "–"
 
-        errs = " / ".join(f"{v[n]['rel_err_vs_onnxruntime']:.1e}" if n in v else "–"
-                          for n in (TBN, TBN_NO_REUSE, TVM_FP32))
+        errs = " / ".join(
+            f"{v[n]['rel_err_vs_onnxruntime']:.1e}" if n in v else "–" for n in (TBN, TBN_NO_REUSE, TVM_FP32)
+        )
         lines.append(
             f"| {titles[r['model']]} | {r['batch']} | {med(TBN)} | {med(TBN_NO_REUSE)} | {med(TVM_FP32)} | "
-            f"{med(ORT)} | {_ratio(sp.get(f'vs_{ORT}'))} | {_ratio(sp.get(f'vs_{TVM_FP32}'))} | {errs} |")
-    lines += ["", "Max rel. err = max |y − y_onnxruntime| / max |y_onnxruntime| over the batch's outputs.", "",
-              "The same speed-ups from each variant's fastest round (less sensitive to load from other work, "
-              "more to luck):", "",
-              "| model | batch | × vs onnxruntime | × vs TVM fp32 | × vs no row reuse |", "|---|---:|---:|---:|---:|"]
+            f"{med(ORT)} | {_ratio(sp.get(f'vs_{ORT}'))} | {_ratio(sp.get(f'vs_{TVM_FP32}'))} | {errs} |"
+        )
+    lines += [
+        "",
+        "Max rel. err = max |y − y_onnxruntime| / max |y_onnxruntime| over the batch's outputs.",
+        "",
+        "The same speed-ups from each variant's fastest round (less sensitive to load from other work, "
+        "more to luck):",
+        "",
+        "| model | batch | × vs onnxruntime | × vs TVM fp32 | × vs no row reuse |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in report["host"]:
         b = r.get("speedup_fastest_rounds", {})
-        lines.append(f"| {titles[r['model']]} | {r['batch']} | {_ratio(b.get(f'vs_{ORT}'))} | "
-                     f"{_ratio(b.get(f'vs_{TVM_FP32}'))} | {_ratio(b.get(f'vs_{TBN_NO_REUSE}'))} |")
-    lines += ["",
-              "TVM fp32 is TVM's build of the dense model with the loop nests Relax's default pipeline gives "
-              "(no MetaSchedule tuning, no hand schedule), as `tbn_tvm.compile(..., compress=False)` makes it; "
-              "the ratio against it compares the same compiler path with and without the compact weights, not "
-              "tbn-tvm against a tuned TVM. The no-row-reuse kernels keep TVM's default loop nest as well "
-              "(only the row-reuse kernels have a hand schedule).",
-              "", "![speed-ups](speedup.png)", ""]
+        lines.append(
+            f"| {titles[r['model']]} | {r['batch']} | {_ratio(b.get(f'vs_{ORT}'))} | "
+            f"{_ratio(b.get(f'vs_{TVM_FP32}'))} | {_ratio(b.get(f'vs_{TBN_NO_REUSE}'))} |"
+        )
+    lines += [
+        "",
+        "TVM fp32 is TVM's build of the dense model with the loop nests Relax's default pipeline gives "
+        "(no MetaSchedule tuning, no hand schedule), as `tbn_tvm.compile(..., compress=False)` makes it; "
+        "the ratio against it compares the same compiler path with and without the compact weights, not "
+        "tbn-tvm against a tuned TVM. The no-row-reuse kernels keep TVM's default loop nest as well "
+        "(only the row-reuse kernels have a hand schedule).",
+        "",
+        "![speed-ups](speedup.png)",
+        "",
+    ]
 
     # ---------------------------------------------------------------- cortex-m
     if report["cortex_m"]:
-        first = next((b for r in report["cortex_m"] for b in r["builds"].values() if b.get("status") == "ok"), {})
+        first = next(
+            (b for r in report["cortex_m"] for b in r["builds"].values() if b.get("status") == "ok"), {}
+        )
         lines += [
             "## Cortex-M4 on QEMU: instructions per inference, flash and RAM",
             "",
-            f"Produced by `{cmd}`: `tbn_tvm.compile(model, \"cortex-m4\"[, compress=False])`, "
+            f'Produced by `{cmd}`: `tbn_tvm.compile(model, "cortex-m4"[, compress=False])`, '
             f"`backend.configure(count_instructions=True)`, `run(x)` on QEMU "
             f"`{first.get('qemu_machine', '?')}` (board `{first.get('board', '?')}`); QEMU counts executed "
             "instructions exactly (not cycles). Flash and RAM are the firmware's (RAM includes the stack); "
@@ -685,27 +820,35 @@ def render_markdown(report: dict) -> str:
                     continue
                 title = "tbn-tvm" if name == TBN else "dense fp32, same path (`compress=False`)"
                 if b.get("status") != "ok":
-                    lines.append(f"| {titles[r['model']]} | {title} | {b.get('reason', b.get('status'))} "
-                                 "| – | – | – | – | – |")
+                    lines.append(
+                        f"| {titles[r['model']]} | {title} | {b.get('reason', b.get('status'))} "
+                        "| – | – | – | – | – |"
+                    )
                     continue
                 lines.append(
                     f"| {titles[r['model']]} | {title} | {_int(b['instructions_per_inference'])} | "
                     f"{_int(b['flash_bytes'])} | {_int(b['ram_bytes'])} | {_int(b['weight_bytes'])} | "
-                    f"{b['samples']:,} | {b.get('rel_err_vs_onnxruntime', float('nan')):.1e} |")
+                    f"{b['samples']:,} | {b.get('rel_err_vs_onnxruntime', float('nan')):.1e} |"
+                )
             if "authors_instructions_per_inference" in r:
                 lines.append(
                     f"| {titles[r['model']]} | the authors' float C loop (their figure from issue 4; gcc 12 -O2, "
-                    f"QEMU M4; not run here) | {r['authors_instructions_per_inference']:,} | – | – | – | – | – |")
+                    f"QEMU M4; not run here) | {r['authors_instructions_per_inference']:,} | – | – | – | – | – |"
+                )
         lines.append("")
         ratios = []
         for r in report["cortex_m"]:
             if "fewer_instructions_than_dense" in r:
-                ratios.append(f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_dense'])} fewer "
-                              f"instructions and {_ratio(r['smaller_flash_than_dense'])} less flash than the "
-                              "dense build")
+                ratios.append(
+                    f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_dense'])} fewer "
+                    f"instructions and {_ratio(r['smaller_flash_than_dense'])} less flash than the "
+                    "dense build"
+                )
             if "fewer_instructions_than_authors" in r:
-                ratios.append(f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_authors'])} fewer "
-                              "instructions than the authors' figure")
+                ratios.append(
+                    f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_authors'])} fewer "
+                    "instructions than the authors' figure"
+                )
         lines += [f"- {s}" for s in ratios]
         mn = next((r["mnist"] for r in report["cortex_m"] if "mnist" in r), None)
         if mn:
@@ -721,22 +864,34 @@ def render_markdown(report: dict) -> str:
         lines += ["## Cortex-M4 on QEMU", "", "Not measured in this run (`--skip-cortex-m`).", ""]
 
     # ---------------------------------------------------------------- models
-    lines += ["## Models", "",
-              "Generated deterministically by `benchmarks/models.py` (fixed seeds); the batch dimension is "
-              "fixed in each file. Weights as exporters write them: dense float32, Gemm `transB=1`, "
-              "BatchNorm folded into the convs. Formats as the compiler detects them (`tbn-tvm inspect`).", "",
-              "| model | generator | input (batch 1) | parameters | fp32 weight bytes | compact weight bytes "
-              "| smaller | layers |",
-              "|---|---|---|---:|---:|---:|---:|---|"]
+    lines += [
+        "## Models",
+        "",
+        "Generated deterministically by `benchmarks/models.py` (fixed seeds); the batch dimension is "
+        "fixed in each file. Weights as exporters write them: dense float32, Gemm `transB=1`, "
+        "BatchNorm folded into the convs. Formats as the compiler detects them (`tbn-tvm inspect`).",
+        "",
+        "| model | generator | input (batch 1) | parameters | fp32 weight bytes | compact weight bytes "
+        "| smaller | layers |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
     for m in report["models"]:
         layer_s = "; ".join(
             f"{la['name']} {'x'.join(map(str, la['weight_shape']))} "
-            f"{la['format'] + (' p=' + str(la['p']) if la['format'] == 'tiled' else '')}" for la in m["layers"])
-        lines.append(f"| {m['title']} | `{m['generator']}` | {'x'.join(map(str, m['input_shape']))} | "
-                     f"{m['parameters']:,} | {m['fp32_bytes']:,} | {m['weight_bytes']:,} | "
-                     f"{_ratio(m['compression'])} | {layer_s} |")
-    lines += ["", "Compact weight bytes: tiles and scales of the weighted layers as `tbn-tvm inspect` counts "
-              "them (biases excluded; the Cortex-M table's weight bytes include them).", ""]
+            f"{la['format'] + (' p=' + str(la['p']) if la['format'] == 'tiled' else '')}"
+            for la in m["layers"]
+        )
+        lines.append(
+            f"| {m['title']} | `{m['generator']}` | {'x'.join(map(str, m['input_shape']))} | "
+            f"{m['parameters']:,} | {m['fp32_bytes']:,} | {m['weight_bytes']:,} | "
+            f"{_ratio(m['compression'])} | {layer_s} |"
+        )
+    lines += [
+        "",
+        "Compact weight bytes: tiles and scales of the weighted layers as `tbn-tvm inspect` counts "
+        "them (biases excluded; the Cortex-M table's weight bytes include them).",
+        "",
+    ]
 
     # ---------------------------------------------------------------- method, machine
     s = report["settings"]
@@ -783,13 +938,24 @@ def plot(report: dict, path: Path) -> None:
 
     titles = {m["key"]: m["short"] for m in report["models"]}
     host = report["host"]
-    mcu = [r for r in report["cortex_m"] if "fewer_instructions_than_dense" in r
-           or "fewer_instructions_than_authors" in r]
-    fig, axes = plt.subplots(1, 2 if mcu else 1, figsize=(13 if mcu else 9, 4.8),
-                             gridspec_kw={"width_ratios": [3, 1]} if mcu else None, squeeze=False)
+    mcu = [
+        r
+        for r in report["cortex_m"]
+        if "fewer_instructions_than_dense" in r or "fewer_instructions_than_authors" in r
+    ]
+    fig, axes = plt.subplots(
+        1,
+        2 if mcu else 1,
+        figsize=(13 if mcu else 9, 4.8),
+        gridspec_kw={"width_ratios": [3, 1]} if mcu else None,
+        squeeze=False,
+    )
     ax = axes[0][0]
     labels = [f"{titles[r['model']]}\nbatch {r['batch']}" for r in host]
-    series = [(f"vs {VARIANT_TITLES[ORT]}", f"vs_{ORT}"), (f"vs {VARIANT_TITLES[TVM_FP32]}", f"vs_{TVM_FP32}")]
+    series = [
+        (f"vs {VARIANT_TITLES[ORT]}", f"vs_{ORT}"),
+        (f"vs {VARIANT_TITLES[TVM_FP32]}", f"vs_{TVM_FP32}"),
+    ]
     width = 0.8 / len(series)
     xs = np.arange(len(host))
     for i, (name, key) in enumerate(series):
@@ -817,8 +983,13 @@ def plot(report: dict, path: Path) -> None:
         ax2.set_xticks(np.arange(len(vals)), names, fontsize=8)
         ax2.set_title("Cortex-M4 (QEMU): fewer instructions")
         ax2.set_ylabel("instructions ratio")
-        ax2.text(0.0, -0.22, "* authors' 2.645 M from issue 4 (not measured here)", transform=ax2.transAxes,
-                 fontsize=7)
+        ax2.text(
+            0.0,
+            -0.22,
+            "* authors' 2.645 M from issue 4 (not measured here)",
+            transform=ax2.transAxes,
+            fontsize=7,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -828,8 +999,9 @@ def plot(report: dict, path: Path) -> None:
 def _check_dependencies(skip_cortex_m: bool) -> None:
     for mod, why in (("onnxruntime", "the baseline"), ("matplotlib", "the plot")):
         if importlib.util.find_spec(mod) is None:
-            raise TBNError(f"{mod} is not installed ({why} of the benchmarks)",
-                           hint="pip install 'tbn-tvm[bench]'")
+            raise TBNError(
+                f"{mod} is not installed ({why} of the benchmarks)", hint="pip install 'tbn-tvm[bench]'"
+            )
     if not skip_cortex_m:
         from tbn_tvm.targets.cortex_m import ensure_toolchain
 
@@ -846,9 +1018,17 @@ def _threads_setup(threads: int) -> int:
     return int(tvm_ffi.get_global_func("runtime.NumThreads")())
 
 
-def run(models: ModuleType, out_dir: str | os.PathLike, *, quick: bool = False, command: str = "tbn-tvm bench",
-        rounds: int | None = None, threads: int | None = None, skip_cortex_m: bool = False,
-        publish_dir: str | os.PathLike | None = None) -> dict:
+def run(
+    models: ModuleType,
+    out_dir: str | os.PathLike,
+    *,
+    quick: bool = False,
+    command: str = "tbn-tvm bench",
+    rounds: int | None = None,
+    threads: int | None = None,
+    skip_cortex_m: bool = False,
+    publish_dir: str | os.PathLike | None = None,
+) -> dict:
     """Run the suite; write ``report.md``, ``report.json``, ``speedup.png`` into ``out_dir`` (and
     copies of them into ``publish_dir`` when given).  Returns the report dict."""
     log = _Log()
@@ -862,11 +1042,18 @@ def run(models: ModuleType, out_dir: str | os.PathLike, *, quick: bool = False, 
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     tvm_threads = _threads_setup(threads)
     cases = suite(models, settings)
-    log(f"{'quick' if quick else 'full'} run: {len(cases)} models, batches {settings.batches}, TVM threads "
-        f"{tvm_threads}, onnxruntime threads {threads}")
+    log(
+        f"{'quick' if quick else 'full'} run: {len(cases)} models, batches {settings.batches}, TVM threads "
+        f"{tvm_threads}, onnxruntime threads {threads}"
+    )
     report: dict = {
-        "meta": {"command": command, "quick": quick, "started": started, "load_average_start": _load(),
-                 "git": _git_revision(Path(getattr(models, "__bench_path__", models.__file__)).parent)},
+        "meta": {
+            "command": command,
+            "quick": quick,
+            "started": started,
+            "load_average_start": _load(),
+            "git": _git_revision(Path(getattr(models, "__bench_path__", models.__file__)).parent),
+        },
         "settings": {**asdict(settings), "skip_cortex_m": skip_cortex_m},
         "machine": machine(),
         "versions": versions(),
@@ -882,14 +1069,26 @@ def run(models: ModuleType, out_dir: str | os.PathLike, *, quick: bool = False, 
             row = run_host(case, batch, models, settings, threads, log)
             if batch == case.batches[0]:
                 total = row.pop("total")
-                report["models"].append({
-                    "key": case.key, "title": case.title, "short": case.short or case.key,
-                    "generator": case.generator, "input_shape": [1, *row["input_shape"][1:]],
-                    "parameters": total["fp32_bytes"] // 4, "fp32_bytes": total["fp32_bytes"],
-                    "weight_bytes": total["weight_bytes"], "compression": total["compression"],
-                    "layers": [{k: la[k] for k in ("name", "op", "weight_shape", "format", "p", "alpha", "bytes")}
-                               for la in row.pop("layers")],
-                })
+                report["models"].append(
+                    {
+                        "key": case.key,
+                        "title": case.title,
+                        "short": case.short or case.key,
+                        "generator": case.generator,
+                        "input_shape": [1, *row["input_shape"][1:]],
+                        "parameters": total["fp32_bytes"] // 4,
+                        "fp32_bytes": total["fp32_bytes"],
+                        "weight_bytes": total["weight_bytes"],
+                        "compression": total["compression"],
+                        "layers": [
+                            {
+                                k: la[k]
+                                for k in ("name", "op", "weight_shape", "format", "p", "alpha", "bytes")
+                            }
+                            for la in row.pop("layers")
+                        ],
+                    }
+                )
             row.pop("layers", None)
             row.pop("total", None)
             report["host"].append(row)
@@ -910,7 +1109,10 @@ def run(models: ModuleType, out_dir: str | os.PathLike, *, quick: bool = False, 
 
 
 def _write(report: dict, out: Path, log: _Log) -> None:
-    for name, text in (("report.json", json.dumps(report, indent=1) + "\n"), ("report.md", render_markdown(report))):
+    for name, text in (
+        ("report.json", json.dumps(report, indent=1) + "\n"),
+        ("report.md", render_markdown(report)),
+    ):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / name)
@@ -929,8 +1131,16 @@ def run_from_args(args, prog: str, models: ModuleType | None = None) -> int:
     parts += [f"--threads {args.threads}"] if args.threads else []
     parts += ["--skip-cortex-m"] if args.skip_cortex_m else []
     parts += ["--no-publish"] if args.no_publish else []
-    report = run(models, out, quick=args.quick, command=" ".join(parts), rounds=args.rounds,
-                 threads=args.threads, skip_cortex_m=args.skip_cortex_m, publish_dir=publish)
+    report = run(
+        models,
+        out,
+        quick=args.quick,
+        command=" ".join(parts),
+        rounds=args.rounds,
+        threads=args.threads,
+        skip_cortex_m=args.skip_cortex_m,
+        publish_dir=publish,
+    )
     print(render_summary(report))
     return 0
 
@@ -940,13 +1150,17 @@ def render_summary(report: dict) -> str:
     lines = []
     for r in report["host"]:
         v, sp = r["variants"], r["speedup"]
-        lines.append(f"{r['model']:<18} batch {r['batch']:>2}: tbn-tvm {_ms(v[TBN]['median_s']):>7} ms  "
-                     f"{_ratio(sp.get(f'vs_{ORT}')):>7} vs onnxruntime  {_ratio(sp.get(f'vs_{TVM_FP32}')):>7} vs TVM fp32")
+        lines.append(
+            f"{r['model']:<18} batch {r['batch']:>2}: tbn-tvm {_ms(v[TBN]['median_s']):>7} ms  "
+            f"{_ratio(sp.get(f'vs_{ORT}')):>7} vs onnxruntime  {_ratio(sp.get(f'vs_{TVM_FP32}')):>7} vs TVM fp32"
+        )
     for r in report["cortex_m"]:
         b = r["builds"][TBN]
         if b.get("status") == "ok":
-            lines.append(f"{r['model']:<18} cortex-m4: {_int(b['instructions_per_inference'])} instructions, "
-                         f"flash {_int(b['flash_bytes'])} B, RAM {_int(b['ram_bytes'])} B")
+            lines.append(
+                f"{r['model']:<18} cortex-m4: {_int(b['instructions_per_inference'])} instructions, "
+                f"flash {_int(b['flash_bytes'])} B, RAM {_int(b['ram_bytes'])} B"
+            )
     if report["meta"]["quick"]:
         lines.append("quick mode: scaled-down models; the acceptance figures of issue 4 need a full run")
     else:

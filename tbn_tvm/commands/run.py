@@ -57,7 +57,12 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     metavar="[NAME=]X.npy",
     help="samples stacked on a new leading axis: [N, *input_shape]; repeat as NAME=FILE for several inputs",
 )
-@arg("--output", "-o", metavar="Y.npy", help="where to write the outputs ([N, *output_shape]; .npz for several)")
+@arg(
+    "--output",
+    "-o",
+    metavar="Y.npy",
+    help="where to write the outputs ([N, *output_shape]; .npz for several)",
+)
 @arg("--qemu", action="store_true", help="Cortex-M: run the firmware on QEMU")
 @arg("--board", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
 @arg("--baud", type=int, default=115200, help="UART baud rate for --board (default 115200)")
@@ -112,7 +117,9 @@ def run(args) -> int:
         elif out_path.suffix == ".npz":
             _save_npz_atomic(out_path, outputs)
         else:
-            raise TBNError(f"the model has {len(outputs)} outputs; write them to a .npz file (--output Y.npz)")
+            raise TBNError(
+                f"the model has {len(outputs)} outputs; write them to a .npz file (--output Y.npz)"
+            )
     summary = {
         "samples": stats["samples"],
         "seconds": round(stats["seconds"], 6),

@@ -48,7 +48,8 @@ def prepare(
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
-    """Sum of ``nbytes`` over the distinct constants used by the module's Relax functions."""
+    """Sum of ``nbytes`` over the distinct constant objects used by the module's Relax functions
+    (a weight shared by two layers is one object: the pass gives both the same buffers)."""
     seen: dict[int, int] = {}
 
     @relax.expr_functor.visitor
@@ -56,9 +57,7 @@ def constant_bytes(mod: tvm.IRModule) -> int:
         def visit_generic_const_(self, const) -> None:  # noqa: D102
             arr = const.value
             n = int(np.prod([int(d) for d in arr.shape])) if len(arr.shape) else 1
-            seen[const.__ctypes_handle__ if hasattr(const, "__ctypes_handle__") else id(const)] = (
-                n * np.dtype(str(arr.dtype)).itemsize
-            )
+            seen[hash(const)] = n * np.dtype(str(arr.dtype)).itemsize  # by object: a shared one once
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):

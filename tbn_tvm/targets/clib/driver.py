@@ -18,7 +18,7 @@ from tbn_tvm.errors import TBNError
 from tbn_tvm.targets.clib.lower import ABI_HEADER, KernelSource, LoweredGraph
 from tbn_tvm.targets.clib.memory_plan import Interval, check, plan
 
-_DL_CODE = {"i": 0, "u": 1, "f": 2}
+_DL_CODE = {"i": 0, "u": 1, "f": 2, "b": 1}
 _C_TYPE = {
     "float32": "float",
     "uint32": "uint32_t",
@@ -27,6 +27,10 @@ _C_TYPE = {
     "uint8": "uint8_t",
     "int8": "int8_t",
     "float64": "double",
+    "float16": "uint16_t",  # stored as IEEE binary16 bit patterns; kernels read them as half
+    "int16": "int16_t",
+    "uint16": "uint16_t",
+    "bool": "uint8_t",
 }
 
 
@@ -51,6 +55,12 @@ def _c_literal(dtype: str, v) -> str:
         return f"{f.hex()}f" if f != 0 else "0.0f"
     if dtype in ("float64",):
         return float(v).hex()
+    if dtype == "float16":
+        if not np.isfinite(v):
+            raise TBNError("a weight is not finite; the C back end cannot emit it")
+        return f"0x{int(np.float16(v).view(np.uint16)):04x}u"
+    if dtype == "bool":
+        return "1u" if v else "0u"
     if dtype.startswith("u"):
         return f"0x{int(v):08x}u" if dtype == "uint32" else f"{int(v)}u"
     return str(int(v))

@@ -51,6 +51,12 @@ typedef struct {
   };
 } TVMFFIAny;
 
+/* float16 tensors (TVM's C code calls the type "half"): IEEE binary16, which Arm GCC provides
+ * as _Float16 with -mfp16-format=ieee (part of the library's build flags). */
+#if defined(__FLT16_MAX__)
+typedef _Float16 half;
+#endif
+
 /* Scratch memory for kernels that ask for it (a LIFO bump allocator in model.c). */
 void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int dtype_code_hint,
                                int dtype_bits_hint);

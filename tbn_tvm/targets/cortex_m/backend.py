@@ -230,7 +230,7 @@ _MAKEFILE = """# Build the tbn-tvm model library into your firmware (GNU make).
 TBN_DIR ?= $(dir $(lastword $(MAKEFILE_LIST)))
 TBN_SRCS := $(TBN_DIR)model.c $(TBN_DIR)weights.c $(TBN_DIR)kernels.c
 TBN_OBJS := $(TBN_SRCS:.c=.o)
-TBN_CFLAGS := -I$(TBN_DIR) -std=gnu11 -O2 -ffunction-sections -fdata-sections
+TBN_CFLAGS := -I$(TBN_DIR) -std=gnu11 -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee
 """
 
 _CMAKE = """# Build the tbn-tvm model library into your firmware (CMake >= 3.13).
@@ -238,7 +238,7 @@ _CMAKE = """# Build the tbn-tvm model library into your firmware (CMake >= 3.13)
 #   target_link_libraries(your_firmware PRIVATE tbn_model)
 add_library(tbn_model STATIC model.c weights.c kernels.c)
 target_include_directories(tbn_model PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_compile_options(tbn_model PRIVATE -O2 -ffunction-sections -fdata-sections)
+target_compile_options(tbn_model PRIVATE -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee)
 set_property(TARGET tbn_model PROPERTY C_STANDARD 11)
 """
 

@@ -43,7 +43,14 @@ from tbn_tvm.targets.cortex_m.toolchain import find_gcc
 TEMPLATES = Path(__file__).parent / "templates"
 
 #: gcc flags for every object (the board adds -mcpu/-mfpu/-mfloat-abi).
-COMMON_CFLAGS: tuple[str, ...] = ("-g", "-std=gnu11", "-ffunction-sections", "-fdata-sections", "-fno-common")
+COMMON_CFLAGS: tuple[str, ...] = (
+    "-g",
+    "-std=gnu11",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fno-common",
+    "-mfp16-format=ieee",  # float16 tensors as _Float16 (see tbn_abi.h)
+)
 #: Extra warnings for the firmware's own sources (not for generated model code).
 TEMPLATE_WARNINGS: tuple[str, ...] = ("-Wall", "-Wextra")
 
