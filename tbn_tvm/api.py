@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -123,6 +121,12 @@ class CompiledModel:
             return outs[0]
         return {spec.name or f"output{i}": o for i, (spec, o) in enumerate(zip(self.outputs, outs))}
 
+    def close(self) -> None:
+        """Release what the build holds outside the process (temporary files); idempotent."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
     # ------------------------------------------------------------------ reporting
     def report(self) -> dict:
         """Per-layer formats, totals, target and sizes (the manifest without file names)."""
@@ -136,40 +140,23 @@ class CompiledModel:
         }
 
     # ------------------------------------------------------------------ persistence
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the artifact and ``manifest.json`` into ``out_dir`` atomically (a temporary
-        sibling directory renamed at the end; an existing tbn-tvm output is replaced)."""
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise TBNError(f"{out}: exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
-            raise TBNError(
-                f"{out}: directory is not empty and holds no tbn-tvm output",
-                hint="choose a new output directory",
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+    def save(self, out_dir: str | os.PathLike, force: bool = False) -> Path:
+        """Write the artifact and ``manifest.json`` into ``out_dir``, all or nothing.
+
+        An existing ``out_dir`` is replaced only when it holds nothing but an earlier tbn-tvm
+        output (``force=True`` replaces it anyway); see :mod:`tbn_tvm.outdir`."""
+        from tbn_tvm.outdir import write_dir
+
+        def fill(tmp: Path) -> dict:
             files = self.backend.save(tmp)
-            manifest = {
+            return {
                 "tbn_tvm_version": __version__,
                 **self.report(),
                 "target": self.target.to_dict(),
                 **files,
             }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                out.rename(old)
-                tmp.rename(out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+
+        return write_dir(out_dir, fill, force=force)
 
 
 def _backend_for(spec: TargetSpec):

@@ -67,11 +67,29 @@ def _load_commands() -> None:
     from tbn_tvm import commands  # noqa: F401
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` cleans up what the run created."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise Terminated()
+
+
 def guarded(run: Callable[[], int]) -> int:
     """Call ``run`` and turn what it raises into the house rule: one ``error: ...`` line and exit
-    status 2 for user errors, 1 for internal ones (``TBN_TVM_DEBUG=1`` shows the traceback)."""
+    status 2 for user errors, 1 for internal ones (``TBN_TVM_DEBUG=1`` shows the traceback).
+    SIGTERM and Ctrl-C end the run cleanly (temporary files removed, earlier outputs intact)."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return int(run() or 0)
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 143
     except TBNError as e:
         print(e.render(), file=sys.stderr)
         return e.exit_code
@@ -90,6 +108,9 @@ def guarded(run: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

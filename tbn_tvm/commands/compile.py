@@ -18,7 +18,15 @@ from tbn_tvm.cli import arg, command
     "thumbv7em-none-eabihf with --mcpu (default: llvm)",
 )
 @arg("--mcpu", default=None, help="CPU for a thumbv7em-none-eabihf triple: cortex-m4 or cortex-m7")
-@arg("-o", "--output", required=True, metavar="OUT_DIR", help="output directory (replaced atomically)")
+@arg(
+    "-o",
+    "--output",
+    required=True,
+    metavar="OUT_DIR",
+    help="output directory, written all at once; an earlier tbn-tvm output there is replaced, a directory "
+    "holding other files is refused (see --force)",
+)
+@arg("--force", action="store_true", help="replace OUT_DIR even if it holds files tbn-tvm did not write")
 @arg("--input-shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
 @arg("--board", default=None, help="Cortex-M board profile (sets flash/RAM limits)")
 @arg("--flash-size", type=str, default=None, help="Cortex-M flash limit in bytes (or 512K, 1M)")
@@ -48,7 +56,10 @@ def run(args) -> int:
         reuse_rows=not args.no_row_reuse,
         **options,
     )
-    out = model.save(args.output)
+    try:
+        out = model.save(args.output, force=args.force)
+    finally:
+        model.close()
     rep = model.report()
     if args.json:
         print(json.dumps({"output": str(out), **rep}))

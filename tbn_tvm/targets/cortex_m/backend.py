@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,9 @@ class CortexMBackend:
         self.spec = spec
         self.board = board
         self._staging = staging  # a temp dir with lib/ and the ELFs, before save()
+        self._finalizer = (
+            weakref.finalize(self, shutil.rmtree, staging, True) if staging is not None else None
+        )
         self._dir = out_dir  # a saved artifact directory
         self.manifest = manifest or {}
         self.run_options = {
@@ -141,9 +145,11 @@ class CortexMBackend:
         backend.manifest = extra
         return backend, extra
 
-    def __del__(self) -> None:
-        if getattr(self, "_staging", None) is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
+    def close(self) -> None:
+        """Remove the staging directory of a build not saved yet (also done at exit)."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
 
     def _path(self, name: str) -> Path:
         base = self._dir if self._dir is not None else self._staging

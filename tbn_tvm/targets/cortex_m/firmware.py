@@ -344,7 +344,8 @@ def _does_not_fit(size: SizeReport) -> TBNError:
         f"the firmware does not fit {size.board}: it needs {about}{size.flash} bytes of flash (available "
         f"{size.flash_limit}) and {about}{size.ram} bytes of RAM (available {size.ram_limit}, "
         f"of which {size.stack} stack)",
-        hint="use a smaller model or a larger board, or raise the limits (flash_bytes/ram_bytes)",
+        hint="use a smaller model or a larger board (--board), or raise the limits with --flash-size/--ram-size "
+        "(flash_size=/ram_size= in the Python API)",
     )
 
 
