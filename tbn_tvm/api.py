@@ -94,20 +94,29 @@ class CompiledModel:
             raise TBNError("give every input either as one sample or as a stack of samples, not a mix")
         return arrays, stacked_flags[0]
 
-    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]):
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray], **run_options):
         """Run one sample (arrays of the input shapes) or N samples (``[N, *shape]``).
 
-        Returns one array for a single-output model, else a dict name -> array.  Timing of the
-        call is left in :attr:`last_run_stats`."""
+        Returns one array for a single-output model, else a dict name -> array.  ``run_options``
+        go to the back end (:meth:`run_options`; e.g. ``count_instructions=True`` or
+        ``port="/dev/ttyACM0"`` for Cortex-M).  Timing of the call and the back end's statistics
+        are left in :attr:`last_run_stats`.  Raises :class:`TBNError` for inputs of the wrong
+        name, dtype or shape, and for unknown options."""
+        known = type(self.backend).run_options
+        unknown = sorted(set(run_options) - set(known))
+        if unknown:
+            valid = ", ".join(sorted(known)) or "none"
+            raise TBNError(
+                f"unknown run option(s) for a {self.target.family} build: {', '.join(unknown)}",
+                hint=f"valid: {valid}",
+            )
         arrays, stacked = self._stack(inputs)
         n = arrays[0].shape[0]
         t0 = time.perf_counter()
-        if hasattr(self.backend, "run_batch"):
-            outs, stats = self.backend.run_batch(arrays)
+        if n == 0:
+            outs, stats = [np.zeros((0, *o.shape), o.dtype) for o in self.outputs], {}
         else:
-            per_sample = [self.backend.run_one([a[i] for a in arrays]) for i in range(n)]
-            outs = [np.stack([s[j] for s in per_sample]) for j in range(len(self.outputs))]
-            stats = {}
+            outs, stats = self.backend.run(arrays, **run_options)
         elapsed = time.perf_counter() - t0
         self.last_run_stats = {
             "samples": n,
@@ -120,6 +129,30 @@ class CompiledModel:
         if len(outs) == 1:
             return outs[0]
         return {spec.name or f"output{i}": o for i, (spec, o) in enumerate(zip(self.outputs, outs))}
+
+    def run_options(self) -> dict[str, str]:
+        """The keyword options :meth:`run` accepts for this target, with their help."""
+        return {k: v.help for k, v in type(self.backend).run_options.items()}
+
+    def time(self, inputs: np.ndarray | Mapping[str, np.ndarray], number: int = 10, repeat: int = 5) -> list[float]:
+        """Seconds per inference of one sample, one value per repeat of ``number`` calls (host
+        builds; other targets report instructions or cycles through :meth:`run`)."""
+        timer = getattr(self.backend, "time", None)
+        if timer is None:
+            raise TBNError(f"timing is not available for a {self.target.family} build")
+        arrays, stacked = self._stack(inputs)
+        return timer([a[0] for a in arrays], number=number, repeat=repeat)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{t.name}: {t.dtype}[{'x'.join(map(str, t.shape))}]" for t in self.inputs)
+        outs = ", ".join(f"{t.dtype}[{'x'.join(map(str, t.shape))}]" for t in self.outputs)
+        total = self._report.get("total", {})
+        layers = self._report.get("layers", [])
+        compact = sum(1 for layer in layers if layer.get("format") != "dense")
+        return (
+            f"<CompiledModel {self.target.name} ({self.target.family}): ({ins}) -> ({outs}); "
+            f"{len(layers)} layers, {compact} compact, {total.get('weight_bytes', 0):,} weight bytes>"
+        )
 
     def close(self) -> None:
         """Release what the build holds outside the process (temporary files); idempotent."""
@@ -159,18 +192,6 @@ class CompiledModel:
         return write_dir(out_dir, fill, force=force)
 
 
-def _backend_for(spec: TargetSpec):
-    if spec.family == "host":
-        from tbn_tvm.targets.host import HostBackend
-
-        return HostBackend
-    if spec.family == "cortex-m":
-        from tbn_tvm.targets.cortex_m.backend import CortexMBackend
-
-        return CortexMBackend
-    raise TBNError(f"no back end for target family {spec.family}")
-
-
 def compile(  # noqa: A001 - the natural name for users
     model: str | os.PathLike | onnx.ModelProto,
     target: str | dict | TargetSpec = "llvm",
@@ -181,13 +202,36 @@ def compile(  # noqa: A001 - the natural name for users
     reuse_rows: bool = True,
     **options,
 ) -> CompiledModel:
-    """Compile an ONNX model for ``target`` (``"llvm"``, an LLVM triple, ``"cortex-m4"``, ...).
+    """Compile an ONNX model for ``target``.
 
-    ``input_shapes`` fixes dynamic input dimensions (``{"x": [1, 784]}``).  ``compress=False``
-    builds every weight dense (TVM's plain fp32 build, the baseline of the benchmarks);
-    ``reuse_rows=False`` keeps compact weights but computes every output row.  Other keyword
-    options go to the target's back end (e.g. ``board=`` for Cortex-M)."""
+    ``model``: a path or an ``onnx.ModelProto``.  ``target``: ``"llvm"`` (this machine, portable
+    code; ``mcpu="native"`` for every vector unit of this CPU), an LLVM triple
+    (``"aarch64-linux-gnu"``: a cross-compiled object archive), a TVM target string
+    (``"llvm -mcpu=skylake"``), ``"cortex-m4"``, ``"cortex-m7"`` (see
+    :func:`tbn_tvm.targets.known_targets`).  ``input_shapes`` fixes dynamic input dimensions
+    (``{"x": [1, 784]}``).  ``compress=False`` builds every weight dense (TVM's plain fp32
+    build, the baseline of the benchmarks); ``reuse_rows=False`` keeps compact weights but
+    computes every output row.  Other keyword ``options`` go to the target's back end, e.g. for
+    Cortex-M ``board=``, ``flash_size=``, ``ram_size=``, ``stack_size=`` (see
+    :attr:`tbn_tvm.targets.base.Backend.compile_options`).
+
+    Raises :class:`TBNError` for anything the user can fix: a bad model, an unsupported
+    operator, an unknown target or option, a model too large for the board.
+
+    >>> m = compile("examples/tbn-mnist-mlp.onnx", "cortex-m4", board="nrf52840")  # doctest: +SKIP
+    """
+    from tbn_tvm.targets import backend_class
+
     spec = resolve_target(target, mcpu)
+    backend_cls = backend_class(spec.family)
+    unknown = sorted(set(options) - set(backend_cls.compile_options))
+    if unknown:
+        valid = ", ".join(
+            ["mcpu", "input_shapes", "compress", "reuse_rows", *sorted(backend_cls.compile_options)]
+        )
+        raise TBNError(
+            f"unknown option(s) for a {spec.family} build: {', '.join(unknown)}", hint=f"valid: {valid}"
+        )
     from tbn_tvm.frontend.onnx import load_onnx, output_specs, to_relax
     from tbn_tvm.report import inspect
 
@@ -205,15 +249,12 @@ def compile(  # noqa: A001 - the natural name for users
         names.setdefault(
             fingerprint(layer.matmul_operand if layer.kind == "matmul" else layer.stored), layer.name
         )
-    prepared = prepare(
-        mod, compress=compress, reuse_rows=reuse_rows, simd=spec.family != "cortex-m", names=names
-    )
+    prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, names=names, **backend_cls.pass_options)
     report = layer_report.to_dict()
     report.pop("model", None)
     report["source"] = loaded.source
     report["total"]["built_constant_bytes"] = prepared.constant_bytes()
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
-    backend_cls = _backend_for(spec)
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
     _name_kernel_layers(extra.get("steps", []), prepared.layers, report["layers"])
     model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)
@@ -245,15 +286,16 @@ def load(out_dir: str | os.PathLike) -> CompiledModel:
         raise TBNError(f"{out}: no {MANIFEST} here", hint="pass a directory written by 'tbn-tvm compile'")
     try:
         manifest = json.loads(path.read_text())
-        t = manifest["target"]
-        spec = TargetSpec(t["family"], t["name"], dict(t["tvm_target"]), t.get("cpu"))
+        spec = TargetSpec.from_dict(manifest["target"])
         inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
         outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
     except (ValueError, KeyError, TypeError) as e:
         raise TBNError(
             f"{path}: damaged manifest ({type(e).__name__}: {e})", hint="compile the model again"
         ) from None
-    backend = _backend_for(spec).load(spec, out, manifest)
+    from tbn_tvm.targets import backend_class
+
+    backend = backend_class(spec.family).load(spec, out, manifest)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     report = {k: manifest[k] for k in ("layers", "total", "compressed_layers", "source") if k in manifest}
     extra = {

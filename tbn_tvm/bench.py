@@ -330,7 +330,7 @@ Timer = Callable[[int, int], list[float]]  # (number, repeat) -> seconds per cal
 
 
 def _tvm_timer(cm, x: np.ndarray) -> Timer:
-    return lambda number, repeat: cm.backend.time_one([x], number=number, repeat=repeat)
+    return lambda number, repeat: cm.time(x, number=number, repeat=repeat)
 
 
 def _ort_timer(sess, feed: dict) -> Timer:
@@ -443,7 +443,7 @@ def run_host(case: Case, batch: int, models: ModuleType, settings: Settings, thr
     compiled = {}
     for name, opts in builds:
         t0 = time.perf_counter()
-        cm = tbn_tvm.compile(model, "llvm", **opts)
+        cm = tbn_tvm.compile(model, "llvm", mcpu="native", **opts)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         y = cm.run(x)
@@ -456,8 +456,7 @@ def run_host(case: Case, batch: int, models: ModuleType, settings: Settings, thr
             "weight_bytes_in_build": rep["total"]["built_constant_bytes"],
         }
         if name == TBN:
-            spec = getattr(cm.backend, "spec", None)
-            row["target"] = ", ".join(f"{k}={v}" for k, v in (spec.tvm_target if spec else {}).items())
+            row["target"] = ", ".join(f"{k}={v}" for k, v in cm.target.tvm_target.items())
             row["layers"] = rep["layers"]
             row["total"] = rep["total"]
         compiled[name] = cm
@@ -503,8 +502,7 @@ def _mcu_build(
         log(f"{label}: not built: {e}")
         return {"status": "not built", "reason": " ".join(str(e).split())}, None
     compile_s = time.perf_counter() - t0
-    cm.backend.configure(count_instructions=True)
-    y = cm.run(samples)
+    y = cm.run(samples, count_instructions=True)
     stats = cm.last_run_stats
     rep = cm.report()
     fig = {
@@ -740,11 +738,11 @@ def render_markdown(report: dict) -> str:
         "## Host CPU: time per inference",
         "",
         f"Produced by `{cmd}`. Median milliseconds per call over rounds (rounds × calls per round in "
-        'the JSON); speed-ups are ratios of the medians. tbn-tvm: `tbn_tvm.compile(model, "llvm")`; '
+        'the JSON); speed-ups are ratios of the medians. tbn-tvm: `tbn_tvm.compile(model, "llvm", mcpu="native")`; '
         "no row reuse: `reuse_rows=False` (compact weights, every output row computed; batch "
         f"{', '.join(map(str, report['settings']['ablation_batches']))} only); TVM fp32: `compress=False` "
         "(TVM's own build of the dense model, same Relax pipeline, default schedules, untuned); "
-        f"all three timed with TVM's time evaluator (`backend.time_one`). onnxruntime "
+        f"all three timed with TVM's time evaluator (`CompiledModel.time`). onnxruntime "
         f"{ver['onnxruntime']}: `InferenceSession.run` in a `time.perf_counter` loop on the same ONNX "
         f"bytes. Threads: TVM {threads['tvm']} (the suite sets `TVM_NUM_THREADS`: TVM's runtime would "
         f"take half the logical CPUs on x86), onnxruntime intra-op {threads['onnxruntime_intra_op']} "
@@ -804,7 +802,7 @@ def render_markdown(report: dict) -> str:
             "## Cortex-M4 on QEMU: instructions per inference, flash and RAM",
             "",
             f'Produced by `{cmd}`: `tbn_tvm.compile(model, "cortex-m4"[, compress=False])`, '
-            f"`backend.configure(count_instructions=True)`, `run(x)` on QEMU "
+            f"`run(x, count_instructions=True)` on QEMU "
             f"`{first.get('qemu_machine', '?')}` (board `{first.get('board', '?')}`); QEMU counts executed "
             "instructions exactly (not cycles). Flash and RAM are the firmware's (RAM includes the stack); "
             "weight bytes are the model's constant arrays in flash.",

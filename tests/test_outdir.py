@@ -119,8 +119,11 @@ def test_sigterm_during_cortex_m_compile(tmp_path):
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
         err = proc.stderr.read()
-        if code != 0:  # interrupted (it may also have finished before the signal)
-            assert code == 143 and err.strip().splitlines() == ["error: terminated"], err
+        # interrupted (143, one line), or killed before Python set its handler up (-15), or it
+        # finished before the signal (0): in every case nothing is left behind
+        assert code in (0, 143, -signal.SIGTERM), err
+        if code == 143:
+            assert err.strip().splitlines() == ["error: terminated"], err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out", "scratch"]
         assert list(scratch.iterdir()) == [], "temporary files left behind"
         if code != 0:

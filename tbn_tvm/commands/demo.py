@@ -47,8 +47,7 @@ def run(args) -> int:
     images, labels = images[: args.samples], labels[: args.samples]
     x = images.reshape(-1, 1, 784).astype(np.float32)
     say(f"running {len(x):,} test images on QEMU ({compiled.report()['qemu_machine']}) ...")
-    compiled.backend.configure(count_instructions=True)
-    y = compiled.run(x).reshape(len(x), -1)
+    y = compiled.run(x, count_instructions=True).reshape(len(x), -1)
     stats = compiled.last_run_stats
     pred = y.argmax(1)
     ref = zoo.authors_mnist_mlp_reference(images).argmax(1)

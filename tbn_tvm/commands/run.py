@@ -63,9 +63,9 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     metavar="Y.npy",
     help="where to write the outputs ([N, *output_shape]; .npz for several)",
 )
-@arg("--qemu", action="store_true", help="Cortex-M: run the firmware on QEMU")
-@arg("--board", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
-@arg("--baud", type=int, default=115200, help="UART baud rate for --board (default 115200)")
+@arg("--qemu", action="store_true", help="Cortex-M: run the firmware on QEMU (the default)")
+@arg("--port", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
+@arg("--baud", type=int, default=None, help="UART baud rate for --port (default 115200)")
 @arg("--count-instructions", action="store_true", help="QEMU: report exact instructions per inference")
 @arg("--timeout", type=float, default=None, help="seconds before a QEMU/board run is declared hung")
 @arg("--json", action="store_true", help="print a one-line JSON summary")
@@ -92,23 +92,27 @@ def run(args) -> int:
                 f"input '{spec.name}' has shape {'x'.join(map(str, a.shape))}; expected N x {shape} "
                 "(samples stacked on a new leading axis)"
             )
-    run_options = {}
-    if model.target.family == "cortex-m":
-        if args.qemu == bool(args.board):
-            raise TBNError("a Cortex-M build runs with exactly one of --qemu or --board PORT")
-        run_options = {
-            "qemu": args.qemu,
-            "board": args.board,
-            "baud": args.baud,
-            "count_instructions": args.count_instructions,
-            "timeout": args.timeout,
-        }
-        model.backend.configure(**run_options)
-    elif args.qemu or args.board or args.count_instructions:
-        raise TBNError(
-            f"--qemu/--board/--count-instructions need a Cortex-M build; this one is for {model.target.name}"
-        )
-    outputs = model.run(inputs)
+    if args.qemu and args.port:
+        raise TBNError("run on QEMU (--qemu) or on a board (--port), not both")
+    if args.timeout is not None and not (args.timeout > 0 and args.timeout != float("inf")):
+        raise TBNError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    wanted = {
+        "qemu": args.qemu or None,
+        "port": args.port,
+        "baud": args.baud,
+        "count_instructions": args.count_instructions or None,
+        "timeout": args.timeout,
+    }
+    run_options = {k: v for k, v in wanted.items() if v is not None}
+    available = model.run_options()
+    for key in run_options:
+        if key not in available:
+            flag = "--" + key.replace("_", "-")
+            raise TBNError(
+                f"{flag} is not available for a {model.target.family} build ({model.target.name})",
+                hint="it applies to Cortex-M builds" if key in ("qemu", "port", "count_instructions") else None,
+            )
+    outputs = model.run(inputs, **run_options)
     stats = model.last_run_stats
     if args.output:
         out_path = Path(args.output)

@@ -358,18 +358,14 @@ def to_relax(loaded: LoadedModel):
     """Import into a Relax IRModule whose weights are constants, with constant sub-graphs
     (Expand/Tile/Mul/Reshape chains, transposes) folded into single constants; check its outputs
     against the declared ones."""
-    import tvm
-    from tvm import relax
-
     from tbn_tvm.frontend.importer import import_model
+    from tbn_tvm.passes.pipeline import fold_constants
     from tbn_tvm.quiet import captured
 
     proto = to_import_opset(loaded)
     loaded.import_proto = proto
     mod = import_model(proto, loaded)
-    seq = tvm.transform.Sequential(
-        [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()], name="tbn_fold_weights"
-    )
+    seq = fold_constants()
     with captured() as log:
         try:
             mod = seq(mod)

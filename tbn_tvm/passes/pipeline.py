@@ -1,9 +1,25 @@
-"""The order of the project's Relax passes, in one place.
+"""Every pass the compiler runs, in order, in one place.
 
-    ONNX -> from_onnx -> FoldConstant + DCE (frontend) -> CompressWeights -> target build
+Phase 0, import (:func:`tbn_tvm.frontend.onnx.to_relax`)
+    ONNX -> Relax (TVM's importer, the project's converters in front) -> :func:`fold_constants`
+    (FoldConstant, DeadCodeElimination: exporter chains become one constant per weight) ->
+    outputs checked against ONNX shape inference.
 
-Targets add their own lowering after this (Relax's default pipeline on the host, the static C
-driver on Cortex-M).
+Phase 1, the project's passes, every target (:func:`prepare`)
+    CompressWeights: each matmul/conv whose weight has a compact exact form becomes a kernel
+    reading the format's buffers (options from the back end: ``simd``; from the user:
+    ``reuse_rows``).
+
+Phase 2, lowering, per target family
+    host (:func:`lower_host`): Legalize (NaN-keeping lowerings) -> hand schedules of the
+    project's kernels (:mod:`tbn_tvm.schedules.cpu`) -> Relax's default pipeline for the target
+    (AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, dlight/default schedules, VM codegen)
+    -> LLVM.
+
+    cortex-m (:func:`lower_mcu`): Legalize -> AnnotateTIROpPattern -> FoldConstant -> FuseOps ->
+    FuseTIR -> DeadCodeElimination; then the C back end extracts the kernel sequence, schedules
+    each kernel with the schedule the back end passes in (:mod:`tbn_tvm.schedules.cortex_m`) and
+    emits C plus a static driver (:mod:`tbn_tvm.targets.clib`).
 """
 
 from __future__ import annotations
@@ -15,6 +31,7 @@ import tvm
 from tvm import relax
 
 from tbn_tvm.passes.compress_weights import CompressWeights, RewrittenLayer
+from tbn_tvm.passes.legalize import Legalize
 
 
 @dataclass
@@ -29,6 +46,15 @@ class Prepared:
         return constant_bytes(self.mod)
 
 
+# ----------------------------------------------------------------------------- phase 0
+def fold_constants() -> tvm.transform.Pass:
+    """Phase 0's passes after the import."""
+    return tvm.transform.Sequential(
+        [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()], name="tbn_fold_constants"
+    )
+
+
+# ----------------------------------------------------------------------------- phase 1
 def prepare(
     mod: tvm.IRModule,
     compress: bool = True,
@@ -42,9 +68,37 @@ def prepare(
     fingerprints to layer names (:func:`tbn_tvm.frontend.layers.weighted_layers`)."""
     if not compress:
         return Prepared(mod, [])
-    compress = CompressWeights(names=names, reuse_rows=reuse_rows, simd=simd)
-    mod = compress(mod)
-    return Prepared(mod, list(compress.layers))
+    compress_pass = CompressWeights(names=names, reuse_rows=reuse_rows, simd=simd)
+    mod = compress_pass(mod)
+    return Prepared(mod, list(compress_pass.layers))
+
+
+# ----------------------------------------------------------------------------- phase 2
+def lower_host(mod: tvm.IRModule, target) -> tuple[tvm.IRModule, tvm.transform.Pass]:
+    """Host lowering: returns the module after Legalize and the hand schedules, and the Relax
+    pipeline ``tvm.compile`` runs on it."""
+    from tbn_tvm.schedules.cpu import schedule_cpu
+
+    with target:
+        mod = Legalize()(mod)
+        mod = schedule_cpu(mod, target)
+    return mod, relax.get_default_pipeline(target)
+
+
+def lower_mcu(mod: tvm.IRModule) -> tvm.IRModule:
+    """Cortex-M lowering up to the fused graph the C back end reads."""
+    seq = tvm.transform.Sequential(
+        [
+            Legalize(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ],
+        name="tbn_lower_mcu",
+    )
+    return seq(mod)
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:

@@ -1,17 +1,24 @@
 """Host CPU back end: Relax's default pipeline (fusion included) built with LLVM, run by the
 Relax VM.  A target triple other than the host's cross-compiles: the artifact is then an
 object-file archive (``model.tar``) to link on the target machine.
+
+Target names: ``llvm`` (this machine's architecture, portable code: LLVM's generic CPU unless
+``--mcpu`` names one; ``--mcpu native`` uses every vector unit of this CPU), an LLVM triple
+(``x86_64-linux-gnu``, ``aarch64-linux-gnu``...), or a TVM target string such as
+``"llvm -mcpu=skylake -num-cores=4"``.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import re
 from pathlib import Path
 
 import numpy as np
 
 from tbn_tvm.errors import TBNError
-from tbn_tvm.targets import TargetSpec
+from tbn_tvm.targets.base import Backend, TargetSpec
 
 # TVM's thread pool takes half the logical CPUs on x86 by default; use every core the process may
 # run on unless the user chose (set before the pool starts, at the first parallel kernel).
@@ -21,20 +28,21 @@ if hasattr(os, "sched_getaffinity"):
 ARTIFACT_SO = "model.so"
 ARTIFACT_TAR = "model.tar"
 
+_TRIPLE = re.compile(r"^(?P<arch>[a-z0-9_]+)-(?P<rest>[a-z0-9_.]+(?:-[a-z0-9_.]+){0,2})$")
+_HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+_ARCHES = ("x86_64", "aarch64", "armv7", "armv7a", "riscv64", "i686")
+_FLAG = re.compile(r"^-(?P<key>[a-z][a-z0-9-]*)=(?P<value>\S+)$")
+_KEYS = ("mcpu", "mtriple", "mattr", "num-cores", "mabi", "mfloat-abi")
 
-def build(mod, spec: TargetSpec):
-    """Compile a prepared Relax module; returns TVM's Executable."""
-    import tvm
-    from tvm import relax
 
-    from tbn_tvm.passes.legalize import Legalize
-    from tbn_tvm.schedules.cpu import schedule_cpu
+def _native_cpu() -> str:
+    """LLVM's name of this machine's CPU (``generic`` when LLVM cannot tell)."""
+    try:
+        from tvm.target import codegen
 
-    target = spec.tvm()
-    with target:
-        mod = Legalize()(mod)
-        mod = schedule_cpu(mod, target)
-    return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+        return str(codegen.llvm_get_system_cpu()) or "generic"
+    except Exception:  # noqa: BLE001 - an LLVM without host detection: generic code
+        return "generic"
 
 
 def _contiguous(a: np.ndarray) -> np.ndarray:
@@ -43,14 +51,78 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-class HostBackend:
+def build(mod, spec: TargetSpec):
+    """Lower and compile a prepared Relax module (:func:`tbn_tvm.passes.pipeline.lower_host`)."""
+    import tvm
+
+    from tbn_tvm.passes.pipeline import lower_host
+    from tbn_tvm.quiet import captured
+
+    target = spec.tvm()
+    with captured():
+        mod, relax_pipeline = lower_host(mod, target)
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+
+
+class HostBackend(Backend):
     """Runs a host build through the Relax VM (only when the target matches this machine)."""
 
+    family = "host"
+    target_names = "llvm [--mcpu native|NAME], an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
+    pass_options = {"simd": True}
+
+    # ------------------------------------------------------------------ targets
+    @classmethod
+    def resolve(cls, target, mcpu: str | None) -> TargetSpec | None:
+        if isinstance(target, dict):
+            if target.get("kind") != "llvm" or "thumb" in str(target.get("mtriple", "")):
+                return None
+            d = dict(target)
+            if mcpu:
+                d["mcpu"] = _native_cpu() if mcpu == "native" else mcpu
+            return TargetSpec("host", str(d.get("mtriple", "llvm")), d, d.get("mcpu"))
+        words = target.split()
+        head = words[0].lower()
+        d: dict = {"kind": "llvm"}
+        if head in ("llvm", "host", "cpu", "llvm-generic"):
+            name = "llvm"
+        elif head == "x86_64":
+            name = "llvm"
+        else:
+            m = _TRIPLE.match(head)
+            if not (m and m.group("arch") in _ARCHES and "none" not in head):
+                return None
+            name = head
+            d["mtriple"] = head
+        for word in words[1:]:
+            f = _FLAG.match(word)
+            if not f or f.group("key") not in _KEYS:
+                raise TBNError(
+                    f"target '{target}': cannot read '{word}'",
+                    hint=f"write options as -KEY=VALUE with KEY one of {', '.join(_KEYS)}",
+                )
+            value = f.group("value")
+            d[f.group("key")] = int(value) if f.group("key") == "num-cores" and value.isdigit() else value
+        if "mtriple" in d and name == "llvm":
+            name = str(d["mtriple"])
+        if mcpu:
+            d["mcpu"] = mcpu
+        if d.get("mcpu") == "native":
+            if "mtriple" in d and not _triple_is_native(str(d["mtriple"])):
+                raise TBNError("--mcpu native needs a target that is this machine")
+            d["mcpu"] = _native_cpu()
+        return TargetSpec("host", name, d, d.get("mcpu"))
+
+    @classmethod
+    def runs_here(cls, spec: TargetSpec) -> bool:
+        triple = spec.tvm_target.get("mtriple")
+        return triple is None or _triple_is_native(str(triple))
+
+    # ------------------------------------------------------------------ build
     @classmethod
     def create(cls, spec: TargetSpec, prepared, inputs, outputs, **options) -> tuple[HostBackend, dict]:
         if options:
             raise TBNError(f"unknown option(s) for a host build: {', '.join(sorted(options))}")
-        spec = spec.with_native_cpu()
         return cls(spec, executable=build(prepared.mod, spec)), {}
 
     def __init__(self, spec: TargetSpec, executable=None, module=None) -> None:
@@ -63,7 +135,7 @@ class HostBackend:
         import tvm
         from tvm import relax
 
-        if not self.spec.runs_here:
+        if not self.runs_here(self.spec):
             raise TBNError(
                 f"a build for {self.spec.name} cannot run on this machine",
                 hint="copy the artifact to a matching machine, or compile with --target llvm",
@@ -74,16 +146,25 @@ class HostBackend:
             )
         return self._vm
 
-    def run_one(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    # ------------------------------------------------------------------ running
+    def run(self, arrays: list[np.ndarray], **options) -> tuple[list[np.ndarray], dict]:
         import tvm
 
+        if options:
+            raise TBNError(f"unknown run option(s) for a host build: {', '.join(sorted(options))}")
         vm = self._machine()
-        out = vm["main"](*[tvm.runtime.tensor(_contiguous(a)) for a in arrays])
-        outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-        return [o.numpy() for o in outs]
+        n = arrays[0].shape[0]
+        per_sample = []
+        for i in range(n):
+            out = vm["main"](*[tvm.runtime.tensor(_contiguous(a[i])) for a in arrays])
+            outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+            per_sample.append([o.numpy() for o in outs])
+        k = len(per_sample[0]) if per_sample else 0
+        return [np.stack([s[j] for s in per_sample]) for j in range(k)], {"device": "cpu"}
 
-    def time_one(self, arrays: list[np.ndarray], number: int = 10, repeat: int = 5) -> list[float]:
-        """Seconds per call of ``main`` (one value per repeat), measured by TVM's time evaluator."""
+    def time(self, arrays: list[np.ndarray], number: int = 10, repeat: int = 5) -> list[float]:
+        """Seconds per call of ``main`` on one sample (one value per repeat), measured by TVM's
+        time evaluator."""
         import tvm
 
         vm = self._machine()
@@ -91,26 +172,38 @@ class HostBackend:
         res = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=repeat)("main")
         return [float(r) for r in res.results]
 
+    # ------------------------------------------------------------------ persistence
     def save(self, out_dir: Path) -> dict:
+        from tbn_tvm.quiet import captured
+
         if self.executable is None:
             raise TBNError("this model was loaded from disk; save the original directory instead")
-        name = ARTIFACT_SO if self.spec.runs_here else ARTIFACT_TAR
-        self.executable.export_library(str(out_dir / name))
+        name = ARTIFACT_SO if self.runs_here(self.spec) else ARTIFACT_TAR
+        with captured():
+            self.executable.export_library(str(out_dir / name))
         return {"artifact": name}
 
     @classmethod
     def load(cls, spec: TargetSpec, out_dir: Path, manifest: dict) -> HostBackend:
         import tvm
 
+        from tbn_tvm.quiet import captured
+
         path = out_dir / manifest.get("artifact", ARTIFACT_SO)
         if not path.exists():
             raise TBNError(f"{out_dir}: the artifact {path.name} is missing", hint="compile the model again")
-        if not spec.runs_here:
+        if not cls.runs_here(spec):
             return cls(spec)
         try:
-            module = tvm.runtime.load_module(str(path))
-        except Exception as e:
+            with captured():
+                module = tvm.runtime.load_module(str(path))
+        except Exception as e:  # noqa: BLE001 - a damaged library
             raise TBNError(
                 f"{path}: cannot load the compiled library ({' '.join(str(e).split())[:200]})"
             ) from None
         return cls(spec, module=module)
+
+
+def _triple_is_native(triple: str) -> bool:
+    arch = triple.split("-", 1)[0]
+    return _HOST_ARCH.get(platform.machine().lower()) == arch and "linux" in triple and platform.system() == "Linux"

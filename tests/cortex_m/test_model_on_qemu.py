@@ -38,8 +38,7 @@ def m4_mlp():
 def test_authors_mlp_m4_all_test_images(m4_mlp, mnist):
     """Acceptance: same predictions as numpy on all 10,000 images (95.93 %), weights <= 3,340 B."""
     images, labels = mnist
-    m4_mlp.backend.configure(count_instructions=True)
-    y = m4_mlp.run(images).reshape(len(images), -1)
+    y = m4_mlp.run(images, count_instructions=True).reshape(len(images), -1)
     ref = bundled.authors_mnist_mlp_reference(images.reshape(-1, 784))
     assert np.array_equal(y.argmax(1), ref.argmax(1))
     assert round(float((y.argmax(1) == labels).mean()) * 100, 2) == 95.93
@@ -133,5 +132,7 @@ def test_cli_refuses_firmware_too_large_and_runs_qemu(tmp_path):
     y = np.load(tmp_path / "y.npy")
     ref = bundled.authors_mnist_mlp_reference(images[:5])
     np.testing.assert_allclose(y.reshape(5, -1), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-    res = _cli("run", str(out), "--input", str(tmp_path / "x.npy"))
-    assert res.returncode == 2 and res.stderr.startswith("error: ")
+    res = _cli("run", str(out), "--input", str(tmp_path / "x.npy"))  # QEMU is the default
+    assert res.returncode == 0, res.stderr
+    res = _cli("run", str(out), "--input", str(tmp_path / "x.npy"), "--qemu", "--port", "/dev/null")
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1

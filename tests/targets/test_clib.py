@@ -51,14 +51,15 @@ int main(void) {
 
 def _build_and_run(model, x: np.ndarray, tmp_path, reuse_rows: bool = True) -> np.ndarray:
     from tbn_tvm.frontend.onnx import load_onnx, to_relax
-    from tbn_tvm.passes.pipeline import prepare
+    from tbn_tvm.passes.pipeline import lower_mcu, prepare
+    from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
     from tbn_tvm.targets.clib.driver import write_library
-    from tbn_tvm.targets.clib.lower import extract, fuse, kernels_to_c
+    from tbn_tvm.targets.clib.lower import extract, kernels_to_c
 
-    graph = extract(fuse(prepare(to_relax(load_onnx(model)), reuse_rows=reuse_rows).mod))
+    graph = extract(lower_mcu(prepare(to_relax(load_onnx(model)), reuse_rows=reuse_rows, simd=False).mod))
     lib = tmp_path / "lib"
     lib.mkdir()
-    write_library(graph, kernels_to_c(graph.kernels), lib)
+    write_library(graph, kernels_to_c(graph.kernels, schedule_prim_mcu), lib)
     (lib / "main.c").write_text(HOST_MAIN)
     exe = tmp_path / "model"
     srcs = [str(lib / n) for n in ("model.c", "weights.c", "kernels.c", "main.c")]

@@ -1,8 +1,8 @@
 """Lower a prepared Relax module to a flat list of kernel calls plus C source for the kernels.
 
-Relax's own passes legalize and fuse the graph (so bias adds and activations are folded into
-the layer kernels); what is left in ``main`` is a straight sequence of ``call_tir`` bindings
-(and free reshapes).  Each kernel is scheduled for a small core (intermediate stages inlined so
+Relax's own passes legalize and fuse the graph (:func:`tbn_tvm.passes.pipeline.lower_mcu`: bias
+adds and activations are folded into the layer kernels); what is left in ``main`` is a straight
+sequence of ``call_tir`` bindings (and free reshapes).  Each kernel is scheduled for a small core (intermediate stages inlined so
 no scratch memory is needed), lowered by TVM and emitted with the C code generator.  TVM's C
 calls every kernel through its packed convention; the generated ``#include``s of TVM headers are
 replaced by the project's own minimal ABI header (:data:`ABI_HEADER`), so the library needs no
@@ -55,27 +55,6 @@ class LoweredGraph:
         while self.values[name].alias_of is not None:
             name = self.values[name].alias_of
         return name
-
-
-def fuse(mod):
-    """Relax legalization + fusion (the same passes the host pipeline runs)."""
-    import tvm
-    from tvm import relax
-
-    from tbn_tvm.passes.legalize import Legalize
-
-    seq = tvm.transform.Sequential(
-        [
-            Legalize(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
-        ],
-        name="tbn_clib_fuse",
-    )
-    return seq(mod)
 
 
 def extract(mod) -> LoweredGraph:
@@ -203,17 +182,17 @@ class KernelSource:
     workspace_bytes: int  # scratch memory the kernels may ask for at once (bump allocator)
 
 
-def kernels_to_c(kernels: dict[str, object], schedule: bool = True) -> KernelSource:
-    """C source for the kernels (TVM's C code generator, asserts disabled)."""
+def kernels_to_c(kernels: dict[str, object], schedule=None) -> KernelSource:
+    """C source for the kernels (TVM's C code generator, asserts disabled); ``schedule`` maps a
+    PrimFunc to its scheduled copy (the back end's choice; None keeps TVM's default loops)."""
     import tvm
 
-    from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
     from tbn_tvm.targets.clib import intrin
 
     intrin.register()
     funcs = {}
     for name, prim in kernels.items():
-        f = schedule_prim_mcu(prim) if schedule else prim
+        f = schedule(prim) if schedule is not None else prim
         funcs[name] = f.with_attr("global_symbol", name)
     mod = tvm.IRModule(funcs)
     from tbn_tvm.errors import TBNError

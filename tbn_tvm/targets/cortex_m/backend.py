@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tbn_tvm.errors import TBNError
-from tbn_tvm.targets import TargetSpec
+from tbn_tvm.targets.base import Backend, Option, TargetSpec
 
 LIB_DIR = "lib"
 FIRMWARE = "firmware.elf"
@@ -58,8 +58,39 @@ def _layer_sizes(graph, info, size_report, layers: list[dict]) -> list[dict]:
     return per_step
 
 
-class CortexMBackend:
+_CORTEX_M = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m7", "m4": "cortex-m4", "m7": "cortex-m7"}
+_TRIPLES = ("thumbv7em-none-eabihf", "thumbv7em-none-eabi")
+
+
+def cortex_m_spec(cpu: str) -> TargetSpec:
+    """The target spec of a Cortex-M CPU (``cortex-m4`` / ``cortex-m7``), hard-float ABI."""
+    return TargetSpec(
+        "cortex-m",
+        cpu,
+        {"kind": "llvm", "mtriple": "thumbv7em-none-eabihf", "mcpu": cpu, "mfloat-abi": "hard"},
+        cpu=cpu,
+    )
+
+
+class CortexMBackend(Backend):
     """Holds the built library and firmware until :meth:`save`; runs them on QEMU or a board."""
+
+    family = "cortex-m"
+    target_names = "cortex-m4, cortex-m7, thumbv7em-none-eabihf --mcpu cortex-m4|cortex-m7"
+    pass_options = {"simd": False}
+    compile_options = {
+        "board": Option(None, "board profile (flash/RAM limits, UART); default: the QEMU board of the CPU"),
+        "flash_size": Option(None, "flash limit in bytes, or with K/M (e.g. 512K)"),
+        "ram_size": Option(None, "RAM limit in bytes, or with K/M"),
+        "stack_size": Option(None, "stack reserved in RAM, in bytes or with K"),
+    }
+    run_options = {
+        "qemu": Option(True, "run the firmware on QEMU (the default when no port is given)"),
+        "port": Option(None, "serial port of a flashed board, e.g. /dev/ttyACM0 (instead of QEMU)"),
+        "baud": Option(115200, "UART baud rate for a board"),
+        "count_instructions": Option(False, "QEMU: count the instructions of each inference"),
+        "timeout": Option(None, "seconds before a QEMU/board run is declared hung"),
+    }
 
     def __init__(
         self,
@@ -77,13 +108,31 @@ class CortexMBackend:
         )
         self._dir = out_dir  # a saved artifact directory
         self.manifest = manifest or {}
-        self.run_options = {
-            "qemu": True,
-            "board": None,
-            "baud": 115200,
-            "count_instructions": False,
-            "timeout": None,
-        }
+
+    # ------------------------------------------------------------------ targets
+    @classmethod
+    def resolve(cls, target, mcpu: str | None) -> TargetSpec | None:
+        if isinstance(target, dict):
+            if target.get("kind") == "llvm" and "thumb" in str(target.get("mtriple", "")):
+                cpu = _CORTEX_M.get(str(target.get("mcpu", "")).lower())
+                if cpu is None:
+                    raise TBNError("a thumbv7em target needs mcpu cortex-m4 or cortex-m7")
+                return cortex_m_spec(cpu)
+            return None
+        low = target.lower()
+        if low in _CORTEX_M:
+            cpu = _CORTEX_M[low]
+            if mcpu is not None and _CORTEX_M.get(mcpu.lower()) != cpu:
+                raise TBNError(f"--mcpu {mcpu} contradicts the target {target}")
+            return cortex_m_spec(cpu)
+        if low in _TRIPLES:
+            if mcpu is None:
+                raise TBNError(f"target {target} needs --mcpu cortex-m4 or --mcpu cortex-m7")
+            cpu = _CORTEX_M.get(mcpu.lower())
+            if cpu is None:
+                raise TBNError(f"unknown --mcpu '{mcpu}'", hint="use cortex-m4 or cortex-m7")
+            return cortex_m_spec(cpu)
+        return None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -99,8 +148,10 @@ class CortexMBackend:
         ram_size=None,
         stack_size=None,
     ) -> tuple[CortexMBackend, dict]:
+        from tbn_tvm.passes.pipeline import lower_mcu
+        from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
         from tbn_tvm.targets.clib.driver import write_library
-        from tbn_tvm.targets.clib.lower import extract, fuse, kernels_to_c
+        from tbn_tvm.targets.clib.lower import extract, kernels_to_c
         from tbn_tvm.targets.cortex_m import build_firmware, ensure_toolchain, get_board
 
         if len(inputs) != 1 or len(outputs) != 1:
@@ -114,8 +165,8 @@ class CortexMBackend:
         if brd.cpu != spec.cpu:
             raise TBNError(f"board {brd.name} has a {brd.cpu}, but the target is {spec.cpu}")
         ensure_toolchain(install=False, need_qemu=False)
-        graph = extract(fuse(prepared.mod))
-        kernels = kernels_to_c(graph.kernels)
+        graph = extract(lower_mcu(prepared.mod))
+        kernels = kernels_to_c(graph.kernels, schedule_prim_mcu)
         staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
         try:
             lib = staging / LIB_DIR
@@ -173,49 +224,38 @@ class CortexMBackend:
         return cls(spec, get_board(manifest.get("board") or spec.cpu), out_dir=out_dir, manifest=manifest)
 
     # ------------------------------------------------------------------ running
-    def configure(
+    def run(
         self,
+        arrays: list[np.ndarray],
         *,
         qemu: bool = True,
-        board: str | None = None,
+        port: str | None = None,
         baud: int = 115200,
         count_instructions: bool = False,
         timeout: float | None = None,
-    ) -> None:
-        """Choose where :meth:`run_batch` runs: QEMU (default) or a board's serial port."""
-        self.run_options = {
-            "qemu": qemu,
-            "board": board,
-            "baud": baud,
-            "count_instructions": count_instructions,
-            "timeout": timeout,
-        }
-
-    def run_batch(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict]:
+    ) -> tuple[list[np.ndarray], dict]:
+        """Run on QEMU (default) or on the board at ``port`` over UART."""
         from tbn_tvm.targets.cortex_m import run_qemu, run_uart
 
         x = np.ascontiguousarray(arrays[0], dtype=np.float32)
         n = x.shape[0]
-        opts = self.run_options
-        if opts.get("board"):
-            y, stats = run_uart(
-                opts["board"], x.reshape(n, -1), baudrate=opts["baud"], timeout_s=opts["timeout"]
-            )
+        if port:
+            if count_instructions:
+                raise TBNError("instructions are counted on QEMU only; a board reports cycles")
+            y, stats = run_uart(port, x.reshape(n, -1), baudrate=baud, timeout_s=timeout)
         else:
             y, stats = run_qemu(
                 self._path(FIRMWARE),
                 self.board,
                 x.reshape(n, -1),
-                count_instructions=opts["count_instructions"],
-                timeout_s=opts["timeout"],
+                count_instructions=count_instructions,
+                timeout_s=timeout,
             )
         out_shape = getattr(self, "output_shape", None)
         y = np.asarray(y, dtype=np.float32)
         if out_shape is not None:
             y = y.reshape(n, *out_shape)
-        flat = {
-            "device": "qemu " + (self.board.qemu_machine or "") if not opts.get("board") else opts["board"]
-        }
+        flat = {"device": port if port else "qemu " + (self.board.qemu_machine or "")}
         ins = stats.get("instructions")
         if ins:
             flat["instructions_per_inference"] = ins.get("mean")
