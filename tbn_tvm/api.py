@@ -134,7 +134,9 @@ class CompiledModel:
         """The keyword options :meth:`run` accepts for this target, with their help."""
         return {k: v.help for k, v in type(self.backend).run_options.items()}
 
-    def time(self, inputs: np.ndarray | Mapping[str, np.ndarray], number: int = 10, repeat: int = 5) -> list[float]:
+    def time(
+        self, inputs: np.ndarray | Mapping[str, np.ndarray], number: int = 10, repeat: int = 5
+    ) -> list[float]:
         """Seconds per inference of one sample, one value per repeat of ``number`` calls (host
         builds; other targets report instructions or cycles through :meth:`run`)."""
         timer = getattr(self.backend, "time", None)

@@ -110,7 +110,9 @@ def run(args) -> int:
             flag = "--" + key.replace("_", "-")
             raise TBNError(
                 f"{flag} is not available for a {model.target.family} build ({model.target.name})",
-                hint="it applies to Cortex-M builds" if key in ("qemu", "port", "count_instructions") else None,
+                hint="it applies to Cortex-M builds"
+                if key in ("qemu", "port", "count_instructions")
+                else None,
             )
     outputs = model.run(inputs, **run_options)
     stats = model.last_run_stats

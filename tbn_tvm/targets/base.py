@@ -37,7 +37,12 @@ class TargetSpec:
     cpu: str | None = None
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "name": self.name, "tvm_target": dict(self.tvm_target), "cpu": self.cpu}
+        return {
+            "family": self.family,
+            "name": self.name,
+            "tvm_target": dict(self.tvm_target),
+            "cpu": self.cpu,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> TargetSpec:
@@ -109,5 +114,5 @@ class Backend(ABC):
         """Run stacked samples (one ``[N, *shape]`` array per input); returns ``[N, ...]``
         outputs and statistics (``device``, ``instructions_per_inference``, ...)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most back ends hold nothing
         """Release temporary files or devices (idempotent)."""

@@ -68,7 +68,9 @@ class HostBackend(Backend):
     """Runs a host build through the Relax VM (only when the target matches this machine)."""
 
     family = "host"
-    target_names = "llvm [--mcpu native|NAME], an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
+    target_names = (
+        "llvm [--mcpu native|NAME], an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
+    )
     pass_options = {"simd": True}
 
     # ------------------------------------------------------------------ targets
@@ -206,4 +208,8 @@ class HostBackend(Backend):
 
 def _triple_is_native(triple: str) -> bool:
     arch = triple.split("-", 1)[0]
-    return _HOST_ARCH.get(platform.machine().lower()) == arch and "linux" in triple and platform.system() == "Linux"
+    return (
+        _HOST_ARCH.get(platform.machine().lower()) == arch
+        and "linux" in triple
+        and platform.system() == "Linux"
+    )
