@@ -243,14 +243,9 @@ def compile(  # noqa: A001 - the natural name for users
     layer_report = inspect(loaded)
     mod = to_relax(loaded)
     outputs = output_specs(mod, loaded)
-    from tbn_tvm.frontend.layers import fingerprint, weighted_layers
+    from tbn_tvm.frontend.layers import names_by_fingerprint
 
-    names = {}
-    for layer in weighted_layers(loaded.proto):
-        names.setdefault(fingerprint(layer.stored), layer.name)
-        names.setdefault(
-            fingerprint(layer.matmul_operand if layer.kind == "matmul" else layer.stored), layer.name
-        )
+    names = names_by_fingerprint(loaded.proto)
     prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, names=names, **backend_cls.pass_options)
     report = layer_report.to_dict()
     report.pop("model", None)
@@ -258,26 +253,14 @@ def compile(  # noqa: A001 - the natural name for users
     report["total"]["built_constant_bytes"] = prepared.constant_bytes()
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
-    _name_kernel_layers(extra.get("steps", []), prepared.layers, report["layers"])
+    for layer in report["layers"]:  # the kernels each layer ended up in, and their flash
+        steps = [s for s in extra.get("steps", []) if layer["name"] in s.get("layers", [])]
+        if steps:
+            layer["kernels"] = [s["kernel"] for s in steps]
+            layer["flash_bytes"] = sum(s["weight_bytes"] + s["code_bytes"] for s in steps)
     model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     return model
-
-
-def _name_kernel_layers(steps: list[dict], rewritten, layers: list[dict]) -> None:
-    """Label each generated kernel with the model layer it computes (the pass numbers its kernels
-    by layer, in graph order, like the report), when the two lists line up."""
-    import re
-
-    if len(rewritten) != len(layers):
-        return
-    by_kernel = {r.kernel: layers[i]["name"] for i, r in enumerate(rewritten) if r.kernel}
-    for step in steps:
-        names = [
-            name for k, name in by_kernel.items() if re.search(rf"(^|_){re.escape(k)}(_|$)", step["kernel"])
-        ]
-        if names:
-            step["layers"] = names
 
 
 def load(out_dir: str | os.PathLike) -> CompiledModel:

@@ -65,15 +65,17 @@ def _importer_class():
     return _Importer
 
 
-def import_model(proto: onnx.ModelProto, loaded):
-    """Relax IRModule of ``proto`` (weights as constants) for the static input specs of
-    ``loaded``; raises TBNError naming the failing node."""
+def import_model(proto: onnx.ModelProto, loaded, inputs=None):
+    """Relax IRModule of ``proto`` (weights as constants) for the static input specs ``inputs``
+    (default: those of ``loaded``, whose ``source`` names the model in errors); raises TBNError
+    naming the failing node."""
     from tbn_tvm.frontend.onnx import _printable
     from tbn_tvm.quiet import captured
 
+    inputs = loaded.inputs if inputs is None else inputs
     importer = _importer_class()(
-        {t.name: list(t.shape) for t in loaded.inputs},
-        {t.name: t.dtype for t in loaded.inputs},
+        {t.name: list(t.shape) for t in inputs},
+        {t.name: t.dtype for t in inputs},
         keep_params_in_input=False,
         sanitize=True,
     )

@@ -199,3 +199,14 @@ def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
             by_value[key] = layer
         layers.append(layer)
     return layers
+
+
+def names_by_fingerprint(proto: onnx.ModelProto) -> dict[str, str]:
+    """Weight :func:`fingerprint` -> layer name, for the stored array and the ``[in, out]``
+    operand TVM folds (what :class:`~tbn_tvm.passes.compress_weights.CompressWeights` sees)."""
+    names: dict[str, str] = {}
+    for layer in weighted_layers(proto):
+        names.setdefault(fingerprint(layer.stored), layer.name)
+        if layer.kind == "matmul":
+            names.setdefault(fingerprint(layer.matmul_operand), layer.name)
+    return names

@@ -362,9 +362,10 @@ def to_relax(loaded: LoadedModel):
     from tbn_tvm.passes.pipeline import fold_constants
     from tbn_tvm.quiet import captured
 
-    proto = to_import_opset(loaded)
+    proto = _with_safe_input_names(to_import_opset(loaded), loaded.inputs)
     loaded.import_proto = proto
-    mod = import_model(proto, loaded)
+    safe = [TensorSpec(vi.name, t.shape, t.dtype) for vi, t in zip(_graph_inputs(proto), loaded.inputs)]
+    mod = import_model(proto, loaded, safe)
     seq = fold_constants()
     with captured() as log:
         try:
@@ -378,6 +379,47 @@ def to_relax(loaded: LoadedModel):
     if loaded.outputs:
         check_outputs(mod, loaded)
     return mod
+
+
+def _with_safe_input_names(proto: onnx.ModelProto, inputs: Sequence[TensorSpec]) -> onnx.ModelProto:
+    """A copy whose graph inputs are named ``in0, in1, ...``: TVM turns input names into
+    parameter names of the generated code, and a model's names may hold any text (a library
+    meant for firmware must never carry text from the model into code)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    existing = {o for node in m.graph.node for o in node.output} | {t.name for t in m.graph.initializer}
+    rename = {}
+    for i, t in enumerate(inputs):
+        new, k = f"in{i}", 0
+        while new in existing:  # a value of the model already has that name
+            k += 1
+            new = f"in{i}_{k}"
+        rename[t.name] = new
+
+    def fix(graph: onnx.GraphProto) -> None:
+        for vi in graph.input:
+            if vi.name in rename:
+                vi.name = rename[vi.name]
+        for vi in graph.output:
+            if vi.name in rename:
+                vi.name = rename[vi.name]
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+            for a in node.attribute:
+                if a.HasField("g"):
+                    fix(a.g)
+                for g in a.graphs:
+                    fix(g)
+
+    fix(m.graph)
+    return m
+
+
+def _graph_inputs(proto: onnx.ModelProto) -> list:
+    initializers = {t.name for t in proto.graph.initializer}
+    return [vi for vi in proto.graph.input if vi.name not in initializers]
 
 
 def relax_outputs(mod) -> list[tuple[tuple[int, ...] | None, str | None]]:

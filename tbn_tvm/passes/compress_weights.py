@@ -124,11 +124,22 @@ class _Compressor(relax.PyExprMutator):
         self._symbols.add(sym)
         return sym
 
-    def _args(self, w: np.ndarray, lw: LayerWeight) -> list:
+    def _args(self, w: np.ndarray, lw: LayerWeight, name: str) -> list:
         key = (fingerprint(w), lw.order)
         if key not in self._buffers:
-            self._buffers[key] = [relax.const(b.data, b.dtype) for b in lw.format.buffers()]
+            consts = []
+            for b in lw.format.buffers():
+                c = relax.const(b.data, b.dtype)
+                self.owner.const_names[hash(c)] = f"{c_identifier(name)}_{b.name}"
+                consts.append(c)
+            self._buffers[key] = consts
         return self._buffers[key]
+
+    def _dense(self, call, w_expr, name: str, op: str, lw: LayerWeight):
+        """A layer left dense: recorded, and its weight constant named after it."""
+        self.layers.append(RewrittenLayer(name, op, None, lw))
+        self.owner.const_names.setdefault(hash(w_expr), f"{c_identifier(name)}_weight")
+        return call
 
     def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer):
         kernel = kernels.build(lw.format, layer)
@@ -136,7 +147,7 @@ class _Compressor(relax.PyExprMutator):
         gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", sym), sym)
         self.layers.append(RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan))
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
-        result = relax.call_tir(gv, [x, *self._args(w, lw)], out_ty)
+        result = relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty)
         if tuple(layer.out_shape) != _shape(call):  # a 1-D weight: drop the unit output axis
             result = relax.op.reshape(self.builder_.emit(result), _shape(call))
         return result
@@ -156,8 +167,7 @@ class _Compressor(relax.PyExprMutator):
         name = self._name(w, "matmul")
         lw = detect_layer_weight(w, "matmul")
         if not lw.compact:
-            self.layers.append(RewrittenLayer(name, "matmul", None, lw))
-            return call
+            return self._dense(call, w_expr, name, "matmul", lw)
         w2 = w[:, None] if w.ndim == 1 else w
         out_shape = (*x_shape[:-1], w2.shape[1])
         layer = kernels.Layer(
@@ -192,8 +202,7 @@ class _Compressor(relax.PyExprMutator):
         name = self._name(w, op)
         lw = detect_layer_weight(w, kind)
         if not lw.compact:
-            self.layers.append(RewrittenLayer(name, op, None, lw))
-            return call
+            return self._dense(call, w_expr, name, op, lw)
         layer = kernels.Layer(
             name=name,
             op=op,
@@ -226,10 +235,13 @@ class CompressWeights:
     ) -> None:
         self.layers: list[RewrittenLayer] = []
         self.names = dict(names or {})
+        #: constant object (hash) -> C-safe name ``<layer>_<buffer>`` (``fc1_tile``, ``fc2_weight``)
+        self.const_names: dict[int, str] = {}
         self.reuse_rows = reuse_rows
         self.simd = simd
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.layers.clear()
+        self.const_names.clear()
         mod = _Compressor(mod, self).transform()
         return relax.transform.DeadCodeElimination()(mod)

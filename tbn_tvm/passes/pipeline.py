@@ -24,7 +24,7 @@ Phase 2, lowering, per target family
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -40,6 +40,7 @@ class Prepared:
 
     mod: tvm.IRModule
     layers: list[RewrittenLayer]
+    const_names: dict[int, str] = field(default_factory=dict)  # constant (hash) -> C-safe name
 
     def constant_bytes(self) -> int:
         """Bytes of every constant left in the module (compact weights, biases, dense weights)."""
@@ -70,7 +71,7 @@ def prepare(
         return Prepared(mod, [])
     compress_pass = CompressWeights(names=names, reuse_rows=reuse_rows, simd=simd)
     mod = compress_pass(mod)
-    return Prepared(mod, list(compress_pass.layers))
+    return Prepared(mod, list(compress_pass.layers), dict(compress_pass.const_names))
 
 
 # ----------------------------------------------------------------------------- phase 2

@@ -222,10 +222,11 @@ def export_onnx(
     infer = inference_copy(model, form)
     example = example.detach().to("cpu")
     proto = _to_onnx(infer, example, form, dynamic_batch, input_name, output_name, opset)
+    nodes = _node_module_names(proto, infer)
     _strip_node_metadata(proto)
     layers = _layer_info(model)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps({"form": form, "layers": layers})
+    entry.key, entry.value = METADATA_KEY, json.dumps({"form": form, "layers": layers, "nodes": nodes})
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
@@ -292,6 +293,60 @@ def export_onnx(
         file_bytes=len(data),
         max_abs_diff=max_diff,
     )
+
+
+_WEIGHTED_NODES = ("Gemm", "MatMul", "Conv", "ConvTranspose")
+_WEIGHTED_MODULES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    TiledLayer,
+    FrozenTiled,
+)
+
+
+def _node_module_names(proto, model: nn.Module) -> dict[str, str]:
+    """ONNX node name -> the PyTorch module that owns its weight, for every Gemm/MatMul/Conv/
+    ConvTranspose node: from the exporter's name scopes (the deepest weighted module on the
+    node's scope path), else from the weight initializer's name (``conv1.weight`` -> ``conv1``,
+    e.g. after BatchNorm was fused into the conv)."""
+    import ast
+
+    weighted = {name for name, m in model.named_modules() if isinstance(m, _WEIGHTED_MODULES)}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    names: dict[str, str] = {}
+    for node in proto.graph.node:
+        if node.op_type not in _WEIGHTED_NODES or not node.name:
+            continue
+        found = None
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = [str(x) for x in ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))]
+        except (ValueError, SyntaxError):
+            scopes = []
+        path = [x for x in scopes if x]
+        for k in range(len(path), 0, -1):
+            if ".".join(path[:k]) in weighted:
+                found = ".".join(path[:k])
+                break
+        if found is None and len(node.input) > 1:  # the weight's own name, through a chain
+            stack, seen = [node.input[1]], set()
+            while stack and found is None:
+                cur = stack.pop()
+                if cur in seen:
+                    continue
+                seen.add(cur)
+                for suffix in (".weight", ".tile", ".W", ".A", ".alpha"):
+                    if cur.endswith(suffix) and cur[: -len(suffix)] in weighted:
+                        found = cur[: -len(suffix)]
+                if cur in producers:
+                    stack.extend(producers[cur].input)
+        if found is not None:
+            names[node.name] = found
+    return names
 
 
 def _umask() -> int:

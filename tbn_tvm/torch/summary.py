@@ -1,7 +1,7 @@
 """Size table of a (tiled) model, in the spirit of ``larq.models.summary``.
 
-Accounting, as in the authors' ``model_stats``: a tiled layer stores ``n/p`` tile bits plus 32
-bits per scale α; a dense (full-precision) Linear/Conv weight costs 32 bits per element; biases,
+Accounting, as the compiled model stores it (the same figures as ``tbn-tvm inspect``): a tiled
+layer stores its ``n/p`` tile bits packed in 32-bit words plus 32 bits per scale α; a dense (full-precision) Linear/Conv weight costs 32 bits per element; biases,
 BatchNorm parameters and running statistics are counted as fp32 "other" values.  The latent
 training tensors ``W`` and ``A`` are not stored at inference and are not counted.
 
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from tbn_tvm.formats.base import bits_per_weight
 from tbn_tvm.torch.layers import ALPHA_BITS, FrozenTiled, TiledLayer
 
 __all__ = ["summary", "ModelSummary", "LayerSize"]
@@ -62,7 +63,7 @@ class LayerSize:
     @property
     def bits_per_weight(self) -> float:
         """Weight storage bits per weight element (``nan`` for "other" modules)."""
-        return self.weight_bits / self.weights if self.weights else math.nan
+        return bits_per_weight(self.weight_bits, self.weights)
 
 
 @dataclass
@@ -203,7 +204,9 @@ def summary(model: nn.Module) -> ModelSummary:
             shape = tuple(m.weight.shape) if isinstance(m, TiledLayer) else m.weight_shape
             n = math.prod(shape)
             n_alpha = m.p if m.alpha == "per_copy" else 1
-            bits = n // m.p + ALPHA_BITS * n_alpha
+            # the tile packed in 32-bit words plus 32 bits per α: what the compiled model stores,
+            # the same figure as ``tbn-tvm inspect`` (tbn_tvm.formats.TiledFormat.storage_bits)
+            bits = 32 * math.ceil((n // m.p) / 32) + ALPHA_BITS * n_alpha
             other = _other_values(m, {"weight", "alpha_weight", "tile", "scales"})
             rows.append(
                 LayerSize(

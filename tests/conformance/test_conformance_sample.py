@@ -29,8 +29,9 @@ from conformance.run import default_jobs
 REPO = Path(__file__).resolve().parents[2]
 SUPPORTED_OPS = REPO / "tbn_tvm" / "frontend" / "supported_ops.json"
 
-#: Sized to run in under four minutes on the project's 2-core CI machine (measured: see below).
-LLVM_SAMPLE = 1200
+#: Sized to run in under four minutes on the project's 2-core CI machine: this whole file took
+#: 2 min 10-20 s there, leaving room for the cases that are refused early today to compile later.
+LLVM_SAMPLE = 1000
 QEMU_SAMPLE = 10
 SEED = 0
 

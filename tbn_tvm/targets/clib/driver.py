@@ -128,7 +128,7 @@ def write_library(
     ]
     for name, v in graph.values.items():
         if v.kind == "const" and v.alias_of is None:
-            c = f"tbn_w_{name}"
+            c = f"tbn_{name}"
             cname[name] = c
             constants[c] = int(v.data.nbytes)
             weights_c.append(_array(c, np.ascontiguousarray(v.data)))

@@ -57,8 +57,9 @@ class LoweredGraph:
         return name
 
 
-def extract(mod) -> LoweredGraph:
-    """Turn a fused module's ``main`` into values and steps."""
+def extract(mod, const_names: dict[int, str] | None = None) -> LoweredGraph:
+    """Turn a fused module's ``main`` into values and steps; constants are named from
+    ``const_names`` (constant hash -> ``<layer>_<buffer>``) where known, else ``c<i>``."""
     import tvm
     from tvm import relax, tirx
 
@@ -84,7 +85,9 @@ def extract(mod) -> LoweredGraph:
             key = expr.__hash__()
             if key not in const_ids:
                 arr = expr.value.numpy()
-                name = f"c{len(const_ids)}"
+                name = (const_names or {}).get(key) or f"c{len(const_ids)}"
+                if name in values:
+                    name = f"{name}_{len(const_ids)}"
                 const_ids[key] = name
                 values[name] = Value(name, "const", tuple(arr.shape), str(arr.dtype), data=arr)
             return const_ids[key]

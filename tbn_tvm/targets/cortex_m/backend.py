@@ -38,23 +38,39 @@ def parse_size(value) -> int | None:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
 
 
-def _layer_sizes(graph, info, size_report, layers: list[dict]) -> list[dict]:
-    """Flash per layer: its weight arrays plus the code of its kernel(s)."""
+def _layer_sizes(graph, info, size_report, layers) -> list[dict]:
+    """Per kernel call (step): the model layers it computes (by name), the C arrays it reads,
+    their bytes (flash) and the kernel's code bytes."""
+    from tbn_tvm.frontend.layers import c_identifier
+
     code = {s.name: s.size for s in size_report.library_symbols if s.kind in ("func", "text")}
+    by_array = {f"tbn_{c_identifier(layer.name)}_": layer.name for layer in layers}
+    by_kernel = sorted(
+        ((layer.kernel, layer.name) for layer in layers if layer.kernel), key=lambda t: -len(t[0])
+    )
     per_step = []
     for i, step in enumerate(graph.steps):
-        weights = sum(info.constants[c] for c in info.step_constants[i])
+        arrays = list(info.step_constants[i])
+        names: list[str] = []
+        for arr in arrays:
+            for prefix, name in by_array.items():
+                if arr.startswith(prefix) and name not in names:
+                    names.append(name)
+        rest = step.kernel
+        for sym, name in by_kernel:
+            if sym in rest:
+                rest = rest.replace(sym, "")
+                if name not in names:
+                    names.append(name)
         per_step.append(
             {
                 "kernel": step.kernel,
-                "weight_bytes": weights,
+                "layers": names,
+                "arrays": arrays,
+                "weight_bytes": sum(info.constants[c] for c in arrays),
                 "code_bytes": code.get(f"__tvm_ffi_{step.kernel}", 0),
             }
         )
-    # attach the per-step figures to the report's layers in order (kernels that carry weights)
-    weighted = [s for s in per_step if s["weight_bytes"] > 0]
-    for layer, step in zip(layers, weighted):
-        layer["flash"] = step
     return per_step
 
 
@@ -165,7 +181,7 @@ class CortexMBackend(Backend):
         if brd.cpu != spec.cpu:
             raise TBNError(f"board {brd.name} has a {brd.cpu}, but the target is {spec.cpu}")
         ensure_toolchain(install=False, need_qemu=False)
-        graph = extract(lower_mcu(prepared.mod))
+        graph = extract(lower_mcu(prepared.mod), prepared.const_names)
         kernels = kernels_to_c(graph.kernels, schedule_prim_mcu)
         staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
         try:
@@ -188,7 +204,7 @@ class CortexMBackend(Backend):
             if brd.qemu_machine is not None and brd.uart_driver is not None:
                 build_firmware(lib, brd, staging / FIRMWARE_UART, mode="uart", **limits)
                 extra["firmware_uart"] = FIRMWARE_UART
-            extra["steps"] = _layer_sizes(graph, info, size, [])
+            extra["steps"] = _layer_sizes(graph, info, size, prepared.layers)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
