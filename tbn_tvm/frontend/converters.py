@@ -125,3 +125,98 @@ def clip(bb, inputs, attrs, opset, node):
     if hi is not None:
         x = relax.op.minimum(x, hi)
     return x
+
+
+def refuse(node, what: str):
+    """Raise the one-line error for a use of an operator tbn-tvm cannot compile exactly."""
+    from tbn_tvm.errors import TBNError
+    from tbn_tvm.frontend.onnx import _printable
+
+    label = _printable(node.name or (node.output[0] if node.output else "?")) if node is not None else "?"
+    op = node.op_type if node is not None else "operator"
+    raise TBNError(
+        f"{op} node '{label}': {what}",
+        hint="tbn-tvm compiles inference graphs exactly or not at all; change it in the exporter",
+    )
+
+
+def _constant(expr):
+    """The numpy value of a Relax constant, or None."""
+    import tvm
+
+    return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
+
+
+@converter("BatchNormalization")
+def batch_norm(bb, inputs, attrs, opset, node):
+    """Inference form only: ``training_mode=1`` (batch statistics, running-mean outputs) is
+    refused (TVM computes other numbers)."""
+    if int(attrs.get("training_mode", 0)) or len([o for o in node.output if o]) > 1:
+        refuse(node, "training_mode=1 (batch statistics) is not supported; export the model in eval mode")
+    return None
+
+
+@converter("Dropout")
+def dropout(bb, inputs, attrs, opset, node):
+    """Inference form: the identity, and an all-true boolean mask when the mask is requested.
+    A ``training_mode`` input that is not the constant False is refused."""
+    from tvm import relax
+
+    if len(inputs) > 2 and inputs[2] is not None:
+        flag = _constant(inputs[2])
+        if flag is None or bool(flag):
+            refuse(node, "training_mode is not constant False; export the model in eval mode")
+    x = inputs[0]
+    if len([o for o in node.output if o]) < 2:
+        return x
+    mask = relax.op.ones_like(x, "bool")
+    return relax.Tuple([x, mask])
+
+
+def _softplus_te(x):
+    """``max(x, 0) + log1p(exp(-|x|))``: exact to float precision everywhere (TVM writes
+    ``log(1 + exp(-|x|))``, which loses every small value)."""
+    from tvm import te, tirx
+
+    def body(*i):
+        v = x(*i)
+        zero = tirx.const(0, x.dtype)
+        return tirx.Select(v > zero, v, zero) + tirx.log1p(tirx.exp(-tirx.abs(v)))
+
+    return te.compute(x.shape, body, name="softplus")
+
+
+@converter("Softplus")
+def softplus(bb, inputs, attrs, opset, node):
+    """Softplus with ``log1p`` (see :func:`_softplus_te`)."""
+    return bb.emit_te(_softplus_te, inputs[0], primfunc_name_hint="softplus")
+
+
+@converter("Mish")
+def mish(bb, inputs, attrs, opset, node):
+    """``x * tanh(softplus(x))`` with the exact softplus (TVM's ``log(1 + e^x)`` loses the
+    small values)."""
+    from tvm import te, tirx
+
+    def f(x):
+        sp = _softplus_te(x)
+        return te.compute(x.shape, lambda *i: x(*i) * tirx.tanh(sp(*i)), name="mish")
+
+    return bb.emit_te(f, inputs[0], primfunc_name_hint="mish")
+
+
+@converter("NonMaxSuppression")
+def non_max_suppression(bb, inputs, attrs, opset, node):
+    """Its output shape depends on the data: refused (TVM returns a wrong static shape)."""
+    refuse(node, "the number of selected boxes depends on the data; tbn-tvm compiles static shapes only")
+
+
+@converter("RoiAlign")
+def roi_align(bb, inputs, attrs, opset, node):
+    """``mode="max"`` is refused: TVM takes the max of the bilinear samples where ONNX's
+    reference takes the max of the weighted corner values."""
+    mode = attrs.get("mode", b"avg")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "avg":
+        refuse(node, f"mode='{mode}' is not supported (only 'avg')")
+    return None
