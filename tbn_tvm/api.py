@@ -52,6 +52,10 @@ class CompiledModel:
     def _stack(self, inputs) -> tuple[list[np.ndarray], bool]:
         """Validate inputs; returns per-input arrays of shape [N, *shape] and whether they were
         given stacked."""
+        if not self.inputs:  # a model without inputs (constants only): one run
+            if inputs not in (None, {}) and not (isinstance(inputs, Mapping) and not inputs):
+                raise TBNError("the model has no inputs: call run() or run({})")
+            return [], False
         if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
             if len(self.inputs) != 1:
                 names = ", ".join(t.name for t in self.inputs)
@@ -94,7 +98,7 @@ class CompiledModel:
             raise TBNError("give every input either as one sample or as a stack of samples, not a mix")
         return arrays, stacked_flags[0]
 
-    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray], **run_options):
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, **run_options):
         """Run one sample (arrays of the input shapes) or N samples (``[N, *shape]``).
 
         Returns one array for a single-output model, else a dict name -> array.  ``run_options``
@@ -111,7 +115,7 @@ class CompiledModel:
                 hint=f"valid: {valid}",
             )
         arrays, stacked = self._stack(inputs)
-        n = arrays[0].shape[0]
+        n = arrays[0].shape[0] if arrays else 1
         t0 = time.perf_counter()
         if n == 0:
             outs, stats = [np.zeros((0, *o.shape), o.dtype) for o in self.outputs], {}

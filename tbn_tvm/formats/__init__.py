@@ -32,13 +32,26 @@ __all__ = [
     "WeightFormat",
     "bits_per_weight",
     "detect_layer_weight",
+    "format_classes",
     "detect_weight",
 ]
 
-#: The compact formats, tried on every weight; the cheapest exact form wins (ties: first listed).
-FORMATS: list[type[WeightFormat]] = [
-    TiledFormat,
+#: The compact formats (``module:Class``), tried on every weight; the cheapest exact form wins
+#: (ties: first listed).  Adding a format is one module and one line here.
+FORMATS: list[str] = [
+    "tbn_tvm.formats.tiled:TiledFormat",
 ]
+
+
+def format_classes() -> list[type[WeightFormat]]:
+    """The classes of :data:`FORMATS`, imported on first use."""
+    import importlib
+
+    out = []
+    for path in FORMATS:
+        module, _, cls = path.partition(":")
+        out.append(getattr(importlib.import_module(module), cls))
+    return out
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class LayerWeight:
 
 def detect_weight(weight: np.ndarray, op: str) -> WeightFormat | None:
     """The cheapest exact compact form of ``weight`` (framework layout) among :data:`FORMATS`."""
-    found = [f for f in (cls.detect(weight, op) for cls in FORMATS) if f is not None]
+    found = [f for f in (cls.detect(weight, op) for cls in format_classes()) if f is not None]
     dense_bits = 8 * np.asarray(weight).dtype.itemsize * np.asarray(weight).size
     found = [f for f in found if f.storage_bits() < dense_bits]
     return min(found, key=lambda f: f.storage_bits()) if found else None

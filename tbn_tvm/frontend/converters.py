@@ -220,3 +220,25 @@ def roi_align(bb, inputs, attrs, opset, node):
     if mode != "avg":
         refuse(node, f"mode='{mode}' is not supported (only 'avg')")
     return None
+
+
+@converter("Resize")
+def resize(bb, inputs, attrs, opset, node):
+    """Refused where TVM's result differs from ONNX's: ``antialias=1``, and ``scales`` that do
+    not give whole output sizes (ONNX maps coordinates with the given scale, TVM with the ratio
+    of the sizes; the two agree only when ``input * scale`` is a whole number)."""
+    if int(attrs.get("antialias", 0)):
+        refuse(node, "antialias=1 is not supported")
+    scales_at = 1 if opset < 11 else 2
+    scales = (
+        _constant(inputs[scales_at]) if len(inputs) > scales_at and inputs[scales_at] is not None else None
+    )
+    if scales is not None and scales.size:
+        try:
+            dims = [int(d) for d in inputs[0].ty.shape]
+        except (TypeError, ValueError):
+            return None
+        for d, s in zip(dims, scales.reshape(-1).tolist()):
+            if abs(d * s - round(d * s)) > 1e-6 * max(1.0, d * s):
+                refuse(node, f"scale {s:g} on a dimension of {d} does not give a whole output size")
+    return None

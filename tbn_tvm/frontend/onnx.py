@@ -211,7 +211,13 @@ def load_onnx(
 
 def _default_opset(proto: onnx.ModelProto, name: str) -> int:
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
+    if opset is None:
+        domains = ", ".join(sorted(_printable(o.domain, 30) for o in proto.opset_import)) or "none"
+        raise TBNError(
+            f"{name}: the model imports no opset of the default ONNX domain (it imports: {domains}); "
+            "tbn-tvm compiles operators of the default domain only"
+        )
+    if not MIN_OPSET <= opset <= MAX_OPSET:
         raise TBNError(
             f"{name}: ONNX opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})",
             hint="re-export with another opset or convert it with onnx.version_converter",
@@ -336,7 +342,10 @@ def _infer_outputs(loaded: LoadedModel) -> list[TensorSpec]:
 
 
 def to_import_opset(loaded: LoadedModel):
-    """The model as TVM's importer takes it: converted down to :data:`IMPORT_OPSET` when newer."""
+    """The model as TVM's importer takes it: converted down to :data:`IMPORT_OPSET` when newer
+    and ``onnx.version_converter`` can; otherwise as it is (TVM picks its newest converter not
+    newer than the opset, and the operator table admits only versions that the conformance suite
+    verified along this same path)."""
     proto = loaded.proto
     if loaded.opset <= IMPORT_OPSET:
         return proto
@@ -345,12 +354,8 @@ def to_import_opset(loaded: LoadedModel):
     try:
         converted = version_converter.convert_version(proto, IMPORT_OPSET)
         onnx.checker.check_model(converted)
-    except Exception as e:  # noqa: BLE001 - the converter has no adapter for some op
-        raise TBNError(
-            f"{loaded.source}: opset {loaded.opset} cannot be converted to opset {IMPORT_OPSET}, the newest TVM's "
-            f"importer handles ({' '.join(str(e).split())[:200]})",
-            hint=f"re-export with opset {IMPORT_OPSET} or lower",
-        ) from None
+    except Exception:  # noqa: BLE001 - the converter has no adapter for some op
+        return proto
     return converted
 
 

@@ -155,7 +155,7 @@ class HostBackend(Backend):
         if options:
             raise TBNError(f"unknown run option(s) for a host build: {', '.join(sorted(options))}")
         vm = self._machine()
-        n = arrays[0].shape[0]
+        n = arrays[0].shape[0] if arrays else 1
         per_sample = []
         for i in range(n):
             out = vm["main"](*[tvm.runtime.tensor(_contiguous(a[i])) for a in arrays])
