@@ -205,7 +205,8 @@ _SHAPE_INPUTS = {
 
 
 def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> list[OtherConstant]:
-    """Float constants consumed by the non-constant part of the graph, other than layer weights."""
+    """Constants consumed by the non-constant part of the graph (outside the inputs TVM turns
+    into shapes or attributes), other than layer weights: biases, norm parameters, indices."""
     g = proto.graph
     const_names = {t.name for t in g.initializer}
     inputs = {vi.name for vi in g.input} - const_names
@@ -229,7 +230,7 @@ def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> list[Ot
     out = []
     for name in sorted(boundary, key=lambda n: list(boundary).index(n)):
         v = values.get(name)
-        if v is None or v.dtype.kind != "f" or fingerprint(v) in weight_keys:
+        if v is None or v.dtype.kind not in "fiub" or fingerprint(v) in weight_keys:
             continue
         out.append(
             OtherConstant(name, boundary[name], tuple(int(d) for d in v.shape), str(v.dtype), int(v.nbytes))

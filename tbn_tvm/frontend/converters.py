@@ -242,3 +242,19 @@ def resize(bb, inputs, attrs, opset, node):
             if abs(d * s - round(d * s)) > 1e-6 * max(1.0, d * s):
                 refuse(node, f"scale {s:g} on a dimension of {d} does not give a whole output size")
     return None
+
+
+def _refuse_empty_reduction(bb, inputs, attrs, opset, node):
+    """A reduction whose input has a zero-size dimension: TVM reads uninitialised memory where
+    ONNX gives the reduction's identity (-inf for ReduceMax ...): refused."""
+    try:
+        dims = [int(d) for d in inputs[0].ty.shape]
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if 0 in dims:
+        refuse(node, f"reducing a tensor with a zero-size dimension (shape {dims}) is not supported")
+    return None
+
+
+for _op in ("ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin", "ReduceLogSumExp"):
+    CONVERTERS[_op] = _refuse_empty_reduction

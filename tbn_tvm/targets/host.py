@@ -60,8 +60,16 @@ def build(mod, spec: TargetSpec):
 
     target = spec.tvm()
     with captured():
-        mod, relax_pipeline = lower_host(mod, target)
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+        try:
+            mod, relax_pipeline = lower_host(mod, target)
+            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+        except TBNError:
+            raise
+        except Exception as e:  # noqa: BLE001 - TVM cannot lower or compile something in the graph
+            msg = " ".join(f"{type(e).__name__}: {e}".split())
+            raise TBNError(
+                f"TVM could not compile the model ({msg[-240:]})", hint="report it with the model"
+            ) from None
 
 
 class HostBackend(Backend):
@@ -158,7 +166,13 @@ class HostBackend(Backend):
         n = arrays[0].shape[0] if arrays else 1
         per_sample = []
         for i in range(n):
-            out = vm["main"](*[tvm.runtime.tensor(_contiguous(a[i])) for a in arrays])
+            try:
+                out = vm["main"](*[tvm.runtime.tensor(_contiguous(a[i])) for a in arrays])
+            except Exception as e:  # noqa: BLE001 - a kernel TVM built but cannot run
+                msg = " ".join(f"{type(e).__name__}: {e}".split())
+                raise TBNError(
+                    f"the compiled model failed while running ({msg[-200:]})", hint="report it with the model"
+                ) from None
             outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
             per_sample.append([o.numpy() for o in outs])
         k = len(per_sample[0]) if per_sample else 0

@@ -296,6 +296,18 @@ def export_onnx(
 
 
 _WEIGHTED_NODES = ("Gemm", "MatMul", "Conv", "ConvTranspose")
+#: Ops through which a weight initializer reaches its layer (tile form chains, transposes).
+_WEIGHT_CHAIN_OPS = (
+    "Reshape",
+    "Transpose",
+    "Expand",
+    "Tile",
+    "Mul",
+    "Cast",
+    "Identity",
+    "Unsqueeze",
+    "Squeeze",
+)
 _WEIGHTED_MODULES = (
     nn.Linear,
     nn.Conv1d,
@@ -328,9 +340,14 @@ def _node_module_names(proto, model: nn.Module) -> dict[str, str]:
         except (ValueError, SyntaxError):
             scopes = []
         path = [x for x in scopes if x]
+        # torch writes each level's full module name (['', 'inner', 'inner.0', 'linear']);
+        # older exporters wrote the components: try both, deepest first
         for k in range(len(path), 0, -1):
-            if ".".join(path[:k]) in weighted:
-                found = ".".join(path[:k])
+            for candidate in (path[k - 1], ".".join(path[:k])):
+                if candidate in weighted:
+                    found = candidate
+                    break
+            if found is not None:
                 break
         if found is None and len(node.input) > 1:  # the weight's own name, through a chain
             stack, seen = [node.input[1]], set()
@@ -342,7 +359,7 @@ def _node_module_names(proto, model: nn.Module) -> dict[str, str]:
                 for suffix in (".weight", ".tile", ".W", ".A", ".alpha"):
                     if cur.endswith(suffix) and cur[: -len(suffix)] in weighted:
                         found = cur[: -len(suffix)]
-                if cur in producers:
+                if cur in producers and producers[cur].op_type in _WEIGHT_CHAIN_OPS:
                     stack.extend(producers[cur].input)
         if found is not None:
             names[node.name] = found
