@@ -253,7 +253,10 @@ def compile(  # noqa: A001 - the natural name for users
     prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, names=names, **backend_cls.pass_options)
     report = layer_report.to_dict()
     report.pop("model", None)
-    report["source"] = loaded.source
+    import hashlib
+
+    report["source"] = Path(loaded.source).name  # the file's name only: no machine path in artifacts
+    report["source_sha256"] = hashlib.sha256(loaded.proto.SerializeToString(deterministic=True)).hexdigest()
     report["total"]["built_constant_bytes"] = prepared.constant_bytes()
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
@@ -267,14 +270,30 @@ def compile(  # noqa: A001 - the natural name for users
     return model
 
 
-def load(out_dir: str | os.PathLike) -> CompiledModel:
-    """Load what :meth:`CompiledModel.save` (or ``tbn-tvm compile``) wrote."""
-    out = Path(out_dir)
+def read_manifest(out: Path) -> dict:
+    """The manifest of an artifact directory (TBNError when missing or not JSON)."""
     path = out / MANIFEST
-    if not path.exists():
+    if not out.is_dir():
+        raise TBNError(f"{out}: not a directory written by 'tbn-tvm compile'")
+    if not path.is_file():
         raise TBNError(f"{out}: no {MANIFEST} here", hint="pass a directory written by 'tbn-tvm compile'")
     try:
         manifest = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise TBNError(
+            f"{path}: damaged manifest ({type(e).__name__})", hint="compile the model again"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise TBNError(f"{path}: damaged manifest (not an object)", hint="compile the model again")
+    return manifest
+
+
+def load(out_dir: str | os.PathLike) -> CompiledModel:
+    """Load what :meth:`CompiledModel.save` (or ``tbn-tvm compile``) wrote."""
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    path = out / MANIFEST
+    try:
         spec = TargetSpec.from_dict(manifest["target"])
         inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
         outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]

@@ -254,3 +254,56 @@ def inspect(model) -> ModelReport:
         w = layer.matmul_operand if layer.kind == "matmul" else layer.stored
         reports.append(LayerReport(layer, detect_layer_weight(np.asarray(w), layer.kind)))
     return ModelReport(loaded.source, reports, _other_constants(loaded.proto, layers))
+
+
+def _fixed_table(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def fmt_row(r):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    rule = "-" * len(fmt_row(head))
+    return [fmt_row(head), rule, *map(fmt_row, rows), rule]
+
+
+def artifact_table(manifest: dict) -> str:
+    """The per-layer table of a built artifact (``tbn-tvm inspect OUT_DIR``): format, weight
+    bytes, and where the target reports them flash bytes (weights + kernel code), and time or
+    instructions per inference when a run measured them."""
+    layers = manifest.get("layers", [])
+    has = {key: any(key in layer for layer in layers) for key in ("flash_bytes", "instructions", "seconds")}
+    head = ["layer", "op", "format", "bytes"]
+    head += ["flash"] * has["flash_bytes"] + ["instructions"] * has["instructions"] + ["ms"] * has["seconds"]
+    rows = []
+    for layer in layers:
+        row = [layer["name"], layer["op"], layer.get("label", layer["format"]), f"{layer['bytes']:,}"]
+        if has["flash_bytes"]:
+            row.append(f"{layer['flash_bytes']:,}" if "flash_bytes" in layer else "-")
+        if has["instructions"]:
+            row.append(f"{layer['instructions']:,}" if "instructions" in layer else "-")
+        if has["seconds"]:
+            row.append(f"{layer['seconds'] * 1e3:.3f}" if "seconds" in layer else "-")
+        rows.append(row)
+    target = manifest.get("target", {})
+    lines = [
+        f"{manifest.get('source', '?')} built for {target.get('name', '?')} ({target.get('family', '?')})"
+    ]
+    lines += _fixed_table(head, rows, set(range(3, len(head))))
+    total = manifest.get("total", {})
+    lines.append(
+        f"weights {total.get('weight_bytes', 0):,} bytes; all constants {total.get('built_constant_bytes', 0):,} bytes"
+    )
+    facts = [
+        f"{label} {manifest[key]:,} bytes"
+        for key, label in (("flash_bytes", "flash"), ("ram_bytes", "RAM"), ("arena_bytes", "arena"))
+        if key in manifest
+    ]
+    if facts:
+        lines.append(", ".join(facts))
+    measured = manifest.get("measured", {})
+    if measured:
+        lines.append(
+            "measured: "
+            + ", ".join(f"{k} {v}" for k, v in measured.items() if not isinstance(v, dict | list))
+        )
+    return "\n".join(lines)
