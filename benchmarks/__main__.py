@@ -1,7 +1,7 @@
-"""``python -m benchmarks``: run the benchmark suite (see ``benchmarks/run.py``)."""
+"""``python -m benchmarks``: run the benchmarks (see :mod:`benchmarks.cli`)."""
 
 import sys
 
-from benchmarks.run import main
+from benchmarks.cli import main
 
 sys.exit(main())

@@ -79,7 +79,9 @@ def fold_batchnorm(weight: np.ndarray, rng: np.random.Generator, eps: float = 1e
 # ------------------------------------------------------------------------------- graph helpers
 def _model(name: str, nodes, inputs, outputs, inits) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tbn-tvm-bench")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tbn-tvm-bench"
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
@@ -106,8 +108,9 @@ def authors_mlp(batch: int = 1) -> onnx.ModelProto:
     return model if batch == 1 else _with_batch(model, batch)
 
 
-def wide_mlp(p: int, batch: int = 1, width: int = 4096, depth: int = 2, classes: int = 10,
-             seed: int = 0) -> onnx.ModelProto:
+def wide_mlp(
+    p: int, batch: int = 1, width: int = 4096, depth: int = 2, classes: int = 10, seed: int = 0
+) -> onnx.ModelProto:
     """``width -> width (x depth) -> classes`` with ReLU, no biases: the ``depth`` hidden layers
     tiled at ``p`` with one α per copy, the classifier binary (p = 1, one α)."""
     rng = np.random.default_rng(seed)
@@ -122,16 +125,22 @@ def wide_mlp(p: int, batch: int = 1, width: int = 4096, depth: int = 2, classes:
     inits.append(numpy_helper.from_array(tiled_weight((classes, width), 1, rng), f"{name}.weight"))
     nodes.append(helper.make_node("Gemm", [cur, f"{name}.weight"], ["logits"], transB=1, name=name))
     return _model(
-        f"tbn_mlp{width}_p{p}", nodes,
+        f"tbn_mlp{width}_p{p}",
+        nodes,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, width])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
         inits,
     )
 
 
-def tiled_resnet(batch: int = 1, image: int = 32, stem: int = 32,
-                 stages: tuple[tuple[int, int, int], ...] = RESNET_STAGES, classes: int = 10,
-                 seed: int = 0) -> onnx.ModelProto:
+def tiled_resnet(
+    batch: int = 1,
+    image: int = 32,
+    stem: int = 32,
+    stages: tuple[tuple[int, int, int], ...] = RESNET_STAGES,
+    classes: int = 10,
+    seed: int = 0,
+) -> onnx.ModelProto:
     """A small ResNet-style CNN on ``3 x image x image`` inputs (see the module docstring).
 
     ``stages`` lists ``(channels, stride, p)`` per residual block; the 1x1 projection shortcut
@@ -144,8 +153,17 @@ def tiled_resnet(batch: int = 1, image: int = 32, stem: int = 32,
         inits.append(numpy_helper.from_array(w, f"{name}.weight"))
         inits.append(numpy_helper.from_array(b, f"{name}.bias"))
         pad = k // 2
-        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}_out"], name=name,
-                                      kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}.weight", f"{name}.bias"],
+                [f"{name}_out"],
+                name=name,
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[pad] * 4,
+            )
+        )
         return f"{name}_out"
 
     def relu(x: str, name: str) -> str:
@@ -157,7 +175,9 @@ def tiled_resnet(batch: int = 1, image: int = 32, stem: int = 32,
     for i, (cout, stride, p) in enumerate(stages, start=1):
         h = relu(conv(cur, f"block{i}.conv1", cin, cout, 3, stride, p), f"block{i}.relu1")
         h = conv(h, f"block{i}.conv2", cout, cout, 3, 1, p)
-        short = cur if stride == 1 and cin == cout else conv(cur, f"block{i}.shortcut", cin, cout, 1, stride, 1)
+        short = (
+            cur if stride == 1 and cin == cout else conv(cur, f"block{i}.shortcut", cin, cout, 1, stride, 1)
+        )
         nodes.append(helper.make_node("Add", [h, short], [f"block{i}.add_out"], name=f"block{i}.add"))
         cur = relu(f"block{i}.add_out", f"block{i}.relu2")
         cin = cout
@@ -165,9 +185,12 @@ def tiled_resnet(batch: int = 1, image: int = 32, stem: int = 32,
     nodes.append(helper.make_node("Flatten", ["pool_out"], ["flat_out"], name="flatten", axis=1))
     inits.append(numpy_helper.from_array(tiled_weight((classes, cin), 1, rng), "fc.weight"))
     inits.append(numpy_helper.from_array(rng.normal(0, 0.1, classes).astype(np.float32), "fc.bias"))
-    nodes.append(helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc"))
+    nodes.append(
+        helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc")
+    )
     return _model(
-        "tbn_resnet", nodes,
+        "tbn_resnet",
+        nodes,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, image, image])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
         inits,

@@ -101,6 +101,18 @@ def _where(e: BaseException) -> str:
     return ""
 
 
+def _axes_to_attribute(graph) -> None:
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type.startswith("Reduce") and len(node.input) > 1 and node.input[1] in inits:
+            axes = numpy_helper.to_array(inits[node.input[1]]).reshape(-1).tolist()
+            del node.input[1:]
+            if axes:
+                node.attribute.append(helper.make_attribute("axes", [int(a) for a in axes]))
+
+
 def relabel(model, opset: int):
     """``model`` with its default-domain opset import set to ``opset`` and nothing else changed
     (for a node whose inputs and attributes mean the same at both versions; the validation in
@@ -112,7 +124,12 @@ def relabel(model, opset: int):
     for o in out.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = opset
+    if opset < 18:  # Reduce* took their axes as an attribute before 18: move a constant one there
+        _axes_to_attribute(out.graph)
     out.ir_version = min(out.ir_version, onnx.helper.find_min_ir_version_for([*out.opset_import], True))
+    listed = {vi.name for vi in out.graph.input}
+    if any(t.name not in listed for t in out.graph.initializer):
+        out.ir_version = max(out.ir_version, 4)  # initializers that are not inputs need IR 4
     return out
 
 
@@ -203,7 +220,8 @@ def _graph_inputs(model) -> list:
 
 
 def freeze_inputs(model, values: list[Any]):
-    """``model`` with its graph inputs after the first turned into initializers of ``values``."""
+    """``model`` with its graph inputs after the first turned into initializers of ``values``
+    (listed as graph inputs too where the IR version requires it: before IR 4)."""
     import onnx
     from onnx import numpy_helper
 
@@ -213,9 +231,10 @@ def freeze_inputs(model, values: list[Any]):
     frozen = {vi.name for vi in graph_inputs[1:]}
     for vi, value in zip(graph_inputs[1:], values):
         m.graph.initializer.append(numpy_helper.from_array(np.asarray(value), vi.name))
-    keep = [vi for vi in m.graph.input if vi.name not in frozen]
-    del m.graph.input[:]
-    m.graph.input.extend(keep)
+    if m.ir_version >= 4:
+        keep = [vi for vi in m.graph.input if vi.name not in frozen]
+        del m.graph.input[:]
+        m.graph.input.extend(keep)
     return m
 
 
@@ -233,6 +252,9 @@ def run_case(job: dict, phase=lambda _p: None) -> dict:
     inputs, expected = job["inputs"], job["outputs"]
     rtol, atol = job["rtol"], job["atol"]
     result: dict[str, Any] = {}
+    if job.get("const_inputs"):  # before converting: the converter turns constant axes into attributes
+        model = freeze_inputs(model, inputs[1:])
+        inputs = inputs[:1]
     if job.get("convert_to"):
         phase("convert")
         try:
@@ -242,9 +264,6 @@ def run_case(job: dict, phase=lambda _p: None) -> dict:
         except ValueError as e:
             return {"status": NOT_CONVERTIBLE, "phase": "convert", "message": first_line(str(e), 500)}
         result["conversion"] = how
-    if job.get("const_inputs"):
-        model = freeze_inputs(model, inputs[1:])
-        inputs = inputs[:1]
     names = [vi.name for vi in _graph_inputs(model)]
     feeds = dict(zip(names, inputs))  # one sample each: the arrays have the declared shapes
 

@@ -1,7 +1,9 @@
 """The ``tbn-tvm`` command line.  Thin: parse arguments, call the API, render errors.
 
-Each sub-command lives in a ``_cmd_<name>`` function registered in ``_COMMANDS``; heavy modules
-(TVM, torch) are imported inside those functions so that ``tbn-tvm --help`` stays fast.
+Each sub-command is one module of :mod:`tbn_tvm.commands` whose ``run(args)`` is registered with
+the :func:`command` and :func:`arg` decorators; heavy modules (TVM, torch) are imported inside
+those functions so that ``tbn-tvm --help`` stays fast.  :func:`guarded` turns what a command
+raises into one ``error: ...`` line and an exit status.
 """
 
 from __future__ import annotations

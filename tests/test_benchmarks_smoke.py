@@ -1,13 +1,19 @@
-"""Smoke run of the benchmark suite: ``python -m benchmarks --quick`` into a temporary folder.
+"""The benchmarks (``benchmarks/``): a ``python -m benchmarks --quick`` smoke run and ``--model``
+runs on a tiny tiled Gemm, all into temporary folders; the trust rule on synthetic timing
+samples; the ``tbn-tvm bench`` shim.
 
-Checks that the one command writes report.md, report.json and speedup.png, that the JSON holds
-the expected keys with sane values (medians consistent with their samples, speed-ups equal to
-ratios of medians, outputs matching onnxruntime, exact Cortex-M counts) and that a quick run
-leaves the committed report alone.  No assertion on speed: the benchmark is not a timed test.
+Checks that the command writes report.md, report.json and speedup.png, that the JSON holds the
+expected keys with sane values (medians consistent with their samples, speed-ups equal to ratios
+of medians, trust verdicts equal to the rule applied to the samples, outputs matching
+onnxruntime, exact Cortex-M counts), that what fails the trust rule is never shown as a number,
+and that no run writes into the repository.  No assertion on speed: the benchmark is not a
+timed test.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import math
 import os
@@ -15,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,26 +40,63 @@ def _toolchain_missing() -> bool:
     return False
 
 
+def _bench_module(name: str):
+    """``benchmarks.<name>`` of this checkout, imported without writing ``__pycache__`` into it."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    finally:
+        sys.dont_write_bytecode = before
+
+
 def _bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+    env = dict(
+        os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
+def _snapshot() -> dict:
+    """Every file under benchmarks/ (bytecode caches aside) with its size and modification time."""
+    return {
+        p.relative_to(REPO): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in (REPO / "benchmarks").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    )
+
+
+# ------------------------------------------------------------------------------------ quick run
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    committed = {p: p.stat().st_mtime_ns for p in (REPO / "benchmarks").glob("*") if p.is_file()}
-    args = ["--quick", "--out", str(out)] + (["--skip-cortex-m"] if _toolchain_missing() else [])
+    before = _snapshot()
+    args = ["--quick", "--no-publish", "--out", str(out)] + (
+        ["--skip-cortex-m"] if _toolchain_missing() else []
+    )
     proc = _bench(*args)
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
-    after = {p: p.stat().st_mtime_ns for p in (REPO / "benchmarks").glob("*") if p.is_file()}
-    return out, proc, json.loads((out / "report.json").read_text()), committed, after
+    _ok(proc)
+    return out, proc, json.loads((out / "report.json").read_text()), before, _snapshot()
 
 
 def test_writes_the_three_files_and_progress(quick):
-    out, proc, report, committed, after = quick
+    out, proc, report, before, after = quick
     assert "Traceback" not in proc.stderr
     progress = [line for line in proc.stderr.splitlines() if line.startswith("[bench")]
     assert len(progress) >= 10, proc.stderr
@@ -60,22 +104,40 @@ def test_writes_the_three_files_and_progress(quick):
     assert report["meta"]["command"] in md and "python -m benchmarks --quick" in md
     for heading in ("## Host CPU", "## Models", "## Method", "## Machine and versions"):
         assert heading in md
+    assert 'mcpu="native"' in md and "Trust rule" in md
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert committed == after, "a quick run must not touch the committed report"
+    assert before == after, "a quick run must not write into the repository"
+
+
+def test_markdown_is_the_json_rendered(quick):
+    out, _, report, _, _ = quick
+    assert _bench_module("report").render_markdown(report) == (out / "report.md").read_text()
 
 
 def test_meta_machine_versions(quick):
     _, _, report, _, _ = quick
-    assert report["meta"]["quick"] is True and report["meta"]["wall_s"] > 0
+    assert (
+        report["meta"]["quick"] is True and report["meta"]["kind"] == "suite" and report["meta"]["wall_s"] > 0
+    )
     m = report["machine"]
     assert m["cpu_model"] and m["usable_cpus"] >= 1 and m["logical_cpus"] >= m["usable_cpus"]
     v = report["versions"]
-    for key in ("tbn-tvm", "apache-tvm", "onnxruntime", "numpy", "python", "arm-none-eabi-gcc", "qemu-system-arm"):
+    for key in (
+        "tbn-tvm",
+        "apache-tvm",
+        "onnxruntime",
+        "numpy",
+        "python",
+        "arm-none-eabi-gcc",
+        "qemu-system-arm",
+    ):
         assert key in v
     for key in ("tbn-tvm", "apache-tvm", "onnxruntime", "numpy", "python"):
         assert v[key]
     assert report["threads"]["tvm"] >= 1 and report["threads"]["onnxruntime_intra_op"] >= 1
     assert report["authors"]["instructions_per_inference"] == 2_645_000
+    assert "mcpu=" in report["host_target"]
+    assert set(report["trust_rule"]) == {"min_rounds", "max_spread_iqr_over_median", "min_timed_s"}
 
 
 def test_models_table(quick):
@@ -90,6 +152,7 @@ def test_models_table(quick):
 
 
 def test_host_rows(quick):
+    harness = _bench_module("harness")
     _, _, report, _, _ = quick
     rows = report["host"]
     assert {(r["model"], r["batch"]) for r in rows} >= {("authors_mnist_mlp", 1), ("authors_mnist_mlp", 4)}
@@ -102,11 +165,29 @@ def test_host_rows(quick):
             assert all(math.isfinite(s) and s > 0 for s in samples)
             assert t["min_s"] <= t["median_s"] <= t["max_s"]
             assert t["rel_err_vs_onnxruntime"] <= 1e-5, (r["model"], r["batch"], name)
+            assert t["trusted"] == harness.trust(samples, t["number"])["trusted"]
         for name in v:
             if name != "tbn-tvm":
                 expected = v[name]["median_s"] / v["tbn-tvm"]["median_s"]
                 assert r["speedup"][f"vs_{name}"] == pytest.approx(expected)
+                both = v[name]["trusted"] and v["tbn-tvm"]["trusted"]
+                assert r["speedup_trusted"][f"vs_{name}"] is both
         assert v["tbn-tvm"]["weight_bytes_in_build"] < v["tvm-fp32"]["weight_bytes_in_build"]
+        assert r["outputs_within_tolerance"] is True
+
+
+def test_untrusted_figures_are_not_shown_as_numbers(quick):
+    """Whatever this run measured: a ratio is printed as a number exactly when it is trusted."""
+    report_mod = _bench_module("report")
+    out, proc, report, _, _ = quick
+    for r in report["host"]:
+        for key, trusted in r["speedup_trusted"].items():
+            text = report_mod.ratio_text(r, key[len("vs_") :])
+            assert text.endswith("×") is trusted and text.startswith("not measured enough") is not trusted
+    bad = report_mod.untrusted_timings(report)
+    md = (out / "report.md").read_text()
+    assert ("did not meet the trust rule" in md) is bool(bad)
+    assert ("did not meet the trust rule" in proc.stdout) is bool(bad)
 
 
 def test_cortex_m_and_acceptance(quick):
@@ -122,17 +203,221 @@ def test_cortex_m_and_acceptance(quick):
         assert b["instructions_min"] == b["instructions_max"] == b["instructions_per_inference"] > 0
         assert 0 < b["weight_bytes"] < b["flash_bytes"] and b["ram_bytes"] > 0
         assert b["rel_err_vs_onnxruntime"] <= 1e-5 and b["predictions_equal_onnxruntime"] == 1.0
-    assert tbn["weight_bytes"] == 3316 and tbn["instructions_per_inference"] < dense["instructions_per_inference"]
+    assert (
+        tbn["weight_bytes"] == 3316
+        and tbn["instructions_per_inference"] < dense["instructions_per_inference"]
+    )
     mn = mlp["mnist"]
     assert mn["images"] == report["settings"]["mnist_samples"]
     assert mn["predictions_equal_numpy_reference"] == mn["predictions_equal_onnxruntime"] == mn["images"]
-    assert mlp["fewer_instructions_than_authors"] == pytest.approx(2_645_000 / tbn["instructions_per_inference"])
+    assert mlp["fewer_instructions_than_authors"] == pytest.approx(
+        2_645_000 / tbn["instructions_per_inference"]
+    )
     criteria = report["acceptance"]
     assert len(criteria) == 6
     for item in criteria:
         assert {"criterion", "required", "measured", "pass"} <= set(item) and "quick mode" in item["note"]
 
 
+# ------------------------------------------------------------------------------------ the trust rule
+def test_trust_rule_on_synthetic_samples():
+    h = _bench_module("harness")
+    steady = [1e-3 * (1 + 0.02 * i) for i in range(15)]  # 15 rounds of ~1 ms, 2 % apart
+    assert h.trust(steady, number=10)["trusted"]  # 150 calls, ~0.17 s timed
+    few = h.trust([1e-3, 1e-3], number=100)
+    assert not few["trusted"] and few["reasons"] == [f"2 rounds < {h.TRUST_MIN_ROUNDS}"]
+    noisy = h.trust([1e-3, 1e-3, 1e-3, 3e-3, 3e-3, 3e-3], number=100)  # IQR/median = 2 ms / 2 ms
+    assert (
+        not noisy["trusted"]
+        and noisy["spread"] == pytest.approx(1.0)
+        and noisy["reasons"][0].startswith("spread")
+    )
+    # the quick-run failure this rule exists for: 5 rounds x 2 calls of 0.04 ms = 0.4 ms timed
+    short = h.trust([4e-5, 4.1e-5, 3.9e-5, 4e-5, 4.2e-5], number=2)
+    assert (
+        not short["trusted"]
+        and short["timed_s"] == pytest.approx(4.04e-4)
+        and "ms timed" in short["reasons"][0]
+    )
+    assert not h.trust([], number=1)["trusted"]
+
+
+def test_measure_marks_each_variant():
+    h = _bench_module("harness")
+    settings = h.Settings(True, 5, 3, 0.01, 0.3, 0.0, 2, (1,), (), 1, 1, 1)
+
+    def fake(seconds: float, jitter: float):
+        rng = np.random.default_rng(0)
+        return lambda number, repeat: [seconds * (1 + jitter * rng.random()) for _ in range(repeat)]
+
+    out = h.measure(
+        {"steady": fake(1e-3, 0.01), "noisy": fake(1e-3, 5.0)}, {"steady": 0.01, "noisy": 0.01}, settings
+    )
+    assert out["steady"]["trusted"] and out["steady"]["untrusted_reasons"] == []
+    assert out["steady"]["rounds"] == 5 and out["steady"]["number"] == 10
+    assert not out["noisy"]["trusted"] and out["noisy"]["spread"] > h.TRUST_MAX_SPREAD
+
+
+def test_untrusted_ratio_rendering_and_acceptance():
+    report_mod, suite = _bench_module("report"), _bench_module("suite")
+    h = _bench_module("harness")
+
+    def variant(samples, number):
+        s = np.asarray(samples)
+        t = h.trust(samples, number)
+        return {
+            "median_s": float(np.median(s)),
+            "min_s": float(s.min()),
+            "max_s": float(s.max()),
+            "rounds": len(samples),
+            "number": number,
+            "samples_s": list(samples),
+            "spread": t["spread"],
+            "timed_s": t["timed_s"],
+            "trusted": t["trusted"],
+            "untrusted_reasons": t["reasons"],
+            "rel_err_vs_onnxruntime": 0.0,
+        }
+
+    v = {
+        "tbn-tvm": variant([3e-4] * 15, 200),  # 0.9 s timed: trusted
+        "tvm-fp32": variant([0.4] * 5, 1),  # trusted
+        "onnxruntime-fp32": variant([3e-3, 3.05e-3, 2.95e-3, 3e-3, 3.1e-3], 1),  # 15.1 ms timed: not
+    }
+    row = {"model": "wide_mlp_p8", "batch": 1, "variants": v}
+    row["speedup"] = {f"vs_{n}": v[n]["median_s"] / v["tbn-tvm"]["median_s"] for n in v if n != "tbn-tvm"}
+    row["speedup_fastest_rounds"] = dict(row["speedup"])
+    row["speedup_trusted"] = {
+        f"vs_{n}": v[n]["trusted"] and v["tbn-tvm"]["trusted"] for n in v if n != "tbn-tvm"
+    }
+    assert report_mod.ratio_text(row, "tvm-fp32") == "1,333×"
+    assert (
+        report_mod.ratio_text(row, "onnxruntime-fp32")
+        == "not measured enough (5 rounds, spread 2%, 15.1 ms timed)"
+    )
+    assert report_mod.median_text(v, "onnxruntime-fp32").startswith("not measured enough (5 rounds")
+    report = {"meta": {"quick": False, "kind": "suite"}, "host": [row], "cortex_m": [], "acceptance": []}
+    acc = {a["criterion"]: a for a in suite.acceptance(report)}
+    vs_ort = acc["host batch 1, MLP p=8: speed-up over onnxruntime fp32"]
+    assert vs_ort["pass"] is False and vs_ort["trusted"] is False  # 10x measured (>= 4x), but not trusted
+    assert acc["host batch 1, MLP p=8: speed-up over TVM's fp32 build"]["pass"] is True
+    report["acceptance"] = list(acc.values())
+    summary = report_mod.render_summary(report)
+    assert "vs onnxruntime: not measured enough (5 rounds, spread 2%, 15.1 ms timed)" in summary
+    assert "10.0×" not in summary and "NOT met (not measured enough)" in summary
+    md = report_mod._acceptance(report, "cmd")
+    assert any("not measured enough (5 rounds" in line and "10.0×" not in line for line in md)
+
+
+# ------------------------------------------------------------------------------------ --model
+@pytest.fixture(scope="module")
+def tiny_gemm(tmp_path_factory) -> Path:
+    """A Gemm 64 -> 32 whose weight ``[32, 64]`` is one ±1 tile of 512 signs repeated p = 4
+    times, copy k scaled by alpha_k; the batch dimension is dynamic (``N``)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    out_f, in_f, p = 32, 64, 4
+    n = out_f * in_f
+    tile = np.where(rng.random(n // p) < 0.5, -1.0, 1.0).astype(np.float32)
+    alphas = (rng.uniform(0.5, 1.5, p) / np.sqrt(in_f)).astype(np.float32)
+    w = (np.tile(tile, p) * np.repeat(alphas, n // p)).reshape(out_f, in_f).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transB=1, name="fc")],
+        "tiny_gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_f])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_f])],
+        [numpy_helper.from_array(w, "fc.weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("model") / "tiny_gemm.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_model_on_the_host(tiny_gemm, tmp_path):
+    before = _snapshot()
+    out = tmp_path / "out"
+    proc = _bench(
+        "--model", str(tiny_gemm), "--input-shape", "x=2,64", "--quick", "--out", str(out), timeout=300
+    )
+    _ok(proc)
+    assert _snapshot() == before, "a --model run must not write into the repository"
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["kind"] == "model" and report["meta"]["target"] == "llvm"
+    assert report["acceptance"] == [] and "authors" not in report
+    (m,) = report["models"]
+    assert m["title"] == "tiny_gemm.onnx" and m["input_shape"] == [2, 64]
+    assert [(la["format"], la["p"]) for la in m["layers"]] == [("tiled", 4)]
+    (row,) = report["host"]
+    assert row["batch"] == 2 and set(row["variants"]) == {"tbn-tvm", "tvm-fp32", "onnxruntime-fp32"}
+    for t in row["variants"].values():
+        assert t["rel_err_vs_onnxruntime"] <= 1e-5 and isinstance(t["trusted"], bool)
+    assert row["outputs_within_tolerance"] is True
+    assert set(row["speedup_trusted"]) == {"vs_tvm-fp32", "vs_onnxruntime-fp32"}
+    md = (out / "report.md").read_text()
+    assert md.startswith("# tbn-tvm benchmark report: `tiny_gemm.onnx`") and "## Host CPU" in md
+    assert "Acceptance" not in md and "authors' float C loop" not in md
+    assert (out / "speedup.png").is_file()
+    assert proc.stdout.splitlines()[0].startswith("tiny_gemm")
+
+
+@pytest.mark.qemu
+def test_model_on_cortex_m4(tiny_gemm, tmp_path):
+    out = tmp_path / "out"
+    proc = _bench(
+        "--model",
+        str(tiny_gemm),
+        "--input-shape",
+        "x=1,64",
+        "--target",
+        "cortex-m4",
+        "--quick",
+        "--out",
+        str(out),
+    )
+    _ok(proc)
+    report = json.loads((out / "report.json").read_text())
+    assert report["host"] == []
+    (r,) = report["cortex_m"]
+    tbn, dense = r["builds"]["tbn-tvm"], r["builds"]["tvm-fp32"]
+    for b in (tbn, dense):
+        assert b["status"] == "ok" and b["rel_err_vs_onnxruntime"] <= 1e-5
+        assert b["instructions_min"] == b["instructions_max"] == b["instructions_per_inference"] > 0
+    assert tbn["instructions_per_inference"] < dense["instructions_per_inference"]
+    assert tbn["weight_bytes"] < dense["weight_bytes"]
+    assert r["fewer_instructions_than_dense"] == pytest.approx(
+        dense["instructions_per_inference"] / tbn["instructions_per_inference"]
+    )
+    assert "fewer instructions than the dense build" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------ user errors
+@pytest.mark.parametrize(
+    "args, mention",
+    [
+        (["--rounds", "0"], "--rounds"),
+        (["--threads", "0"], "--threads"),
+        (["--models", "no-such-models.py"], "no-such-models.py"),
+        (["--model", "no-such-model.onnx"], "no-such-model.onnx"),
+        (["--target", "llvm"], "--model"),
+        (["--model", "TINY", "--input-shape", "x=1,65"], "contradicts"),
+        (["--model", "TINY"], "--input-shape x="),
+    ],
+)
+def test_user_errors_are_one_line(args, mention, tmp_path, tiny_gemm):
+    args = [str(tiny_gemm) if a == "TINY" else a for a in args]
+    proc = _bench("--quick", "--out", str(tmp_path), *args, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and mention in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ tbn-tvm bench
 def test_bench_command_is_registered():
     from tbn_tvm import cli
 
@@ -141,11 +426,51 @@ def test_bench_command_is_registered():
     assert exc.value.code == 0
 
 
-@pytest.mark.parametrize("args, mention", [(["--rounds", "0"], "--rounds"), (["--threads", "0"], "--threads"),
-                                           (["--models", "no-such-models.py"], "no-such-models.py")])
-def test_user_errors_are_one_line(args, mention, tmp_path):
-    proc = _bench("--quick", "--out", str(tmp_path), *args, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and mention in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_shim_options_mirror_the_suite():
+    from tbn_tvm.commands import bench
+
+    parser = _bench_module("cli").build_parser()
+    suite_options = {o for a in parser._actions for o in a.option_strings} - {"-h", "--help"}
+    assert {o for o, _ in bench.OPTIONS} == suite_options
+
+
+def test_shim_forwards_the_same_arguments(monkeypatch):
+    from tbn_tvm import cli
+    from tbn_tvm.commands import bench
+
+    bench_cli = _bench_module("cli")
+    seen = {}
+    monkeypatch.setattr(bench_cli, "main", lambda argv, prog: seen.update(argv=argv, prog=prog) or 0)
+    monkeypatch.setattr(bench, "find_suite", lambda: bench_cli)
+    argv = ["--quick", "--rounds", "7", "--out", "o", "--model", "m.onnx", "--input-shape", "x=1,2"]
+    argv += ["--input-shape", "y=3", "--target", "cortex-m4", "--skip-cortex-m", "--no-publish"]
+    assert cli.main(["bench", *argv]) == 0
+    assert seen["prog"] == "tbn-tvm bench"
+    parse = bench_cli.build_parser().parse_args
+    assert vars(parse(seen["argv"])) == vars(parse(argv))
+    assert isinstance(parse(seen["argv"]), argparse.Namespace)
+
+
+def test_shim_outside_a_checkout(monkeypatch, capsys):
+    from tbn_tvm import cli
+    from tbn_tvm.commands import bench
+
+    monkeypatch.setattr(bench, "find_suite", lambda: None)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: the benchmark suite lives in the repository's benchmarks/ folder; "
+        "run 'python -m benchmarks' from a checkout"
+    ]
+
+
+def test_shim_finds_this_checkout():
+    from tbn_tvm.commands import bench
+
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        found = bench.find_suite()
+    finally:
+        sys.dont_write_bytecode = before
+    assert found is not None and Path(found.__file__).resolve() == REPO / "benchmarks" / "cli.py"

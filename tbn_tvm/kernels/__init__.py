@@ -54,6 +54,7 @@ class Layer:
     output_padding: tuple[int, ...] = ()
     reuse_rows: bool = True
     simd: bool = True
+    form: str = "bitserial"  # how a structure kernel computes: "bitserial" or "decoded" (rows.FORMS)
 
     @property
     def acc_dtype(self) -> str:

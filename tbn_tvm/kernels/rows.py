@@ -37,9 +37,19 @@ BLOCK_TAIL = "tbn_rows_tail"
 BLOCK_CONV_SUM = "tbn_rows_conv_sum"
 BLOCK_SUM_X = "tbn_sum_x"
 
-#: Kernel kinds (the ``tbn.kernel`` attribute) of this module.
+BLOCK_DECODE = "decode_rows"
+BLOCK_GEMM = "tbn_rows_gemm"
+BLOCK_CONV_GEMM = "tbn_rows_conv_gemm"
+
+#: Kernel kinds (the ``tbn.kernel`` attribute) of this module: bit-serial sums over the tile
+#: bits (``rows_dense``, ``rows_conv``), or the distinct rows decoded to float once per call and
+#: a plain dense GEMM / convolution on them (``rows_gemm``, ``rows_conv_gemm``: p times fewer
+#: multiply-adds than the dense layer, in a form MetaSchedule tunes well).
 KIND_DENSE = "rows_dense"
 KIND_CONV = "rows_conv"
+KIND_DENSE_GEMM = "rows_gemm"
+KIND_CONV_GEMM = "rows_conv_gemm"
+FORMS = ("bitserial", "decoded")
 
 
 @dataclass(frozen=True)
@@ -107,17 +117,22 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
     still gets the bit-serial sum: one plan, ``D = rows``."""
     if not layer.reuse_rows or layer.dtype != "float32":
         return None
+    decoded = layer.form == "decoded"
     if layer.op == "matmul":
         if layer.order != "transposed":
             return None
         plan = row_plan(fmt, layer.out_shape[-1])
         if plan is None:
             return None
+        if decoded:
+            return make_kernel(KIND_DENSE_GEMM, dense_rows_gemm_te(layer, fmt, plan), plan)
         return make_kernel(KIND_DENSE, dense_rows_te(layer, fmt, plan), plan)
     if layer.op in ("conv1d", "conv2d") and layer.groups == 1:
         plan = row_plan(fmt, fmt.shape[0])
         if plan is None:
             return None
+        if decoded:
+            return make_kernel(KIND_CONV_GEMM, conv_rows_gemm_te(layer, fmt, plan), plan)
         return make_kernel(KIND_CONV, conv_rows_te(layer, fmt, plan), plan)
     return None
 
@@ -371,3 +386,72 @@ def conv_rows_te(layer: Layer, fmt, plan: RowPlan, accumulate: str = "signed") -
 
     Y = te.compute(shape64([B, O, *out_spatial]), out, name=f"tbn_rows_conv{nd}d")
     return [X, P, A, Y]
+
+
+def _decode_rows(plan: RowPlan, P, shape, dtype: str):
+    """``Wd[d, ...]``: the distinct row ``d`` as float ±1 (``shape = [D, *row]``, row-major)."""
+    from tvm import te, tirx
+
+    one = tirx.const(1.0, dtype)
+    row = shape[1:]
+
+    def body(d, *idx):
+        k = idx[0]
+        for j in range(1, len(idx)):
+            k = k * i64(row[j]) + idx[j]
+        bit = tir_bit(P, tirx.floormod(_start(plan, d) + k, i64(plan.tile_length)))
+        return tirx.Select(bit == tirx.const(1, "uint32"), one, -one)
+
+    return te.compute(shape64(shape), body, name=BLOCK_DECODE)
+
+
+def dense_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
+    """``Z = X @ Wd^T`` on the ``D`` decoded distinct rows, then ``Y[..., n] = s_n Z[..., d(n)]``."""
+    from tvm import te
+
+    dtype = layer.dtype
+    *lead, K = layer.x_shape
+    X = te.placeholder(shape64([*lead, K]), dtype, name="x")
+    bufs = fmt.placeholders()
+    P, A = bufs["tile"], bufs["scales"]
+    Wd = _decode_rows(plan, P, [plan.distinct, K], dtype)
+    k = te.reduce_axis((i64(0), i64(K)), name="k")
+    Z = te.compute(
+        shape64([*lead, plan.distinct]),
+        lambda *idx: te.sum(X[(*idx[:-1], k)] * Wd[idx[-1], k], axis=k),
+        name=BLOCK_GEMM,
+    )
+
+    def out(*idx):
+        *m, n = idx
+        d, s = _row_scale_and_index(plan, A, n)
+        return s * Z[(*m, d)]
+
+    return [X, P, A, te.compute(shape64([*lead, plan.rows]), out, name="tbn_rows_dense")]
+
+
+def conv_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
+    """A plain convolution with the ``D`` decoded distinct filters, then scale and gather."""
+    from tvm import te
+
+    dtype = layer.dtype
+    X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
+    P, A = bufs["tile"], bufs["scales"]
+    B = layer.x_shape[0]
+    O, Cg, *ksize = fmt.shape
+    nd = len(ksize)
+    Wd = _decode_rows(plan, P, [plan.distinct, Cg, *ksize], dtype)
+    rc = te.reduce_axis((i64(0), i64(Cg)), name="rc")
+    rk = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk{d}") for d in range(nd)]
+
+    def conv(b, d, *pos):
+        src = [pos[j] * i64(layer.strides[j]) + rk[j] * i64(layer.dilation[j]) for j in range(nd)]
+        return te.sum(Xp[(b, rc, *src)] * Wd[(d, rc, *rk)], axis=[rc, *rk])
+
+    Z = te.compute(shape64([B, plan.distinct, *out_spatial]), conv, name=BLOCK_CONV_GEMM)
+
+    def out(b, o, *pos):
+        d, s = _row_scale_and_index(plan, A, o)
+        return s * Z[(b, d, *pos)]
+
+    return [X, P, A, te.compute(shape64([B, O, *out_spatial]), out, name=f"tbn_rows_conv{nd}d")]

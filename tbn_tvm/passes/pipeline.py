@@ -11,15 +11,16 @@ Phase 1, the project's passes, every target (:func:`prepare`)
     ``reuse_rows``).
 
 Phase 2, lowering, per target family
-    host (:func:`lower_host`): Legalize (NaN-keeping lowerings) -> hand schedules of the
-    project's kernels (:mod:`tbn_tvm.schedules.cpu`) -> Relax's default pipeline for the target
-    (AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, dlight/default schedules, VM codegen)
-    -> LLVM.
+    host (:func:`lower_host`): :func:`fuse` (Legalize with NaN-keeping lowerings,
+    AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR) -> MetaScheduleApplyDatabase (tuning
+    records, when a database is given) -> hand schedules of the project's kernels not tuned
+    (:mod:`tbn_tvm.schedules.cpu`) -> TVM's CPU library dispatch, dataflow lowering and
+    finalisation (memory planning, VM code) -> LLVM.
 
-    cortex-m (:func:`lower_mcu`): Legalize -> AnnotateTIROpPattern -> FoldConstant -> FuseOps ->
-    FuseTIR -> DeadCodeElimination; then the C back end extracts the kernel sequence, schedules
-    each kernel with the schedule the back end passes in (:mod:`tbn_tvm.schedules.cortex_m`) and
-    emits C plus a static driver (:mod:`tbn_tvm.targets.clib`).
+    cortex-m (:func:`lower_mcu`): :func:`fuse` -> DeadCodeElimination; then the C back end
+    extracts the kernel sequence, schedules each kernel with the schedule the back end passes in
+    (tuning records first, else :mod:`tbn_tvm.schedules.cortex_m`) and emits C plus a static
+    driver (:mod:`tbn_tvm.targets.clib`).
 """
 
 from __future__ import annotations
@@ -75,31 +76,52 @@ def prepare(
 
 
 # ----------------------------------------------------------------------------- phase 2
-def lower_host(mod: tvm.IRModule, target) -> tuple[tvm.IRModule, tvm.transform.Pass]:
-    """Host lowering: returns the module after Legalize and the hand schedules, and the Relax
-    pipeline ``tvm.compile`` runs on it."""
-    from tbn_tvm.schedules.cpu import schedule_cpu
-
-    with target:
-        mod = Legalize()(mod)
-        mod = schedule_cpu(mod, target)
-    return mod, relax.get_default_pipeline(target)
-
-
-def lower_mcu(mod: tvm.IRModule) -> tvm.IRModule:
-    """Cortex-M lowering up to the fused graph the C back end reads."""
-    seq = tvm.transform.Sequential(
+def fuse(legalize: bool = True) -> tvm.transform.Pass:
+    """Legalize (NaN-keeping lowerings) and fuse: what the kernels look like when they are
+    scheduled, tuned and looked up in a tuning database."""
+    return tvm.transform.Sequential(
         [
             Legalize(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
         ],
-        name="tbn_lower_mcu",
+        name="tbn_fuse",
     )
-    return seq(mod)
+
+
+def lower_host(mod: tvm.IRModule, target, database=None) -> tuple[tvm.IRModule, tvm.transform.Pass]:
+    """Host lowering: returns the fused, scheduled module and the rest of the Relax pipeline
+    ``tvm.compile`` runs on it.  Tuning records from ``database`` (a MetaSchedule database) are
+    applied first; the project's kernels they do not cover get their hand schedules."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from tbn_tvm.schedules.cpu import schedule_cpu
+
+    with target:
+        mod = fuse()(mod)
+        if database is not None:
+            with database:
+                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        mod = schedule_cpu(mod, target)
+    rest = (
+        cpu.library_dispatch_passes(target) + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+    )
+
+    @tvm.transform.module_pass(opt_level=0, name="tbn_host_finish")
+    def finish(m, _ctx):
+        with target:
+            return tvm.transform.Sequential(rest)(m)
+
+    return mod, finish
+
+
+def lower_mcu(mod: tvm.IRModule) -> tvm.IRModule:
+    """Cortex-M lowering up to the fused graph the C back end reads."""
+    return tvm.transform.Sequential([fuse(), relax.transform.DeadCodeElimination()], name="tbn_lower_mcu")(
+        mod
+    )
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:

@@ -114,25 +114,44 @@ def _schedule_conv_rows(sch, blk, blocks, lanes: int, cores: int):
     return sch.mod["main"]
 
 
-def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
-    """Return ``mod`` with the project's row-reuse PrimFuncs hand-scheduled for ``target``.
+def block_names(func) -> set[str]:
+    """Names of the blocks of a PrimFunc (empty when it has no schedulable blocks)."""
+    from tvm import s_tir
 
-    Runs on the Relax module before fusion: FuseTIR later merges the scheduled kernel with its
-    element-wise neighbours."""
+    try:
+        sch = s_tir.Schedule(func)
+        root = sch.get_sblock("root")
+    except Exception:  # noqa: BLE001 - not a block-structured PrimFunc
+        return set()
+    names: set[str] = set()
+    stack = [root]
+    while stack:
+        blk = stack.pop()
+        names.add(str(sch.get(blk).name_hint))
+        stack.extend(sch.get_child_blocks(blk))
+    return names
+
+
+def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """Return ``mod`` with the project's bit-serial row-reuse kernels hand-scheduled for
+    ``target``: every PrimFunc (fused or not) holding a ``tbn_rows_sum`` / ``tbn_rows_conv_sum``
+    block that no earlier step scheduled (e.g. a tuning record); others are left alone."""
     from tvm import tirx
+
+    from tbn_tvm.kernels import rows
 
     lanes = vector_lanes(target)
     cores = int(target.attrs.get("num-cores", 0) or 0) or _cpu_count()
     updates = {}
-    from tbn_tvm.kernels import rows
-
     for gv, func in mod.functions_items():
-        kind = func.attrs.get("tbn.kernel") if isinstance(func, tirx.PrimFunc) and func.attrs else None
-        if kind in (rows.KIND_DENSE, rows.KIND_CONV):
-            try:
-                updates[gv] = schedule_rows(func, lanes, cores).with_attr("tirx.is_scheduled", True)
-            except Exception:  # fall back to the unscheduled kernel; still correct
-                continue
+        if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+            continue
+        if not block_names(func) & {rows.BLOCK_SUM, rows.BLOCK_CONV_SUM}:
+            continue
+        try:
+            updates[gv] = schedule_rows(func, lanes, cores).with_attr("tirx.is_scheduled", True)
+        except Exception:  # noqa: BLE001 - fall back to the unscheduled kernel; still correct
+            continue
     for gv, func in updates.items():
         mod[gv] = func
     return mod

@@ -179,3 +179,36 @@ def test_conv_row_plan_matches_numpy_decode(O, C, k, L, layout, seed):
     ref = zoo.np_conv(x.astype(np.float64), w.astype(np.float64))
     got = _run_kernel(kernel, x, fmt, (1, O, out, out))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("op", ["matmul", "conv2d"])
+def test_decoded_form_matches_numpy(op):
+    """The decoded-rows form (distinct rows as float, then a plain GEMM/conv) against numpy."""
+    pytest.importorskip("tvm")
+    from tbn_tvm.kernels import Layer, build
+
+    rng = np.random.default_rng(5)
+    if op == "matmul":
+        w = _random_tiled(rng, (12, 30), 45, "per_row")
+        layer = Layer("fc", "matmul", (3, 30), (3, 12), order="transposed", form="decoded")
+        x = rng.standard_normal((3, 30)).astype(np.float32)
+        ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    else:
+        w = _random_tiled(rng, (8, 3, 3, 3), 27 * 2, "single")
+        layer = Layer(
+            "c",
+            "conv2d",
+            (2, 3, 7, 7),
+            (2, 8, 4, 4),
+            strides=(2, 2),
+            padding=(1, 1, 1, 1),
+            dilation=(1, 1),
+            form="decoded",
+        )
+        x = rng.standard_normal((2, 3, 7, 7)).astype(np.float32)
+        ref = zoo.np_conv(x.astype(np.float64), w.astype(np.float64), strides=[2, 2], pads=[1, 1, 1, 1])
+    fmt = detect(w)
+    kernel = build(fmt, layer)
+    assert kernel.kind in ("rows_gemm", "rows_conv_gemm")
+    got = _run_kernel(kernel, x, fmt, ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

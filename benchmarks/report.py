@@ -1,0 +1,533 @@
+"""The benchmark report: ``report.json`` (every figure and sample), ``report.md`` (the tables a
+reader needs) and the few lines printed on the terminal.
+
+Times in the JSON are seconds per call (``*_s``); the markdown shows milliseconds.  A timing that
+fails the trust rule (:func:`benchmarks.harness.trust`) keeps its samples in the JSON, marked
+``"trusted": false``; the markdown and the terminal show ``not measured enough (n rounds,
+spread x%, t ms timed)`` instead of its median and of every ratio built on it.
+
+>>> _ratio(24.3), _ratio(1478.2), _ratio(0.36)
+('24.3×', '1,478×', '0.36×')
+>>> not_measured({"rounds": 5, "spread": 0.62, "timed_s": 0.0004})
+'not measured enough (5 rounds, spread 62%, 0.4 ms timed)'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from benchmarks import harness
+from benchmarks.suite import (
+    AUTHORS_INSTRUCTIONS,
+    AUTHORS_SOURCE,
+    ORT,
+    REL_TOLERANCE,
+    TBN,
+    TBN_NO_REUSE,
+    TVM_FP32,
+)
+
+
+# ------------------------------------------------------------------------------------ numbers
+def _ms(s: float | None) -> str:
+    if s is None:
+        return "–"
+    ms = s * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:,.0f}"
+
+
+def _ratio(r: float | None) -> str:
+    if r is None:
+        return "–"
+    return f"{r:.2f}×" if r < 10 else f"{r:,.0f}×" if r >= 100 else f"{r:.1f}×"
+
+
+def _int(v) -> str:
+    return "–" if v is None else f"{int(round(v)):,}"
+
+
+def not_measured(t: dict) -> str:
+    """What replaces the figure of a timing ``t`` (a variant's entry) that fails the trust rule."""
+    spread = t.get("spread")
+    shown = "–" if spread is None else f"{spread:.0%}"
+    return f"not measured enough ({t.get('rounds', 0)} rounds, spread {shown}, {t.get('timed_s', 0) * 1e3:.3g} ms timed)"
+
+
+def _trusted(t: dict | None) -> bool:
+    return t is None or t.get("trusted", True)
+
+
+def median_text(v: dict, name: str) -> str:
+    """A variant's median in ms, or why it is not shown."""
+    if name not in v or "median_s" not in v[name]:
+        return "–"
+    return _ms(v[name]["median_s"]) if _trusted(v[name]) else not_measured(v[name])
+
+
+def ratio_text(row: dict, other: str, key: str = "speedup") -> str:
+    """tbn-tvm's speed-up over ``other`` in ``row[key]``, or ``not measured enough (...)`` with the
+    weakest figures of the timing(s) it rests on that fail the trust rule (fewest rounds, largest
+    spread, least time timed; the median cells and the JSON say which variant)."""
+    r = row.get(key, {}).get(f"vs_{other}")
+    if r is None:
+        return "–"
+    v = row["variants"]
+    bad = [v[n] for n in (TBN, other) if not _trusted(v.get(n))]
+    if not bad:
+        return _ratio(r)
+    spreads = [t.get("spread") for t in bad if t.get("spread") is not None]
+    return not_measured(
+        {
+            "rounds": min(t.get("rounds", 0) for t in bad),
+            "spread": max(spreads) if spreads else None,
+            "timed_s": min(t.get("timed_s", 0.0) for t in bad),
+        }
+    )
+
+
+def untrusted_timings(report: dict) -> list[tuple[dict, str]]:
+    """``(row, variant)`` of every host timing that fails the trust rule."""
+    return [
+        (r, n)
+        for r in report["host"]
+        for n, t in r["variants"].items()
+        if "median_s" in t and not _trusted(t)
+    ]
+
+
+def _rule_text(report: dict) -> str:
+    rule = report.get("trust_rule") or harness.trust_rule()
+    return (
+        f"at least {rule['min_rounds']} rounds, a spread (interquartile range of the per-round times over "
+        f"their median) of at most {rule['max_spread_iqr_over_median']:.0%}, and at least "
+        f"{rule['min_timed_s'] * 1e3:g} ms of calls timed in all"
+    )
+
+
+# ------------------------------------------------------------------------------------ markdown
+def render_markdown(report: dict) -> str:
+    """The human-readable report."""
+    meta, mach, ver = report["meta"], report["machine"], report["versions"]
+    suite = meta.get("kind", "suite") == "suite"
+    cmd = meta["command"]
+    titles = {m["key"]: m["title"] for m in report["models"]}
+    title = "# tbn-tvm benchmark report" + ("" if suite else f": `{report['models'][0]['title']}`")
+    lines = [
+        title
+        + (" (quick smoke run)" if meta["quick"] and suite else " (quick run)" if meta["quick"] else ""),
+        "",
+        f"Every figure below was produced by one run of **`{cmd}`** "
+        f"(tbn-tvm {ver['tbn-tvm']}{', git ' + meta['git'] if meta.get('git') else ''}, "
+        f"{meta['started']}, {meta['wall_s']:.0f} s)."
+        + (
+            f"  The only figure not measured by it is the authors' {AUTHORS_INSTRUCTIONS / 1e6:.3f} M "
+            f"instructions per inference, quoted from {AUTHORS_SOURCE}."
+            if suite
+            else ""
+        ),
+        "",
+    ]
+    if meta["quick"]:
+        lines += [
+            (
+                "> Quick mode: scaled-down models, few rounds, few samples. A smoke test of the suite; "
+                "its numbers are not the benchmark."
+                if suite
+                else "> Quick mode: few rounds, few samples."
+            )
+            + ' Timings that fail the trust rule (see Method) are shown as "not measured enough".',
+            "",
+        ]
+    lines += _acceptance(report, cmd)
+    if report["host"]:
+        lines += _host(report, cmd, titles)
+    if report["cortex_m"]:
+        lines += _cortex_m(report, cmd, titles)
+    elif report["settings"].get("skip_cortex_m"):
+        lines += ["## Cortex-M4 on QEMU", "", "Not measured in this run (`--skip-cortex-m`).", ""]
+    lines += _models(report, suite)
+    lines += _method(report, suite)
+    lines += [
+        "## Machine and versions",
+        "",
+        f"- CPU: {mach.get('cpu_model')} ({', '.join(mach.get('simd', [])) or 'no SIMD flags read'}); "
+        f"{mach.get('usable_cpus')} usable of {mach.get('logical_cpus')} logical CPUs; RAM "
+        f"{mach.get('ram_bytes', 0) / 2**30:.1f} GiB; {mach.get('os')}",
+        *(
+            [f"- LLVM target of the host builds: `{report['host_target']}`"]
+            if report.get("host_target")
+            else []
+        ),
+        "",
+        "| software | version |",
+        "|---|---|",
+        *[f"| {k} | {v if v else 'not found'} |" for k, v in ver.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _acceptance(report: dict, cmd: str) -> list[str]:
+    acc = report["acceptance"]
+    if not acc:
+        return []
+    lines = [
+        "## Acceptance figures of issue 4",
+        "",
+        f"Produced by `{cmd}`; checked here against the issue's thresholds (not a CI test).",
+        "",
+        "| criterion | required | measured | met |",
+        "|---|---|---|---|",
+    ]
+    rows = {(r["model"], r["batch"]): r for r in report["host"]}
+    for a in acc:
+        m = a["measured"]
+        met = "yes" if a["pass"] else "**no**"
+        if a.get("trusted") is False:
+            row = rows.get(("wide_mlp_p8", 1))
+            other = next((n for n in a.get("variants", []) if n != TBN), ORT)
+            shown = ratio_text(row, other) if row else "not measured enough"
+            met = "**no** (not measured enough)"
+        elif isinstance(m, float) and a["criterion"].endswith("error of the outputs vs onnxruntime"):
+            shown = f"{m:.1e}"
+        elif isinstance(m, float) and "speed-up" in a["criterion"]:
+            shown = _ratio(m)
+        elif isinstance(m, int | float):
+            shown = _int(m)
+        else:
+            shown = str(m)
+        lines.append(f"| {a['criterion']} | {a['required']} | {shown} | {met} |")
+    lines.append("")
+    return lines
+
+
+def _host(report: dict, cmd: str, titles: dict) -> list[str]:
+    threads, ver, mach = report["threads"], report["versions"], report["machine"]
+    ablation = sorted({r["batch"] for r in report["host"] if TBN_NO_REUSE in r["variants"]})
+    ablation_text = f"batch {', '.join(map(str, ablation))} only" if ablation else "not measured in this run"
+    lines = [
+        "## Host CPU: time per inference",
+        "",
+        f"Produced by `{cmd}`. Median milliseconds per call over rounds (rounds × calls per round in "
+        'the JSON); speed-ups are ratios of the medians. tbn-tvm: `tbn_tvm.compile(model, "llvm", mcpu="native")` '
+        '(`mcpu="native"`: code for every vector unit of this CPU; a plain `"llvm"` build is portable '
+        "generic-CPU code); no row reuse: `reuse_rows=False` (compact weights, every output row computed; "
+        f'{ablation_text}); TVM fp32: `compress=False` with the same `mcpu="native"` '
+        "(TVM's own build of the dense model, same Relax pipeline, default schedules, untuned); "
+        f"all timed with TVM's time evaluator (`CompiledModel.time`). onnxruntime "
+        f"{ver['onnxruntime']}: `InferenceSession.run` in a `time.perf_counter` loop on the same ONNX "
+        f"bytes. Threads: TVM {threads['tvm']} (the suite sets `TVM_NUM_THREADS`: TVM's runtime would "
+        f"take half the logical CPUs on x86), onnxruntime intra-op {threads['onnxruntime_intra_op']} "
+        f"(inter-op 1), on {mach.get('usable_cpus')} usable cores.",
+        "",
+        "| model | batch | tbn-tvm ms | no row reuse ms | TVM fp32 ms | onnxruntime ms | × vs onnxruntime "
+        "| × vs TVM fp32 | max rel. err vs onnxruntime (tbn / no reuse / TVM) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report["host"]:
+        v = r["variants"]
+        errs = " / ".join(
+            f"{v[n]['rel_err_vs_onnxruntime']:.1e}" if n in v else "–" for n in (TBN, TBN_NO_REUSE, TVM_FP32)
+        )
+        lines.append(
+            f"| {titles[r['model']]} | {r['batch']} | {median_text(v, TBN)} | {median_text(v, TBN_NO_REUSE)} | "
+            f"{median_text(v, TVM_FP32)} | {median_text(v, ORT)} | {ratio_text(r, ORT)} | "
+            f"{ratio_text(r, TVM_FP32)} | {errs} |"
+        )
+    bad_err = [r for r in report["host"] if r.get("outputs_within_tolerance") is False]
+    lines += [
+        "",
+        "Max rel. err = max |y − y_onnxruntime| / max |y_onnxruntime| over the batch's outputs"
+        + (
+            f"; **outputs of {', '.join(sorted({titles[r['model']] for r in bad_err}))} differ from "
+            f"onnxruntime by more than {REL_TOLERANCE:g}**."
+            if bad_err
+            else f" (all within {REL_TOLERANCE:g})."
+        ),
+        "",
+    ]
+    bad = untrusted_timings(report)
+    total = sum(1 for r in report["host"] for t in r["variants"].values() if "median_s" in t)
+    if bad:
+        lines += [
+            f"**{len(bad)} of {total} timings did not meet the trust rule** ({_rule_text(report)}): their "
+            'medians and the ratios built on them are shown as "not measured enough"; their samples are in '
+            'the JSON, marked `"trusted": false`.',
+            "",
+        ]
+    else:
+        lines += [f"All {total} timings met the trust rule ({_rule_text(report)}).", ""]
+    lines += [
+        "The same speed-ups from each variant's fastest round (less sensitive to load from other work, "
+        "more to luck):",
+        "",
+        "| model | batch | × vs onnxruntime | × vs TVM fp32 | × vs no row reuse |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in report["host"]:
+        key = "speedup_fastest_rounds"
+        lines.append(
+            f"| {titles[r['model']]} | {r['batch']} | {ratio_text(r, ORT, key)} | "
+            f"{ratio_text(r, TVM_FP32, key)} | {ratio_text(r, TBN_NO_REUSE, key)} |"
+        )
+    lines += [
+        "",
+        "TVM fp32 is TVM's build of the dense model with the loop nests Relax's default pipeline gives "
+        "(no MetaSchedule tuning, no hand schedule), as `tbn_tvm.compile(..., compress=False)` makes it; "
+        "the ratio against it compares the same compiler path with and without the compact weights, not "
+        "tbn-tvm against a tuned TVM. The no-row-reuse kernels keep TVM's default loop nest as well "
+        "(only the row-reuse kernels have a hand schedule).",
+        "",
+        "![speed-ups](speedup.png)",
+        "",
+    ]
+    return lines
+
+
+def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
+    first = next((b for r in report["cortex_m"] for b in r["builds"].values() if b.get("status") == "ok"), {})
+    lines = [
+        "## Cortex-M4 on QEMU: instructions per inference, flash and RAM",
+        "",
+        f'Produced by `{cmd}`: `tbn_tvm.compile(model, "cortex-m4"[, compress=False])`, '
+        f"`run(x, count_instructions=True)` on QEMU "
+        f"`{first.get('qemu_machine', '?')}` (board `{first.get('board', '?')}`); QEMU counts executed "
+        "instructions exactly (not cycles). Flash and RAM are the firmware's (RAM includes the stack); "
+        "weight bytes are the model's constant arrays in flash.",
+        "",
+        "| model | build | instructions / inference | flash bytes | RAM bytes | weight bytes | samples "
+        "| max rel. err vs onnxruntime |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["cortex_m"]:
+        for name in (TBN, TVM_FP32):
+            b = r["builds"].get(name)
+            if b is None:
+                continue
+            title = "tbn-tvm" if name == TBN else "dense fp32, same path (`compress=False`)"
+            if b.get("status") != "ok":
+                lines.append(
+                    f"| {titles[r['model']]} | {title} | {b.get('reason', b.get('status'))} | – | – | – | – | – |"
+                )
+                continue
+            lines.append(
+                f"| {titles[r['model']]} | {title} | {_int(b['instructions_per_inference'])} | "
+                f"{_int(b['flash_bytes'])} | {_int(b['ram_bytes'])} | {_int(b['weight_bytes'])} | "
+                f"{b['samples']:,} | {b.get('rel_err_vs_onnxruntime', float('nan')):.1e} |"
+            )
+        if "authors_instructions_per_inference" in r:
+            lines.append(
+                f"| {titles[r['model']]} | the authors' float C loop (their figure from issue 4; gcc 12 -O2, "
+                f"QEMU M4; not run here) | {r['authors_instructions_per_inference']:,} | – | – | – | – | – |"
+            )
+    lines.append("")
+    ratios = []
+    for r in report["cortex_m"]:
+        if "fewer_instructions_than_dense" in r:
+            ratios.append(
+                f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_dense'])} fewer "
+                f"instructions and {_ratio(r['smaller_flash_than_dense'])} less flash than the dense build"
+            )
+        if "fewer_instructions_than_authors" in r:
+            ratios.append(
+                f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_authors'])} fewer "
+                "instructions than the authors' figure"
+            )
+        if r.get("outputs_within_tolerance") is False:
+            ratios.append(
+                f"**{titles[r['model']]}: outputs differ from onnxruntime by more than {REL_TOLERANCE:g}**"
+            )
+    lines += [f"- {s}" for s in ratios]
+    mn = next((r["mnist"] for r in report["cortex_m"] if "mnist" in r), None)
+    if mn:
+        lines += [
+            f"- MNIST test images through tbn-tvm on QEMU: {mn['images']:,}; accuracy "
+            f"{mn['accuracy'] * 100:.2f} %; predictions equal to the numpy reference (from the authors' "
+            f"tile bits and α's) on {mn['predictions_equal_numpy_reference']:,}, equal to onnxruntime on the "
+            f"dense ONNX on {mn['predictions_equal_onnxruntime']:,}.",
+        ]
+    lines.append("")
+    return lines
+
+
+def _shape(m: dict) -> str:
+    shapes = m.get("input_shapes")
+    if shapes and len(shapes) > 1:
+        return "; ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
+    return "x".join(map(str, m["input_shape"]))
+
+
+def _models(report: dict, suite: bool) -> list[str]:
+    if suite:
+        intro = (
+            "Generated deterministically by `benchmarks/models.py` (fixed seeds); the batch dimension is "
+            "fixed in each file. Weights as exporters write them: dense float32, Gemm `transB=1`, "
+            "BatchNorm folded into the convs. Formats as the compiler detects them (`tbn-tvm inspect`)."
+        )
+        input_head = "input (batch 1)"
+    else:
+        intro = (
+            "The ONNX file given with `--model`, as it is"
+            + (" (dynamic dimensions set by `--input-shape`)" if report["meta"].get("input_shapes") else "")
+            + ". Inputs: fixed random values (`numpy.random.default_rng(seed)`: float inputs standard normal, "
+            "integer and bool inputs zero). Formats as the compiler detects them (`tbn-tvm inspect`)."
+        )
+        input_head = "input"
+    lines = [
+        "## Models",
+        "",
+        intro,
+        "",
+        f"| model | generator | {input_head} | parameters | fp32 weight bytes | compact weight bytes "
+        "| smaller | layers |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for m in report["models"]:
+        layer_s = "; ".join(
+            f"{la['name']} {'x'.join(map(str, la['weight_shape']))} "
+            f"{la['format'] + (' p=' + str(la['p']) if la['format'] == 'tiled' else '')}"
+            for la in m["layers"]
+        )
+        lines.append(
+            f"| {m['title']} | `{m['generator']}` | {_shape(m)} | "
+            f"{m['parameters']:,} | {m['fp32_bytes']:,} | {m['weight_bytes']:,} | "
+            f"{_ratio(m['compression'])} | {layer_s or 'no weighted layers'} |"
+        )
+    lines += [
+        "",
+        "Compact weight bytes: tiles and scales of the weighted layers as `tbn-tvm inspect` counts "
+        "them (biases excluded; the Cortex-M table's weight bytes include them).",
+        "",
+    ]
+    return lines
+
+
+def _method(report: dict, suite: bool) -> list[str]:
+    s, meta, mach = report["settings"], report["meta"], report["machine"]
+    lines = ["## Method", ""]
+    if report["host"]:
+        lines.append(
+            f"- Host: each variant is compiled, run once and checked against onnxruntime, then timed: a round "
+            f"is `number` calls (chosen so that a round lasts about {s['round_s'] * 1e3:g} ms), up to "
+            f"{s['rounds']} rounds (at least {s['min_rounds']}, fewer when one measurement would exceed about "
+            f"{s['budget_s']:g} s). The rounds are spread over {s['passes']} pass{'es' if s['passes'] != 1 else ''} "
+            "through the variants, so that load from other work on the machine meets every variant alike (a "
+            "variant slower than 1 s per call runs all its rounds in the first pass). Within a pass the "
+            f"variants run one after the other, each after a {s['settle_s']:g} s pause and a warm-up call: "
+            "onnxruntime's and TVM's spinning worker threads slow each other down when their calls alternate. "
+            "The tables give the median over rounds; every sample is in the JSON."
+        )
+        lines.append(
+            f"- Trust rule: a timing is trusted when it has {_rule_text(report)}. A median or ratio resting on "
+            'a timing that fails it is shown as "not measured enough (rounds, spread, ms timed)" instead of a '
+            'number, here, on the terminal and in the plot, and marked `"trusted": false` in the JSON '
+            "(`speedup_trusted` for the ratios). Quick and full runs apply the same rule."
+        )
+    if report["cortex_m"]:
+        if suite:
+            lines.append(
+                f"- Cortex-M: the authors' MLP runs {s['mnist_samples']:,} MNIST test images through tbn-tvm "
+                f"and {s['mnist_dense_samples']:,} through the dense build; other models {s['mcu_samples']} "
+                "random input(s) each. Instruction counts are per inference (mean; min and max in the JSON)."
+            )
+        else:
+            lines.append(
+                f"- Cortex-M: {s['mcu_samples']} random input(s) through each build. Instruction counts are "
+                "per inference (mean; min and max in the JSON)."
+            )
+    if report["host"]:
+        lines.append(
+            "- The machine is shared: timings are noisy, which is why medians and ratios taken in the same run "
+            f"are reported. Load average (1, 5, 15 min) at the start {meta.get('load_average_start')}, at the "
+            f"end {meta.get('load_average_end')}, on {mach.get('usable_cpus')} usable cores."
+        )
+    else:
+        lines.append(
+            "- No host timings in this run; QEMU's instruction counts do not depend on the machine's load."
+        )
+    lines.append("")
+    return lines
+
+
+# ------------------------------------------------------------------------------------ terminal
+def render_summary(report: dict) -> str:
+    """A few lines for the terminal: the host speed-ups and the Cortex-M figures."""
+    lines = []
+
+    def vs(r: dict, other: str, name: str) -> str:
+        text = ratio_text(r, other)
+        return f"{text:>7} vs {name}" if text.endswith("×") or text == "–" else f"vs {name}: {text}"
+
+    for r in report["host"]:
+        v = r["variants"]
+        tbn = median_text(v, TBN)
+        tbn = f"{tbn:>7} ms" if _trusted(v[TBN]) else tbn
+        lines.append(
+            f"{r['model']:<18} batch {r['batch']:>2}: tbn-tvm {tbn}  {vs(r, ORT, 'onnxruntime')}  "
+            f"{vs(r, TVM_FP32, 'TVM fp32')}"
+        )
+        if r.get("outputs_within_tolerance") is False:
+            worst = max(t["rel_err_vs_onnxruntime"] for t in v.values())
+            lines.append(
+                f"{'':<18} outputs differ from onnxruntime: max rel. err {worst:.1e} > {REL_TOLERANCE:g}"
+            )
+    for r in report["cortex_m"]:
+        b = r["builds"][TBN]
+        if b.get("status") == "ok":
+            line = (
+                f"{r['model']:<18} cortex-m4: {_int(b['instructions_per_inference'])} instructions, "
+                f"flash {_int(b['flash_bytes'])} B, RAM {_int(b['ram_bytes'])} B"
+            )
+            if "fewer_instructions_than_dense" in r:
+                line += (
+                    f"; {_ratio(r['fewer_instructions_than_dense'])} fewer instructions than the dense build"
+                )
+            lines.append(line)
+        else:
+            lines.append(f"{r['model']:<18} cortex-m4: tbn-tvm {b.get('status')}: {b.get('reason', '')}")
+        if r.get("outputs_within_tolerance") is False:
+            lines.append(f"{'':<18} outputs differ from onnxruntime by more than {REL_TOLERANCE:g}")
+    for r in report["cortex_m"]:
+        d = r["builds"].get(TVM_FP32, {})
+        if (
+            d.get("status") != "ok"
+            and r["builds"][TBN].get("status") == "ok"
+            and report["meta"].get("kind") == "model"
+        ):
+            lines.append(f"{r['model']:<18} cortex-m4 dense build: {d.get('reason', d.get('status'))}")
+    bad = untrusted_timings(report)
+    if bad:
+        lines.append(
+            f"{len(bad)} timing(s) did not meet the trust rule ({_rule_text(report)}): shown as 'not measured enough'"
+        )
+    if report["meta"].get("kind", "suite") == "suite":
+        if report["meta"]["quick"]:
+            lines.append("quick mode: scaled-down models; the acceptance figures of issue 4 need a full run")
+        else:
+            for a in report["acceptance"]:
+                state = (
+                    "met"
+                    if a["pass"]
+                    else "NOT met" + (" (not measured enough)" if a.get("trusted") is False else "")
+                )
+                lines.append(f"{state}: {a['criterion']} ({a['required']})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ files
+def write(report: dict, out: Path, log=lambda msg: None) -> None:
+    """Write ``report.json``, ``report.md`` (each atomically) and ``speedup.png`` into ``out``."""
+    from benchmarks.plot import plot
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("report.json", json.dumps(report, indent=1) + "\n"),
+        ("report.md", render_markdown(report)),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    plot(report, out / "speedup.png")
+    log(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'speedup.png'}")
