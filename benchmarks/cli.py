@@ -64,6 +64,20 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument("--skip-cortex-m", action="store_true", help="leave out the QEMU Cortex-M4 measurements")
     p.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also tune each host model and batch with N MetaSchedule trials and time the tuned build "
+        "(the 'tuned' column; default 0: not run)",
+    )
+    p.add_argument(
+        "--tuning-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the tuning databases here (default: OUT_DIR/tuning); a re-run resumes them",
+    )
+    p.add_argument(
         "--no-publish",
         action="store_true",
         help="do not copy a full run's report to benchmarks/REPORT.md, report.json and speedup.png "
@@ -109,6 +123,7 @@ def _command(args: argparse.Namespace, prog: str) -> str:
     parts += [f"--rounds {args.rounds}"] if args.rounds else []
     parts += [f"--threads {args.threads}"] if args.threads else []
     parts += ["--skip-cortex-m"] if args.skip_cortex_m else []
+    parts += [f"--tune-trials {args.tune_trials}"] if args.tune_trials else []
     parts += ["--no-publish"] if args.no_publish else []
     parts += [f"--models {args.models}"] if args.models else []
     return " ".join(parts)
@@ -123,7 +138,9 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
     from benchmarks.harness import Log, Settings
 
     here = Path(__file__).resolve().parent
-    settings = Settings.for_mode(args.quick, args.rounds)
+    out_default = Path(args.out) if args.out else here / "results"
+    tuning_dir = args.tuning_dir or (str(out_default / "tuning") if args.tune_trials else None)
+    settings = Settings.for_mode(args.quick, args.rounds, args.tune_trials, tuning_dir)
     if args.threads is not None and args.threads < 1:
         raise TBNError("--threads must be at least 1")
     log = Log()

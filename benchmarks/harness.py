@@ -97,9 +97,13 @@ class Settings:
     mnist_samples: int  # MNIST test images run through tbn-tvm on QEMU
     mnist_dense_samples: int  # ... and through the dense build (its count is data-independent)
     mcu_samples: int  # random inputs for the other models on QEMU
+    tune_trials: int = 0  # MetaSchedule trials per host model and batch (0: no tuned variant)
+    tuning_dir: str | None = None  # where the tuning databases live (kept: a re-run resumes)
 
     @classmethod
-    def for_mode(cls, quick: bool, rounds: int | None = None) -> Settings:
+    def for_mode(
+        cls, quick: bool, rounds: int | None = None, tune_trials: int = 0, tuning_dir: str | None = None
+    ) -> Settings:
         if quick:  # 5 rounds of ~10 ms: enough for the trust rule when the estimate is right
             s = cls(True, 5, 3, 0.01, 0.3, 0.1, 1, (1, 4), (), 200, 10, 1)
         else:
@@ -108,7 +112,9 @@ class Settings:
             if rounds < 1:
                 raise TBNError("--rounds must be at least 1")
             s = cls(**{**asdict(s), "rounds": rounds, "min_rounds": min(s.min_rounds, rounds)})
-        return s
+        if tune_trials < 0:
+            raise TBNError("--tune-trials must be 0 or more")
+        return cls(**{**asdict(s), "tune_trials": tune_trials, "tuning_dir": tuning_dir})
 
 
 # ------------------------------------------------------------------------------------ timers

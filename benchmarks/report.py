@@ -26,6 +26,7 @@ from benchmarks.suite import (
     REL_TOLERANCE,
     TBN,
     TBN_NO_REUSE,
+    TBN_TUNED,
     TVM_FP32,
 )
 
@@ -64,6 +65,17 @@ def median_text(v: dict, name: str) -> str:
     if name not in v or "median_s" not in v[name]:
         return "–"
     return _ms(v[name]["median_s"]) if _trusted(v[name]) else not_measured(v[name])
+
+
+def pair_ratio_text(row: dict, base: str, other: str) -> str:
+    """``other``'s median over ``base``'s (how many times faster ``base`` is), or why not shown."""
+    v = row["variants"]
+    if base not in v or other not in v or "median_s" not in v[base] or "median_s" not in v[other]:
+        return "–"
+    bad = [v[n] for n in (base, other) if not _trusted(v[n])]
+    if bad:
+        return not_measured(bad[0])
+    return _ratio(v[other]["median_s"] / v[base]["median_s"])
 
 
 def ratio_text(row: dict, other: str, key: str = "speedup") -> str:
@@ -259,6 +271,27 @@ def _host(report: dict, cmd: str, titles: dict) -> list[str]:
         ]
     else:
         lines += [f"All {total} timings met the trust rule ({_rule_text(report)}).", ""]
+    tuned = [r for r in report["host"] if TBN_TUNED in r["variants"]]
+    if tuned:
+        trials = tuned[0].get("tuning", {}).get("trials")
+        lines += [
+            f"### Tuned: `tbn-tvm tune --trials {trials}`, then `compile --tuning-db`",
+            "",
+            "MetaSchedule with its XGBoost cost model over every kernel of the model (the tiled layers in "
+            "their decoded form; each tiled layer then keeps the faster of its tuned decoded kernel and its "
+            "hand-scheduled bit-serial one), measured on this machine.",
+            "",
+            "| model | batch | tuned ms | × vs onnxruntime | × vs untuned tbn-tvm | × vs TVM fp32 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in tuned:
+            v = r["variants"]
+            lines.append(
+                f"| {titles[r['model']]} | {r['batch']} | {median_text(v, TBN_TUNED)} | "
+                f"{pair_ratio_text(r, TBN_TUNED, ORT)} | {pair_ratio_text(r, TBN_TUNED, TBN)} | "
+                f"{pair_ratio_text(r, TBN_TUNED, TVM_FP32)} |"
+            )
+        lines.append("")
     lines += [
         "The same speed-ups from each variant's fastest round (less sensitive to load from other work, "
         "more to luck):",
@@ -468,6 +501,11 @@ def render_summary(report: dict) -> str:
             f"{r['model']:<18} batch {r['batch']:>2}: tbn-tvm {tbn}  {vs(r, ORT, 'onnxruntime')}  "
             f"{vs(r, TVM_FP32, 'TVM fp32')}"
         )
+        if TBN_TUNED in v:
+            lines.append(
+                f"{'':<18} tuned   {median_text(v, TBN_TUNED):>7} ms  "
+                f"{pair_ratio_text(r, TBN_TUNED, ORT):>7} vs onnxruntime"
+            )
         if r.get("outputs_within_tolerance") is False:
             worst = max(t["rel_err_vs_onnxruntime"] for t in v.values())
             lines.append(

@@ -54,12 +54,14 @@ REL_TOLERANCE = 1e-5
 
 TBN = "tbn-tvm"
 TBN_NO_REUSE = "tbn-tvm-no-row-reuse"
+TBN_TUNED = "tbn-tvm-tuned"
 TVM_FP32 = "tvm-fp32"
 ORT = "onnxruntime-fp32"
-HOST_VARIANTS = (TBN, TBN_NO_REUSE, TVM_FP32, ORT)
+HOST_VARIANTS = (TBN, TBN_TUNED, TBN_NO_REUSE, TVM_FP32, ORT)
 VARIANT_TITLES = {
     TBN: "tbn-tvm",
     TBN_NO_REUSE: "tbn-tvm, no row reuse",
+    TBN_TUNED: "tbn-tvm, tuned (MetaSchedule)",
     TVM_FP32: "TVM fp32",
     ORT: "onnxruntime fp32",
 }
@@ -333,6 +335,32 @@ def _compile_opts(case: Case) -> dict:
 
 
 # ------------------------------------------------------------------------------------ host
+def _tune(case: Case, model, batch: int, settings: Settings, log: Log, label: str) -> Path:
+    """Tune ``model`` (``tbn_tvm.schedules.tuning.tune``) into a database kept under
+    ``settings.tuning_dir`` (a re-run resumes it); returns the database folder."""
+    import tempfile
+
+    from tbn_tvm.schedules.tuning import tune
+
+    root = (
+        Path(settings.tuning_dir) if settings.tuning_dir else Path(tempfile.mkdtemp(prefix="tbn-bench-tune-"))
+    )
+    db = root / f"{case.key}-batch{batch}"
+    t0 = time.perf_counter()
+    res = tune(
+        model,
+        "llvm",
+        mcpu="native",
+        trials=settings.tune_trials,
+        db=db,
+        progress=False,
+        on_message=lambda m: log(f"{label}: tuning: {m}"),
+        **_compile_opts(case),
+    )
+    log(f"{label}: tuned {res.trials_run} trials in {time.perf_counter() - t0:.0f} s; forms {res.forms}")
+    return db
+
+
 def run_host(case: Case, batch: int, settings: Settings, threads: int, log: Log) -> dict:
     """Compile and time every host variant of one model at one batch size; returns the row of
     the report (``variants``: per variant the timing of :func:`benchmarks.harness.measure`, the
@@ -361,6 +389,10 @@ def run_host(case: Case, batch: int, settings: Settings, threads: int, log: Log)
     builds = [(TBN, {}), (TVM_FP32, {"compress": False})]
     if case.ablation and batch in settings.ablation_batches:
         builds.insert(1, (TBN_NO_REUSE, {"reuse_rows": False}))
+    if settings.tune_trials:
+        db = _tune(case, model, batch, settings, log, label)
+        builds.insert(1, (TBN_TUNED, {"tuning_db": db}))
+        row["tuning"] = {"trials": settings.tune_trials, "db": db.name}
     compiled = {}
     for name, opts in builds:
         t0 = time.perf_counter()

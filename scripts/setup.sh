@@ -32,3 +32,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 2
   fi
 fi
+
+# OpenCL on the CPU (PoCL): the CUDA target's schedules run on it when there is no GPU (the tests
+# that need it skip, saying so, when it is absent)
+if ! ls /etc/OpenCL/vendors/*pocl*.icd >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing pocl-opencl-icd ocl-icd-libopencl1 with apt-get" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      pocl-opencl-icd ocl-icd-libopencl1 >/dev/null
+  else
+    echo "setup: note: no OpenCL on the CPU (the CUDA numerics tests will skip); to add it run: sudo apt-get install -y --no-install-recommends pocl-opencl-icd ocl-icd-libopencl1" >&2
+  fi
+fi

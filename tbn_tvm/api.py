@@ -206,6 +206,7 @@ def compile(  # noqa: A001 - the natural name for users
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     compress: bool = True,
     reuse_rows: bool = True,
+    tuning_db: str | os.PathLike | None = None,
     **options,
 ) -> CompiledModel:
     """Compile an ONNX model for ``target``.
@@ -217,7 +218,9 @@ def compile(  # noqa: A001 - the natural name for users
     :func:`tbn_tvm.targets.known_targets`).  ``input_shapes`` fixes dynamic input dimensions
     (``{"x": [1, 784]}``).  ``compress=False`` builds every weight dense (TVM's plain fp32
     build, the baseline of the benchmarks); ``reuse_rows=False`` keeps compact weights but
-    computes every output row.  Other keyword ``options`` go to the target's back end, e.g. for
+    computes every output row.  ``tuning_db`` applies the records of ``tbn-tvm tune`` (a
+    folder; records for other targets or shapes are ignored, the manifest lists the tuned
+    kernels).  Other keyword ``options`` go to the target's back end, e.g. for
     Cortex-M ``board=``, ``flash_size=``, ``ram_size=``, ``stack_size=`` (see
     :attr:`tbn_tvm.targets.base.Backend.compile_options`).
 
@@ -233,7 +236,14 @@ def compile(  # noqa: A001 - the natural name for users
     unknown = sorted(set(options) - set(backend_cls.compile_options))
     if unknown:
         valid = ", ".join(
-            ["mcpu", "input_shapes", "compress", "reuse_rows", *sorted(backend_cls.compile_options)]
+            [
+                "mcpu",
+                "input_shapes",
+                "compress",
+                "reuse_rows",
+                "tuning_db",
+                *sorted(backend_cls.compile_options),
+            ]
         )
         raise TBNError(
             f"unknown option(s) for a {spec.family} build: {', '.join(unknown)}", hint=f"valid: {valid}"
@@ -250,7 +260,15 @@ def compile(  # noqa: A001 - the natural name for users
     from tbn_tvm.frontend.layers import names_by_fingerprint
 
     names = names_by_fingerprint(loaded.proto)
-    prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, names=names, **backend_cls.pass_options)
+    forms: dict[str, str] = {}
+    if tuning_db is not None:
+        from tbn_tvm.schedules.tuning import _tuning_target, read_forms, target_key
+
+        forms = read_forms(tuning_db, target_key(_tuning_target(spec)))
+        options["tuning_db"] = tuning_db
+    prepared = prepare(
+        mod, compress=compress, reuse_rows=reuse_rows, names=names, forms=forms, **backend_cls.pass_options
+    )
     report = layer_report.to_dict()
     report.pop("model", None)
     import hashlib
@@ -265,6 +283,10 @@ def compile(  # noqa: A001 - the natural name for users
         if steps:
             layer["kernels"] = [s["kernel"] for s in steps]
             layer["flash_bytes"] = sum(s["weight_bytes"] + s["code_bytes"] for s in steps)
+            if all(s.get("instructions") is not None for s in steps):  # measured at build time
+                layer["instructions"] = sum(s["instructions"] for s in steps)
+            if all("arena_bytes" in s for s in steps):
+                layer["arena_bytes"] = max(s["arena_bytes"] for s in steps)
     model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     return model

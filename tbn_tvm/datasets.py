@@ -8,6 +8,8 @@
   makes a stratified 80/20 split with a fixed ``split_seed`` (0 by default).
 * **CIFAR-10** — :func:`load_cifar10_folder` reads torchvision's on-disk format
   (``cifar-10-batches-py/data_batch_1..5`` and ``test_batch``) from a folder the user has.
+* **your own arrays** — :func:`load_npz_split` reads ``x`` / ``y`` (and optionally
+  ``x_test`` / ``y_test``) from a ``.npz`` file written by ``numpy.savez``.
 
 Pixels are float32 in [0, 1] (no mean/std normalisation: the models learn it), labels uint8.
 
@@ -39,6 +41,7 @@ __all__ = [
     "load_mnist_split",
     "load_digits_split",
     "load_cifar10_folder",
+    "load_npz_split",
 ]
 
 MNIST_DIR = Path(__file__).resolve().parent / "data" / "mnist"
@@ -285,4 +288,94 @@ def load_cifar10_folder(path: str | Path, as_uint8: bool = False) -> DataSplit:
         y_test=y_test,
         num_classes=10,
         description=f"CIFAR-10 python batches from {folder.name}: data_batch_1..5 train, test_batch held out",
+    )
+
+
+# ------------------------------------------------------------------------------ a user's arrays
+def load_npz_split(path: str | Path, test_size: float = 0.2, split_seed: int = 0) -> DataSplit:
+    """A user's data set from a ``.npz`` file (``numpy.savez(path, x=..., y=...)``).
+
+    ``x``: ``[N, *input_shape]`` numbers (float64 and integer types become float32; ``uint8``
+    stays ``uint8`` and is scaled to [0, 1] when batches are made, like the bundled loaders'
+    ``as_uint8`` arrays).  ``y``: ``[N]`` integer class indices ``≥ 0`` (returned as int64; the
+    number of classes is ``max(y) + 1``).  When the file also holds ``x_test`` and ``y_test``,
+    they are the held-out part; otherwise a fraction ``test_size`` of the samples, chosen by a
+    random permutation seeded with ``split_seed`` (independent of any training seed), is held
+    out.  Pickled objects are refused.  Raises :class:`~tbn_tvm.errors.TBNError` for a missing
+    or unreadable file, missing arrays, mismatched lengths or non-integer labels.
+
+    >>> import numpy as np, os, tempfile
+    >>> f = os.path.join(tempfile.mkdtemp(), "toy.npz")
+    >>> np.savez(f, x=np.zeros((10, 3)), y=np.arange(10) % 2)
+    >>> d = load_npz_split(f)
+    >>> d.x_train.shape, d.x_test.shape, d.num_classes
+    ((8, 3), (2, 3), 2)
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise TBNError(f"{path}: no such file") from None
+    except ValueError as e:
+        raise TBNError(f"{path}: cannot read it as .npz without pickle ({e})") from None
+    except (OSError, EOFError) as e:
+        raise TBNError(f"{path}: not a .npz file ({e})") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise TBNError(
+                f"{path}: no array {key!r} (found {sorted(arrays) or 'none'})",
+                hint="write it with numpy.savez(path, x=..., y=...)",
+            )
+
+    def inputs(a: np.ndarray, key: str) -> np.ndarray:
+        if a.dtype == np.uint8:
+            return np.ascontiguousarray(a)
+        if a.dtype.kind not in "fiub" or a.ndim < 2:
+            raise TBNError(
+                f"{path}: {key!r} must be numbers of shape [N, ...], got {a.dtype} {list(a.shape)}"
+            )
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def labels(a: np.ndarray, key: str, n: int) -> np.ndarray:
+        if a.ndim != 1 or a.dtype.kind not in "iub" or (a.size and a.min() < 0):
+            raise TBNError(
+                f"{path}: {key!r} must be integer class indices >= 0 of shape [N], got {a.dtype} {list(a.shape)}"
+            )
+        if len(a) != n:
+            raise TBNError(f"{path}: {key!r} has {len(a)} labels for {n} samples")
+        return a.astype(np.int64)
+
+    x = inputs(arrays["x"], "x")
+    y = labels(arrays["y"], "y", len(x))
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise TBNError(f"{path}: x_test and y_test go together")
+    if "x_test" in arrays:
+        x_te = inputs(arrays["x_test"], "x_test")
+        y_te = labels(arrays["y_test"], "y_test", len(x_te))
+        if x_te.shape[1:] != x.shape[1:]:
+            raise TBNError(
+                f"{path}: x_test samples {list(x_te.shape[1:])} differ from x samples {list(x.shape[1:])}"
+            )
+        x_tr, y_tr = x, y
+        how = "x_test/y_test from the file held out"
+    else:
+        if not 0 < test_size < 1:
+            raise TBNError(f"test_size must be between 0 and 1, got {test_size}")
+        n_test = int(round(len(x) * test_size))
+        if n_test < 1 or n_test >= len(x):
+            raise TBNError(f"{path}: {len(x)} samples are too few to hold out {test_size:.0%}")
+        order = np.random.default_rng(split_seed).permutation(len(x))
+        x_tr, y_tr = x[order[n_test:]], y[order[n_test:]]
+        x_te, y_te = x[order[:n_test]], y[order[:n_test]]
+        how = f"random {test_size:.0%} held out (split_seed={split_seed})"
+    classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    return DataSplit(
+        name=path.stem,
+        x_train=np.ascontiguousarray(x_tr),
+        y_train=y_tr,
+        x_test=np.ascontiguousarray(x_te),
+        y_test=y_te,
+        num_classes=classes,
+        description=f"{path.name}: {len(x_tr)} training / {len(x_te)} held-out samples, {how}",
     )

@@ -20,7 +20,14 @@ import numpy as np
 import onnx
 
 from tbn_tvm.formats import LayerWeight, bits_per_weight, detect_layer_weight
-from tbn_tvm.frontend.layers import OnnxLayer, constant_values, fingerprint, weighted_layers
+from tbn_tvm.frontend.layers import (
+    OnnxLayer,
+    constant_values,
+    fingerprint,
+    folded_affines,
+    folded_weight,
+    weighted_layers,
+)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class LayerReport:
 
     layer: OnnxLayer
     weight: LayerWeight
+    folded: bool = False  # a following BatchNorm / per-channel Mul was folded into the weight
 
     @property
     def name(self) -> str:
@@ -68,6 +76,8 @@ class LayerReport:
             d["weight_order"] = self.weight.order
         if self.layer.shared_by:
             d["shared_with"] = list(self.layer.shared_by)
+        if self.folded:
+            d["folded"] = "the following BatchNormalization/Mul scale is part of this weight"
         return d
 
 
@@ -204,9 +214,11 @@ _SHAPE_INPUTS = {
 }
 
 
-def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> list[OtherConstant]:
+def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer], affines: dict) -> list[OtherConstant]:
     """Constants consumed by the non-constant part of the graph (outside the inputs TVM turns
-    into shapes or attributes), other than layer weights: biases, norm parameters, indices."""
+    into shapes or attributes), other than layer weights: biases, norm parameters, indices.
+    A BatchNormalization with constant parameters is built as ``x · a + b`` (two vectors), or,
+    folded into the layer before it, as the shift ``b`` alone; a folded Mul's factor is gone."""
     g = proto.graph
     const_names = {t.name for t in g.initializer}
     inputs = {vi.name for vi in g.input} - const_names
@@ -216,9 +228,22 @@ def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> list[Ot
         if all(i == "" or i in const_names for i in node.input) and not any(i in inputs for i in node.input):
             const_names.update(o for o in node.output if o)
     weights = {(layer.node_index, 1) for layer in layers}
+    folded = {a.node_index: a for a in affines.values()}
     boundary: dict[str, str] = {}
+    norms: list[OtherConstant] = []
     for i, node in enumerate(g.node):
         if all(o in const_names for o in node.output if o):
+            continue
+        if node.op_type == "BatchNormalization" and all(n in const_names for n in node.input[1:5]):
+            channels = int(np.asarray(constant_values(proto, {node.input[1]})[node.input[1]]).size)
+            where = f"BatchNormalization '{node.name or f'#{i}'}'"
+            parts = ["shift"] if i in folded else ["scale", "shift"]
+            norms += [
+                OtherConstant(f"{node.name or f'#{i}'}.{p}", where, (channels,), "float32", 4 * channels)
+                for p in parts
+            ]
+            continue
+        if node.op_type == "Mul" and i in folded:
             continue
         skip = _SHAPE_INPUTS.get(node.op_type, set())
         for j, name in enumerate(node.input):
@@ -235,7 +260,7 @@ def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> list[Ot
         out.append(
             OtherConstant(name, boundary[name], tuple(int(d) for d in v.shape), str(v.dtype), int(v.nbytes))
         )
-    return out
+    return out + norms
 
 
 def inspect(model) -> ModelReport:
@@ -249,14 +274,20 @@ def inspect(model) -> ModelReport:
 
     loaded = model if isinstance(model, LoadedModel) else load_onnx(model, static=False)
     layers = weighted_layers(loaded.proto)
+    affines = folded_affines(loaded.proto, layers)
     reports = []
-    for layer in layers:
-        w = layer.matmul_operand if layer.kind == "matmul" else layer.stored
-        reports.append(LayerReport(layer, detect_layer_weight(np.asarray(w), layer.kind)))
-    return ModelReport(loaded.source, reports, _other_constants(loaded.proto, layers))
+    for li, layer in enumerate(layers):
+        if li in affines:  # BatchNorm / per-channel Mul folded into the weight, as the compiler does
+            w = folded_weight(layer, affines[li].factor)
+        else:
+            w = layer.matmul_operand if layer.kind == "matmul" else layer.stored
+        reports.append(LayerReport(layer, detect_layer_weight(np.asarray(w), layer.kind), li in affines))
+    return ModelReport(loaded.source, reports, _other_constants(loaded.proto, layers, affines))
 
 
-def _fixed_table(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+def text_table(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Lines of a fixed-width table: the header, a rule, the rows, a rule (columns in ``right``
+    right-aligned)."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def fmt_row(r):
@@ -268,19 +299,22 @@ def _fixed_table(head: list[str], rows: list[list[str]], right: set[int]) -> lis
 
 def artifact_table(manifest: dict) -> str:
     """The per-layer table of a built artifact (``tbn-tvm inspect OUT_DIR``): format, weight
-    bytes, and where the target reports them flash bytes (weights + kernel code), and time or
-    instructions per inference when a run measured them."""
+    bytes, and where the target reports them flash bytes (weights + kernel code), the arena in
+    use while the layer runs, and instructions (measured on QEMU at build time) or time per
+    inference; then, for a Cortex-M build, every kernel call of ``model.c`` in order with its
+    layers, instructions and arena, and the memory totals (stack: the measured peak and what
+    was reserved)."""
     layers = manifest.get("layers", [])
-    has = {key: any(key in layer for layer in layers) for key in ("flash_bytes", "instructions", "seconds")}
+    keys = ("flash_bytes", "arena_bytes", "instructions", "seconds")
+    has = {key: any(key in layer for layer in layers) for key in keys}
     head = ["layer", "op", "format", "bytes"]
-    head += ["flash"] * has["flash_bytes"] + ["instructions"] * has["instructions"] + ["ms"] * has["seconds"]
+    head += [label for key, label in zip(keys, ("flash", "arena", "instructions", "ms")) if has[key]]
     rows = []
     for layer in layers:
         row = [layer["name"], layer["op"], layer.get("label", layer["format"]), f"{layer['bytes']:,}"]
-        if has["flash_bytes"]:
-            row.append(f"{layer['flash_bytes']:,}" if "flash_bytes" in layer else "-")
-        if has["instructions"]:
-            row.append(f"{layer['instructions']:,}" if "instructions" in layer else "-")
+        for key in keys[:3]:
+            if has[key]:
+                row.append(f"{layer[key]:,}" if key in layer else "-")
         if has["seconds"]:
             row.append(f"{layer['seconds'] * 1e3:.3f}" if "seconds" in layer else "-")
         rows.append(row)
@@ -288,22 +322,51 @@ def artifact_table(manifest: dict) -> str:
     lines = [
         f"{manifest.get('source', '?')} built for {target.get('name', '?')} ({target.get('family', '?')})"
     ]
-    lines += _fixed_table(head, rows, set(range(3, len(head))))
+    lines += text_table(head, rows, set(range(3, len(head))))
     total = manifest.get("total", {})
     lines.append(
         f"weights {total.get('weight_bytes', 0):,} bytes; all constants {total.get('built_constant_bytes', 0):,} bytes"
     )
+    steps = manifest.get("steps", [])
+    if steps and any(s.get("instructions") is not None for s in steps):
+        lines.append("")
+        step_rows = [
+            [
+                s["kernel"],
+                ",".join(s.get("layers", [])) or "-",
+                f"{s['instructions']:,}" if s.get("instructions") is not None else "-",
+                f"{s.get('arena_bytes', 0):,}",
+            ]
+            for s in steps
+        ]
+        lines += text_table(["kernel", "layers", "instructions", "arena"], step_rows, {2, 3})
     facts = [
         f"{label} {manifest[key]:,} bytes"
-        for key, label in (("flash_bytes", "flash"), ("ram_bytes", "RAM"), ("arena_bytes", "arena"))
+        for key, label in (
+            ("flash_bytes", "flash"),
+            ("ram_bytes", "RAM"),
+            ("arena_bytes", "arena"),
+            ("workspace_bytes", "workspace"),
+            ("stack_bytes", "stack"),
+        )
         if key in manifest
     ]
     if facts:
         lines.append(", ".join(facts))
     measured = manifest.get("measured", {})
-    if measured:
-        lines.append(
-            "measured: "
-            + ", ".join(f"{k} {v}" for k, v in measured.items() if not isinstance(v, dict | list))
-        )
+    if measured.get("skipped"):
+        lines.append(f"not measured: {measured['skipped']}")
+    elif measured:
+        parts = []
+        if "instructions_per_inference" in measured:
+            parts.append(f"{measured['instructions_per_inference']:,} instructions per inference")
+        if measured.get("stack_peak_bytes") is not None:
+            parts.append(f"stack peak {measured['stack_peak_bytes']:,} bytes")
+        parts += [
+            f"{k} {v}"
+            for k, v in measured.items()
+            if k not in ("instructions_per_inference", "stack_peak_bytes", "stack_bytes", "on")
+            and not isinstance(v, dict | list)
+        ]
+        lines.append(f"measured on {measured.get('on', '?')}: " + ", ".join(parts))
     return "\n".join(lines)

@@ -683,13 +683,14 @@ def gemm_flipped_sign() -> ZooModel:
 
 def gemm_perturbed_magnitude() -> ZooModel:
     """A tiled weight (W [12, 40], p=4, distinct alphas) with one element's magnitude changed
-    by 1.5x: not exactly sign times a scale anywhere, so it must stay dense."""
+    by 1.0001x: not sign times a scale, nor a small integer times one (a change by 1.5x would
+    be: a 3-bit grid, which the bit-plane format stores exactly), so it must stay dense."""
     rng = _rng(23)
     b = _Builder()
     x = b.input("x", (1, 40))
     t = make_tiled((12, 40), 4, "per_copy", rng)
     w = t.weight.copy()
-    w.flat[173] *= 1.5
+    w.flat[173] *= np.float32(1.0001)
     y = b.gemm(x, w, _bias(rng, 12), name="fc")
     return b.finish("gemm_perturbed_magnitude", [y], [_dense_spec((12, 40), bias=12)])
 

@@ -32,21 +32,37 @@ from tbn_tvm.cli import arg, command
 @arg("--flash-size", type=str, default=None, help="Cortex-M flash limit in bytes (or 512K, 1M)")
 @arg("--ram-size", type=str, default=None, help="Cortex-M RAM limit in bytes (or 128K)")
 @arg(
+    "--stack-size",
+    type=str,
+    default=None,
+    help="Cortex-M stack in bytes (or 4K); default: the peak measured on QEMU at build time plus a margin",
+)
+@arg(
+    "--no-measure",
+    action="store_true",
+    help="Cortex-M: skip the build-time QEMU inference (stack: the board's default; no per-layer counts)",
+)
+@arg(
     "--no-compress",
     action="store_true",
     help="keep every weight dense (plain TVM fp32 build, for comparison)",
 )
 @arg("--no-row-reuse", action="store_true", help="compute every output row (no distinct-row reuse)")
+@arg(
+    "--tuning-db", metavar="DIR", default=None, help="apply the records of 'tbn-tvm tune' from this database"
+)
 @arg("--json", action="store_true", help="print the manifest summary as JSON")
 def run(args) -> int:
     from tbn_tvm.api import compile as tbn_compile
     from tbn_tvm.commands.common import parse_shapes
 
     options = {}
-    for key in ("board", "flash_size", "ram_size"):
+    for key in ("board", "flash_size", "ram_size", "stack_size"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
+    if args.no_measure:
+        options["measure"] = False
     model = tbn_compile(
         args.model,
         args.target,
@@ -54,6 +70,7 @@ def run(args) -> int:
         input_shapes=parse_shapes(args.input_shape),
         compress=not args.no_compress,
         reuse_rows=not args.no_row_reuse,
+        tuning_db=args.tuning_db,
         **options,
     )
     try:
@@ -66,13 +83,43 @@ def run(args) -> int:
         return 0
     total = rep["total"]
     layers = rep["layers"]
-    tiled = sum(1 for layer in layers if layer["format"] != "dense")
     print(f"compiled {rep.get('source', args.model)} for {model.target.name} -> {out}", file=sys.stdout)
-    print(
-        f"  layers: {len(layers)} ({tiled} compact, {len(layers) - tiled} dense); "
-        f"weights {total['weight_bytes']:,} bytes (fp32 {total['fp32_bytes']:,}, {total['compression']:g}x smaller)"
-    )
-    for key, label in (("flash_bytes", "flash"), ("ram_bytes", "RAM")):
-        if key in rep:
-            print(f"  {label}: {rep[key]:,} bytes")
+    if args.no_compress:
+        print(
+            f"  layers: {len(layers)}, all built dense (--no-compress): {total['fp32_bytes']:,} bytes of weights"
+        )
+    else:
+        tiled = sum(1 for layer in layers if layer["format"] != "dense")
+        print(
+            f"  layers: {len(layers)} ({tiled} compact, {len(layers) - tiled} dense); weights "
+            f"{total['weight_bytes']:,} bytes (fp32 {total['fp32_bytes']:,}, {total['compression']:g}x smaller)"
+        )
+    tuning = rep.get("tuning")
+    if tuning is not None:
+        n = len(tuning["kernels"])
+        print(
+            f"  tuning records applied to {n} kernel{'s' * (n != 1)}"
+            + (f" (layers {', '.join(tuning['layers'])})" if tuning["layers"] else "")
+            + ("" if n else "; none matched this target and these shapes")
+        )
+    if "flash_bytes" in rep:
+        print(f"  flash: {rep['flash_bytes']:,} bytes")
+    if "ram_bytes" in rep:
+        parts = [
+            f"{label} {rep[key]:,}" for key, label in (("arena_bytes", "arena"), ("stack_bytes", "stack"))
+        ]
+        measured = rep.get("measured") or {}
+        if measured.get("stack_peak_bytes") is not None:
+            parts[-1] += f" (measured peak {measured['stack_peak_bytes']:,})"
+        print(f"  RAM: {rep['ram_bytes']:,} bytes ({', '.join(parts)})")
+    measured = rep.get("measured") or {}
+    if measured.get("skipped"):
+        print(f"  not measured: {measured['skipped']}")
+    elif "instructions_per_inference" in measured:
+        print(
+            f"  {measured['instructions_per_inference']:,} instructions per inference on {measured['on']} "
+            f"(per layer: tbn-tvm inspect {out})"
+        )
+    for note in rep.get("notes", []):
+        print(f"  note: {note}")
     return 0

@@ -67,6 +67,11 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 @arg("--port", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
 @arg("--baud", type=int, default=None, help="UART baud rate for --port (default 115200)")
 @arg("--count-instructions", action="store_true", help="QEMU: report exact instructions per inference")
+@arg(
+    "--per-layer",
+    action="store_true",
+    help="QEMU: instructions per layer too (each kernel counted from its entry through its return)",
+)
 @arg("--timeout", type=float, default=None, help="seconds before a QEMU/board run is declared hung")
 @arg("--json", action="store_true", help="print a one-line JSON summary")
 def run(args) -> int:
@@ -101,6 +106,7 @@ def run(args) -> int:
         "port": args.port,
         "baud": args.baud,
         "count_instructions": args.count_instructions or None,
+        "per_layer": args.per_layer or None,
         "timeout": args.timeout,
     }
     run_options = {k: v for k, v in wanted.items() if v is not None}
@@ -111,7 +117,7 @@ def run(args) -> int:
             raise TBNError(
                 f"{flag} is not available for a {model.target.family} build ({model.target.name})",
                 hint="it applies to Cortex-M builds"
-                if key in ("qemu", "port", "count_instructions")
+                if key in ("qemu", "port", "count_instructions", "per_layer")
                 else None,
             )
     outputs = model.run(inputs, **run_options)
@@ -139,5 +145,15 @@ def run(args) -> int:
         line = f"ran {summary['samples']} sample(s) on {model.target.name}: {summary['seconds_per_inference'] * 1e3:.3f} ms per inference"
         if "instructions_per_inference" in summary:
             line += f", {summary['instructions_per_inference']:,.0f} instructions per inference"
+        if summary.get("cycles"):
+            line += f", {summary['cycles']['mean']:,.0f} cycles per inference (DWT)"
         print(line + (f"; outputs -> {args.output}" if args.output else ""))
+        if "instructions_per_layer" in summary:
+            from tbn_tvm.report import text_table
+
+            rows = [
+                [s["kernel"], ",".join(s["layers"]) or "-", f"{s['instructions']:,.0f}"]
+                for s in summary["instructions_per_layer"]
+            ]
+            print("\n".join(text_table(["kernel", "layers", "instructions"], rows, {2})))
     return 0

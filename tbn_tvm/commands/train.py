@@ -1,6 +1,11 @@
-"""``tbn-tvm train``: train fp32, binary and tiled variants, write a table, a plot and ONNX files.
+"""``tbn-tvm train``: train fp32, binary, tiled, sub-bit and bit-wise variants of a bundled or a
+user's model, write a table, a plot and ONNX files.
 
 tbn-tvm train --dataset mnist digits --seeds 0 1 2 --out tbn-out/train
+tbn-tvm train --dataset digits --variants fp32 tbn4 snn5 bitwise6x3 --out tbn-out/train
+tbn-tvm train --model mypackage.models:small_cnn --dataset mnist --input-shape 1,28,28 --p 4
+tbn-tvm train --model mymodel.py:net --data-npz mydata.npz --variants model snn5
+torchrun --nproc_per_node 2 -m tbn_tvm train --model mymodel.py:net --data-npz mydata.npz
 tbn-tvm compile tbn-out/train/onnx/mnist-tbn4.onnx --target cortex-m4 -o tbn-out/m4
 """
 
@@ -45,21 +50,31 @@ def _parse_overrides(items: list[str] | None) -> tuple[tuple[str, int | None], .
     return tuple(out)
 
 
-def _command_line(args, variants: list[str]) -> str:
+def _parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,28,28"`` (or ``"1x28x28"``) -> ``(1, 28, 28)``."""
+    parts = text.replace("x", ",").split(",")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise TBNError(
+            f"bad --input-shape {text!r}", hint="write positive sizes separated by commas, e.g. 1,28,28"
+        )
+    return tuple(int(p) for p in parts)
+
+
+def _command_line(args, datasets: list[str], variants: list[str]) -> str:
     """The command as a user would type it (for the result files)."""
-    parts = [
-        "tbn-tvm",
-        "train",
-        "--dataset",
-        *args.dataset,
-        "--variants",
-        *variants,
-        "--seeds",
-        *map(str, args.seeds),
-    ]
+    parts = ["tbn-tvm", "train"]
+    if args.model:
+        parts += ["--model", args.model]
+    if args.data_npz:
+        parts += ["--data-npz", args.data_npz]
+    else:
+        parts += ["--dataset", *datasets]
+    parts += ["--variants", *variants, "--seeds", *map(str, args.seeds)]
     for item in args.override or []:
         parts += ["--override", item]
     for name in (
+        "model_kwargs",
+        "input_shape",
         "epochs",
         "batch_size",
         "lr",
@@ -81,12 +96,12 @@ def _command_line(args, variants: list[str]) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-@command("train", help="Train full-precision, binary and tiled variants and export ONNX")
+@command("train", help="Train full-precision, binary, tiled, sub-bit and bit-wise variants and export ONNX")
 @arg(
     "--dataset",
     nargs="+",
     choices=["mnist", "digits", "cifar10"],
-    default=["digits"],
+    default=None,
     help="data set(s): mnist (bundled test set, first 8,000 train / last 2,000 held out), "
     "digits (sklearn), cifar10 (needs --data) (default: digits)",
 )
@@ -95,7 +110,39 @@ def _command_line(args, variants: list[str]) -> str:
     nargs="+",
     default=None,
     metavar="VARIANT",
-    help="fp32, binary, tbn2, tbn4, tbn8, ... (default: fp32 binary tbn2 tbn4 tbn8)",
+    help="fp32, binary, tbnP (tbn2, tbn4, ...), snnT (SNN codebook of 2^T 3x3 kernels, e.g. snn5), "
+    "bitwiseKxT (K-bit bit-wise weights, T most significant bits trained, e.g. bitwise6x3), "
+    "model (a --model as its factory returns it) (default: fp32 binary tbn2 tbn4 tbn8; with "
+    "--model: model)",
+)
+@arg(
+    "--model",
+    default=None,
+    metavar="MODULE:FACTORY",
+    help="train your own model: package.module:factory or path/to/file.py:factory, a function "
+    "returning a torch.nn.Module (the current folder is importable)",
+)
+@arg(
+    "--model-kwargs",
+    default=None,
+    metavar="JSON",
+    help="keyword arguments for the --model factory, a JSON object",
+)
+@arg(
+    "--p", type=int, default=None, metavar="P", help="with --model: tbnify it with this p (the variant tbnP)"
+)
+@arg(
+    "--data-npz",
+    default=None,
+    metavar="FILE",
+    help="your own data: a .npz with arrays x [N, ...] and y [N] (class indices), optionally x_test "
+    "and y_test (else a seeded random 20%% is held out); needs --model",
+)
+@arg(
+    "--input-shape",
+    default=None,
+    metavar="D0,D1,...",
+    help="reshape every sample to this shape (e.g. 1,28,28 to give MNIST images to a CNN)",
 )
 @arg(
     "--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="training seeds (default: 0 1 2)"
@@ -157,12 +204,30 @@ def run(args) -> int:
         raise TBNError("training needs PyTorch", hint="pip install torch==2.13.0 (the CPU wheel)")
     try:
         from tbn_tvm.torch import train
+        from tbn_tvm.torch.fitting import distributed_env
     except ImportError as e:
         raise TBNError(f"training needs {e.name}", hint="pip install 'tbn-tvm[torch]'") from None
 
     overrides = _parse_overrides(args.override)
-    if args.data is not None and "cifar10" not in args.dataset:
+    if args.data_npz is not None:
+        if args.dataset is not None:
+            raise TBNError("--data-npz replaces --dataset: give one of them")
+        if not args.model:
+            raise TBNError("--data-npz needs --model", hint="the bundled models fit only the bundled data")
+        datasets = ["npz"]
+    else:
+        datasets = list(args.dataset or ["digits"])
+    if args.data is not None and "cifar10" not in datasets:
         raise TBNError("--data is only used with --dataset cifar10")
+    if args.p is not None:
+        if not args.model:
+            raise TBNError("--p goes with --model", hint="for the bundled models use --variants tbnP")
+        if args.variants:
+            raise TBNError("give --p or --variants, not both", hint=f"--variants tbn{args.p} is the same")
+        if args.p < 1:
+            raise TBNError(f"--p must be a positive integer, got {args.p}")
+    if args.model_kwargs is not None and not args.model:
+        raise TBNError("--model-kwargs goes with --model")
     options = train.TrainOptions(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -172,18 +237,26 @@ def run(args) -> int:
         alpha_source=args.alpha_source,
         threads=args.threads,
         train_limit=args.train_limit,
-        data_path=args.data,
+        data_path=args.data_npz if args.data_npz is not None else args.data,
         overrides=overrides,
         tile_first=args.tile_first,
+        model=args.model,
+        model_kwargs=args.model_kwargs,
+        input_shape=_parse_shape(args.input_shape) if args.input_shape else None,
     )
     if args.min_size < 0:
         raise TBNError(f"--min-size must be >= 0, got {args.min_size}")
     if args.lr is not None and not args.lr > 0:
         raise TBNError(f"--lr must be positive, got {args.lr}")
-    variants = args.variants or list(train.DEFAULT_VARIANTS)
-    command_line = _command_line(args, variants)
+    if args.variants:
+        variants = list(args.variants)
+    elif args.model:
+        variants = ["model" if args.p is None else ("binary" if args.p == 1 else f"tbn{args.p}")]
+    else:
+        variants = list(train.DEFAULT_VARIANTS)
+    command_line = _command_line(args, datasets, variants)
     table = train.train_table(
-        args.dataset,
+        datasets,
         variants,
         args.seeds,
         options,
@@ -195,6 +268,9 @@ def run(args) -> int:
         progress=not args.quiet,
         command=command_line,
     )
+    env = distributed_env()
+    if env is not None and env[0] != 0:
+        return 0  # torchrun: process 0 reports and writes
     print(table.markdown())
     print(f"wrote {len(table.files)} files to {args.out}:")
     for rel in sorted(table.files):
@@ -202,5 +278,5 @@ def run(args) -> int:
             print(f"  {rel}")
     bad = [name for name, check in table.compiler_check.items() if check.get("ok") is False]
     if bad:
-        print(f"warning: the compiler does not see the trained tiling in {', '.join(bad)}", file=sys.stderr)
+        print(f"warning: the compiler does not see the trained format in {', '.join(bad)}", file=sys.stderr)
     return 0

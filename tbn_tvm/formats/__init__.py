@@ -40,6 +40,8 @@ __all__ = [
 #: (ties: first listed).  Adding a format is one module and one line here.
 FORMATS: list[str] = [
     "tbn_tvm.formats.tiled:TiledFormat",
+    "tbn_tvm.formats.bitplane:BitplaneFormat",
+    "tbn_tvm.formats.codebook:CodebookFormat",
 ]
 
 
@@ -110,3 +112,23 @@ def detect_layer_weight(weight: np.ndarray, op: str) -> LayerWeight:
     if not candidates:
         return LayerWeight(DenseFormat.detect(np.ascontiguousarray(weight.T), op), "transposed")
     return min(candidates, key=lambda c: c.format.storage_bits())
+
+
+def fold_keeps_format(before: np.ndarray, after: np.ndarray, op: str) -> bool:
+    """Whether folding a per-output-channel scale into a layer weight (``before`` -> ``after``,
+    both as :func:`detect_layer_weight` takes them) keeps it as compact: the folded weight is
+    compact too, in no more bits than the unfolded one plus the scale vector folding removes.
+
+    The FoldAffine pass and ``inspect`` both apply it.  A tiled weight stays tiled (the factor
+    joins its per-row scales); an integer grid ``α·q`` (bit-plane) usually does not (``α·q·γ/σ``
+    rounds off the grid): its BatchNorm then stays an epilogue multiply-add, fused into the
+    layer's kernel.
+    """
+    old = detect_layer_weight(np.asarray(before), op)
+    if not old.compact:
+        return True
+    new = detect_layer_weight(np.asarray(after), op)
+    if not new.compact:
+        return False
+    channels = after.shape[0] if op == "conv" else (after.shape[-1] if after.ndim == 2 else 1)
+    return new.format.storage_bits() <= old.format.storage_bits() + 32 * channels

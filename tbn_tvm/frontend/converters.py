@@ -150,10 +150,28 @@ def _constant(expr):
 @converter("BatchNormalization")
 def batch_norm(bb, inputs, attrs, opset, node):
     """Inference form only: ``training_mode=1`` (batch statistics, running-mean outputs) is
-    refused (TVM computes other numbers)."""
+    refused (TVM computes other numbers).  With constant parameters the normalisation becomes
+    ``x · a + b`` per channel, ``a = γ / sqrt(var + ε)``, ``b = β − mean · a`` computed here
+    (float64, rounded once): no square root at run time, and :mod:`tbn_tvm.passes.fold_affine`
+    can fold ``a`` and ``b`` into the layer before it."""
+    import numpy as np
+    from tvm import relax
+
     if int(attrs.get("training_mode", 0)) or len([o for o in node.output if o]) > 1:
         refuse(node, "training_mode=1 (batch statistics) is not supported; export the model in eval mode")
-    return None
+    x = inputs[0]
+    params = [_constant(e) if e is not None else None for e in inputs[1:5]]
+    if any(p is None for p in params) or _dtype(x) != "float32":
+        return None
+    gamma, beta, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params)
+    eps = float(attrs.get("epsilon", 1e-5))
+    a = gamma / np.sqrt(var + eps)
+    b = beta - mean * a
+    ndim = len(x.ty.shape)
+    shape = (-1,) + (1,) * (ndim - 2) if ndim >= 2 else (-1,)
+    A = relax.const(a.astype(np.float32).reshape(shape), "float32")
+    B = relax.const(b.astype(np.float32).reshape(shape), "float32")
+    return relax.op.add(relax.op.multiply(x, A), B)
 
 
 @converter("Dropout")

@@ -205,8 +205,111 @@ def names_by_fingerprint(proto: onnx.ModelProto) -> dict[str, str]:
     """Weight :func:`fingerprint` -> layer name, for the stored array and the ``[in, out]``
     operand TVM folds (what :class:`~tbn_tvm.passes.compress_weights.CompressWeights` sees)."""
     names: dict[str, str] = {}
-    for layer in weighted_layers(proto):
+    layers = weighted_layers(proto)
+    for layer in layers:
         names.setdefault(fingerprint(layer.stored), layer.name)
         if layer.kind == "matmul":
             names.setdefault(fingerprint(layer.matmul_operand), layer.name)
+    for li, affine in folded_affines(proto, layers).items():  # the weights after FoldAffine
+        names.setdefault(fingerprint(folded_weight(layers[li], affine.factor)), layers[li].name)
     return names
+
+
+def _per_channel(value: np.ndarray, out_rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """``value`` as ``channels`` factors when it broadcasts along ``axis`` only (else None)."""
+    if value.dtype != np.float32 or value.ndim > out_rank:
+        return None
+    shape = (1,) * (out_rank - value.ndim) + value.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != axis):
+        return None
+    if shape[axis] == channels:
+        return value.reshape(-1).astype(np.float32)
+    if shape[axis] == 1:
+        return np.full(channels, value.reshape(-1)[0], np.float32)
+    return None
+
+
+@dataclass
+class Affine:
+    """What follows a layer and is folded into it (:mod:`tbn_tvm.passes.fold_affine`):
+    ``factor`` per output channel, the node that carried it, and whether it was a BatchNorm
+    (whose shift then stays as one bias vector of ``channels`` floats)."""
+
+    factor: np.ndarray
+    node_index: int
+    batch_norm: bool
+
+
+def folded_affines(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> dict[int, Affine]:
+    """Layer index (in ``layers``) -> the per-channel scale folded into it, mirroring on the
+    ONNX graph what the compiler's FoldAffine pass does on Relax: a layer (its bias add
+    included) whose only consumer is an inference BatchNormalization with constant parameters
+    or a Mul by a per-channel constant."""
+    g = proto.graph
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(g.node):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    outputs = {o.name for o in g.output}
+    values = constant_values(proto, {n for node in g.node for n in node.input if n})
+    out: dict[int, Affine] = {}
+    for li, layer in enumerate(layers):
+        node = g.node[layer.node_index]
+        if layer.op_type == "Gemm" and (_attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0):
+            continue
+        channels = (
+            layer.stored.shape[0]
+            if layer.kind == "conv"
+            else (layer.stored.shape[0] if layer.trans_b else layer.stored.shape[-1])
+        )
+        name = node.output[0]
+        users = consumers.get(name, [])
+        if name in outputs or len(users) != 1:
+            continue
+        nxt = g.node[users[0]]
+        if nxt.op_type == "Add" and layer.op_type == "MatMul":  # MatMul + bias Add (a Linear)
+            other = nxt.input[1] if nxt.input[0] == name else nxt.input[0]
+            c = values.get(other)
+            if c is None:
+                continue
+            name = nxt.output[0]
+            users = consumers.get(name, [])
+            if name in outputs or len(users) != 1:
+                continue
+            nxt = g.node[users[0]]
+        rank = 4 if layer.kind == "conv" and layer.stored.ndim == 4 else (3 if layer.kind == "conv" else 2)
+        axis = 1 if layer.kind == "conv" else rank - 1
+        if nxt.op_type == "BatchNormalization" and not _attr(nxt, "training_mode", 0):
+            params = [values.get(n) for n in nxt.input[1:5]]
+            if any(p is None for p in params) or len([o for o in nxt.output if o]) > 1:
+                continue
+            gamma, _, _, var = (np.asarray(p, np.float64).reshape(-1) for p in params)
+            eps = float(_attr(nxt, "epsilon", 1e-5))
+            a = (gamma / np.sqrt(var + eps)).astype(np.float32)
+            if a.size == channels:
+                out[li] = Affine(a, users[0], True)
+        elif nxt.op_type == "Mul":
+            other = nxt.input[1] if nxt.input[0] == name else nxt.input[0]
+            c = values.get(other)
+            if c is not None:
+                a = _per_channel(np.asarray(c), rank, axis, channels)
+                if a is not None and np.all(np.isfinite(a)):
+                    out[li] = Affine(a, users[0], False)
+    from tbn_tvm.formats import fold_keeps_format
+
+    for li in list(out):  # folded only where the weight stays as compact (see FoldAffine)
+        layer = layers[li]
+        before = layer.matmul_operand if layer.kind == "matmul" else layer.stored
+        if not fold_keeps_format(before, folded_weight(layer, out[li].factor), layer.kind):
+            del out[li]
+    return out
+
+
+def folded_weight(layer: OnnxLayer, factor: np.ndarray) -> np.ndarray:
+    """The layer's weight (its detection operand: ``matmul_operand`` / ``stored``) times the
+    per-output-channel ``factor``, rounded to float32 once (as the compiler folds it)."""
+    if layer.kind == "matmul":
+        w = layer.matmul_operand
+        return (w * factor[None, :]).astype(np.float32) if w.ndim == 2 else (w * factor[0]).astype(np.float32)
+    w = layer.stored
+    return (w * factor.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)

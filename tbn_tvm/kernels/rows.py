@@ -49,7 +49,7 @@ KIND_DENSE = "rows_dense"
 KIND_CONV = "rows_conv"
 KIND_DENSE_GEMM = "rows_gemm"
 KIND_CONV_GEMM = "rows_conv_gemm"
-FORMS = ("bitserial", "decoded")
+FORMS = ("bitserial", "decoded", "lut")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,13 @@ class RowPlan:
         return all(self.start(d) + self.row_length <= self.tile_length for d in range(self.distinct))
 
     @property
+    def wordwise(self) -> bool:
+        """Every row can be read as re-aligned 32-bit words: no row wraps past the tile end,
+        or the tile has at least 32 bits (a word then spans at most the tile's end and its
+        start, see :func:`_row_words_of`)."""
+        return self.aligned or self.tile_length >= 32
+
+    @property
     def words_per_row(self) -> int:
         return (self.row_length + 31) // 32
 
@@ -126,6 +133,15 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
             return None
         if decoded:
             return make_kernel(KIND_DENSE_GEMM, dense_rows_gemm_te(layer, fmt, plan), plan)
+        g = (
+            lut_group(plan)
+            if (layer.form == "lut" or (layer.form == "bitserial" and not layer.simd))
+            else None
+        )
+        if layer.form == "lut" and g is None and plan.wordwise:
+            g = 4
+        if g is not None:
+            return make_kernel(KIND_DENSE_LUT, dense_rows_lut_te(layer, fmt, plan, g), plan, group=g)
         return make_kernel(KIND_DENSE, dense_rows_te(layer, fmt, plan), plan)
     if layer.op in ("conv1d", "conv2d") and layer.groups == 1:
         plan = row_plan(fmt, fmt.shape[0])
@@ -133,6 +149,15 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
             return None
         if decoded:
             return make_kernel(KIND_CONV_GEMM, conv_rows_gemm_te(layer, fmt, plan), plan)
+        g = (
+            lut_group(plan)
+            if (layer.form == "lut" or (layer.form == "bitserial" and not layer.simd))
+            else None
+        )
+        if layer.form == "lut" and g is None and plan.wordwise:
+            g = 4
+        if g is not None:
+            return make_kernel(KIND_CONV_LUT, conv_rows_lut_te(layer, fmt, plan, g), plan, group=g)
         return make_kernel(KIND_CONV, conv_rows_te(layer, fmt, plan), plan)
     return None
 
@@ -148,22 +173,40 @@ def _start(plan: RowPlan, d):
 
 def _row_words(plan: RowPlan, P, num_words: int):
     """``W[d, c]``: bits ``32c .. 32c+31`` of distinct row ``d`` as one word (aligned plans)."""
+    return _row_words_of(plan, P, num_words, plan.words_per_row)
+
+
+def _row_words_of(plan: RowPlan, P, num_words: int, C: int):
+    """The first ``C`` re-aligned words of each distinct row (see :func:`_row_words`).
+
+    Word ``c`` of row ``d`` holds tile bits ``p, p+1, ...`` from ``p = start(d) + 32c`` (mod
+    ``L`` where rows wrap): a funnel shift of two tile words; a word that crosses the tile's
+    end takes its high bits from the tile's first word (``L >= 32``: at most one crossing).
+    32-bit arithmetic throughout (int64 costs a call on a Cortex-M)."""
     from tvm import te, tirx
 
-    D, C = plan.distinct, plan.words_per_row
+    D, L = plan.distinct, plan.tile_length
+    u32 = "uint32"
+    one = tirx.const(1, u32)
 
-    def body(d, c):
-        b = _start(plan, d) + c * i64(32)
-        w = tirx.shift_right(b, i64(5))
-        s = tirx.Cast("uint32", tirx.bitwise_and(b, i64(31)))
+    def extract(pos):  # 32 tile bits from bit ``pos`` (those past the tile's end: unspecified)
+        s = tirx.Cast(u32, tirx.bitwise_and(tirx.Cast("int32", pos), tirx.const(31, "int32")))
+        w = tirx.shift_right(pos, i64(5))
         lo = tirx.shift_right(P[w], s)
         nxt = tirx.min(w + i64(1), i64(num_words - 1))
-        hi = tirx.Select(
-            s == tirx.const(0, "uint32"),
-            tirx.const(0, "uint32"),
-            tirx.shift_left(P[nxt], tirx.const(32, "uint32") - s),
-        )
+        # (x << (31 - s)) << 1: the next word's low bits, 0 when s == 0, with no branch and no
+        # shift by 32 (undefined in C)
+        hi = tirx.shift_left(tirx.shift_left(P[nxt], tirx.const(31, u32) - s), one)
         return tirx.bitwise_or(lo, hi)
+
+    def body(d, c):
+        if plan.aligned:
+            return extract(_start(plan, d) + c * i64(32))
+        p = tirx.floormod(_start(plan, d) + c * i64(32), i64(L))
+        left = tirx.Cast(u32, tirx.min(i64(L) - p, i64(31)))  # bits before the tile's end (<32)
+        mask = tirx.shift_left(one, left) - one
+        wrapped = tirx.bitwise_or(tirx.bitwise_and(extract(p), mask), tirx.shift_left(P[i64(0)], left))
+        return tirx.Select(i64(L) - p >= i64(32), extract(p), wrapped)
 
     return te.compute(shape64([D, C]), body, name=BLOCK_ROW_WORDS)
 
@@ -172,7 +215,7 @@ def _row_bit(plan: RowPlan, P, num_words: int):
     """``bit(d, k)``: bit ``k`` of distinct row ``d`` (from re-aligned words when aligned)."""
     from tvm import tirx
 
-    if plan.aligned:
+    if plan.wordwise:
         W = _row_words(plan, P, num_words)
 
         def bit(d, kk):
@@ -224,7 +267,7 @@ def dense_rows_te(layer: Layer, fmt, plan: RowPlan, accumulate: str = "signed") 
     zero = tirx.const(0.0, dtype)
     one = tirx.const(1, "uint32")
     k = te.reduce_axis((i64(0), i64(K)), name="k")
-    if plan.aligned and accumulate == "signed":
+    if plan.wordwise and accumulate == "signed":
         # two reduction axes: the word (kc) and the bit inside it (kb), so one word load serves
         # 32 inputs and the bit position is the loop index itself (vectorisable shifts)
         W = _row_words(plan, P, fmt.num_words)
@@ -455,3 +498,208 @@ def conv_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
         return s * Z[(b, d, *pos)]
 
     return [X, P, A, te.compute(shape64([B, O, *out_spatial]), out, name=f"tbn_rows_conv{nd}d")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Look-up tables over groups of inputs (T-MAC's idea, in float32: no quantisation of the table)
+# ----------------------------------------------------------------------------------------------
+KIND_DENSE_LUT = "rows_lut"
+KIND_CONV_LUT = "rows_conv_lut"
+BLOCK_LUT_HALF = "tbn_lut_half"
+BLOCK_LUT_TABLE = "tbn_lut_table"
+BLOCK_LUT_SUM = "tbn_rows_lut_sum"
+BLOCK_LUT_TAIL = "tbn_rows_lut_tail"
+
+#: Instruction estimates on a Cortex-M4 (measured on QEMU for this project's kernels): one
+#: element of the bit-serial sum; one table look-up (field extract, load, add); one table entry.
+MCU_COST_BITSERIAL = 5.8
+MCU_COST_LOOKUP = 4.5
+MCU_COST_ENTRY = 5.0
+
+
+def lut_group(plan: RowPlan) -> int | None:
+    """The group size ``g`` whose look-up kernel an MCU runs in the fewest estimated
+    instructions, or None when the bit-serial kernel is estimated cheaper (or rows wrap)."""
+    if not plan.wordwise:
+        return None
+    K, D = plan.row_length, plan.distinct
+    best, best_cost = None, MCU_COST_BITSERIAL * D * K
+    for g in (2, 4):
+        groups = -(-K // g)
+        build = groups * ((1 << g) + 2 * (1 << (g // 2))) * MCU_COST_ENTRY / 2
+        cost = build + D * groups * MCU_COST_LOOKUP
+        if cost < best_cost:
+            best, best_cost = g, cost
+    return best
+
+
+def _lut_sums(lead: list, K: int, xv, plan: RowPlan, P, nwords: int, g: int, dtype: str, words=None):
+    """The look-up-table row sums ``z(m, d)`` over inputs ``xv(m, k)``, ``k < K`` (see
+    :func:`dense_rows_lut_te`); ``lead`` are the leading (batch, position) extents.  ``words``
+    (a ``[D, ceil(K/32)]`` uint32 tensor): the rows' sign bits as words, where they do not
+    come from a tile ``P`` (a codebook's filters)."""
+    from tvm import te, tirx
+
+    groups = -(-K // g)
+    h = g // 2
+    one = tirx.const(1, "uint32")
+    zero = tirx.const(0.0, dtype)
+
+    def x_at(m, k):
+        if K % g == 0:  # no group runs past the row: no guard
+            return xv(m, k)
+        return tirx.if_then_else(k < i64(K), xv(m, tirx.min(k, i64(K - 1))), zero)
+
+    def half(*idx):  # H[..., grp, part, e]: ±x of the h inputs of one half of the group
+        *m, grp, part, e = idx
+        s = None
+        for b in range(h):
+            v = x_at(m, grp * i64(g) + part * i64(h) + i64(b))
+            bit = tirx.bitwise_and(tirx.shift_right(tirx.Cast("uint32", e), tirx.const(b, "uint32")), one)
+            term = tirx.Select(bit == one, v, -v)
+            s = term if s is None else s + term
+        return s
+
+    mask = (1 << h) - 1
+
+    def table(first: int, count: int, suffix: str):
+        """The tables of groups ``first .. first + count`` (one tensor per consumer, so that a
+        schedule can build each chunk where it is read)."""
+        H = te.compute(
+            shape64([*lead, count, 2, 1 << h]),
+            lambda *idx: half(*idx[:-3], idx[-3] + i64(first), idx[-2], idx[-1]),
+            name=BLOCK_LUT_HALF + suffix,
+        )
+        return te.compute(
+            shape64([*lead, count, 1 << g]),
+            lambda *idx: (
+                H[(*idx[:-2], idx[-2], i64(0), tirx.bitwise_and(idx[-1], i64(mask)))]
+                + H[(*idx[:-2], idx[-2], i64(1), tirx.shift_right(idx[-1], i64(h)))]
+            ),
+            name=BLOCK_LUT_TABLE + suffix,
+        )
+
+    # whole 32-bit words of each row: its bits re-aligned into words (as the bit-serial kernel
+    # does), field kb of word kc being (RW[d, kc] >> g*kb) & mask, a constant shift once kb is
+    # unrolled; the last, partial word's groups read the tile directly
+    per_word = 32 // g
+    full, rest = divmod(K, 32)
+    fmask = tirx.const((1 << g) - 1, "uint32")
+    parts = []
+    if full:
+        T = table(0, full * per_word, "")
+        RW = words if words is not None else _row_words_of(plan, P, nwords, full)
+        kc = te.reduce_axis((i64(0), i64(full)), name="kc")
+        kb = te.reduce_axis((i64(0), i64(per_word)), name="kb")
+
+        def lookup(m, d):
+            e = tirx.bitwise_and(tirx.shift_right(RW[d, kc], tirx.Cast("uint32", kb * i64(g))), fmask)
+            return T[(*m, kc * i64(per_word) + kb, tirx.Cast("int64", e))]
+
+        parts.append(
+            te.compute(
+                shape64([*lead, plan.distinct]),
+                lambda *idx: te.sum(lookup(idx[:-1], idx[-1]), axis=[kc, kb]),
+                name=BLOCK_LUT_SUM,
+            )
+        )
+    if rest:
+        T_tail = table(full * per_word, groups - full * per_word, "_tail")
+        kt = te.reduce_axis((i64(0), i64(-(-rest // g))), name="kt")
+        straddles = 32 % g != 0 or any(plan.start(d) % g for d in range(plan.distinct))
+
+        if words is not None or not plan.aligned:  # the re-aligned last word of each row
+            RWt = words if words is not None else _row_words_of(plan, P, nwords, full + 1)
+
+            def field(d):
+                sh = tirx.Cast("uint32", kt * i64(g))
+                return tirx.Cast("int64", tirx.bitwise_and(tirx.shift_right(RWt[d, i64(full)], sh), fmask))
+
+        def aligned_field(d):
+            o = tirx.Cast("int32", _start(plan, d) + i64(32 * full) + kt * i64(g))
+            w = tirx.shift_right(o, tirx.const(5, "int32"))
+            sh = tirx.Cast("uint32", tirx.bitwise_and(o, tirx.const(31, "int32")))
+            bits = tirx.shift_right(P[w], sh)
+            if straddles:
+                nxt = P[tirx.min(w + tirx.const(1, "int32"), tirx.const(nwords - 1, "int32"))]
+                hi = tirx.shift_left(tirx.shift_left(nxt, tirx.const(31, "uint32") - sh), one)
+                bits = tirx.bitwise_or(bits, hi)
+            return tirx.Cast("int64", tirx.bitwise_and(bits, fmask))
+
+        if words is None and plan.aligned:
+            field = aligned_field
+        parts.append(
+            te.compute(
+                shape64([*lead, plan.distinct]),
+                lambda *idx: te.sum(T_tail[(*idx[:-1], kt, field(idx[-1]))], axis=kt),
+                name=BLOCK_LUT_TAIL,
+            )
+        )
+
+    def z_of(m, d):
+        z = parts[0][(*m, d)]
+        for extra in parts[1:]:
+            z = z + extra[(*m, d)]
+        return z
+
+    return z_of
+
+
+def dense_rows_lut_te(layer: Layer, fmt, plan: RowPlan, g: int = 4) -> list:
+    """``Y[..., n] = s_n · Σ_grp T[..., grp, bits(d(n), grp)]``: for every group of ``g``
+    inputs the ``2^g`` signed sums are built once per input vector (from two half tables of
+    ``2^(g/2)`` entries: one add per entry) and shared by all distinct rows; each row then reads
+    one entry per ``g`` weights, indexed by its ``g`` tile bits (T-MAC, EuroSys 2025, in float32:
+    exact up to the order of the additions)."""
+    from tvm import te
+
+    *lead, K = layer.x_shape
+    X = te.placeholder(shape64([*lead, K]), layer.dtype, name="x")
+    bufs = fmt.placeholders()
+    P, A = bufs["tile"], bufs["scales"]
+    z_of = _lut_sums(lead, K, lambda m, k: X[(*m, k)], plan, P, fmt.num_words, g, layer.dtype)
+
+    def out(*idx):
+        *m, n = idx
+        d, s = _row_scale_and_index(plan, A, n)
+        return s * z_of(m, d)
+
+    return [X, P, A, te.compute(shape64([*lead, plan.rows]), out, name="tbn_rows_dense")]
+
+
+def conv_rows_lut_te(layer: Layer, fmt, plan: RowPlan, g: int = 4, words_of=None) -> list:
+    """The look-up-table form of an ungrouped convolution: per output position the input patch
+    (``C·kh·kw`` values, im2col order = the filter's flat order) is the input vector of
+    :func:`dense_rows_lut_te`; only the distinct filters are summed, then scaled and gathered.
+    ``words_of(bufs)``: the filters' sign words ``[D, ceil(K/32)]`` from the format's buffers,
+    for a format without a ``tile`` (the codebook format); default: re-aligned tile words."""
+    from tvm import te, tirx
+
+    X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
+    P, A = bufs.get("tile"), bufs["scales"]
+    words = words_of(bufs) if words_of is not None else None
+    B = layer.x_shape[0]
+    O, Cg, *ksize = fmt.shape
+    nd = len(ksize)
+    ksz = math.prod(ksize)
+    K = Cg * ksz
+
+    def patch(m, k):
+        b, pos = m[0], m[1:]
+        c = tirx.floordiv(k, i64(ksz))
+        r = tirx.floormod(k, i64(ksz))
+        offs = []
+        for d in range(nd):
+            inner = math.prod(ksize[d + 1 :])
+            offs.append(tirx.floormod(tirx.floordiv(r, i64(inner)), i64(ksize[d])))
+        src = [pos[d] * i64(layer.strides[d]) + offs[d] * i64(layer.dilation[d]) for d in range(nd)]
+        return Xp[(b, c, *src)]
+
+    lead = [B, *out_spatial]
+    z_of = _lut_sums(lead, K, patch, plan, P, getattr(fmt, "num_words", 0), g, layer.dtype, words)
+
+    def out(b, o, *pos):
+        d, s = _row_scale_and_index(plan, A, o)
+        return s * z_of((b, *pos), d)
+
+    return [X, *bufs.values(), te.compute(shape64([B, O, *out_spatial]), out, name=f"tbn_rows_conv{nd}d")]

@@ -141,6 +141,10 @@ class _Compressor(relax.PyExprMutator):
         self.owner.const_names.setdefault(hash(w_expr), f"{c_identifier(name)}_weight")
         return call
 
+    def _form(self, name: str) -> str:
+        forms = self.owner.forms
+        return forms if isinstance(forms, str) else forms.get(name, "bitserial")
+
     def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer):
         kernel = kernels.build(lw.format, layer)
         sym = self._symbol(layer.name, kernel.kind)
@@ -179,6 +183,7 @@ class _Compressor(relax.PyExprMutator):
             order=lw.order,
             reuse_rows=self.owner.reuse_rows,
             simd=self.owner.simd,
+            form=self._form(name),
         )
         return self._emit(call, x, w, lw, layer)
 
@@ -216,6 +221,7 @@ class _Compressor(relax.PyExprMutator):
             output_padding=tuple(int(p) for p in getattr(attrs, "output_padding", ()) or ()),
             reuse_rows=self.owner.reuse_rows,
             simd=self.owner.simd,
+            form=self._form(name),
         )
         return self._emit(call, x, w, lw, layer)
 
@@ -228,13 +234,20 @@ class CompressWeights:
     (from :func:`tbn_tvm.frontend.layers.weighted_layers`); unnamed weights get ``<op>_<i>``.
     ``reuse_rows`` (default) lets formats use their structure kernels (distinct rows of a tiled
     weight); without it every output is computed from the decoded weight.  ``simd`` picks kernel
-    forms that vectorise (host CPUs) over ones with fewest scalar instructions (MCUs)."""
+    forms that vectorise (host CPUs) over ones with fewest scalar instructions (MCUs).  ``forms``
+    says how a structure kernel computes (``bitserial`` or ``decoded``), for all layers or per
+    layer name (what tuning chose, :mod:`tbn_tvm.schedules.tuning`)."""
 
     def __init__(
-        self, names: Mapping[str, str] | None = None, reuse_rows: bool = True, simd: bool = True
+        self,
+        names: Mapping[str, str] | None = None,
+        reuse_rows: bool = True,
+        simd: bool = True,
+        forms: Mapping[str, str] | str = "bitserial",
     ) -> None:
         self.layers: list[RewrittenLayer] = []
         self.names = dict(names or {})
+        self.forms = forms if isinstance(forms, str) else dict(forms)
         #: constant object (hash) -> C-safe name ``<layer>_<buffer>`` (``fc1_tile``, ``fc2_weight``)
         self.const_names: dict[int, str] = {}
         self.reuse_rows = reuse_rows

@@ -6,6 +6,7 @@ Phase 0, import (:func:`tbn_tvm.frontend.onnx.to_relax`)
     outputs checked against ONNX shape inference.
 
 Phase 1, the project's passes, every target (:func:`prepare`)
+    FoldAffine: per-output-channel scales after a layer (BatchNorm, Mul) folded into its weight.
     CompressWeights: each matmul/conv whose weight has a compact exact form becomes a kernel
     reading the format's buffers (options from the back end: ``simd``; from the user:
     ``reuse_rows``).
@@ -32,6 +33,7 @@ import tvm
 from tvm import relax
 
 from tbn_tvm.passes.compress_weights import CompressWeights, RewrittenLayer
+from tbn_tvm.passes.fold_affine import FoldAffine
 from tbn_tvm.passes.legalize import Legalize
 
 
@@ -63,14 +65,16 @@ def prepare(
     reuse_rows: bool = True,
     simd: bool = True,
     names: dict[str, str] | None = None,
+    forms: dict[str, str] | str = "bitserial",
 ) -> Prepared:
     """Run the project's passes on an imported module (weights already folded to constants).
 
     ``compress=False`` leaves every weight dense (the plain TVM build); ``names`` maps weight
     fingerprints to layer names (:func:`tbn_tvm.frontend.layers.weighted_layers`)."""
+    mod = FoldAffine()(mod)
     if not compress:
         return Prepared(mod, [])
-    compress_pass = CompressWeights(names=names, reuse_rows=reuse_rows, simd=simd)
+    compress_pass = CompressWeights(names=names, reuse_rows=reuse_rows, simd=simd, forms=forms)
     mod = compress_pass(mod)
     return Prepared(mod, list(compress_pass.layers), dict(compress_pass.const_names))
 
@@ -91,19 +95,40 @@ def fuse(legalize: bool = True) -> tvm.transform.Pass:
     )
 
 
-def lower_host(mod: tvm.IRModule, target, database=None) -> tuple[tvm.IRModule, tvm.transform.Pass]:
-    """Host lowering: returns the fused, scheduled module and the rest of the Relax pipeline
-    ``tvm.compile`` runs on it.  Tuning records from ``database`` (a MetaSchedule database) are
-    applied first; the project's kernels they do not cover get their hand schedules."""
+def scheduled_kernels(mod: tvm.IRModule) -> set[str]:
+    """Names of the PrimFuncs already scheduled (``tirx.is_scheduled``)."""
+    return {
+        gv.name_hint
+        for gv, f in mod.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled")
+    }
+
+
+def apply_database(mod: tvm.IRModule, target, database) -> tuple[tvm.IRModule, list[str]]:
+    """Apply MetaSchedule records to a fused module; returns it and the kernels that got one
+    (a record for another target or shape never matches)."""
+    before = scheduled_kernels(mod)
+    with target, database:
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return mod, sorted(scheduled_kernels(mod) - before)
+
+
+def lower_host(
+    mod: tvm.IRModule, target, database=None
+) -> tuple[tvm.IRModule, tvm.transform.Pass, list[str]]:
+    """Host lowering: returns the fused, scheduled module, the rest of the Relax pipeline
+    ``tvm.compile`` runs on it, and the kernels tuning records were applied to.  Records from
+    ``database`` (a MetaSchedule database) come first; the project's kernels they do not cover
+    get their hand schedules."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from tbn_tvm.schedules.cpu import schedule_cpu
 
+    tuned: list[str] = []
     with target:
         mod = fuse()(mod)
         if database is not None:
-            with database:
-                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            mod, tuned = apply_database(mod, target, database)
         mod = schedule_cpu(mod, target)
     rest = (
         cpu.library_dispatch_passes(target) + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
@@ -114,14 +139,65 @@ def lower_host(mod: tvm.IRModule, target, database=None) -> tuple[tvm.IRModule, 
         with target:
             return tvm.transform.Sequential(rest)(m)
 
-    return mod, finish
+    return mod, finish, tuned
 
 
 def lower_mcu(mod: tvm.IRModule) -> tvm.IRModule:
     """Cortex-M lowering up to the fused graph the C back end reads."""
-    return tvm.transform.Sequential([fuse(), relax.transform.DeadCodeElimination()], name="tbn_lower_mcu")(
-        mod
+    # reshape-like kernels (reshape, flatten, squeeze) become views of their input's bytes:
+    # no copy, no arena of their own
+    return tvm.transform.Sequential(
+        [fuse(), relax.transform.RewriteDataflowReshape(), relax.transform.DeadCodeElimination()],
+        name="tbn_lower_mcu",
+    )(mod)
+
+
+def lower_cuda(mod: tvm.IRModule, target) -> tuple[tvm.IRModule, tvm.transform.Pass]:
+    """CUDA lowering: :func:`fuse` -> kernels no Relax function calls dropped -> hand schedules
+    of the project's kernels (:mod:`tbn_tvm.schedules.cuda`) -> dlight's Matmul, Reduction,
+    GeneralReduction and Fallback rules for the rest of the graph (not GEMV: it asserts on
+    tile-decoding kernels).  Returns the scheduled module (what
+    :mod:`tbn_tvm.targets.gpu_check` runs on OpenCL) and the rest of TVM's CUDA pipeline
+    (library dispatch, dataflow lowering, finalisation) for ``tvm.compile``."""
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    from tbn_tvm.schedules.cuda import apply_dlight, schedule_cuda
+
+    with target:
+        mod = fuse()(mod)
+        mod = relax.transform.DeadCodeElimination()(mod)
+        called: set[str] = set()
+
+        def visit(expr) -> None:
+            if isinstance(expr, tvm.ir.GlobalVar):
+                called.add(expr.name_hint)
+
+        for _, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func, visit)
+        mod = tvm.IRModule(
+            {
+                gv: func
+                for gv, func in mod.functions_items()
+                if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint in called
+            },
+            attrs=mod.attrs,
+            global_infos=mod.global_infos,
+        )
+        mod = schedule_cuda(mod, target)
+        mod = apply_dlight(mod, target)
+    rest = (
+        cuda.library_dispatch_passes(target)
+        + cuda.dataflow_lower_passes(target)
+        + cuda.finalize_passes(target)
     )
+
+    @tvm.transform.module_pass(opt_level=0, name="tbn_cuda_finish")
+    def finish(m, _ctx):
+        with target:
+            return tvm.transform.Sequential(rest)(m)
+
+    return mod, finish
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tvm
 
+from tbn_tvm.schedules import reverse_inline_safely
+
 
 def _name(sch, block) -> str:
     return sch.get(block).name_hint
@@ -53,7 +55,7 @@ def schedule_rows(prim, lanes: int, cores: int):
         if name.startswith(("tbn_rows_sum", "tbn_rows_conv_sum", "row_words", "pad")):
             continue
         if not name.startswith("tbn_rows_"):
-            _try(sch.reverse_compute_inline, blk) or _try(sch.compute_inline, blk)
+            reverse_inline_safely(sch, blk) or _try(sch.compute_inline, blk)
     blocks = {_name(sch, b): b for b in sch.get_child_blocks(root)}
     conv = next((b for n, b in blocks.items() if n.startswith("tbn_rows_conv_sum")), None)
     if conv is not None:

@@ -24,6 +24,7 @@ __all__ = ["BACKENDS", "Backend", "Option", "TargetSpec", "backend_class", "know
 BACKENDS: dict[str, str] = {
     "host": "tbn_tvm.targets.host:HostBackend",
     "cortex-m": "tbn_tvm.targets.cortex_m.backend:CortexMBackend",
+    "cuda": "tbn_tvm.targets.cuda:CudaBackend",
 }
 
 

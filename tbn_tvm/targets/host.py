@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tbn_tvm.errors import TBNError
-from tbn_tvm.targets.base import Backend, TargetSpec
+from tbn_tvm.targets.base import Backend, Option, TargetSpec
 
 # TVM's thread pool takes half the logical CPUs on x86 by default; use every core the process may
 # run on unless the user chose (set before the pool starts, at the first parallel kernel).
@@ -51,8 +51,9 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def build(mod, spec: TargetSpec):
-    """Lower and compile a prepared Relax module (:func:`tbn_tvm.passes.pipeline.lower_host`)."""
+def build(mod, spec: TargetSpec, database=None):
+    """Lower and compile a prepared Relax module (:func:`tbn_tvm.passes.pipeline.lower_host`);
+    returns TVM's executable and the kernels tuning records were applied to."""
     import tvm
 
     from tbn_tvm.passes.pipeline import lower_host
@@ -61,8 +62,8 @@ def build(mod, spec: TargetSpec):
     target = spec.tvm()
     with captured():
         try:
-            mod, relax_pipeline = lower_host(mod, target)
-            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+            mod, relax_pipeline, tuned = lower_host(mod, target, database)
+            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline), tuned
         except TBNError:
             raise
         except Exception as e:  # noqa: BLE001 - TVM cannot lower or compile something in the graph
@@ -80,6 +81,11 @@ class HostBackend(Backend):
         "llvm [--mcpu native|NAME], an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
     )
     pass_options = {"simd": True}
+    compile_options = {
+        "tuning_db": Option(
+            None, "a tuning database written by 'tbn-tvm tune' (records applied, forms chosen)"
+        ),
+    }
 
     # ------------------------------------------------------------------ targets
     @classmethod
@@ -130,10 +136,24 @@ class HostBackend(Backend):
 
     # ------------------------------------------------------------------ build
     @classmethod
-    def create(cls, spec: TargetSpec, prepared, inputs, outputs, **options) -> tuple[HostBackend, dict]:
-        if options:
-            raise TBNError(f"unknown option(s) for a host build: {', '.join(sorted(options))}")
-        return cls(spec, executable=build(prepared.mod, spec)), {}
+    def create(
+        cls, spec: TargetSpec, prepared, inputs, outputs, *, tuning_db=None
+    ) -> tuple[HostBackend, dict]:
+        database = None
+        if tuning_db is not None:
+            from tbn_tvm.schedules.tuning import open_database
+
+            database = open_database(tuning_db, create=False)
+        executable, tuned = build(prepared.mod, spec, database)
+        extra = {}
+        if tuning_db is not None:
+            from tbn_tvm.schedules.tuning import _layers_of
+
+            extra["tuning"] = {
+                "kernels": tuned,
+                "layers": sorted({name for k in tuned for name in _layers_of(k, prepared.layers)}),
+            }
+        return cls(spec, executable=executable), extra
 
     def __init__(self, spec: TargetSpec, executable=None, module=None) -> None:
         self.spec = spec

@@ -1,4 +1,5 @@
-"""PyTorch side of tbn-tvm: tiled layers, ``tbnify``, ``summary``, ONNX export and training.
+"""PyTorch side of tbn-tvm: tiled, sub-bit (SNN) and bit-wise layers, the conversion helpers
+``tbnify`` / ``subbitify`` / ``bitwiseify``, ``summary``, ONNX export and training (``fit``).
 
 >>> import torch
 >>> from torch import nn
@@ -14,7 +15,9 @@ Needs ``pip install torch==2.13.0`` (CPU wheel) and, for export, ``onnxscript``.
 
 from __future__ import annotations
 
+from tbn_tvm.torch.bitwise import BitwiseConv2d, BitwiseLayer, BitwiseLinear, bitwiseify
 from tbn_tvm.torch.export import ExportResult, export_onnx
+from tbn_tvm.torch.fitting import History, evaluate, fit
 from tbn_tvm.torch.layers import (
     FrozenTiled,
     TiledConv1d,
@@ -26,6 +29,7 @@ from tbn_tvm.torch.layers import (
     tiled_sign,
     tiled_weight,
 )
+from tbn_tvm.torch.subbit import SubBitConv2d, subbitify
 from tbn_tvm.torch.summary import ModelSummary, summary
 from tbn_tvm.torch.tbnify import tbnify, tiling_plan
 
@@ -45,4 +49,13 @@ __all__ = [
     "ModelSummary",
     "export_onnx",
     "ExportResult",
+    "SubBitConv2d",
+    "subbitify",
+    "BitwiseLinear",
+    "BitwiseConv2d",
+    "BitwiseLayer",
+    "bitwiseify",
+    "fit",
+    "evaluate",
+    "History",
 ]

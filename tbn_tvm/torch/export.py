@@ -1,15 +1,19 @@
 """Export a (tiled) PyTorch model to an ONNX inference graph that ``tbn-tvm compile`` takes.
 
-The graph holds no training machinery: no latent ``W``/``A`` tensors, no straight-through
-estimator, only the plain sign's result.  Two forms:
+The graph holds no training machinery: no latent ``W``/``A`` tensors or bit planes, no
+straight-through estimator, only the plain sign's result.  Two forms:
 
 * ``form="tile"`` (default, compact): every tiled layer becomes a ``q = n/p`` element ±1
-  initializer and its scales, rebuilt by ``Expand → Mul → Reshape`` in front of the Gemm / Conv.
-  BatchNorm stays a separate node.  The file is about ``p`` times smaller than a dense export;
-  the compiler constant-folds the chain and recognises the tile.
-* ``form="dense"``: every tiled layer becomes a plain Linear/Conv with the folded fp32 weight
-  ``B̂``, exported with the exporter's default optimisations (which fold a following
-  BatchNorm into Conv/Gemm weights, giving per-output-row scales).
+  initializer and its scales, rebuilt by ``Expand → Mul → Reshape`` in front of the Gemm / Conv;
+  a sub-bit conv (:class:`~tbn_tvm.torch.SubBitConv2d`) its codebook, kernel indices and
+  per-channel scales, rebuilt by ``Gather → Mul → Reshape``; a bit-wise layer
+  (:class:`~tbn_tvm.torch.BitwiseLinear` / ``BitwiseConv2d``) its integers (int8) and ``α``,
+  rebuilt by ``Cast → Mul``.  BatchNorm stays a separate node.  The file is about ``p`` times
+  smaller than a dense export; the compiler constant-folds the chains and recognises the formats.
+* ``form="dense"``: every tiled, sub-bit or bit-wise layer becomes a plain Linear/Conv with its
+  fp32 inference weight (``B̂``, ``α_o · codeword``, ``α · integer``), exported with the
+  exporter's default optimisations (which fold a following BatchNorm into Conv/Gemm weights,
+  giving per-output-row scales; a bit-wise weight is then no longer exactly on its grid).
 
 Shapes are static (the example's batch size, 1 by default) unless ``dynamic_batch=True``: the
 compiler needs static shapes.  The opset is the exporter's default (20 for torch 2.13).  The
@@ -46,7 +50,9 @@ import torch
 from torch import nn
 
 from tbn_tvm.errors import TBNError
+from tbn_tvm.torch.bitwise import BitwiseLayer, FrozenBitwise
 from tbn_tvm.torch.layers import FrozenTiled, TiledLayer
+from tbn_tvm.torch.subbit import FrozenSubBit, SubBitConv2d
 
 __all__ = ["export_onnx", "ExportResult", "inference_copy", "METADATA_KEY"]
 
@@ -84,16 +90,24 @@ class ExportResult:
 
 def inference_copy(model: nn.Module, form: ExportForm = "tile") -> nn.Module:
     """A deep copy of ``model`` in eval mode whose tiled layers are replaced by their inference
-    form: :class:`~tbn_tvm.torch.FrozenTiled` (``form="tile"``) or a plain dense layer
-    (``form="dense"``).  The original model is not touched."""
+    form: :class:`~tbn_tvm.torch.FrozenTiled`, :class:`~tbn_tvm.torch.subbit.FrozenSubBit` and
+    :class:`~tbn_tvm.torch.bitwise.FrozenBitwise` (``form="tile"``) or a plain dense layer with
+    the exact inference weight (``form="dense"``).  The original model is not touched."""
     if form not in ("tile", "dense"):
         raise TBNError(f"unknown export form {form!r}", hint="use 'tile' or 'dense'")
     clone = copy.deepcopy(model).eval()
-    if isinstance(clone, TiledLayer):
-        return clone.freeze() if form == "tile" else clone.to_dense().eval()
+
+    def inference(module: nn.Module) -> nn.Module | None:
+        if isinstance(module, TiledLayer | SubBitConv2d | BitwiseLayer):
+            return module.freeze() if form == "tile" else module.to_dense().eval()
+        return None
+
+    top = inference(clone)
+    if top is not None:
+        return top
     for name, module in list(clone.named_modules()):
-        if isinstance(module, TiledLayer):
-            new = module.freeze() if form == "tile" else module.to_dense().eval()
+        new = inference(module)
+        if new is not None:
             parent, _, attr = name.rpartition(".")
             setattr(clone.get_submodule(parent) if parent else clone, attr, new)
     return clone
@@ -109,9 +123,35 @@ def _layer_info(model: nn.Module) -> list[dict]:
                     "name": name,
                     "kind": kind,
                     "weight_shape": list(m.weight.shape),
+                    "format": "tiled" if m.p > 1 else "binary",
                     "p": m.p,
                     "alpha": m.alpha,
                     "tile_length": m.tile_length,
+                }
+            )
+        elif isinstance(m, SubBitConv2d):
+            info.append(
+                {
+                    "name": name,
+                    "kind": "conv2d",
+                    "weight_shape": list(m.weight.shape),
+                    "format": "snn",
+                    "p": None,
+                    "tau": m.tau,
+                    "codewords": int(m.codebook.shape[0]),
+                }
+            )
+        elif isinstance(m, BitwiseLayer):
+            info.append(
+                {
+                    "name": name,
+                    "kind": "linear" if isinstance(m, nn.Linear) else "conv2d",
+                    "weight_shape": list(m._weight_shape),
+                    "format": "bitwise",
+                    "p": None,
+                    "k": m.k,
+                    "trainable": sum(m.trainable_mask),
+                    "alpha": m.alpha_kind,
                 }
             )
     return info
@@ -135,12 +175,18 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
+#: (op, buffer name) pairs the optimizer must not fold: the first node of each compact chain.
+_COMPACT_CHAINS = (("Expand", "tile"), ("Gather", "codebook"), ("Cast", "intweight"))
+
+
 def _keep_tiles(node) -> bool | None:
-    """``should_fold`` for the onnxscript optimizer: never fold the Expand of a tile buffer."""
-    if node.op_type == "Expand" and node.inputs and node.inputs[0] is not None:
+    """``should_fold`` for the onnxscript optimizer: never fold the first node of a compact
+    chain (the Expand of a tile, the Gather of a codebook, the Cast of bit-wise integers)."""
+    if node.inputs and node.inputs[0] is not None:
         name = node.inputs[0].name or ""
-        if name == "tile" or name.endswith(".tile"):
-            return False
+        for op, buffer in _COMPACT_CHAINS:
+            if node.op_type == op and (name == buffer or name.endswith("." + buffer)):
+                return False
     return None
 
 
@@ -224,6 +270,7 @@ def export_onnx(
     proto = _to_onnx(infer, example, form, dynamic_batch, input_name, output_name, opset)
     nodes = _node_module_names(proto, infer)
     _strip_node_metadata(proto)
+    _name_codebook_indices(proto)
     layers = _layer_info(model)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps({"form": form, "layers": layers, "nodes": nodes})
@@ -307,6 +354,7 @@ _WEIGHT_CHAIN_OPS = (
     "Identity",
     "Unsqueeze",
     "Squeeze",
+    "Gather",
 )
 _WEIGHTED_MODULES = (
     nn.Linear,
@@ -317,6 +365,8 @@ _WEIGHTED_MODULES = (
     nn.ConvTranspose2d,
     TiledLayer,
     FrozenTiled,
+    FrozenSubBit,
+    FrozenBitwise,
 )
 
 
@@ -356,7 +406,7 @@ def _node_module_names(proto, model: nn.Module) -> dict[str, str]:
                 if cur in seen:
                     continue
                 seen.add(cur)
-                for suffix in (".weight", ".tile", ".W", ".A", ".alpha"):
+                for suffix in (".weight", ".tile", ".W", ".A", ".alpha", ".codebook", ".intweight"):
                     if cur.endswith(suffix) and cur[: -len(suffix)] in weighted:
                         found = cur[: -len(suffix)]
                 if cur in producers and producers[cur].op_type in _WEIGHT_CHAIN_OPS:
@@ -364,6 +414,30 @@ def _node_module_names(proto, model: nn.Module) -> dict[str, str]:
         if found is not None:
             names[node.name] = found
     return names
+
+
+def _name_codebook_indices(proto) -> None:
+    """The exporter names a Gather's integer index initializer ``val_N``: call it
+    ``<layer>.indices`` after its ``<layer>.codebook``, as the compact chains' other buffers."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    taken = set(inits) | {o for n in proto.graph.node for o in n.output}
+    renames: dict[str, str] = {}
+    for node in proto.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0].endswith(".codebook"):
+            old, new = node.input[1], node.input[0][: -len("codebook")] + "indices"
+            if old in inits and old not in renames and new not in taken:
+                renames[old] = new
+                taken.add(new)
+    if not renames:
+        return
+    for t in proto.graph.initializer:
+        t.name = renames.get(t.name, t.name)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for vi in proto.graph.value_info:
+        vi.name = renames.get(vi.name, vi.name)
 
 
 def _umask() -> int:

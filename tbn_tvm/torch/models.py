@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-__all__ = ["mnist_mlp", "digits_cnn", "cifar10_cnn", "MODELS"]
+__all__ = ["mnist_mlp", "digits_cnn", "cifar10_cnn", "resnet_tiny", "BasicBlock", "MODELS"]
 
 
 def mnist_mlp(hidden: int = 256, num_classes: int = 10) -> nn.Sequential:
@@ -76,6 +76,66 @@ def cifar10_cnn(num_classes: int = 10) -> nn.Sequential:
             ]
         )
     )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv 3×3 (stride) → BN → ReLU → conv 3×3 → BN, plus the shortcut
+    (identity, or conv 1×1 with stride → BN when the shape changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("conv", nn.Conv2d(cin, cout, 1, stride=stride, bias=False)),
+                        ("bn", nn.BatchNorm2d(cout)),
+                    ]
+                )
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):  # noqa: D102
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+def resnet_tiny(
+    in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 32), blocks: int = 1
+) -> nn.Sequential:
+    """A small ResNet-style CNN, input ``[N, in_channels, H, W]`` (e.g. MNIST as
+    ``[N, 1, 28, 28]``): stem conv 3×3 → BN → ReLU, then ``blocks`` :class:`BasicBlock` per
+    width (the first stage at stride 1, the others at stride 2), global average pool, linear.
+    The defaults have 38,864 weights: stem 144, six 3×3 block convs (36,864), two 1×1 shortcuts
+    (1,536), fc 320.
+
+    >>> import torch
+    >>> resnet_tiny()(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
+    layers: list[tuple[str, nn.Module]] = [
+        ("stem", nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)),
+        ("bn", nn.BatchNorm2d(widths[0])),
+        ("relu", nn.ReLU()),
+    ]
+    cin = widths[0]
+    for s, width in enumerate(widths):
+        for b in range(blocks):
+            stride = 2 if s > 0 and b == 0 else 1
+            layers.append((f"layer{s + 1}_{b}", BasicBlock(cin, width, stride)))
+            cin = width
+    layers += [
+        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(cin, num_classes)),
+    ]
+    return nn.Sequential(OrderedDict(layers))
 
 
 MODELS = {"mnist": mnist_mlp, "digits": digits_cnn, "cifar10": cifar10_cnn}

@@ -1,9 +1,22 @@
 """Size table of a (tiled) model, in the spirit of ``larq.models.summary``.
 
-Accounting, as the compiled model stores it (the same figures as ``tbn-tvm inspect``): a tiled
-layer stores its ``n/p`` tile bits packed in 32-bit words plus 32 bits per scale α; a dense (full-precision) Linear/Conv weight costs 32 bits per element; biases,
-BatchNorm parameters and running statistics are counted as fp32 "other" values.  The latent
-training tensors ``W`` and ``A`` are not stored at inference and are not counted.
+Accounting, as the compiled model stores it (the same figures as ``tbn-tvm inspect``):
+
+* a tiled layer (``TiledLinear`` / ``TiledConv*``) stores its ``n/p`` tile bits packed in 32-bit
+  words plus 32 bits per scale α;
+* a sub-bit conv (:class:`~tbn_tvm.torch.SubBitConv2d`, format ``snn``) stores ``τ`` bits per
+  ``(out, in)`` kernel index, its codebook of ``2^τ`` kernels of ``kh·kw`` bits and one 32-bit α
+  per output channel: ``τ·O·I/g + kh·kw·2^τ + 32·O`` bits, i.e. ``τ/9`` bit per weight of a 3×3
+  layer plus the amortised codebook and scales;
+* a bit-wise layer (:class:`~tbn_tvm.torch.BitwiseLinear` / ``BitwiseConv2d``, format
+  ``bitwise``) stores ``k`` bits per weight plus 32 bits per α (one per layer or per output
+  channel): ``k·n + 32·#α``;
+* a dense (full-precision) Linear/Conv weight costs 32 bits per element;
+* biases, BatchNorm parameters and running statistics are counted as fp32 "other" values.
+
+The latent training tensors (``W`` and ``A`` of a tiled layer, the latent kernels of a sub-bit
+layer, the latent bit planes of a bit-wise layer) are not stored at inference and are not
+counted.
 
 >>> from torch import nn
 >>> from tbn_tvm.torch import tbnify
@@ -25,7 +38,9 @@ import torch
 from torch import nn
 
 from tbn_tvm.formats.base import bits_per_weight
+from tbn_tvm.torch.bitwise import BitwiseLayer, FrozenBitwise
 from tbn_tvm.torch.layers import ALPHA_BITS, FrozenTiled, TiledLayer
+from tbn_tvm.torch.subbit import FrozenSubBit, SubBitConv2d
 
 __all__ = ["summary", "ModelSummary", "LayerSize"]
 
@@ -39,11 +54,17 @@ class LayerSize:
     name: str
     type: str
     weight_shape: tuple[int, ...] | None
-    format: str  # "tiled", "binary", "dense" (fp32 weight) or "other" (BN, norms, ...)
+    format: str  # "tiled", "binary", "snn", "bitwise", "dense" (fp32 weight) or "other" (BN, ...)
     p: int | None
     weights: int  # elements of the Linear/Conv weight (0 for "other")
-    weight_bits: int  # storage of that weight: tile bits + 32 per α, or 32 per element
+    weight_bits: int  # storage of that weight (see the module docstring)
     other_values: int  # biases, norm parameters, running statistics (fp32)
+    detail: str = ""  # "τ=5" for snn, "k=6 t=3" for bitwise
+
+    @property
+    def param(self) -> str:
+        """The format's parameter as text: ``p``, ``τ=…`` or ``k=… t=…`` (``-`` for none)."""
+        return str(self.p) if self.p else self.detail or "-"
 
     @property
     def bits(self) -> int:
@@ -114,7 +135,7 @@ class ModelSummary:
             "type",
             "weight shape",
             "format",
-            "p",
+            "p/τ/k",
             "bits/weight",
             "other fp32",
             "bytes",
@@ -128,7 +149,7 @@ class ModelSummary:
                     r.type,
                     "x".join(map(str, r.weight_shape)) if r.weight_shape else "-",
                     r.format,
-                    str(r.p) if r.p else "-",
+                    r.param,
                     f"{r.bits_per_weight:.4f}" if r.weights else "-",
                     str(r.other_values),
                     f"{r.bytes:,}",
@@ -211,6 +232,50 @@ def summary(model: nn.Module) -> ModelSummary:
             rows.append(
                 LayerSize(
                     name, type(m).__name__, shape, "tiled" if m.p > 1 else "binary", m.p, n, bits, other
+                )
+            )
+        elif isinstance(m, SubBitConv2d | FrozenSubBit):
+            shape = tuple(m.weight.shape) if isinstance(m, SubBitConv2d) else m.weight_shape
+            rows.append(
+                LayerSize(
+                    name,
+                    type(m).__name__,
+                    shape,
+                    "snn",
+                    None,
+                    math.prod(shape),
+                    m.storage_bits(),
+                    _other_values(m, {"weight", "codebook", "step", "seed", "scales"}),
+                    f"τ={m.tau}",
+                )
+            )
+        elif isinstance(m, FrozenBitwise):
+            rows.append(
+                LayerSize(
+                    name,
+                    type(m).__name__,
+                    m.weight_shape,
+                    "bitwise",
+                    None,
+                    math.prod(m.weight_shape),
+                    m.storage_bits(),
+                    _other_values(m, {"scale"}),
+                    f"k={m.k}",
+                )
+            )
+        elif isinstance(m, BitwiseLayer):
+            shape = tuple(m._weight_shape)
+            rows.append(
+                LayerSize(
+                    name,
+                    type(m).__name__,
+                    shape,
+                    "bitwise",
+                    None,
+                    math.prod(shape),
+                    m.storage_bits(),
+                    _other_values(m, {"bits", "frozen_bits", "alpha"}),
+                    f"k={m.k} t={sum(m.trainable_mask)}",
                 )
             )
         elif isinstance(m, _DENSE):

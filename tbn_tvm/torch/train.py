@@ -1,12 +1,25 @@
-"""Train full-precision, binary and tiled variants of a small model, tabulate, plot and export.
+"""Train full-precision, binary, tiled, sub-bit and bit-wise variants of a model, tabulate, plot
+and export.
 
-Variants: ``fp32`` (the dense model), ``binary`` (every Linear/Conv at p = 1, i.e. a binary-weight
-network) and ``tbnP`` (``tbn2``, ``tbn4``, ``tbn8``...: :func:`~tbn_tvm.torch.tbnify` with that
-``p``; the first and last layers stay binary and, with the default ``min_size=0``, every hidden
-layer is tiled).  Each (data set, variant, seed) is one run: Adam with a one-cycle learning-rate
-schedule, cross-entropy, no augmentation, the held-out accuracy after the last epoch (no model
-selection on the held-out set).  Runs are spread over worker processes with one torch thread
-each (more threads make these tiny models slower on a shared CPU).
+Variants (:func:`parse_variant`):
+
+* ``fp32``: the dense model (``model``: a user's model exactly as its factory returns it);
+* ``binary``: every Linear/Conv at p = 1, i.e. a binary-weight network;
+* ``tbnP`` (``tbn2``, ``tbn4``, ``tbn8``...): :func:`~tbn_tvm.torch.tbnify` with that ``p``; the
+  first and last layers stay binary and, with the default ``min_size=0``, every hidden layer is
+  tiled;
+* ``snnT`` (``snn5``...): :func:`~tbn_tvm.torch.subbitify` with ``τ = T`` on the 3×3 convs but
+  the first, every other Linear/Conv binary (p = 1) like the tbn variants' ends;
+* ``bitwiseKxT`` (``bitwise6x3``...): :func:`~tbn_tvm.torch.bitwiseify` of every Linear/Conv2d
+  with ``k = K`` bits of which the ``T`` most significant train.
+
+Each (data set, variant, seed) is one run of :func:`~tbn_tvm.torch.fit`: Adam with a one-cycle
+learning-rate schedule, cross-entropy, no augmentation, the held-out accuracy after the last
+epoch (no model selection on the held-out set).  Runs are spread over worker processes with one
+torch thread each (more threads make these tiny models slower on a shared CPU).  The model is
+one of :data:`~tbn_tvm.torch.models.MODELS` or a user's factory (``TrainOptions(model=
+"package.module:factory")``), the data a bundled set or a user's ``.npz`` (``"npz"`` with
+``data_path``).
 
 >>> from tbn_tvm.torch.train import train_one
 >>> model, result = train_one("digits", "tbn4", seed=0, epochs=2)      # doctest: +SKIP
@@ -40,14 +53,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tbn_tvm.datasets import DataSplit, load_cifar10_folder, load_digits_split, load_mnist_split
+from tbn_tvm.datasets import (
+    DataSplit,
+    load_cifar10_folder,
+    load_digits_split,
+    load_mnist_split,
+    load_npz_split,
+)
 from tbn_tvm.errors import TBNError
+from tbn_tvm.torch.bitwise import BitwiseLayer, bitwiseify
 from tbn_tvm.torch.export import export_onnx
+from tbn_tvm.torch.fitting import distributed_env, fit
 from tbn_tvm.torch.layers import TiledLayer
 from tbn_tvm.torch.models import MODELS
+from tbn_tvm.torch.subbit import SubBitConv2d, subbitify
 from tbn_tvm.torch.summary import summary
 from tbn_tvm.torch.tbnify import tbnify, tiling_plan
 
@@ -58,7 +79,10 @@ __all__ = [
     "TrainOptions",
     "RunResult",
     "TableResult",
+    "Variant",
+    "parse_variant",
     "variant_p",
+    "load_factory",
     "load_dataset",
     "build_variant",
     "train_one",
@@ -66,7 +90,7 @@ __all__ = [
 ]
 
 DEFAULT_VARIANTS = ("fp32", "binary", "tbn2", "tbn4", "tbn8")
-DATASETS = ("mnist", "digits", "cifar10")
+DATASETS = ("mnist", "digits", "cifar10", "npz")
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,7 @@ RECIPES = {
     "mnist": Recipe(epochs=20, batch_size=128, lr=3e-3, model="MLP 784-256-256-10 (BatchNorm)"),
     "digits": Recipe(epochs=40, batch_size=64, lr=3e-3, model="CNN conv32-conv64-fc (BatchNorm)"),
     "cifar10": Recipe(epochs=30, batch_size=128, lr=3e-3, model="CNN conv32-64-128-256-fc (BatchNorm)"),
+    "npz": Recipe(epochs=20, batch_size=64, lr=3e-3, model="the user's model"),
 }
 
 
@@ -102,10 +127,15 @@ class TrainOptions:
     data_path: str | None = None  # CIFAR-10 folder
     overrides: tuple[tuple[str, int | None], ...] = ()  # tbnify overrides for the tbnP variants
     tile_first: bool = False  # tbnP variants: tile the first layer too (the last stays binary)
+    model: str | None = None  # "package.module:factory" or "file.py:factory" (None: MODELS[dataset])
+    model_kwargs: str | None = None  # JSON object of keyword arguments for the factory
+    input_shape: tuple[int, ...] | None = None  # reshape every sample to this (e.g. (1, 28, 28))
 
     def recipe(self, dataset: str) -> Recipe:
         """The data set's recipe with this object's overrides applied."""
         base = RECIPES[dataset]
+        if self.model:
+            base = replace(base, model=f"{self.model}")
         return replace(
             base,
             epochs=self.epochs or base.epochs,
@@ -136,28 +166,81 @@ class RunResult:
     export: dict | None = None
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A parsed variant name: ``kind`` is ``"fp32"``, ``"model"``, ``"tbn"`` (``p``; ``binary``
+    is ``p = 1``), ``"snn"`` (``tau``) or ``"bitwise"`` (``k`` bits, ``trainable`` of them)."""
+
+    name: str
+    kind: str
+    p: int | None = None
+    tau: int | None = None
+    k: int | None = None
+    trainable: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The variant's parameter for tables: ``4``, ``τ=5``, ``k=6, t=3`` or ``—``."""
+        if self.kind == "tbn":
+            return str(self.p)
+        if self.kind == "snn":
+            return f"τ={self.tau}"
+        if self.kind == "bitwise":
+            return f"k={self.k}, t={self.trainable}"
+        return "—"
+
+
+_VARIANT_HINT = "use fp32, binary, tbnP (e.g. tbn4), snnT (e.g. snn5), bitwiseKxT (e.g. bitwise6x3) or model"
+
+
+def parse_variant(variant: str) -> Variant:
+    """The variant a name stands for.
+
+    >>> parse_variant("tbn8").p, parse_variant("snn5").tau, parse_variant("bitwise6x3").trainable
+    (8, 5, 3)
+    """
+    if variant in ("fp32", "model"):
+        return Variant(variant, variant)
+    if variant == "binary":
+        return Variant(variant, "tbn", p=1)
+    m = re.fullmatch(r"tbn([1-9][0-9]*)", variant)
+    if m:
+        return Variant(variant, "tbn", p=int(m.group(1)))
+    m = re.fullmatch(r"snn([1-9][0-9]*)", variant)
+    if m:
+        tau = int(m.group(1))
+        if tau > 8:
+            raise TBNError(f"variant {variant!r}: τ must be 1..8 for 3×3 kernels (9 would be binary)")
+        return Variant(variant, "snn", tau=tau)
+    m = re.fullmatch(r"bitwise([1-9][0-9]*)x([0-9]+)", variant)
+    if m:
+        k, t = int(m.group(1)), int(m.group(2))
+        if not 2 <= k <= 16 or t > k:
+            raise TBNError(f"variant {variant!r}: need 2 <= K <= 16 bits and T <= K trainable bits")
+        return Variant(variant, "bitwise", k=k, trainable=t)
+    raise TBNError(f"unknown variant {variant!r}", hint=_VARIANT_HINT)
+
+
 def variant_p(variant: str) -> int | None:
-    """``"fp32"`` -> None, ``"binary"`` -> 1, ``"tbn4"`` -> 4.
+    """``"fp32"`` -> None, ``"binary"`` -> 1, ``"tbn4"`` -> 4 (``None`` for the other families).
 
     >>> variant_p("tbn8")
     8
     """
-    if variant == "fp32":
-        return None
-    if variant == "binary":
-        return 1
-    m = re.fullmatch(r"tbn([1-9][0-9]*)", variant)
-    if not m:
-        raise TBNError(
-            f"unknown variant {variant!r}", hint="use fp32, binary or tbnP with an integer P, e.g. tbn4"
-        )
-    return int(m.group(1))
+    return parse_variant(variant).p
 
 
 # ---------------------------------------------------------------------------------------- data
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, data_path: str | None = None, train_limit: int | None = None) -> DataSplit:
-    """The split a data set name stands for (cached per process)."""
+def load_dataset(
+    name: str,
+    data_path: str | None = None,
+    train_limit: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> DataSplit:
+    """The split a data set name stands for (cached per process): ``mnist``, ``digits``,
+    ``cifar10`` (``data_path`` = its folder) or ``npz`` (``data_path`` = a ``.npz`` file, see
+    :func:`~tbn_tvm.datasets.load_npz_split`); ``input_shape`` reshapes every sample."""
     if name == "mnist":
         data = load_mnist_split()
     elif name == "digits":
@@ -169,11 +252,31 @@ def load_dataset(name: str, data_path: str | None = None, train_limit: int | Non
                 hint="pass --data PATH (nothing is downloaded)",
             )
         data = load_cifar10_folder(data_path, as_uint8=True)
+    elif name == "npz":
+        if not data_path:
+            raise TBNError("the npz data set needs a file", hint="pass --data-npz FILE")
+        data = load_npz_split(data_path)
     else:
         raise TBNError(f"unknown data set {name!r}", hint=f"use one of {', '.join(DATASETS)}")
     if train_limit:
         data = replace(data, x_train=data.x_train[:train_limit], y_train=data.y_train[:train_limit])
+    if input_shape:
+        size = math.prod(data.input_shape)
+        if math.prod(input_shape) != size:
+            raise TBNError(
+                f"input shape {list(input_shape)} does not hold the {size} values of a {name} sample "
+                f"(shape {list(data.input_shape)})"
+            )
+        data = replace(
+            data,
+            x_train=data.x_train.reshape(len(data.x_train), *input_shape),
+            x_test=data.x_test.reshape(len(data.x_test), *input_shape),
+        )
     return data
+
+
+def _data(dataset: str, options: TrainOptions) -> DataSplit:
+    return load_dataset(dataset, options.data_path, options.train_limit, options.input_shape)
 
 
 def _as_float(x: np.ndarray) -> torch.Tensor:
@@ -182,13 +285,89 @@ def _as_float(x: np.ndarray) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------- models
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The model factory ``spec`` names: ``"package.module:function"`` (imported; the current
+    folder is put on ``sys.path`` so a local module is found) or ``"path/to/file.py:function"``.
+
+    >>> load_factory("tbn_tvm.torch.models:digits_cnn").__name__
+    'digits_cnn'
+    """
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise TBNError(f"bad model {spec!r}", hint="write package.module:factory or path/to/file.py:factory")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise TBNError(f"{module_name}: no such file")
+            key = "_tbn_user_model_" + re.sub(r"\W", "_", str(path))
+            module = sys.modules.get(key)
+            if module is None:
+                import importlib.util
+
+                mspec = importlib.util.spec_from_file_location(key, path)
+                if mspec is None or mspec.loader is None:
+                    raise TBNError(f"{module_name}: cannot be imported")
+                module = importlib.util.module_from_spec(mspec)
+                sys.modules[key] = module
+                try:
+                    mspec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[key]
+                    raise
+        else:
+            import importlib
+
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except TBNError:
+        raise
+    except Exception as e:
+        raise TBNError(f"cannot import {module_name!r} for --model: {type(e).__name__}: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TBNError(f"{module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _base_model(dataset: str, options: TrainOptions) -> nn.Module:
+    if not options.model:
+        if dataset not in MODELS:
+            raise TBNError(
+                f"the {dataset} data set has no built-in model", hint="pass --model package.module:factory"
+            )
+        return MODELS[dataset]()
+    factory = load_factory(options.model)
+    kwargs = {}
+    if options.model_kwargs:
+        try:
+            kwargs = json.loads(options.model_kwargs)
+        except ValueError as e:
+            raise TBNError(f"--model-kwargs is not JSON: {e}") from None
+        if not isinstance(kwargs, dict):
+            raise TBNError("--model-kwargs must be a JSON object, e.g. '{\"hidden\": 64}'")
+    try:
+        model = factory(**kwargs)
+    except TBNError:
+        raise
+    except Exception as e:
+        raise TBNError(f"{options.model}() failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise TBNError(f"{options.model}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def build_variant(dataset: str, variant: str, seed: int, options: TrainOptions | None = None) -> nn.Module:
-    """The data set's model, initialised from ``seed``, tiled as ``variant`` asks."""
+    """The data set's model (or ``options.model``'s), initialised from ``seed``, converted as
+    ``variant`` asks (see :func:`parse_variant`)."""
     options = options or TrainOptions()
-    p = variant_p(variant)
+    spec = parse_variant(variant)
     torch.manual_seed(seed)
-    model = MODELS[dataset]()
-    if p is not None:
+    model = _base_model(dataset, options)
+    if spec.kind == "tbn":
+        p = spec.p
+        assert p is not None
         overrides = dict(options.overrides) if p > 1 else {}
         if options.tile_first and p > 1:
             first = tiling_plan(model, p, min_size=0)[0]
@@ -202,7 +381,52 @@ def build_variant(dataset: str, variant: str, seed: int, options: TrainOptions |
             alpha=options.alpha,
             alpha_source=options.alpha_source,
         )  # type: ignore[arg-type]
+    elif spec.kind == "snn":
+        subbitify(model, tau=spec.tau or 5, skip_first=True)
+        if not any(isinstance(m, SubBitConv2d) for m in model.modules()):
+            raise TBNError(
+                f"variant {variant}: the {dataset} model has no 3×3 convolution after the first layer",
+                hint="SNN variants need a CNN (digits, cifar10 or --model)",
+            )
+        if any(type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d) for m in model.modules()):
+            tbnify(model, p=1, min_size=0, alpha=options.alpha, alpha_source=options.alpha_source)  # type: ignore[arg-type]
+    elif spec.kind == "bitwise":
+        bitwiseify(model, k=spec.k or 6, trainable=spec.trainable if spec.trainable is not None else 3)
+        if not any(isinstance(m, BitwiseLayer) for m in model.modules()):
+            raise TBNError(f"variant {variant}: the model has no Linear or Conv2d layer")
     return model
+
+
+def layer_format(m: nn.Module) -> str:
+    """``"tiled"``, ``"binary"``, ``"snn"``, ``"bitwise"`` or ``"dense"`` for a Linear/Conv layer."""
+    if isinstance(m, TiledLayer):
+        return "tiled" if m.p > 1 else "binary"
+    if isinstance(m, SubBitConv2d):
+        return "snn"
+    if isinstance(m, BitwiseLayer):
+        return "bitwise"
+    return "dense"
+
+
+def _check_forward(model: nn.Module, data: DataSplit, dataset: str, variant: str) -> None:
+    """Run the model on two samples (eval mode): a model that does not fit the data fails here,
+    with one line, before any training starts."""
+    x = _as_float(data.x_train[:2])
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as e:
+        raise TBNError(
+            f"the {variant} model fails on {dataset} samples of shape {list(x.shape[1:])}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            hint="fix the model or reshape the samples with --input-shape",
+        ) from e
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < data.num_classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TBNError(
+            f"the {variant} model gives {shape} on {dataset}: expected logits [N, {data.num_classes}] "
+            f"(one per class)"
+        )
 
 
 def _accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
@@ -246,7 +470,7 @@ def train_one(
     if dataset not in RECIPES:
         raise TBNError(f"unknown data set {dataset!r}", hint=f"use one of {', '.join(DATASETS)}")
     recipe = options.recipe(dataset)
-    data = data or load_dataset(dataset, options.data_path, options.train_limit)
+    data = data or _data(dataset, options)
     p = variant_p(variant)
     t0 = time.perf_counter()
     with _torch_threads(options.threads):
@@ -261,6 +485,9 @@ def train_one(
             "type": type(m).__name__,
             "weight_shape": list(m.weight.shape),
             "p": m.p if isinstance(m, TiledLayer) else None,
+            "format": layer_format(m),
+            **({"tau": m.tau} if isinstance(m, SubBitConv2d) else {}),
+            **({"k": m.k, "trainable": sum(m.trainable_mask)} if isinstance(m, BitwiseLayer) else {}),
         }
         for name, m in model.named_modules()
         if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
@@ -286,35 +513,22 @@ def train_one(
 
 
 def _fit(model: nn.Module, data: DataSplit, recipe: Recipe, seed: int, progress: bool, desc: str) -> dict:
-    x, y = data.x_train, torch.from_numpy(data.y_train.astype(np.int64))
-    n = len(x)
-    steps = math.ceil(n / recipe.batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps)
-    gen = torch.Generator().manual_seed(seed)
-    bar = _bar(range(recipe.epochs), desc=desc, enabled=progress, leave=False)
-    loss_sum = correct = seen = 0.0
-    for _ in bar:
-        model.train()
-        order = torch.randperm(n, generator=gen).numpy()
-        loss_sum = correct = seen = 0.0
-        for i in range(steps):
-            idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            xb, yb = _as_float(x[idx]), y[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += float((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-        if progress and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
-    return {"loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+    """One run's training: :func:`~tbn_tvm.torch.fit` with the recipe (Adam, one-cycle, the
+    seeded shuffling); returns the last epoch's training loss and accuracy."""
+    history = fit(
+        model,
+        (data.x_train, data.y_train),
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        optimizer="adam",
+        schedule="onecycle",
+        seed=seed,
+        progress={"leave": False} if progress else False,
+        desc=desc,
+    )
+    last = history.epochs[-1]
+    return {"loss": last["loss"], "train_accuracy": last["accuracy"]}
 
 
 def _bar(iterable, desc: str, enabled: bool, leave: bool = True, total: int | None = None):
@@ -355,7 +569,7 @@ def _worker_init(threads: int) -> None:
 def _export(
     model: nn.Module, dataset: str, variant: str, folder: Path, form: str, options: TrainOptions
 ) -> dict:
-    data = load_dataset(dataset, options.data_path, options.train_limit)
+    data = _data(dataset, options)
     stem = f"{dataset}-{variant}"
     example = _as_float(data.x_test[:1])
     res = export_onnx(model, example, folder / f"{stem}.onnx", form=form)  # type: ignore[arg-type]
@@ -394,6 +608,7 @@ class TableResult:
     command: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     compiler_check: dict[str, dict] = field(default_factory=dict)
+    processes: int = 1  # data-parallel processes per run (torchrun)
 
     def rows(self) -> list[dict]:
         """One row per (data set, variant): mean/sd/min/max accuracy (percent) over the seeds."""
@@ -402,13 +617,15 @@ class TableResult:
         for dataset, variant in keys:
             runs = [r for r in self.runs if r.dataset == dataset and r.variant == variant]
             accs = [100 * r.accuracy for r in runs]
-            fp = [100 * r.accuracy for r in self.runs if r.dataset == dataset and r.variant == "fp32"]
+            ref = "fp32" if any(r.variant == "fp32" for r in self.runs) else "model"
+            fp = [100 * r.accuracy for r in self.runs if r.dataset == dataset and r.variant == ref]
             mean = statistics.fmean(accs)
             out.append(
                 {
                     "dataset": dataset,
                     "variant": variant,
                     "p": runs[0].p,
+                    "param": parse_variant(variant).label,
                     "bits_per_weight": runs[0].bits_per_weight,
                     "model_bytes": runs[0].model_bytes,
                     "accuracy_mean": mean,
@@ -432,6 +649,7 @@ class TableResult:
             },
             "seeds": self.seeds,
             "workers": self.workers,
+            "processes": self.processes,
             "wall_seconds": self.wall_seconds,
             "environment": {
                 "torch": torch.__version__,
@@ -465,7 +683,7 @@ class TableResult:
         rows = self.rows()
         for dataset in dict.fromkeys(r["dataset"] for r in rows):
             recipe = self.options.recipe(dataset)
-            data = load_dataset(dataset, self.options.data_path, self.options.train_limit)
+            data = _data(dataset, self.options)
             lines += [
                 f"### {dataset}: {recipe.model}",
                 "",
@@ -474,23 +692,27 @@ class TableResult:
                 f"Adam + one-cycle max lr {recipe.lr:g}; "
                 f"seeds {', '.join(map(str, self.seeds))}; tiled variants: {self._tiling_text()}.",
                 "",
-                "| variant | p (hidden) | bits/weight | model bytes | held-out acc % (mean ± sd) | "
+                "| variant | p / τ / k (hidden) | bits/weight | model bytes | held-out acc % (mean ± sd) | "
                 "per seed | Δ vs fp32 | s/run |",
                 "|---|---|---|---|---|---|---|---|",
             ]
             for r in (r for r in rows if r["dataset"] == dataset):
                 per_seed = " / ".join(f"{a:.2f}" for a in r["accuracies"].values())
-                fp = r["delta_vs_fp32"] is None or r["variant"] == "fp32"
+                fp = r["delta_vs_fp32"] is None or r["variant"] in ("fp32", "model")
                 delta = "—" if fp else f"{r['delta_vs_fp32']:+.2f}"
-                p = r["p"] if r["p"] is not None else "—"
                 lines.append(
-                    f"| {r['variant']} | {p} | {r['bits_per_weight']:.4f} | {r['model_bytes']:,} | "
+                    f"| {r['variant']} | {r['param']} | {r['bits_per_weight']:.4f} | {r['model_bytes']:,} | "
                     f"{r['accuracy_mean']:.2f} ± {r['accuracy_sd']:.2f} | {per_seed} | "
                     f"{delta} | {r['seconds_per_run']:.1f} |"
                 )
             lines.append("")
+        parallel = (
+            f"{self.processes} data-parallel processes (torchrun) per run"
+            if self.processes > 1
+            else f"{self.workers} worker process(es)"
+        )
         lines.append(
-            f"Wall time {self.wall_seconds:.0f} s with {self.workers} worker process(es), "
+            f"Wall time {self.wall_seconds:.0f} s with {parallel}, "
             f"{self.options.threads} torch thread(s) each (torch {torch.__version__})."
         )
         if self.compiler_check:
@@ -531,7 +753,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bits per weight (Linear/Conv weights, incl. 32-bit scales)")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("Tiled Bit Networks: accuracy vs bits per weight")
+    ax.set_title("Sub-bit networks: accuracy vs bits per weight")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -539,8 +761,14 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+#: The ``inspect`` format each trained layer format should be found as.
+_EXPECTED_FORMAT = {"tiled": "tiled", "binary": "binary", "snn": "codebook", "bitwise": "bitplane"}
+
+
 def _compiler_check(onnx_path: Path, trained: list[dict]) -> dict:
-    """What ``tbn_tvm.inspect`` detects in an exported file, against the p each layer was trained with."""
+    """What ``tbn_tvm.inspect`` detects in an exported file, against the format (and ``p``) each
+    layer was trained with: tiled ``p`` as ``tiled`` with that ``p``, binary as ``binary``, a
+    sub-bit conv as ``codebook``, a bit-wise layer as ``bitplane``; dense layers are not checked."""
     try:
         import tbn_tvm
 
@@ -558,13 +786,27 @@ def _compiler_check(onnx_path: Path, trained: list[dict]) -> dict:
         }
         for layer in report.get("layers", [])
     ]
-    expected = [layer for layer in trained if layer["p"] is not None]
-    ok = len(detected) == len(expected) and all(
-        d["weight_shape"] == e["weight_shape"]
-        and (d["format"] == "tiled" and d["p"] == e["p"] if e["p"] > 1 else d["format"] == "binary")
-        for d, e in zip(detected, expected, strict=False)
+    expected = [
+        layer for layer in trained if layer.get("format", "tiled" if layer["p"] else "dense") != "dense"
+    ]
+    by_name = {d["name"]: d for d in detected}
+    if expected and all(e["name"] in by_name for e in expected):
+        pairs = [(by_name[e["name"]], e) for e in expected]  # names from the export's metadata
+        counted = True
+    else:
+        pairs = list(zip(detected, expected, strict=False))
+        counted = len(detected) == len(expected)
+
+    def agrees(d: dict, e: dict) -> bool:
+        fmt = e.get("format") or ("tiled" if e["p"] > 1 else "binary")
+        if d["weight_shape"] != e["weight_shape"] or d["format"] != _EXPECTED_FORMAT[fmt]:
+            return False
+        return d["p"] == e["p"] if fmt == "tiled" else True
+
+    ok = counted and all(agrees(d, e) for d, e in pairs)
+    found = ", ".join(
+        f"{d['format']} p={d['p']}" if d["format"] == "tiled" else str(d["format"]) for d, _ in pairs
     )
-    found = ", ".join(f"{d['format']} p={d['p']}" for d in detected)
     return {
         "available": True,
         "ok": ok,
@@ -599,24 +841,34 @@ def train_table(
     leaves nothing half-written.  With ``workers > 1`` the runs go to spawned processes, so a
     script calling this must guard its entry point with ``if __name__ == "__main__":``.
 
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every process runs the same table: the runs
+    go one after the other (``workers`` is ignored), each trained data-parallel over all the
+    processes (:func:`~tbn_tvm.torch.fit`), and only process 0 writes files.
+
     >>> table = train_table(["digits"], ["fp32", "tbn4"], seeds=[0],     # doctest: +SKIP
     ...                     out_dir="tbn-out/train")
     >>> print(table.markdown())                                          # doctest: +SKIP
     """
     options = options or TrainOptions()
     for v in variants:
-        variant_p(v)
+        parse_variant(v)
     for d in datasets:
         if d not in RECIPES:
             raise TBNError(f"unknown data set {d!r}", hint=f"use one of {', '.join(DATASETS)}")
-        load_dataset(d, options.data_path, options.train_limit)  # fail early on a missing folder
+        data = _data(d, options)  # fail early on a missing folder
         for v in variants:
-            build_variant(d, v, 0, options)  # ... and on bad overrides
+            _check_forward(build_variant(d, v, 0, options), data, d, v)  # ... and on bad overrides
     if not seeds:
         raise TBNError("no seeds given")
     if len(set(seeds)) != len(seeds):
         raise TBNError(f"duplicate seeds: {list(seeds)}")
     workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+    env = distributed_env()
+    processes = 1
+    if env is not None:  # torchrun: the runs in sequence, each data-parallel; only rank 0 writes
+        workers, processes = 1, env[1]
+        if env[0] != 0:
+            out_dir, progress = None, False
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise TBNError(f"{out}: exists and is not a folder")
@@ -640,12 +892,18 @@ def train_table(
         key = {job: i for i, job in enumerate(itertools.product(datasets, variants, seeds))}
         runs.sort(key=lambda r: key[(r.dataset, r.variant, r.seed)])
         table = TableResult(
-            runs=runs, options=options, seeds=list(seeds), wall_seconds=wall, workers=workers, command=command
+            runs=runs,
+            options=options,
+            seeds=list(seeds),
+            wall_seconds=wall,
+            workers=workers,
+            command=command,
+            processes=processes,
         )
         if stage is not None and out is not None:
             if onnx_dir is not None:
                 for r in runs:
-                    if r.export and r.p is not None:
+                    if r.export and any(layer.get("format", "dense") != "dense" for layer in r.layers):
                         rel = r.export["path"]
                         table.compiler_check[rel] = _compiler_check(stage / rel, r.layers)
             if plot:

@@ -212,3 +212,66 @@ def test_decoded_form_matches_numpy(op):
     assert kernel.kind in ("rows_gemm", "rows_conv_gemm")
     got = _run_kernel(kernel, x, fmt, ref.shape)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("g", [2, 4])
+@pytest.mark.parametrize("shape, L", [((24, 70), 420), ((16, 784), 3136), ((10, 13), 26), ((8, 30), 40)])
+def test_lut_form_matches_numpy(shape, L, g):
+    """The look-up-table form (T-MAC's tables in float32) against numpy on the decoded weight,
+    including rows whose length is not a multiple of g (the last group padded with zeros)."""
+    pytest.importorskip("tvm")
+    from tbn_tvm.kernels import Layer
+    from tbn_tvm.kernels.rows import dense_rows_lut_te, make_kernel
+
+    rng = np.random.default_rng(6)
+    w = _random_tiled(rng, shape, L, "per_row")
+    fmt = detect(w)
+    plan = row_plan(fmt, shape[0])
+    assume_aligned = plan is not None and plan.aligned
+    if not assume_aligned:
+        pytest.skip("the LUT form needs rows that do not wrap around the tile")
+    layer = Layer("fc", "matmul", (2, shape[1]), (2, shape[0]), order="transposed", simd=False)
+    kernel = make_kernel("rows_lut", dense_rows_lut_te(layer, fmt, plan, g), plan)
+    x = rng.standard_normal((2, shape[1])).astype(np.float32)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    got = _run_kernel(kernel, x, fmt, (2, shape[0]))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("case", ["3x3_pad", "5x5_stride2", "1x1"])
+def test_conv_lut_form_matches_numpy(case):
+    """The im2col look-up-table conv (patch tables per output position) against numpy."""
+    pytest.importorskip("tvm")
+    from tbn_tvm.kernels import Layer
+    from tbn_tvm.kernels.rows import conv_rows_lut_te, make_kernel
+
+    rng = np.random.default_rng(7)
+    shape, pads, strides, hw = {
+        "3x3_pad": ((16, 8, 3, 3), (1, 1, 1, 1), (1, 1), 7),
+        "5x5_stride2": ((12, 2, 5, 5), (2, 2, 2, 2), (2, 2), 9),
+        "1x1": ((16, 40, 1, 1), (0, 0, 0, 0), (1, 1), 4),
+    }[case]
+    O, C, k, _ = shape
+    w = _random_tiled(rng, shape, math.prod(shape) // 4, "per_row")
+    fmt = detect(w)
+    plan = row_plan(fmt, O)
+    out = (hw + pads[0] + pads[2] - k) // strides[0] + 1
+    layer = Layer(
+        "c",
+        "conv2d",
+        (1, C, hw, hw),
+        (1, O, out, out),
+        strides=strides,
+        padding=pads,
+        dilation=(1, 1),
+        simd=False,
+    )
+    kernel = make_kernel("rows_conv_lut", conv_rows_lut_te(layer, fmt, plan, 4), plan)
+    x = rng.standard_normal((1, C, hw, hw)).astype(np.float32)
+    ref = zoo.np_conv(x.astype(np.float64), w.astype(np.float64), strides=list(strides), pads=list(pads))
+    got = _run_kernel(kernel, x, fmt, ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
+
+    got = _run_kernel(type(kernel)(schedule_prim_mcu(kernel.func), kernel.kind), x, fmt, ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

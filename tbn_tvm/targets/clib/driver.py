@@ -45,6 +45,7 @@ class LibraryInfo:
     output_size: int
     constants: dict[str, int]  # C array name -> bytes
     step_constants: list[list[str]]  # per step: the C arrays it reads
+    step_arena: list[int] = None  # per step: arena bytes in use while it runs (high-water mark)
 
 
 def _c_literal(dtype: str, v) -> str:
@@ -117,6 +118,13 @@ def write_library(
     offsets, arena = plan(intervals)
     check(intervals, offsets)
     arena = max(arena, 16)
+    step_arena = [
+        max(
+            (offsets[iv.name] + iv.size for iv in intervals if iv.first <= i <= iv.last),
+            default=0,
+        )
+        for i in range(len(graph.steps))
+    ]
 
     # ---------------------------------------------------------------- C names for values
     cname: dict[str, str] = {}
@@ -266,4 +274,5 @@ def write_library(
         int(np.prod(out_val.shape)),
         constants,
         step_constants,
+        step_arena,
     )

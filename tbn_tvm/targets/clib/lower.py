@@ -201,7 +201,9 @@ def kernels_to_c(kernels: dict[str, object], schedule=None) -> KernelSource:
     from tbn_tvm.errors import TBNError
     from tbn_tvm.quiet import captured
 
-    with captured(), tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+    # a tuned schedule may vectorise loops; C for a Cortex-M has no vector types: serial loops
+    config = {"tirx.disable_assert": True, "tirx.disable_vectorize": True}
+    with captured(), tvm.transform.PassContext(opt_level=3, config=config):
         try:
             rt = tvm.tirx.build(mod, target=tvm.target.Target("c"))
         except Exception as e:  # noqa: BLE001 - an op TVM's C code generator cannot emit

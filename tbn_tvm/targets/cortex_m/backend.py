@@ -69,9 +69,109 @@ def _layer_sizes(graph, info, size_report, layers) -> list[dict]:
                 "arrays": arrays,
                 "weight_bytes": sum(info.constants[c] for c in arrays),
                 "code_bytes": code.get(f"__tvm_ffi_{step.kernel}", 0),
+                "arena_bytes": info.step_arena[i],
             }
         )
     return per_step
+
+
+#: Stack margin over the measured peak: a quarter more, and at least this many bytes (an
+#: exception frame with the FPU state is 104 bytes; the fault handler's report needs more).
+STACK_MARGIN_BYTES = 512
+
+
+def sized_stack(peak: int) -> int:
+    """The stack to reserve for a measured ``peak`` (bytes): peak + max(25 %, 512 B), rounded up
+    to 8 bytes (the AAPCS stack alignment)."""
+    return -(-(peak + max(peak // 4, STACK_MARGIN_BYTES)) // 8) * 8
+
+
+def _measure(lib: Path, board, cpu: str, info, graph, stack_bytes, cache: dict) -> dict:
+    """Run one inference of the library on QEMU (the QEMU board of ``cpu``, whatever board the
+    build is for: the library's code is the same): its stack peak and its instructions, in all
+    and per kernel.  Returns ``{"skipped": why}`` where QEMU is missing or too slow."""
+    from tbn_tvm.targets.cortex_m import build_firmware, get_board, run_qemu
+    from tbn_tvm.targets.cortex_m.toolchain import find_qemu
+
+    try:
+        find_qemu()
+    except TBNError:
+        return {"skipped": "qemu-system-arm not found: stack not measured, the board's default kept"}
+    qboard = get_board(cpu, stack_bytes=stack_bytes)
+    probe_dir = Path(tempfile.mkdtemp(prefix="tbn-measure-"))
+    try:
+        elf = probe_dir / FIRMWARE
+        try:
+            build_firmware(lib, qboard, elf, mode="semihost", object_cache=cache, stack_bytes=stack_bytes)
+        except TBNError as e:
+            if "does not fit" not in str(e):
+                raise
+            return {"skipped": f"the model does not fit {qboard.name}, the QEMU board that measures it"}
+        x = np.random.default_rng(0).standard_normal((1, info.input_size)).astype(np.float32)
+        kernels = list(dict.fromkeys(step.kernel for step in graph.steps))
+        try:
+            _, stats = run_qemu(
+                elf, qboard, x, count_instructions=True, per_kernel=kernels, timeout_s=MEASURE_TIMEOUT_S
+            )
+        except TBNError as e:
+            if "did not finish" in str(e):
+                return {"skipped": f"one inference took over {MEASURE_TIMEOUT_S:g} s on QEMU: not measured"}
+            raise
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+    ins = stats["instructions"]
+    return {
+        "on": f"qemu {qboard.qemu_machine}",
+        "stack_peak_bytes": stats["stack_peak_bytes"],
+        "instructions_per_inference": int(ins["mean"]),
+        "per_kernel": {k: int(v) for k, v in ins["per_kernel"].items()},
+    }
+
+
+#: Wall-clock limit of the build-time QEMU measurement (a larger model is built unmeasured).
+MEASURE_TIMEOUT_S = 120.0
+
+
+def _tuned_schedule(spec: TargetSpec, tuning_db, kernels: dict):
+    """A schedule function that uses a tuning record where the database has one for a kernel and
+    it beats the hand schedule's instruction count, and the kernels that got one."""
+    import tvm
+
+    from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
+    from tbn_tvm.schedules.qemu_runner import INSTRUCTIONS_PER_SECOND
+    from tbn_tvm.schedules.tuning import (
+        _tuning_target,
+        open_database,
+        read_baselines,
+        target_key,
+        workload_key,
+    )
+
+    db = open_database(tuning_db, create=False)
+    target = _tuning_target(spec)
+    baselines = read_baselines(tuning_db, target_key(target))
+    chosen: dict[int, object] = {}
+    tuned = []
+    for name, prim in kernels.items():
+        mod = tvm.IRModule({"main": prim.with_attr("global_symbol", "main")})
+        try:
+            record = db.query_tuning_record(mod, target, "main")
+            sch = db.query_schedule(mod, target, "main") if record is not None else None
+        except Exception:  # noqa: BLE001 - a record that does not replay on this kernel
+            record, sch = None, None
+        if sch is None or not record.run_secs:
+            continue
+        instructions = float(np.median([float(x) for x in record.run_secs])) * INSTRUCTIONS_PER_SECOND
+        base = baselines.get(workload_key(mod))
+        if base is not None and instructions >= base:
+            continue
+        chosen[id(prim)] = sch.mod["main"]
+        tuned.append(name)
+
+    def schedule(prim):
+        return chosen.get(id(prim)) or schedule_prim_mcu(prim)
+
+    return schedule, sorted(tuned)
 
 
 _CORTEX_M = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m7", "m4": "cortex-m4", "m7": "cortex-m7"}
@@ -98,13 +198,22 @@ class CortexMBackend(Backend):
         "board": Option(None, "board profile (flash/RAM limits, UART); default: the QEMU board of the CPU"),
         "flash_size": Option(None, "flash limit in bytes, or with K/M (e.g. 512K)"),
         "ram_size": Option(None, "RAM limit in bytes, or with K/M"),
-        "stack_size": Option(None, "stack reserved in RAM, in bytes or with K"),
+        "stack_size": Option(
+            None, "stack reserved in RAM, in bytes or with K (default: the measured peak plus a margin)"
+        ),
+        "tuning_db": Option(None, "a tuning database written by 'tbn-tvm tune --target cortex-m4'"),
+        "measure": Option(
+            True,
+            "run one inference on QEMU at build time: size the stack from its peak, record "
+            "instructions per layer (skipped, with a note, where QEMU is missing)",
+        ),
     }
     run_options = {
         "qemu": Option(True, "run the firmware on QEMU (the default when no port is given)"),
         "port": Option(None, "serial port of a flashed board, e.g. /dev/ttyACM0 (instead of QEMU)"),
         "baud": Option(115200, "UART baud rate for a board"),
         "count_instructions": Option(False, "QEMU: count the instructions of each inference"),
+        "per_layer": Option(False, "QEMU: count instructions per layer too (implies count_instructions)"),
         "timeout": Option(None, "seconds before a QEMU/board run is declared hung"),
     }
 
@@ -163,6 +272,8 @@ class CortexMBackend(Backend):
         flash_size=None,
         ram_size=None,
         stack_size=None,
+        tuning_db=None,
+        measure=True,
     ) -> tuple[CortexMBackend, dict]:
         from tbn_tvm.passes.pipeline import lower_mcu
         from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
@@ -182,14 +293,25 @@ class CortexMBackend(Backend):
             raise TBNError(f"board {brd.name} has a {brd.cpu}, but the target is {spec.cpu}")
         ensure_toolchain(install=False, need_qemu=False)
         graph = extract(lower_mcu(prepared.mod), prepared.const_names)
-        kernels = kernels_to_c(graph.kernels, schedule_prim_mcu)
+        schedule, tuned = schedule_prim_mcu, []
+        if tuning_db is not None:
+            schedule, tuned = _tuned_schedule(spec, tuning_db, graph.kernels)
+        kernels = kernels_to_c(graph.kernels, schedule)
         staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
         try:
             lib = staging / LIB_DIR
             lib.mkdir()
             info = write_library(graph, kernels, lib)
             _write_build_files(lib)
-            size = build_firmware(lib, brd, staging / FIRMWARE, mode="semihost", **limits)
+            cache: dict = {}
+            measured = None
+            if measure:
+                measured = _measure(lib, brd, spec.cpu, info, graph, limits["stack_bytes"], cache)
+                if limits["stack_bytes"] is None and "stack_peak_bytes" in measured:
+                    limits["stack_bytes"] = sized_stack(measured["stack_peak_bytes"])
+                    brd = get_board(board or spec.cpu, **limits)
+                    measured["stack_bytes"] = limits["stack_bytes"]
+            size = build_firmware(lib, brd, staging / FIRMWARE, mode="semihost", object_cache=cache, **limits)
             extra = {
                 "board": brd.name,
                 "qemu_machine": brd.qemu_machine,
@@ -197,14 +319,29 @@ class CortexMBackend(Backend):
                 "flash_bytes": size.flash,
                 "ram_bytes": size.ram,
                 "arena_bytes": info.arena_bytes,
+                "workspace_bytes": info.workspace_bytes,
+                "stack_bytes": brd.stack_bytes,
                 "library_weight_bytes": info.weight_bytes,
                 "firmware": FIRMWARE,
                 "library": LIB_DIR,
             }
+            if measured:
+                extra["measured"] = measured
             if brd.qemu_machine is not None and brd.uart_driver is not None:
-                build_firmware(lib, brd, staging / FIRMWARE_UART, mode="uart", **limits)
+                build_firmware(lib, brd, staging / FIRMWARE_UART, mode="uart", object_cache=cache, **limits)
                 extra["firmware_uart"] = FIRMWARE_UART
             extra["steps"] = _layer_sizes(graph, info, size, prepared.layers)
+            per_kernel = (measured or {}).pop("per_kernel", None)
+            if per_kernel:
+                for step in extra["steps"]:
+                    step["instructions"] = per_kernel.get(step["kernel"])
+            if tuning_db is not None:
+                from tbn_tvm.schedules.tuning import _layers_of
+
+                extra["tuning"] = {
+                    "kernels": tuned,
+                    "layers": sorted({n for k in tuned for n in _layers_of(k, prepared.layers)}),
+                }
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -248,15 +385,21 @@ class CortexMBackend(Backend):
         port: str | None = None,
         baud: int = 115200,
         count_instructions: bool = False,
+        per_layer: bool = False,
         timeout: float | None = None,
     ) -> tuple[list[np.ndarray], dict]:
-        """Run on QEMU (default) or on the board at ``port`` over UART."""
+        """Run on QEMU (default) or on the board at ``port`` over UART.  ``per_layer`` adds
+        ``instructions_per_layer``: per kernel call of ``model.c``, its layers and mean
+        instructions per inference."""
         from tbn_tvm.targets.cortex_m import run_qemu, run_uart
 
         x = np.ascontiguousarray(arrays[0], dtype=np.float32)
         n = x.shape[0]
+        steps = self.manifest.get("steps", [])
+        if per_layer and not steps:
+            raise TBNError("this build's manifest lists no kernels to count", hint="compile it again")
         if port:
-            if count_instructions:
+            if count_instructions or per_layer:
                 raise TBNError("instructions are counted on QEMU only; a board reports cycles")
             y, stats = run_uart(port, x.reshape(n, -1), baudrate=baud, timeout_s=timeout)
         else:
@@ -264,7 +407,8 @@ class CortexMBackend(Backend):
                 self._path(FIRMWARE),
                 self.board,
                 x.reshape(n, -1),
-                count_instructions=count_instructions,
+                count_instructions=count_instructions or per_layer,
+                per_kernel=[s["kernel"] for s in steps] if per_layer else (),
                 timeout_s=timeout,
             )
         out_shape = getattr(self, "output_shape", None)
@@ -277,6 +421,12 @@ class CortexMBackend(Backend):
             flat["instructions_per_inference"] = ins.get("mean")
             flat["instructions_min"] = ins.get("min")
             flat["instructions_max"] = ins.get("max")
+        if per_layer:
+            counts = ins["per_kernel"]
+            flat["instructions_per_layer"] = [
+                {"kernel": s["kernel"], "layers": s["layers"], "instructions": counts[s["kernel"]]}
+                for s in steps
+            ]
         for key in ("stack_peak_bytes", "cycles", "wall_s"):
             if stats.get(key) is not None:
                 flat[key] = stats[key]

@@ -24,6 +24,7 @@ linked, and only if the model references them (no stdio, no heap, no syscalls).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shutil
 import struct
@@ -160,14 +161,17 @@ def build_firmware(
     opt_level: str = "-O2",
     extra_cflags: Sequence[str] = (),
     jobs: int = 2,
+    object_cache: dict | None = None,
 ) -> SizeReport:
     """Compile ``lib_dir`` with the firmware for ``board``, check its size, link ``out_elf``.
 
     ``mode`` is ``"semihost"`` (QEMU, host files) or ``"uart"`` (UART protocol).  For a board
     without a shipped UART driver, ``uart_hal`` names a C file implementing ``tbn_uart_init``,
     ``tbn_uart_putc`` and ``tbn_uart_getc`` (see ``templates/tbn_uart.h``).  ``flash_bytes``,
-    ``ram_bytes`` and ``stack_bytes`` override the board's limits.  Raises
-    :class:`TBNError` when the library is malformed, does not compile, or does not fit.
+    ``ram_bytes`` and ``stack_bytes`` override the board's limits.  ``object_cache`` (a dict the
+    caller keeps) reuses the objects of an earlier call that compiled the same source with the
+    same flags (a relink with another stack size compiles nothing).  Raises :class:`TBNError`
+    when the library is malformed, does not compile, or does not fit.
 
     >>> build_firmware("lib", "nrf52840", "fw.elf", mode="uart", uart_hal="nrf_uart.c")  # doctest: +SKIP
     """
@@ -213,7 +217,7 @@ def build_firmware(
         jobs_list = [(src, [*base, *extra_cflags]) for src in lib_sources]
         jobs_list += [(src, [*base, *TEMPLATE_WARNINGS, *defines]) for src in fw_sources]
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            compiled = list(pool.map(lambda job: _compile(tmp, *job), jobs_list))
+            compiled = list(pool.map(lambda job: _compile(tmp, *job, cache=object_cache), jobs_list))
         lib_objs = compiled[: len(lib_sources)] + lib_objects
         objects = lib_objs + compiled[len(lib_sources) :]
 
@@ -329,12 +333,21 @@ def _uart_hal(board: Board, mode: str, uart_hal: str | Path | None) -> Path | No
     )
 
 
-def _compile(tmp: Path, src: str, cmd: list[str]) -> str:
+def _compile(tmp: Path, src: str, cmd: list[str], cache: dict | None = None) -> str:
     obj = f"obj/{src}.o"
     (tmp / obj).parent.mkdir(parents=True, exist_ok=True)
+    key = None
+    if cache is not None:  # the temp dir is mapped to "." in the object: leave it out of the key
+        flags = tuple(c for c in cmd if str(tmp) not in c)
+        key = (src, flags, hashlib.sha256((tmp / src).read_bytes()).hexdigest())
+        if key in cache:
+            (tmp / obj).write_bytes(cache[key])
+            return obj
     proc = subprocess.run([*cmd, "-c", src, "-o", obj], cwd=tmp, capture_output=True, text=True)
     if proc.returncode != 0:
         raise TBNError(f"compiling {src} for Cortex-M failed: {_first_errors(proc.stderr)}")
+    if key is not None:
+        cache[key] = (tmp / obj).read_bytes()
     return obj
 
 

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,19 @@ def run_qemu(
     output_size: int | None = None,
     *,
     count_instructions: bool = False,
+    per_kernel: Sequence[str] = (),
     timeout_s: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Run every sample of ``inputs`` through the firmware ``elf`` on QEMU.
 
     Returns ``(outputs[N, output_size] float32, stats)``; ``stats`` holds ``samples``,
     ``wall_s``, ``stack_peak_bytes`` and, with ``count_instructions``, ``instructions``
-    (``per_inference``, ``mean``, ``min``, ``max``, ``total_executed``).  ``timeout_s`` bounds
-    the whole run (``None``: :data:`DEFAULT_TIMEOUT_S`); past it QEMU is killed.
+    (``per_inference``, ``mean``, ``min``, ``max``, ``total_executed``).  ``per_kernel`` names
+    kernel functions (as in the library's ``model.c``, without the ``__tvm_ffi_`` prefix) whose
+    instructions per inference are counted too, entry through return with callees:
+    ``stats["instructions"]["per_kernel"]`` maps each to its mean per inference.  ``timeout_s``
+    bounds the whole run (``None``: :data:`DEFAULT_TIMEOUT_S`); past it QEMU is killed.
+    Raises :class:`TBNError` for a hang, fault, lockup, unreadable result or unknown kernel.
     """
     timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     board = get_board(board)
@@ -94,7 +100,11 @@ def run_qemu(
             start = symbols.symbol("tbn_model_run").address
             end = symbols.symbol("tbn_model_returned").address
             plugin = _qemu_escape(str(insn_plugin()))
-            cmd += ["-plugin", f"{plugin},start=0x{start:x},end=0x{end:x},out=tbn_insns.txt"]
+            plugin_args = f"{plugin},start=0x{start:x},end=0x{end:x},out=tbn_insns.txt"
+            if per_kernel:
+                _write_kernel_list(symbols, per_kernel, tmp / "tbn_kernels.txt")
+                plugin_args += ",kernels=tbn_kernels.txt"
+            cmd += ["-plugin", plugin_args]
         cmd += ["-kernel", str(elf)]
 
         t0 = time.monotonic()
@@ -117,7 +127,7 @@ def run_qemu(
         stats["wall_s"] = round(wall, 4)
         stats["stack_peak_bytes"] = _read_stack_peak(tmp / "tbn_stat.bin", x.shape[0])
         if count_instructions:
-            stats["instructions"] = _read_counts(tmp / "tbn_insns.txt", x.shape[0])
+            stats["instructions"] = _read_counts(tmp / "tbn_insns.txt", x.shape[0], list(per_kernel))
     return y.reshape(x.shape[0], info.output_size).astype(np.float32), stats
 
 
@@ -169,13 +179,30 @@ def _read_stack_peak(path: Path, samples: int) -> int | None:
     return peak if magic == _STAT_MAGIC and done == samples else None
 
 
-def _read_counts(path: Path, samples: int) -> dict:
+def _write_kernel_list(symbols: ElfFile, kernels: Sequence[str], path: Path) -> None:
+    """The plugin's kernel list: tbn_model_run's address range, then each kernel's entry."""
+    run = symbols.symbol("tbn_model_run")
+    lines = [f"{run.address:x} {run.address + max(run.size, 2):x}"]
+    for name in kernels:
+        try:
+            lines.append(f"{symbols.symbol('__tvm_ffi_' + name).address:x}")
+        except TBNError:
+            raise TBNError(f"the firmware has no kernel '{name}'") from None
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _read_counts(path: Path, samples: int, kernels: list[str] | None = None) -> dict:
     try:
         lines = path.read_text().split("\n")
     except OSError:
         raise TBNError("the QEMU instruction-count plugin wrote no result") from None
     fields = dict(ln.split(" ", 1) for ln in lines[:3] if " " in ln)
-    runs = [int(v) for v in lines[3:] if v.strip()]
+    runs = [int(v) for v in lines[3:] if v.strip() and not v.startswith("kernel")]
+    per_kernel = {}
+    for ln in lines[3:]:
+        if ln.startswith("kernel "):
+            _, index, _calls, insns = ln.split()
+            per_kernel[kernels[int(index)]] = int(insns) / samples
     if len(runs) != samples or int(fields.get("runs", -1)) != samples:
         raise TBNError(f"the instruction counter saw {len(runs)} complete inferences, expected {samples}")
     return {
@@ -185,4 +212,5 @@ def _read_counts(path: Path, samples: int) -> dict:
         "max": max(runs),
         "total_executed": int(fields["executed"]),
         "counts": "instructions from the entry of tbn_model_run through its return, callees included",
+        **({"per_kernel": per_kernel} if kernels else {}),
     }

@@ -1,6 +1,6 @@
 /* tbn-tvm QEMU TCG plugin: exact guest instruction counts of every model inference.
  *
- *   qemu-system-arm ... -plugin libtbn_insncount.so,start=0x1c8,end=0x2f4,out=insns.txt
+ *   qemu-system-arm ... -plugin libtbn_insncount.so,start=0x1c8,end=0x2f4,out=insns.txt[,kernels=k.txt]
  *
  * Every executed guest instruction adds 1 to a counter (an inline op, no helper call).  At the
  * instruction at `start` (the first of tbn_model_run) the counter is noted; at `end` (the label
@@ -12,7 +12,14 @@
  *   executed <all guest instructions>
  *   runs <number of completed inferences>
  *   unfinished <1 if an inference started but did not return, else 0>
- *   then one line per inference: its instruction count.
+ *   then one line per inference: its instruction count;
+ *   with kernels=: one line "kernel <index> <calls> <instructions>" per listed kernel.
+ *
+ * Per-kernel counts (kernels=FILE): FILE's first line is "<lo> <hi>", the address range of
+ * tbn_model_run; each further line the entry address of one kernel.  Entering a kernel notes the
+ * counter; the next instruction executed inside [lo, hi) (the caller, right after the call
+ * returned) closes it.  A kernel's count is thus every instruction from its entry (included)
+ * through its return, callees included, whether it returns itself or tail-calls a helper.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +37,47 @@ static uint64_t *runs;
 static size_t n_runs, cap_runs;
 static char out_path[4096];
 static int reported;
+
+#define MAX_KERNELS 4096
+static uint64_t kernel_addr[MAX_KERNELS];
+static uint64_t kernel_calls[MAX_KERNELS], kernel_insns[MAX_KERNELS];
+static size_t n_kernels;
+static uint64_t run_lo, run_hi;
+static long current_kernel = -1;
+static uint64_t executed_at_kernel;
+
+static void on_kernel(unsigned int vcpu, void *udata)
+{
+    (void)vcpu;
+    current_kernel = (long)(uintptr_t)udata;
+    executed_at_kernel = executed;
+}
+
+static void on_caller(unsigned int vcpu, void *udata)
+{
+    (void)vcpu;
+    (void)udata;
+    if (current_kernel < 0) return;
+    kernel_calls[current_kernel] += 1;
+    kernel_insns[current_kernel] += executed - executed_at_kernel;
+    current_kernel = -1;
+}
+
+static int read_kernels(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    unsigned long long lo, hi, a;
+    if (fscanf(f, "%llx %llx", &lo, &hi) != 2) {
+        fclose(f);
+        return -1;
+    }
+    run_lo = lo;
+    run_hi = hi;
+    while (n_kernels < MAX_KERNELS && fscanf(f, "%llx", &a) == 1) kernel_addr[n_kernels++] = a;
+    fclose(f);
+    return 0;
+}
 
 static void on_start(unsigned int vcpu, void *udata)
 {
@@ -65,6 +113,12 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &executed, 1);
         if (pc == start_addr) qemu_plugin_register_vcpu_insn_exec_cb(insn, on_start, QEMU_PLUGIN_CB_NO_REGS, NULL);
         if (pc == end_addr) qemu_plugin_register_vcpu_insn_exec_cb(insn, on_end, QEMU_PLUGIN_CB_NO_REGS, NULL);
+        if (!n_kernels) continue;
+        if (pc >= run_lo && pc < run_hi)
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_caller, QEMU_PLUGIN_CB_NO_REGS, NULL);
+        for (size_t k = 0; k < n_kernels; k++)
+            if (pc == kernel_addr[k])
+                qemu_plugin_register_vcpu_insn_exec_cb(insn, on_kernel, QEMU_PLUGIN_CB_NO_REGS, (void *)(uintptr_t)k);
     }
 }
 
@@ -79,6 +133,8 @@ static void report(void)
     }
     fprintf(f, "executed %" PRIu64 "\nruns %zu\nunfinished %d\n", executed, n_runs, inside);
     for (size_t i = 0; i < n_runs; i++) fprintf(f, "%" PRIu64 "\n", runs[i]);
+    for (size_t k = 0; k < n_kernels; k++)
+        fprintf(f, "kernel %zu %" PRIu64 " %" PRIu64 "\n", k, kernel_calls[k], kernel_insns[k]);
     fclose(f);
 }
 
@@ -98,6 +154,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         if (!strncmp(a, "start=", 6)) start_addr = strtoull(a + 6, NULL, 0);
         else if (!strncmp(a, "end=", 4)) end_addr = strtoull(a + 4, NULL, 0);
         else if (!strncmp(a, "out=", 4)) snprintf(out_path, sizeof out_path, "%s", a + 4);
+        else if (!strncmp(a, "kernels=", 8)) {
+            if (read_kernels(a + 8)) {
+                fprintf(stderr, "tbn insncount: cannot read the kernel list '%s'\n", a + 8);
+                return -1;
+            }
+        }
         else {
             fprintf(stderr, "tbn insncount: unknown argument '%s'\n", argv[i]);
             return -1;

@@ -1,0 +1,195 @@
+"""Bit-wise (bit-plane) weights: every weight is ``α · q`` with ``q`` an integer of ``k`` bits.
+
+Bit-wise weight training (Ivan, 2022; code ``stracini-git/bitwise-weight-training``) learns the
+bits of sign-magnitude integer weights ``W = α · (−1)^s · Σ_i b_i 2^i``; exported, such a layer
+is a dense constant that is exactly ``α`` times an integer.  This format finds that form: one
+``α`` per layer or per output row (``[out, in]`` Linear, ``[O, I/g, *k]`` conv), ``q`` stored
+in ``k`` bits (``k ≤ 8``) as two's complement (``−2^(k−1) … 2^(k−1) − 1``) or sign-magnitude
+(``−(2^(k−1) − 1) … 2^(k−1) − 1``), whichever needs fewer bits (ties: two's complement).
+
+Buffers: ``planes`` (the ``k``-bit codes, packed LSB first, :func:`~tbn_tvm.formats.bits.pack_fields`)
+and ``scales`` (float32, one or one per row).  ``inspect`` shows ``bitplane k=…``.
+
+Detection is exact: a weight one ulp off the grid is not bit-plane.
+
+>>> import numpy as np
+>>> q = np.array([[3, -2, 0, 1], [-4, 2, 1, -1]], np.float32)
+>>> fmt = BitplaneFormat.detect(0.125 * q, "matmul")
+>>> fmt.label(), fmt.encoding, bool(np.array_equal(fmt.decode(), 0.125 * q))
+('bitplane k=3', 'twos', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tbn_tvm.formats.base import Buffer, WeightFormat, as_float
+from tbn_tvm.formats.bits import pack_fields, tir_field, unpack_fields
+
+MAX_BITS = 8
+#: Largest integer multiple searched when the smallest magnitude is not itself the grid step.
+_MAX_STEP_DIVISOR = 1 << (MAX_BITS - 1)
+
+
+def _grid(values: np.ndarray) -> tuple[np.float32, np.ndarray] | None:
+    """``(α, q)`` with ``values == α * q`` exactly, ``q`` integers of at most ``MAX_BITS`` bits,
+    ``α > 0`` as large as possible; None when there is none."""
+    v = values.astype(np.float32)
+    nz = np.abs(v[v != 0])
+    if nz.size == 0:
+        return np.float32(1.0), np.zeros_like(v, dtype=np.int64)
+    smallest = nz.min()
+    largest = nz.max()
+    probe = v[: min(v.size, 64)]
+    for m in range(1, _MAX_STEP_DIVISOR + 1):
+        approx = np.float32(smallest / np.float32(m))
+        if not approx > 0 or largest / approx > (1 << MAX_BITS):
+            return None
+        # smallest / m is the step only up to rounding: the exact step is one of the values
+        # w_j / q_j of the largest |q_j| (or an ulp away); try those
+        q = np.rint(v / approx)
+        if np.abs(q).max() >= (1 << MAX_BITS) or np.any(
+            np.abs(np.rint(probe / approx) * approx - probe) > 1e-3 * np.abs(probe) + 1e-30
+        ):
+            continue
+        for alpha in _step_candidates(v, q):
+            if np.array_equal((q.astype(np.float32) * alpha).astype(np.float32), v):
+                return alpha, q.astype(np.int64)
+    return None
+
+
+def _step_candidates(v: np.ndarray, q: np.ndarray) -> list[np.float32]:
+    order = np.argsort(-np.abs(q), kind="stable")[:3]
+    out: list[np.float32] = []
+    for j in order:
+        if q[j] == 0:
+            continue
+        a = np.float32(v[j] / np.float32(q[j]))
+        for cand in (a, np.nextafter(a, np.float32(np.inf)), np.nextafter(a, np.float32(0))):
+            cand = np.float32(abs(cand))
+            if cand > 0 and cand not in out:
+                out.append(cand)
+    return out
+
+
+def _bits(q: np.ndarray) -> tuple[int, str] | None:
+    """Fewest bits for ``q``: (k, "twos") or (k, "sign") with k ≤ MAX_BITS, or None."""
+    lo, hi = int(q.min()), int(q.max())
+    twos = next(
+        (k for k in range(1, MAX_BITS + 1) if -(1 << (k - 1)) <= lo and hi <= (1 << (k - 1)) - 1), None
+    )
+    mag = max(abs(lo), abs(hi))
+    sign = next((k for k in range(2, MAX_BITS + 1) if mag <= (1 << (k - 1)) - 1), None)
+    options = [(k, e) for k, e in ((twos, "twos"), (sign, "sign")) if k is not None]
+    return min(options, key=lambda t: t[0]) if options else None
+
+
+@dataclass(frozen=True, eq=False)
+class BitplaneFormat(WeightFormat):
+    """``w = scale[row] · q``, ``q`` a ``k``-bit integer (see the module docstring)."""
+
+    name: ClassVar[str] = "bitplane"
+
+    shape: tuple[int, ...]
+    codes: np.ndarray  # int64 in [0, 2^k), flat
+    scales: np.ndarray  # float32, 1 or shape[0]
+    k: int
+    encoding: str  # "twos" | "sign"
+    dtype: str = field(default="float32")
+
+    @classmethod
+    def detect(cls, weight: np.ndarray, op: str = "matmul") -> BitplaneFormat | None:
+        w = as_float(weight)
+        if w is None or w.dtype != np.float32:
+            return None
+        found = []
+        layer = _grid(w.reshape(-1))
+        if layer is not None:
+            found.append((np.array([layer[0]], np.float32), layer[1]))
+        if w.ndim > 1 and w.shape[0] > 1:
+            rows = []
+            for r in w.reshape(w.shape[0], -1):  # stop at the first row without a grid
+                g = _grid(r)
+                if g is None:
+                    break
+                rows.append(g)
+            if len(rows) == w.shape[0]:
+                found.append(
+                    (np.array([r[0] for r in rows], np.float32), np.concatenate([r[1] for r in rows]))
+                )
+        best = None
+        for scales, q in found:
+            kb = _bits(q)
+            if kb is None:
+                continue
+            k, enc = kb
+            if enc == "twos":
+                codes = np.where(q < 0, q + (1 << k), q)
+            else:
+                codes = np.where(q < 0, (1 << (k - 1)) | -q, q)
+            fmt = cls(tuple(int(d) for d in w.shape), codes.astype(np.int64), scales, k, enc)
+            if best is None or fmt.storage_bits() < best.storage_bits():
+                best = fmt
+        return best
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def num_scales(self) -> int:
+        return int(self.scales.size)
+
+    @property
+    def alpha_kind(self) -> str:
+        return "single" if self.num_scales == 1 else "per_channel"
+
+    def buffers(self) -> list[Buffer]:
+        return [
+            Buffer("planes", pack_fields(self.codes, self.k)),
+            Buffer("scales", self.scales.astype(np.float32)),
+        ]
+
+    def _q_numpy(self) -> np.ndarray:
+        c = unpack_fields(pack_fields(self.codes, self.k), self.k, self.n)
+        if self.encoding == "twos":
+            return np.where(c >= (1 << (self.k - 1)), c - (1 << self.k), c)
+        mag = c & ((1 << (self.k - 1)) - 1)
+        return np.where(c >> (self.k - 1), -mag, mag)
+
+    def decode(self) -> np.ndarray:
+        row = self.n // self.shape[0] if len(self.shape) > 1 else self.n
+        i = np.arange(self.n)
+        s = self.scales[0] if self.num_scales == 1 else self.scales[i // row]
+        return (self._q_numpy().astype(np.float32) * s).astype(np.float32).reshape(self.shape)
+
+    def read(self, bufs: Mapping[str, Any], i):
+        from tvm import tirx
+
+        from tbn_tvm.kernels import i64
+
+        code = tirx.Cast("int32", tir_field(bufs["planes"], i, self.k))
+        k = self.k
+        if self.encoding == "twos":
+            q = tirx.Select(code >= (1 << (k - 1)), code - (1 << k), code)
+        else:
+            mag = tirx.bitwise_and(code, tirx.const((1 << (k - 1)) - 1, "int32"))
+            q = tirx.Select(code >= (1 << (k - 1)), -mag, mag)
+        scales = bufs["scales"]
+        if self.num_scales == 1:
+            s = scales[i64(0)]
+        else:
+            row = self.n // self.shape[0]
+            s = scales[tirx.floordiv(i, i64(row))]
+        return tirx.Cast("float32", q) * s
+
+    def label(self) -> str:
+        return f"bitplane k={self.k}"
+
+    def describe(self) -> str:
+        enc = "two's complement" if self.encoding == "twos" else "sign-magnitude"
+        return f"bitplane k={self.k} ({enc}, {self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
+
+    def fields(self) -> dict:
+        return {"bits": self.k, "encoding": self.encoding}

@@ -1,0 +1,248 @@
+"""Auto-tuning (tbn_tvm.schedules.tuning): a short run on llvm applied with numerics unchanged,
+resume after a kill, the QEMU runner on one kernel, and the RPC runner through TVM's own tracker
+and servers on loopback.  Speed is not asserted here (benchmarks measure it); what is asserted is
+that records are made, kept, found again and applied without changing the outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_zoo as zoo
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("xgboost")
+
+import tbn_tvm  # noqa: E402
+from tbn_tvm.schedules.tuning import RECORDS_FILE, open_database, tune  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tiled_gemm(path: Path, m: int = 4, k: int = 64, n: int = 32, p: int = 4) -> tuple[Path, np.ndarray]:
+    w = zoo.tiled_weight((n, k), p, "per_copy", np.random.default_rng(0))
+    g = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc"),
+            helper.make_node("Relu", ["y"], ["z"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [m, n])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path, w
+
+
+def test_short_run_applied_with_unchanged_numerics(tmp_path):
+    model, w = _tiled_gemm(tmp_path / "m.onnx")
+    db = tmp_path / "db"
+    result = tune(model, "llvm", trials=8, db=db, progress=False)
+    assert result.trials_run >= 1 and (db / RECORDS_FILE).stat().st_size > 0
+    assert any("fc" in t["layers"] for t in result.tasks)
+    assert result.curve and result.curve[-1]["trials"] >= result.trials_run
+    x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64), 0)
+    plain = tbn_tvm.compile(model, "llvm").run(x)
+    tuned = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert tuned.report()["tuning"]["kernels"], "records must be found and applied"
+    for got in (plain, tuned.run(x)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # a second run resumes: nothing left to do for the same budget
+    again = tune(model, "llvm", trials=8, db=db, progress=False)
+    assert again.trials_before >= result.trials_run and again.trials_run == 0
+
+
+def test_records_for_another_shape_are_ignored(tmp_path):
+    model, _ = _tiled_gemm(tmp_path / "m.onnx")
+    db = tmp_path / "db"
+    tune(model, "llvm", trials=4, db=db, progress=False)
+    other, _ = _tiled_gemm(tmp_path / "other.onnx", m=3)
+    tuned = tbn_tvm.compile(other, "llvm", tuning_db=db)
+    assert tuned.report()["tuning"]["kernels"] == []
+
+
+def test_kill_mid_run_keeps_records_and_resumes(tmp_path):
+    model, _ = _tiled_gemm(tmp_path / "m.onnx")
+    db = tmp_path / "db"
+    cmd = [sys.executable, "-m", "tbn_tvm", "tune", str(model), "--trials", "64", "--db", str(db), "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    records = db / RECORDS_FILE
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and records.stat().st_size > 0:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before any record was written: raise --trials"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    with records.open("ab") as f:  # a kill in the middle of a line
+        f.write(b'[0, [["half a rec')
+    kept = len(open_database(db, create=False).get_all_tuning_records())
+    assert kept >= 1
+    resumed = tune(model, "llvm", trials=kept + 2, db=db, progress=False)
+    assert resumed.trials_before == kept and resumed.trials_run >= 1
+
+
+@pytest.mark.qemu
+def test_qemu_runner_counts_one_kernel():
+    import tvm
+    from tvm import te
+
+    from tbn_tvm.schedules.qemu_runner import build_c, count_instructions
+
+    a = te.placeholder((64,), "float32", name="a")
+    b = te.compute((64,), lambda i: a[i] * 2.0, name="b")
+    func = te.create_prim_func([a, b])
+    src = build_c(tvm.IRModule({"main": func}), None).inspect_source()
+    n64 = count_instructions(src, [((64,), "float32"), ((64,), "float32")])
+    a2 = te.placeholder((256,), "float32", name="a")
+    b2 = te.compute((256,), lambda i: a2[i] * 2.0, name="b")
+    src2 = build_c(tvm.IRModule({"main": te.create_prim_func([a2, b2])}), None).inspect_source()
+    n256 = count_instructions(src2, [((256,), "float32"), ((256,), "float32")])
+    assert 0 < n64 < n256 and n256 - n64 >= 3 * 192  # at least load, multiply and store per element
+
+
+@pytest.mark.qemu
+def test_cortex_m_tuning_keeps_predictions(tmp_path):
+    model, w = _tiled_gemm(tmp_path / "m.onnx", m=1, k=64, n=32)
+    db = tmp_path / "db"
+    result = tune(model, "cortex-m4", trials=6, db=db, progress=False)
+    assert result.trials_run >= 1
+    x = np.random.default_rng(2).standard_normal((1, 64)).astype(np.float32)
+    ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64), 0)
+    base = tbn_tvm.compile(model, "cortex-m4")
+    tuned = tbn_tvm.compile(model, "cortex-m4", tuning_db=db)
+    y0, y1 = base.run(x, count_instructions=True), None
+    i0 = base.last_run_stats["instructions_per_inference"]
+    y1 = tuned.run(x, count_instructions=True)
+    i1 = tuned.last_run_stats["instructions_per_inference"]
+    for y in (y0, y1):
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert i1 <= i0, "a record is applied only where it beats the hand schedule"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_runner_on_loopback(tmp_path):
+    """TVM's own tracker and two servers on loopback, started and stopped here."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tvm.exec.rpc_tracker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--port-end",
+                str(port + 1),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    ]
+    try:
+        time.sleep(2)
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tvm.exec.rpc_server",
+                        "--tracker",
+                        f"127.0.0.1:{port}",
+                        "--key",
+                        "tbn-test",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(_free_port()),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
+        from tvm import rpc
+
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                summary = rpc.connect_tracker("127.0.0.1", port).summary()
+                if sum(q.get("free", 0) for q in summary.get("queue_info", {}).values()) >= 2:
+                    break
+            except Exception:  # noqa: BLE001 - the tracker is still starting
+                pass
+            time.sleep(1)
+        model, w = _tiled_gemm(tmp_path / "m.onnx")
+        db = tmp_path / "db"
+        result = tune(
+            model,
+            "llvm",
+            trials=4,
+            db=db,
+            runner="rpc",
+            rpc=f"127.0.0.1:{port}",
+            device_key="tbn-test",
+            progress=False,
+        )
+        assert result.trials_run >= 1
+        records = [json.loads(line) for line in (db / RECORDS_FILE).read_text().splitlines() if line.strip()]
+        assert any(rec[1][1] for rec in records), "some candidate measured through the servers"
+        x = np.ones((4, 64), np.float32)
+        ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64), 0)
+        np.testing.assert_allclose(
+            tbn_tvm.compile(model, "llvm", tuning_db=db).run(x), ref, rtol=1e-5, atol=1e-4
+        )
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_qemu_artifacts_live_in_a_directory_of_their_own():
+    """MetaSchedule removes an artifact's whole directory after measuring it: the C candidate
+    must never be written straight into the system temporary folder (that would delete it)."""
+    import tempfile
+
+    import tvm
+    from tvm import te
+
+    from tbn_tvm.schedules.qemu_runner import build_c, export_c
+
+    a = te.placeholder((4,), "float32", name="a")
+    b = te.compute((4,), lambda i: a[i] + 1.0, name="b")
+    path = Path(export_c(build_c(tvm.IRModule({"main": te.create_prim_func([a, b])}), None)))
+    try:
+        assert path.parent != Path(tempfile.gettempdir())
+        assert [p.name for p in path.parent.iterdir()] == [path.name]
+    finally:
+        import shutil
+
+        shutil.rmtree(path.parent)
