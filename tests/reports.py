@@ -81,3 +81,10 @@ def tiled_gemm(shape, L: int, seed: int = 0):
         [("W", w)],
     )
     return m, rng.standard_normal((1, shape[1])).astype(np.float32)
+
+
+def initializer(m: onnx.ModelProto, name: str) -> np.ndarray:
+    """The initializer ``name`` of ``m`` as a numpy array."""
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == name)

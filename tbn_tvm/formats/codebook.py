@@ -154,22 +154,42 @@ class CodebookFormat(WeightFormat):
 
     def _row_words(self, bufs):
         """``W[o, c]``: bits ``32c .. 32c+31`` of filter ``o``'s signs (its ``Cin·k·k``
-        codeword bits in the weight's flat order), as one uint32 word."""
+        codeword bits in the weight's flat order), as one uint32 word.  Each word is put
+        together from the whole codewords that overlap it (``⌈32/kk⌉ + 1`` of them, shifted
+        into place: disjoint bits, so their sum is their OR), not bit by bit; kernels of
+        more than 31 taps go bit by bit."""
         from tvm import te, tirx
 
         from tbn_tvm.kernels import i64, rows, shape64
 
         O, K, kk = self.shape[0], self.n // self.shape[0], self.kernel_size
+        P = K // kk  # codewords per filter
         C = -(-K // 32)
-        j = te.reduce_axis((i64(0), i64(32)), name="j")
+        zero = tirx.const(0, "uint32")
+        if kk > 31:
+            j = te.reduce_axis((i64(0), i64(32)), name="j")
+
+            def word(o, c):
+                k = tirx.min(c * i64(32) + j, i64(K - 1))
+                i = o * i64(P) + tirx.floordiv(k, i64(kk))
+                idx = tirx.Cast("int64", tir_field(bufs["indices"], i, self.tau))
+                bit = tir_bit(bufs["codebook"], idx * i64(kk) + tirx.floormod(k, i64(kk)))
+                inside = c * i64(32) + j < i64(K)
+                term = tirx.shift_left(bit, tirx.Cast("uint32", j))
+                return te.sum(tirx.Select(inside, term, zero), axis=j)
+
+            return te.compute(shape64([O, C]), word, name=rows.BLOCK_ROW_WORDS)
+        q = te.reduce_axis((i64(0), i64(-(-32 // kk) + 1)), name="q")
 
         def word(o, c):
-            k = tirx.min(c * i64(32) + j, i64(K - 1))
-            i = o * i64(K // kk) + tirx.floordiv(k, i64(kk))
-            idx = tirx.Cast("int64", tir_field(bufs["indices"], i, self.tau))
-            bit = tir_bit(bufs["codebook"], idx * i64(kk) + tirx.floormod(k, i64(kk)))
-            inside = c * i64(32) + j < i64(K)
-            term = tirx.shift_left(bit, tirx.Cast("uint32", j))
-            return te.sum(tirx.Select(inside, term, tirx.const(0, "uint32")), axis=j)
+            p = tirx.floordiv(c * i64(32), i64(kk)) + q  # a codeword overlapping word c
+            pc = tirx.min(p, i64(P - 1))
+            idx = tirx.Cast("int64", tir_field(bufs["indices"], o * i64(P) + pc, self.tau))
+            chunk = tir_field(bufs["codebook"], idx, kk)
+            off = pc * i64(kk) - c * i64(32)  # where its bit 0 lands in the word: -kk < off
+            left = tirx.shift_left(chunk, tirx.Cast("uint32", tirx.max(tirx.min(off, i64(31)), i64(0))))
+            right = tirx.shift_right(chunk, tirx.Cast("uint32", tirx.max(tirx.min(-off, i64(31)), i64(0))))
+            term = tirx.Select(off >= i64(0), left, right)
+            return te.sum(tirx.Select(tirx.all(p < i64(P), off < i64(32)), term, zero), axis=q)
 
         return te.compute(shape64([O, C]), word, name=rows.BLOCK_ROW_WORDS)

@@ -617,7 +617,8 @@ def _lut_sums(lead: list, K: int, xv, plan: RowPlan, P, nwords: int, g: int, dty
 
         def aligned_field(d):
             o = tirx.Cast("int32", _start(plan, d) + i64(32 * full) + kt * i64(g))
-            w = tirx.shift_right(o, tirx.const(5, "int32"))
+            # a zero-padded patch reads a few bits past the last row: stay inside the tile
+            w = tirx.min(tirx.shift_right(o, tirx.const(5, "int32")), tirx.const(nwords - 1, "int32"))
             sh = tirx.Cast("uint32", tirx.bitwise_and(o, tirx.const(31, "int32")))
             bits = tirx.shift_right(P[w], sh)
             if straddles:
@@ -667,6 +668,28 @@ def dense_rows_lut_te(layer: Layer, fmt, plan: RowPlan, g: int = 4) -> list:
     return [X, P, A, te.compute(shape64([*lead, plan.rows]), out, name="tbn_rows_dense")]
 
 
+BLOCK_PATCH = "tbn_patch"
+
+
+def patch_block(lead: list, K: int, xv, dtype: str, g: int = 1):
+    """``P[*m, k] = xv(m, k)``: the ``K`` inputs of one look-up vector (a convolution's im2col
+    patch, zero padding resolved) as their own block, padded with zeros to a whole number of
+    look-up groups of ``g``, so that the look-up tables read them without bounds checks; a
+    Cortex-M schedule computes it per output position (a few hundred bytes) right before the
+    tables.  Returns ``(P, padded K)``."""
+    from tvm import te, tirx
+
+    k_pad = -(-K // g) * g
+
+    def body(*idx):
+        m, k = idx[:-1], idx[-1]
+        if k_pad == K:
+            return xv(m, k)
+        return tirx.if_then_else(k < i64(K), xv(m, tirx.min(k, i64(K - 1))), tirx.const(0.0, dtype))
+
+    return te.compute(shape64([*lead, k_pad]), body, name=BLOCK_PATCH), k_pad
+
+
 def conv_rows_lut_te(layer: Layer, fmt, plan: RowPlan, g: int = 4, words_of=None) -> list:
     """The look-up-table form of an ungrouped convolution: per output position the input patch
     (``C·kh·kw`` values, im2col order = the filter's flat order) is the input vector of
@@ -696,7 +719,18 @@ def conv_rows_lut_te(layer: Layer, fmt, plan: RowPlan, g: int = 4, words_of=None
         return Xp[(b, c, *src)]
 
     lead = [B, *out_spatial]
-    z_of = _lut_sums(lead, K, patch, plan, P, getattr(fmt, "num_words", 0), g, layer.dtype, words)
+    im2col, k_pad = patch_block(lead, K, patch, layer.dtype, g)  # zeros past K: any sign bits do
+    z_of = _lut_sums(
+        lead,
+        k_pad,
+        lambda m, k: im2col[(*m, k)],
+        plan,
+        P,
+        getattr(fmt, "num_words", 0),
+        g,
+        layer.dtype,
+        words,
+    )
 
     def out(b, o, *pos):
         d, s = _row_scale_and_index(plan, A, o)

@@ -43,6 +43,7 @@ class RewrittenLayer:
     weight: LayerWeight
     kernel_kind: str | None = None  # the kernel's tbn.kernel kind
     plan: object | None = None  # the format's structure plan (e.g. RowPlan), when used
+    note: str | None = None  # said by compile: e.g. a compact kernel estimated slower than dense
 
     @property
     def rows(self):
@@ -149,7 +150,12 @@ class _Compressor(relax.PyExprMutator):
         kernel = kernels.build(lw.format, layer)
         sym = self._symbol(layer.name, kernel.kind)
         gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", sym), sym)
-        self.layers.append(RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan))
+        note = None
+        if not layer.simd:  # an MCU: say when the compact kernel is expected slower than dense
+            from tbn_tvm.kernels.cost import slower_than_dense_note
+
+            note = slower_than_dense_note(layer, lw.format, kernel)
+        self.layers.append(RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan, note))
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
         result = relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty)
         if tuple(layer.out_shape) != _shape(call):  # a 1-D weight: drop the unit output axis

@@ -42,9 +42,13 @@ def _conv_lut_per_position(sch, rows) -> bool:
     kinds = [int(iv.iter_type) for iv in sch.get(gather).iter_vars]
     loops = sch.get_loops(gather)
     z_kinds = [int(iv.iter_type) for iv in sch.get(sums[0]).iter_vars]
-    if len(loops) != len(kinds) or kinds.count(2) or len(loops) < 3 or z_kinds.count(0) != len(loops):
+    spatial = kinds.count(0)  # [b, o, *pos], then reductions (a codebook gather's input channels)
+    if len(loops) != len(kinds) or spatial < 3 or kinds[:spatial] != [0] * spatial:
         return False
-    b_, o_, *pos = loops
+    per_channel = 1 if kinds.count(2) else 0  # the sums carry the input channel too: [b, *pos, ci, d]
+    if z_kinds.count(0) != spatial + per_channel:
+        return False
+    b_, o_, *pos = loops[:spatial]
     if not _try(sch.reorder, b_, *pos, o_):
         return False
     at = sch.get_loops(gather)[len(pos)]
@@ -54,8 +58,31 @@ def _conv_lut_per_position(sch, rows) -> bool:
     tail = names.get(rows.BLOCK_LUT_TAIL)
     if tail_table is not None and tail is not None:
         tl = sch.get_loops(tail)
-        _try(sch.compute_at, tail_table, tl[len(pos)])
+        _try(sch.compute_at, tail_table, tl[len(pos) + per_channel])
     return True
+
+
+def _patch_and_epilogue_per_position(sch, rows) -> None:
+    """See step 3b of :func:`schedule_prim_mcu` (after the tables found their loops)."""
+    names = {_name(sch, b): b for b in _blocks(sch)}
+    patch = names.get(rows.BLOCK_PATCH)
+    tables = [b for n, b in names.items() if n.startswith(rows.BLOCK_LUT_TABLE)]
+    if patch is not None and tables:
+        lead = len(sch.get(patch).iter_vars) - 1  # b, *pos (, ci)
+        loops = sch.get_loops(tables[0])
+        if len(loops) > lead - 1:
+            _try(sch.compute_at, patch, loops[lead - 1])
+    sums = [b for n, b in names.items() if n.startswith((rows.BLOCK_LUT_SUM, rows.BLOCK_LUT_TAIL))]
+    if not sums:
+        return
+    gathers = sch.get_consumers(sums[0])
+    if len(gathers) != 1:
+        return
+    gather = gathers[0]
+    kinds = [int(iv.iter_type) for iv in sch.get(gather).iter_vars]
+    spatial = kinds.count(0)
+    for epilogue in sch.get_consumers(gather):
+        _try(sch.reverse_compute_at, epilogue, sch.get_loops(gather)[spatial - 1])
 
 
 def schedule_prim_mcu(prim):
@@ -65,7 +92,13 @@ def schedule_prim_mcu(prim):
     from tbn_tvm.kernels import rows
 
     sch = s_tir.Schedule(prim)
-    keep = ("row_words", rows.BLOCK_LUT_HALF, rows.BLOCK_LUT_TABLE)  # computed once, then read many times
+    keep = (  # computed once (per call, or per position), read many times
+        "row_words",
+        "tbn_code_index",
+        rows.BLOCK_LUT_HALF,
+        rows.BLOCK_LUT_TABLE,
+        rows.BLOCK_PATCH,
+    )
     # 1. inline producers (pad, decode) and consumers (bias add, relu) except the row words and
     #    the look-up tables
     changed = True
@@ -160,6 +193,11 @@ def schedule_prim_mcu(prim):
             _try(sch.reorder, b, *pos, o)
             loops = sch.get_loops(gather)
             _try(sch.compute_at, dots, loops[n_spatial - 2])
+    # 3b. a look-up convolution's patch (its inputs, padding resolved) per output position (and
+    #     input channel), right before the tables read it; the gather's epilogue (scale) right
+    #     after each output, so no output-sized scratch buffer is left
+    if conv_lut:
+        _patch_and_epilogue_per_position(sch, rows)
     # 4. accumulate in a local scalar (a register), written back once per output, and
     #    initialise it before the reduction loops, not inside them
     for blk in _blocks(sch):
@@ -178,7 +216,7 @@ def schedule_prim_mcu(prim):
             continue
         if first_reduce:
             try:
-                write_back = sch.cache_write(blk, 0, "local")
+                write_back = sch.cache_write(blk, 0, "global")  # a 1-element stack array: a register
                 sch.reverse_compute_at(write_back, loops[first_reduce - 1])
             except Exception:  # noqa: BLE001 - keep accumulating in place
                 pass

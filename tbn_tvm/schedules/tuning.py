@@ -283,6 +283,7 @@ def make_runner(
             raise TBNError(
                 f"bad --rpc '{rpc}'", hint="write HOST:PORT of a TVM RPC tracker, e.g. 127.0.0.1:9190"
             )
+        _check_tracker(host, int(port), device_key)
         config = ms.runner.RPCConfig(
             tracker_host=host, tracker_port=int(port), tracker_key=device_key, session_timeout_sec=60
         )
@@ -292,6 +293,34 @@ def make_runner(
 
         return QemuRunner()
     raise TBNError(f"unknown runner '{kind}'", hint="use local, rpc or qemu")
+
+
+def _check_tracker(host: str, port: int, key: str) -> None:
+    """Refuse to tune through a tracker that is not there or has no device under ``key``
+    (MetaSchedule would otherwise retry for minutes and record no measurement)."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise TBNError(
+            f"no RPC tracker answers at {host}:{port} ({e.strerror or e})",
+            hint="start one with: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port PORT "
+            "(needs tornado: pip install 'tbn-tvm[tune]')",
+        ) from None
+    from tvm import rpc
+
+    try:
+        queues = rpc.connect_tracker(host, port).summary().get("queue_info", {})
+    except Exception as e:  # noqa: BLE001 - anything but a tracker on that port
+        raise TBNError(f"{host}:{port} does not answer as a TVM RPC tracker ({e})") from None
+    queue = queues.get(key)
+    if not queue or not (queue.get("free", 0) or queue.get("pending", 0)):
+        known = ", ".join(sorted(queues)) or "none"
+        raise TBNError(
+            f"the tracker at {host}:{port} has no device under key '{key}' (keys: {known})",
+            hint=f"on each device: python -m tvm.exec.rpc_server --tracker {host}:{port} --key {key}",
+        )
 
 
 def tune(

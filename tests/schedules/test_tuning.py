@@ -23,7 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("xgboost")
 
 import tbn_tvm  # noqa: E402
-from tbn_tvm.schedules.tuning import RECORDS_FILE, open_database, tune  # noqa: E402
+from tbn_tvm.errors import TBNError  # noqa: E402
+from tbn_tvm.schedules.tuning import RECORDS_FILE, make_runner, open_database, tune  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,6 +141,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_rpc_runner_refuses_a_missing_tracker():
+    with pytest.raises(TBNError, match="no RPC tracker answers"):
+        make_runner("rpc", f"127.0.0.1:{_free_port()}", "tbn-test")
+
+
 def test_rpc_runner_on_loopback(tmp_path):
     """TVM's own tracker and two servers on loopback, started and stopped here."""
     port = _free_port()
@@ -158,12 +164,19 @@ def test_rpc_runner_on_loopback(tmp_path):
                 str(port + 1),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(tmp_path / "tracker.log", "w"),  # noqa: SIM115 - closed with the process
             env=env,
         )
     ]
     try:
-        time.sleep(2)
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the tracker imports TVM first: seconds on a loaded machine
+            assert procs[0].poll() is None, (tmp_path / "tracker.log").read_text()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
         for _ in range(2):
             procs.append(
                 subprocess.Popen(
@@ -178,7 +191,9 @@ def test_rpc_runner_on_loopback(tmp_path):
                         "--host",
                         "127.0.0.1",
                         "--port",
-                        str(_free_port()),
+                        str(server_port := _free_port()),
+                        "--port-end",  # TVM's default end (9199) is below a free ephemeral port
+                        str(server_port + 1),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -187,7 +202,7 @@ def test_rpc_runner_on_loopback(tmp_path):
             )
         from tvm import rpc
 
-        deadline = time.time() + 60
+        deadline = time.time() + 180
         while time.time() < deadline:
             try:
                 summary = rpc.connect_tracker("127.0.0.1", port).summary()

@@ -1,0 +1,100 @@
+"""Instruction estimates of a layer on a Cortex-M4: its compact kernel against TVM's dense build.
+
+The compiler keeps a layer's compact weight (that is what the project is for) and picks the
+cheapest kernel for it (:func:`tbn_tvm.kernels.rows.lut_group`: look-up tables or bit-serial
+sums); these estimates say whether that kernel is still expected to be slower than the plain
+fp32 build of the same layer, so that ``compile`` can say so and why.
+
+Every constant is a per-operation instruction count measured on QEMU (``mps2-an386``, gcc 12
+-O2, the project's instruction-count plugin, per kernel with ``run --per-layer``):
+
+====================  =====  ==============================================================
+dense GEMM             7.0   per multiply-add: TVM's fp32 ``matmul`` (64x256: 115,264)
+dense conv            17.3   per multiply-add: TVM's fp32 ``conv2d`` (16x8x3x3 on 12x12)
+bit-serial sum         5.8   per weight of a distinct row (:data:`rows.MCU_COST_BITSERIAL`)
+look-up, dense         4.5   per group of ``g`` weights (:data:`rows.MCU_COST_LOOKUP`)
+look-up, conv          4.9   per group and distinct filter, per output position
+conv tables           197 / 125  per group (g = 4 / 2) with its im2col taps, per position
+decode-in-kernel      18 / 38  per multiply-add, GEMM / conv (bit-plane, codebook direct)
+codebook look-up       7.2   per table look-up of a codeword's dot product
+codebook gather        7.0   per output channel and input channel (byte index, load, add)
+codebook tables       44 / 15  per 16-entry table / per im2col tap (padding checked)
+====================  =====  ==============================================================
+
+Estimates, not measurements: they rank kernels and flag the slow cases; ``compile`` measures
+the real counts per layer on QEMU (``tbn-tvm inspect OUT_DIR``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tbn_tvm.kernels import rows
+
+MCU_DENSE_GEMM = 7.0
+MCU_DENSE_CONV = 17.3
+MCU_CONV_LOOKUP = 4.9
+MCU_CONV_TABLE = {4: 197.0, 2: 125.0}
+MCU_DECODE_GEMM = 18.0
+MCU_DECODE_CONV = 38.0
+MCU_GATHER = 3.0  # scale and copy one output
+MCU_GATHER_ADD = 7.0  # one indexed load and add (a codebook conv's per-channel look-up)
+MCU_PATCH_TAP = 15.0  # one im2col tap with its padding check
+MCU_TABLE = 44.0  # one 16-entry look-up table from two half tables
+MCU_CODEWORD_LOOKUP = 7.2  # one look-up of a codeword's dot product (field, load, add)
+
+
+def _positions(layer) -> int:
+    """Output vectors the layer computes: batch x spatial positions (conv) or leading dims."""
+    if layer.op == "matmul":
+        return math.prod(layer.out_shape[:-1])
+    return layer.out_shape[0] * math.prod(layer.out_shape[2:])
+
+
+def _rows_cols(layer, weight_shape) -> tuple[int, int]:
+    """(output rows N, multiply-adds per output K) of the layer."""
+    if layer.op == "matmul":
+        return layer.out_shape[-1], layer.x_shape[-1]
+    return weight_shape[0], math.prod(weight_shape[1:])
+
+
+def dense_estimate(layer, weight_shape) -> float:
+    """Instructions of TVM's dense fp32 build of ``layer`` (``weight_shape``: the format's
+    framework-layout shape)."""
+    n, k = _rows_cols(layer, weight_shape)
+    per = MCU_DENSE_GEMM if layer.op == "matmul" else MCU_DENSE_CONV
+    return per * n * k * _positions(layer)
+
+
+def compact_estimate(layer, weight_shape, kind: str, plan=None, group: int | None = None) -> float:
+    """Instructions of the compact kernel ``kind`` (``tbn.kernel``) for ``layer``."""
+    n, k = _rows_cols(layer, weight_shape)
+    m = _positions(layer)
+    gather = MCU_GATHER * n * m
+    if plan is not None and kind in (rows.KIND_DENSE_LUT, rows.KIND_CONV_LUT) and group:
+        groups = -(-plan.row_length // group)
+        if kind == rows.KIND_CONV_LUT:
+            return m * groups * (MCU_CONV_TABLE.get(group, 197.0) + MCU_CONV_LOOKUP * plan.distinct) + gather
+        build = groups * ((1 << group) + 2 * (1 << (group // 2))) * rows.MCU_COST_ENTRY / 2
+        return m * (build + plan.distinct * groups * rows.MCU_COST_LOOKUP) + gather
+    if plan is not None and kind in (rows.KIND_DENSE, rows.KIND_CONV):
+        return m * rows.MCU_COST_BITSERIAL * plan.distinct * plan.row_length + gather
+    per = MCU_DECODE_GEMM if layer.op == "matmul" else MCU_DECODE_CONV
+    return per * n * k * m
+
+
+def slower_than_dense_note(layer, fmt, kernel) -> str | None:
+    """A sentence for ``compile`` when the compact kernel is estimated slower than the dense
+    build (None when it is not): the two estimates and why the compact weight is kept."""
+    shape = fmt.shape
+    dense = dense_estimate(layer, shape)
+    compact = compact_estimate(layer, shape, kernel.kind, kernel.plan, kernel.info.get("group"))
+    if compact <= dense:
+        return None
+    dense_bytes = math.prod(shape) * 4
+    compact_bytes = fmt.storage_bits() // 8
+    return (
+        f"layer {layer.name}: its {fmt.label()} kernel ({kernel.kind}) is estimated at "
+        f"{compact:,.0f} instructions, {compact / dense:.1f}x the dense build's {dense:,.0f}; kept "
+        f"compact for flash ({compact_bytes:,} bytes vs {dense_bytes:,}); --no-compress builds it dense"
+    )

@@ -1,0 +1,122 @@
+"""Issue acceptance for the SNN codebook format on the bundled, trained example
+(``examples/snn5-resnet-mnist.onnx``: a small ResNet whose 3x3 convs after the stem are
+SubBitConv2d at τ = 5, exported by ``tbn_tvm.torch.export_onnx``): detected as ``codebook τ=5``
+in every such layer, host and QEMU builds within 1e-5 relative of onnxruntime, and on a
+Cortex-M4 its layers cost no more instructions than the same layers as plain binary weights
+(both then run the sign-row look-up kernel: the τ=5 layers have as many codewords as filters),
+while a wide layer with few codewords takes the codeword look-up kernel and beats binary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+tbn_tvm = pytest.importorskip("tbn_tvm")
+ort = pytest.importorskip("onnxruntime")
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "snn5-resnet-mnist.onnx"
+REFERENCE = EXAMPLE.with_suffix(".reference.npz")
+
+
+def _inputs(n: int) -> np.ndarray:
+    return np.load(REFERENCE)["x"][:n].reshape(n, 1, 1, 28, 28).astype(np.float32)
+
+
+def _ort(model, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(
+        model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    )
+    name = sess.get_inputs()[0].name
+    return np.stack([sess.run(None, {name: xi})[0] for xi in x])
+
+
+def test_every_3x3_conv_after_the_stem_is_codebook_tau5():
+    layers = tbn_tvm.inspect(EXAMPLE).to_dict()["layers"]
+    convs3 = [layer for layer in layers if layer["op"] == "Conv" and layer["weight_shape"][2:] == [3, 3]]
+    assert len(convs3) >= 5
+    for layer in convs3[1:]:  # the stem has one input channel: a codebook cannot pay there
+        assert layer["label"] == "codebook τ=5", layer
+
+
+@pytest.mark.parametrize("target", ["llvm", pytest.param("cortex-m4", marks=pytest.mark.qemu)])
+def test_builds_match_onnxruntime(target):
+    x = _inputs(3)
+    ref = _ort(EXAMPLE, x)
+    got = tbn_tvm.compile(EXAMPLE, target).run(x)
+    np.testing.assert_allclose(got.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def _as_binary(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The model with each named layer's conv weight replaced by random signs times the same
+    per-output-channel magnitudes: plain binary weights with no codebook structure (the old
+    weight chain is left unused)."""
+    from tbn_tvm.frontend.layers import weighted_layers
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    rng = np.random.default_rng(0)
+    for layer in weighted_layers(m):
+        if layer.name not in names:
+            continue
+        w = np.asarray(layer.stored)
+        scale = np.abs(w).reshape(w.shape[0], -1).max(axis=1).reshape(-1, 1, 1, 1)
+        signs = np.where(rng.random(w.shape) < 0.5, -1.0, 1.0)
+        new = f"{layer.name}.binary_weight"
+        m.graph.initializer.append(numpy_helper.from_array((signs * scale).astype(np.float32), new))
+        m.graph.node[layer.node_index].input[1] = new
+    return m
+
+
+@pytest.mark.qemu
+def test_codebook_layers_cost_no_more_instructions_than_binary():
+    model = onnx.load(EXAMPLE)
+    report = tbn_tvm.inspect(model).to_dict()["layers"]
+    coded = [layer["name"] for layer in report if layer["label"].startswith("codebook")]
+    assert coded
+    codebook_build = tbn_tvm.compile(model, "cortex-m4")
+    binary_build = tbn_tvm.compile(_as_binary(model, coded), "cortex-m4")
+    assert {layer["name"]: layer["label"] for layer in binary_build.report()["layers"]}[coded[-1]] == "binary"
+
+    def per_layer(build):
+        return {
+            layer["name"]: layer["instructions"]
+            for layer in build.report()["layers"]
+            if layer["name"] in coded
+        }
+
+    lut, binary = per_layer(codebook_build), per_layer(binary_build)
+    # the codebook's sign rows are assembled once per call (O·Cin·9 bits): a few % at most
+    assert sum(lut.values()) <= 1.05 * sum(binary.values()), (lut, binary)
+
+
+@pytest.mark.qemu
+def test_wide_codebook_layer_takes_the_lookup_kernel_and_beats_binary():
+    """128 filters over 64 channels with 8 codewords (τ=3): the codeword look-up kernel
+    (tables of each channel's taps, one look-up per codeword, a gathered add per filter) is
+    chosen, is right against onnxruntime, and takes fewer instructions than binary rows."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_codebook import _conv_model, snn_weight
+
+    rng = np.random.default_rng(0)
+    w = snn_weight(rng, 128, 64, 3, 8)
+    signs = np.where(rng.random(w.shape) < 0.5, -1.0, 1.0).astype(np.float32)
+    models = [
+        _conv_model(w, hw=6),
+        _conv_model(signs * np.abs(w).reshape(128, -1).max(1)[:, None, None, None], hw=6),
+    ]
+    builds = [tbn_tvm.compile(m, "cortex-m4") for m in models]
+    layers = [b.report()["layers"][0] for b in builds]
+    assert [la["label"] for la in layers] == ["codebook τ=3", "binary"]
+    kernels = [s["kernel"] for s in builds[0].report()["steps"]]
+    assert any(k.endswith("_lut_conv") for k in kernels), kernels
+    x = rng.standard_normal((2, 1, 64, 6, 6)).astype(np.float32)
+    ref = _ort(models[0], x)
+    got = builds[0].run(x)
+    np.testing.assert_allclose(got.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert layers[0]["instructions"] < 0.95 * layers[1]["instructions"], layers
