@@ -155,9 +155,15 @@ class CompiledModel:
         total = self._report.get("total", {})
         layers = self._report.get("layers", [])
         compact = sum(1 for layer in layers if layer.get("format") != "dense")
+        where = f", board {self.extra['board']}" if self.extra.get("board") else ""
+        sizes = "".join(
+            f", {label} {self.extra[key]:,} B"
+            for key, label in (("flash_bytes", "flash"), ("ram_bytes", "RAM"))
+            if isinstance(self.extra.get(key), int)
+        )
         return (
-            f"<CompiledModel {self.target.name} ({self.target.family}): ({ins}) -> ({outs}); "
-            f"{len(layers)} layers, {compact} compact, {total.get('weight_bytes', 0):,} weight bytes>"
+            f"<CompiledModel {self.target.name} ({self.target.family}{where}): ({ins}) -> ({outs}); "
+            f"{len(layers)} layers, {compact} compact, {total.get('weight_bytes', 0):,} weight bytes{sizes}>"
         )
 
     def close(self) -> None:
@@ -185,12 +191,14 @@ class CompiledModel:
         An existing ``out_dir`` is replaced only when it holds nothing but an earlier tbn-tvm
         output (``force=True`` replaces it anyway); see :mod:`tbn_tvm.outdir`."""
         from tbn_tvm.outdir import write_dir
+        from tbn_tvm.versions import package_versions
 
         def fill(tmp: Path) -> dict:
             files = self.backend.save(tmp)
             return {
                 "tbn_tvm_version": __version__,
                 **self.report(),
+                "versions": {**package_versions(), **self.extra.get("versions", {})},
                 "target": self.target.to_dict(),
                 **files,
             }
@@ -200,7 +208,7 @@ class CompiledModel:
 
 def compile(  # noqa: A001 - the natural name for users
     model: str | os.PathLike | onnx.ModelProto,
-    target: str | dict | TargetSpec = "llvm",
+    target: str | dict | TargetSpec | None = None,
     *,
     mcpu: str | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -211,8 +219,9 @@ def compile(  # noqa: A001 - the natural name for users
 ) -> CompiledModel:
     """Compile an ONNX model for ``target``.
 
-    ``model``: a path or an ``onnx.ModelProto``.  ``target``: ``"llvm"`` (this machine, portable
-    code; ``mcpu="native"`` for every vector unit of this CPU), an LLVM triple
+    ``model``: a path or an ``onnx.ModelProto``.  ``target``: ``"llvm"`` (the default without a
+    ``board``; this machine, portable code: LLVM's generic CPU unless ``mcpu`` names one,
+    ``mcpu="native"`` for every vector unit of this CPU), an LLVM triple
     (``"aarch64-linux-gnu"``: a cross-compiled object archive), a TVM target string
     (``"llvm -mcpu=skylake"``), ``"cortex-m4"``, ``"cortex-m7"`` (see
     :func:`tbn_tvm.targets.known_targets`).  ``input_shapes`` fixes dynamic input dimensions
@@ -220,10 +229,19 @@ def compile(  # noqa: A001 - the natural name for users
     build, the baseline of the benchmarks); ``reuse_rows=False`` keeps compact weights but
     computes every output row.  ``tuning_db`` applies the records of ``tbn-tvm tune`` (a
     folder; records for other targets or shapes are ignored, the manifest lists the tuned
-    kernels).  Other keyword ``options`` go to the target's back end, e.g. for
-    Cortex-M ``board=``, ``flash_size=``, ``ram_size=``, ``stack_size=`` (see
-    :attr:`tbn_tvm.targets.base.Backend.compile_options`).
+    kernels).
 
+    Other keyword ``options`` go to the target's back end (its ``compile_options``, listed with
+    their help by ``tbn_tvm.targets.backend_class(family).compile_options``):
+
+    - Cortex-M: ``board=`` (a profile from ``tbn-tvm targets``; without ``target`` it implies
+      the board's target), ``flash_size=``, ``ram_size=``, ``stack_size=`` (bytes, or strings
+      such as ``"512K"``), ``measure=`` (``False``: no QEMU run at build time),
+      ``uart_driver=`` (a ``.c`` file with the board's UART functions: also builds
+      ``firmware_uart.elf``);
+    - host: none beyond the keywords above.
+
+    A keyword no back end knows (``bord=``) raises :class:`TBNError` naming the valid ones.
     Raises :class:`TBNError` for anything the user can fix: a bad model, an unsupported
     operator, an unknown target or option, a model too large for the board.
 
@@ -231,26 +249,24 @@ def compile(  # noqa: A001 - the natural name for users
     """
     from tbn_tvm.targets import backend_class
 
+    if target is None:  # a board implies its target (its CPU); else the host
+        board = options.get("board")
+        if isinstance(board, str):
+            from tbn_tvm.targets.cortex_m.boards import get_board
+
+            target = get_board(board).cpu
+        else:
+            target = "llvm" if board is None else getattr(board, "cpu", "llvm")
     spec = resolve_target(target, mcpu)
     backend_cls = backend_class(spec.family)
     unknown = sorted(set(options) - set(backend_cls.compile_options))
     if unknown:
-        valid = ", ".join(
-            [
-                "mcpu",
-                "input_shapes",
-                "compress",
-                "reuse_rows",
-                "tuning_db",
-                *sorted(backend_cls.compile_options),
-            ]
-        )
-        raise TBNError(
-            f"unknown option(s) for a {spec.family} build: {', '.join(unknown)}", hint=f"valid: {valid}"
-        )
+        raise _unknown_options(spec, backend_cls, unknown)
+    from tbn_tvm import progress
     from tbn_tvm.frontend.onnx import load_onnx, output_specs, to_relax
     from tbn_tvm.report import inspect
 
+    progress.stage("import")
     loaded = load_onnx(model, input_shapes)  # cheap checks first: TVM is imported after them
     from tbn_tvm.passes.pipeline import prepare
 
@@ -266,6 +282,7 @@ def compile(  # noqa: A001 - the natural name for users
 
         forms = read_forms(tuning_db, target_key(_tuning_target(spec)))
         options["tuning_db"] = tuning_db
+    progress.stage("passes")
     prepared = prepare(
         mod, compress=compress, reuse_rows=reuse_rows, names=names, forms=forms, **backend_cls.pass_options
     )
@@ -277,6 +294,10 @@ def compile(  # noqa: A001 - the natural name for users
     report["source_sha256"] = hashlib.sha256(loaded.proto.SerializeToString(deterministic=True)).hexdigest()
     report["total"]["built_constant_bytes"] = prepared.constant_bytes()
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
+    notes = [layer.note for layer in prepared.layers if layer.note]
+    if notes:
+        report["notes"] = notes
+    progress.stage("build")
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
     for layer in report["layers"]:  # the kernels each layer ended up in, and their flash
         steps = [s for s in extra.get("steps", []) if layer["name"] in s.get("layers", [])]
@@ -290,6 +311,35 @@ def compile(  # noqa: A001 - the natural name for users
     model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     return model
+
+
+def _unknown_options(spec: TargetSpec, backend_cls, unknown: list[str]) -> TBNError:
+    """The error for keywords ``compile`` does not know: the valid ones, and a near miss
+    (``bord`` -> ``board``) or an option of another target family named as such."""
+    import difflib
+
+    from tbn_tvm.targets import BACKENDS, backend_class
+
+    common = ["mcpu", "input_shapes", "compress", "reuse_rows", "tuning_db"]
+    valid = list(dict.fromkeys([*common, *sorted(backend_cls.compile_options)]))
+    elsewhere = {
+        name: family
+        for family in BACKENDS
+        if family != spec.family
+        for name in backend_class(family).compile_options
+        if name not in valid
+    }
+    notes = []
+    for key in unknown:
+        if key in elsewhere:
+            notes.append(f"{key} is a {elsewhere[key]} option")
+            continue
+        close = difflib.get_close_matches(key, valid + sorted(elsewhere), n=1, cutoff=0.6)
+        if close:
+            family = elsewhere.get(close[0])
+            notes.append(f"{key}: did you mean {close[0]}" + (f" (a {family} option)" if family else ""))
+    hint = f"valid: {', '.join(valid)}" + "".join(f"; {n}" for n in notes)
+    return TBNError(f"unknown option(s) for a {spec.family} build: {', '.join(unknown)}", hint=hint)
 
 
 def read_manifest(out: Path) -> dict:
@@ -314,6 +364,9 @@ def load(out_dir: str | os.PathLike) -> CompiledModel:
     """Load what :meth:`CompiledModel.save` (or ``tbn-tvm compile``) wrote."""
     out = Path(out_dir)
     manifest = read_manifest(out)
+    from tbn_tvm.outdir import verify_dir
+
+    verify_dir(out, manifest)  # nothing is loaded from a directory that does not validate
     path = out / MANIFEST
     try:
         spec = TargetSpec.from_dict(manifest["target"])

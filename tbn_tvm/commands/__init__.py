@@ -3,5 +3,5 @@
 import importlib
 
 # Order here is the order in `tbn-tvm --help`.
-for _name in ("demo", "inspect", "compile", "run", "tune", "train", "bench"):
+for _name in ("demo", "inspect", "compile", "run", "targets", "tune", "train", "bench"):
     importlib.import_module(f"tbn_tvm.commands.{_name}")

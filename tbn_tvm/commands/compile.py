@@ -6,6 +6,16 @@ import json
 import sys
 
 from tbn_tvm.cli import arg, command
+from tbn_tvm.errors import TBNError
+
+
+def _board_target(board: str | None) -> str:
+    """The target a ``--board`` implies (its CPU), or ``llvm`` without one."""
+    if board is None:
+        return "llvm"
+    from tbn_tvm.targets.cortex_m.boards import get_board
+
+    return get_board(board).cpu
 
 
 @command("compile", help="Compile an ONNX model for a target and write the artifact + manifest.json")
@@ -13,11 +23,17 @@ from tbn_tvm.cli import arg, command
 @arg(
     "--target",
     "-t",
-    default="llvm",
-    help="llvm (host), an LLVM triple (aarch64-linux-gnu, ...), cortex-m4, cortex-m7, "
-    "thumbv7em-none-eabihf with --mcpu (default: llvm)",
+    default=None,
+    help="llvm (host), a TVM target string ('llvm -mcpu=skylake'), an LLVM triple (aarch64-linux-gnu, ...), "
+    "cortex-m4, cortex-m7, thumbv7em-none-eabihf with --mcpu; see 'tbn-tvm targets' (default: the "
+    "--board's target, else llvm)",
 )
-@arg("--mcpu", default=None, help="CPU for a thumbv7em-none-eabihf triple: cortex-m4 or cortex-m7")
+@arg(
+    "--mcpu",
+    default=None,
+    help="CPU to build for: on the host an LLVM CPU name (x86-64-v3, skylake) or 'native' for this machine's "
+    "(default: a portable CPU); cortex-m4 or cortex-m7 for a thumbv7em-none-eabihf triple",
+)
 @arg(
     "-o",
     "--output",
@@ -28,7 +44,19 @@ from tbn_tvm.cli import arg, command
 )
 @arg("--force", action="store_true", help="replace OUT_DIR even if it holds files tbn-tvm did not write")
 @arg("--input-shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
-@arg("--board", default=None, help="Cortex-M board profile (sets flash/RAM limits)")
+@arg(
+    "--board",
+    default=None,
+    metavar="NAME",
+    help="Cortex-M board profile (flash/RAM limits, UART); implies its target (see 'tbn-tvm targets')",
+)
+@arg(
+    "--uart-driver",
+    default=None,
+    metavar="FILE.c",
+    help="Cortex-M: a C file implementing tbn_uart_init/putc/getc for the board's UART; also builds "
+    "firmware_uart.elf with it, for 'tbn-tvm run --port' (see docs/cortex-m.md)",
+)
 @arg("--flash-size", type=str, default=None, help="Cortex-M flash limit in bytes (or 512K, 1M)")
 @arg("--ram-size", type=str, default=None, help="Cortex-M RAM limit in bytes (or 128K)")
 @arg(
@@ -53,26 +81,38 @@ from tbn_tvm.cli import arg, command
 )
 @arg("--json", action="store_true", help="print the manifest summary as JSON")
 def run(args) -> int:
+    from tbn_tvm import progress
     from tbn_tvm.api import compile as tbn_compile
     from tbn_tvm.commands.common import parse_shapes
+    from tbn_tvm.targets import backend_class, resolve_target
 
     options = {}
-    for key in ("board", "flash_size", "ram_size", "stack_size"):
+    for key in ("board", "flash_size", "ram_size", "stack_size", "uart_driver"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
     if args.no_measure:
         options["measure"] = False
-    model = tbn_compile(
-        args.model,
-        args.target,
-        mcpu=args.mcpu,
-        input_shapes=parse_shapes(args.input_shape),
-        compress=not args.no_compress,
-        reuse_rows=not args.no_row_reuse,
-        tuning_db=args.tuning_db,
-        **options,
-    )
+    target = args.target if args.target is not None else _board_target(args.board)
+    spec = resolve_target(target, args.mcpu)
+    known = backend_class(spec.family).compile_options
+    unknown = [key for key in options if key not in known]
+    if unknown:  # name the flags, not the API's keywords
+        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
+        raise TBNError(
+            f"{flags} {'does' if len(unknown) == 1 else 'do'} not apply to a {spec.family} build ({spec.name})",
+            hint="they are for Cortex-M builds: --target cortex-m4|cortex-m7, or --board NAME alone",
+        )
+    with progress.stages("compile"):
+        model = tbn_compile(
+            args.model,
+            spec,
+            input_shapes=parse_shapes(args.input_shape),
+            compress=not args.no_compress,
+            reuse_rows=not args.no_row_reuse,
+            tuning_db=args.tuning_db,
+            **options,
+        )
     try:
         out = model.save(args.output, force=args.force)
     finally:
@@ -83,7 +123,12 @@ def run(args) -> int:
         return 0
     total = rep["total"]
     layers = rep["layers"]
-    print(f"compiled {rep.get('source', args.model)} for {model.target.name} -> {out}", file=sys.stdout)
+    board = f" (board {rep['board']})" if rep.get("board") else ""
+    cpu = model.target.tvm_target.get("mcpu") if model.target.family == "host" else None
+    board += f" -mcpu={cpu}" if cpu else ""
+    print(
+        f"compiled {rep.get('source', args.model)} for {model.target.name}{board} -> {out}", file=sys.stdout
+    )
     if args.no_compress:
         print(
             f"  layers: {len(layers)}, all built dense (--no-compress): {total['fp32_bytes']:,} bytes of weights"
@@ -120,6 +165,9 @@ def run(args) -> int:
             f"  {measured['instructions_per_inference']:,} instructions per inference on {measured['on']} "
             f"(per layer: tbn-tvm inspect {out})"
         )
+    if rep.get("firmware_uart"):
+        driver = (rep.get("uart_driver") or {}).get("file", "the shipped driver")
+        print(f"  UART firmware: {rep['firmware_uart']} (UART driver: {driver}); run it with --port PORT")
     for note in rep.get("notes", []):
         print(f"  note: {note}")
     return 0

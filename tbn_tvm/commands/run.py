@@ -1,7 +1,12 @@
-"""``tbn-tvm run OUT_DIR --input X.npy --output Y.npy [--qemu | --board PORT] [--json]``."""
+"""``tbn-tvm run OUT_DIR (--input X.npy | --fill random|zeros) [--output Y.npy] [--qemu | --port PORT]``.
+
+Without ``--output`` the outputs go to ``OUT_DIR-outputs.npy`` beside ``OUT_DIR`` (``.npz`` for
+several outputs) and the summary says so.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -14,37 +19,94 @@ from tbn_tvm.errors import TBNError
 
 
 def _load_npy(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise TBNError(f"{p}: no such file", hint="pass a .npy file written by numpy.save")
-    try:
-        return np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise TBNError(f"{p}: not a readable .npy file ({' '.join(str(e).split())[:120]})") from None
+    from tbn_tvm.npyio import read_npy
+
+    return read_npy(path)
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _save_atomic(path, ".npy", lambda f: np.save(f, array))
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    _save_atomic(path, ".npz", lambda f: np.savez(f, **arrays))
+
+
+def _save_atomic(path: Path, suffix: str, write) -> None:
+    if path.is_dir():
+        raise TBNError(f"{path}: is a directory", hint="pass a file name to --output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise TBNError(f"{path}: cannot write the outputs there ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise TBNError(f"{path}: cannot write the outputs there ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _filled(specs, fill: str, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` generated samples per input: zeros, or seeded random values of its dtype."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        shape, dtype = (n, *spec.shape), np.dtype(spec.dtype)
+        if fill == "zeros":
+            out[spec.name] = np.zeros(shape, dtype)
+        elif dtype.kind == "f":
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:  # booleans and integers: 0 or 1 (valid as indices of most gathers)
+            out[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+    return out
+
+
+#: Run options of the Cortex-M back end only (named in the error for another build).
+_CORTEX_M_ONLY = ("qemu", "port", "baud", "count_instructions", "per_layer", "timeout", "timeout_per_sample")
+
+#: Samples whose top-K line is printed (the rest are in the output file).
+TOP_SHOWN = 20
+
+
+def _top(outputs, k: int, stacked: bool = True) -> list[list[list]]:
+    """Per sample, the ``k`` largest values of the (first) output: ``[[index, value], ...]``
+    (``stacked=False``: the outputs of one unstacked run, e.g. of a model without inputs)."""
+    y = np.asarray(outputs if isinstance(outputs, np.ndarray) else next(iter(outputs.values())))
+    y = y if stacked else y[None]
+    flat = y.reshape(y.shape[0], -1) if y.ndim else y.reshape(1, 1)
+    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    return [[[int(i), float(row[i])] for i in idx] for row, idx in zip(flat, order, strict=True)]
+
+
+def _print_top(top: list) -> None:
+    for n, best in enumerate(top[:TOP_SHOWN]):
+        print(f"  sample {n}: " + ", ".join(f"{i} ({v:.4g})" for i, v in best))
+    if len(top) > TOP_SHOWN:
+        print(f"  ... {len(top) - TOP_SHOWN} more samples (--json lists all)")
+
+
+def _print_profile(profile: dict, layer_names: list[str]) -> None:
+    """The host profile as a table: kernel, the layers in its name, time per inference, share."""
+    from tbn_tvm.frontend.layers import c_identifier
+    from tbn_tvm.report import text_table
+
+    total = profile["seconds_per_inference"]
+    rows = []
+    for k in profile["kernels"]:
+        layers = [n for n in layer_names if f"tbn_{c_identifier(n)}_" in k["kernel"]]
+        share = 100 * k["seconds"] / total if total else 0.0
+        rows.append([k["kernel"], ",".join(layers) or "-", f"{k['seconds'] * 1e3:.4f}", f"{share:.1f}"])
+    print("\n".join(text_table(["kernel", "layers", "ms", "%"], rows, {2, 3})))
+    print(
+        f"{total * 1e3:.4f} ms per inference over {profile['rounds']} rounds (one sample; kernels timed "
+        "through the VM's call instrumentation, the rest is VM bookkeeping)"
+    )
 
 
 @command("run", help="Run a compiled model on stacked samples (host, QEMU or a board over UART)")
@@ -53,18 +115,34 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     "--input",
     "-i",
     action="append",
-    required=True,
     metavar="[NAME=]X.npy",
     help="samples stacked on a new leading axis: [N, *input_shape]; repeat as NAME=FILE for several inputs",
 )
 @arg(
+    "--fill",
+    choices=("random", "zeros"),
+    default=None,
+    help="instead of --input: run on generated samples (random: standard normal, seeded by --seed)",
+)
+@arg("--samples", type=int, default=None, metavar="N", help="with --fill: how many samples (default 1)")
+@arg("--seed", type=int, default=0, help="with --fill random: the random seed (default 0)")
+@arg(
     "--output",
     "-o",
     metavar="Y.npy",
-    help="where to write the outputs ([N, *output_shape]; .npz for several)",
+    help="where to write the outputs ([N, *output_shape]; .npz for several); default: OUT_DIR-outputs.npy "
+    "beside OUT_DIR",
+)
+@arg(
+    "--print-top",
+    type=int,
+    default=None,
+    metavar="K",
+    help="print the K largest outputs (class index and value) of each sample",
 )
 @arg("--qemu", action="store_true", help="Cortex-M: run the firmware on QEMU (the default)")
 @arg("--port", metavar="PORT", help="Cortex-M: run on a flashed board over UART (e.g. /dev/ttyACM0)")
+@arg("--board", default=None, help=argparse.SUPPRESS)  # the old spelling of --port: refused with a hint
 @arg("--baud", type=int, default=None, help="UART baud rate for --port (default 115200)")
 @arg("--count-instructions", action="store_true", help="QEMU: report exact instructions per inference")
 @arg(
@@ -72,14 +150,56 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     action="store_true",
     help="QEMU: instructions per layer too (each kernel counted from its entry through its return)",
 )
-@arg("--timeout", type=float, default=None, help="seconds before a QEMU/board run is declared hung")
+@arg(
+    "--profile",
+    action="store_true",
+    help="host: time each kernel of one inference (the first sample, repeated) and print them per layer",
+)
+@arg(
+    "--timeout-per-sample",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="QEMU/board: seconds each sample may take before the run is declared hung (default 60 on QEMU, "
+    "10 on a board); the run as a whole has no limit unless --timeout is given",
+)
+@arg(
+    "--timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="QEMU/board: seconds the whole run may take",
+)
 @arg("--json", action="store_true", help="print a one-line JSON summary")
 def run(args) -> int:
     from tbn_tvm.api import load
 
+    if args.board is not None:
+        raise TBNError(
+            "--board names a board profile (tbn-tvm compile --board NAME); the serial port of a board is --port",
+            hint=f"tbn-tvm run OUT_DIR --port {args.board} ...",
+        )
+    if args.input and args.fill:
+        raise TBNError("give the samples with --input or generate them with --fill, not both")
+    if args.samples is not None and not args.fill:
+        raise TBNError("--samples applies to --fill (with --input the file holds the samples)")
+    if args.samples is not None and args.samples < 1:
+        raise TBNError(f"--samples must be at least 1, got {args.samples}")
+    if args.print_top is not None and args.print_top < 1:
+        raise TBNError(f"--print-top must be at least 1, got {args.print_top}")
+    for flag, value in (("--timeout", args.timeout), ("--timeout-per-sample", args.timeout_per_sample)):
+        if value is not None and not (value > 0 and value != float("inf")):
+            raise TBNError(f"{flag} must be a positive number of seconds, got {value:g}")
     model = load(args.artifact)
+    if not args.input and not args.fill and model.inputs:  # a model without inputs runs once
+        raise TBNError(
+            "no samples: pass --input X.npy ([N, *input_shape]) or --fill random|zeros",
+            hint="see 'tbn-tvm run --help'",
+        )
     inputs: dict[str, np.ndarray] = {}
-    for item in args.input:
+    if args.fill:
+        inputs = _filled(model.inputs, args.fill, args.samples or 1, args.seed)
+    for item in args.input or []:
         name, sep, path = item.partition("=")
         if sep and not Path(item).exists():
             inputs[name] = _load_npy(path)
@@ -99,8 +219,6 @@ def run(args) -> int:
             )
     if args.qemu and args.port:
         raise TBNError("run on QEMU (--qemu) or on a board (--port), not both")
-    if args.timeout is not None and not (args.timeout > 0 and args.timeout != float("inf")):
-        raise TBNError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     wanted = {
         "qemu": args.qemu or None,
         "port": args.port,
@@ -108,6 +226,8 @@ def run(args) -> int:
         "count_instructions": args.count_instructions or None,
         "per_layer": args.per_layer or None,
         "timeout": args.timeout,
+        "timeout_per_sample": args.timeout_per_sample,
+        "profile": args.profile or None,
     }
     run_options = {k: v for k, v in wanted.items() if v is not None}
     available = model.run_options()
@@ -117,21 +237,27 @@ def run(args) -> int:
             raise TBNError(
                 f"{flag} is not available for a {model.target.family} build ({model.target.name})",
                 hint="it applies to Cortex-M builds"
-                if key in ("qemu", "port", "count_instructions", "per_layer")
+                if key in _CORTEX_M_ONLY
+                else "it applies to host builds (on QEMU: --per-layer)"
+                if key == "profile"
                 else None,
             )
-    outputs = model.run(inputs, **run_options)
-    stats = model.last_run_stats
+    several = len(model.outputs) > 1
     if args.output:
         out_path = Path(args.output)
-        if isinstance(outputs, np.ndarray):
-            _save_npy_atomic(out_path, outputs)
-        elif out_path.suffix == ".npz":
-            _save_npz_atomic(out_path, outputs)
-        else:
+        if several and out_path.suffix != ".npz":
             raise TBNError(
-                f"the model has {len(outputs)} outputs; write them to a .npz file (--output Y.npz)"
+                f"the model has {len(model.outputs)} outputs; write them to a .npz file (--output Y.npz)"
             )
+    else:  # a default beside OUT_DIR (not inside: OUT_DIR holds exactly what compile wrote)
+        art = Path(args.artifact).resolve()  # "." too: the file goes beside it, never inside
+        out_path = Path(os.path.relpath(art.parent / f"{art.name}-outputs{'.npz' if several else '.npy'}"))
+    outputs = model.run(inputs, **run_options)
+    stats = model.last_run_stats
+    if isinstance(outputs, np.ndarray):
+        _save_npy_atomic(out_path, outputs)
+    else:
+        _save_npz_atomic(out_path, outputs)
     summary = {
         "samples": stats["samples"],
         "seconds": round(stats["seconds"], 6),
@@ -139,6 +265,9 @@ def run(args) -> int:
         "target": model.target.name,
     }
     summary.update({k: v for k, v in stats.items() if k not in summary})
+    summary["output"] = str(out_path)
+    if args.print_top is not None:
+        summary["top"] = _top(outputs, args.print_top, stacked=bool(model.inputs))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -147,7 +276,11 @@ def run(args) -> int:
             line += f", {summary['instructions_per_inference']:,.0f} instructions per inference"
         if summary.get("cycles"):
             line += f", {summary['cycles']['mean']:,.0f} cycles per inference (DWT)"
-        print(line + (f"; outputs -> {args.output}" if args.output else ""))
+        print(line + f"; outputs -> {out_path}")
+        if args.print_top is not None:
+            _print_top(summary["top"])
+        if "profile" in summary:
+            _print_profile(summary["profile"], [layer["name"] for layer in model.report().get("layers", [])])
         if "instructions_per_layer" in summary:
             from tbn_tvm.report import text_table
 

@@ -81,6 +81,13 @@ class HostBackend(Backend):
         "llvm [--mcpu native|NAME], an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
     )
     pass_options = {"simd": True}
+    run_options = {
+        "profile": Option(
+            False,
+            "also time each kernel call of one inference (the first sample, repeated), through the "
+            "Relax VM's call instrumentation: last_run_stats['profile']",
+        ),
+    }
     compile_options = {
         "tuning_db": Option(
             None, "a tuning database written by 'tbn-tvm tune' (records applied, forms chosen)"
@@ -177,11 +184,9 @@ class HostBackend(Backend):
         return self._vm
 
     # ------------------------------------------------------------------ running
-    def run(self, arrays: list[np.ndarray], **options) -> tuple[list[np.ndarray], dict]:
+    def run(self, arrays: list[np.ndarray], *, profile: bool = False) -> tuple[list[np.ndarray], dict]:
         import tvm
 
-        if options:
-            raise TBNError(f"unknown run option(s) for a host build: {', '.join(sorted(options))}")
         vm = self._machine()
         n = arrays[0].shape[0] if arrays else 1
         per_sample = []
@@ -196,7 +201,58 @@ class HostBackend(Backend):
             outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
             per_sample.append([o.numpy() for o in outs])
         k = len(per_sample[0]) if per_sample else 0
-        return [np.stack([s[j] for s in per_sample]) for j in range(k)], {"device": "cpu"}
+        stats: dict = {"device": "cpu"}
+        if profile:
+            stats["profile"] = self.profile([a[0] for a in arrays])
+        return [np.stack([s[j] for s in per_sample]) for j in range(k)], stats
+
+    def profile(self, sample: list[np.ndarray], min_seconds: float = 0.2, max_rounds: int = 50) -> dict:
+        """Seconds per kernel call of one inference on ``sample`` (one array per input).
+
+        The Relax VM of TVM 0.27 has no profiler; its call instrumentation times every call of
+        a compiled kernel here (``vm.builtin.*`` bookkeeping left out), over at least 3 rounds
+        after a warm-up and until ``min_seconds`` have passed (at most ``max_rounds``).
+        Returns ``{"rounds", "seconds_per_inference", "kernels": [{"kernel", "calls",
+        "seconds"}]}``, kernels in call order, ``seconds`` the mean per inference.
+        """
+        import time
+
+        import tvm
+        from tvm import relax
+
+        self._machine()  # refuses a build for another machine
+        vm = relax.VirtualMachine(self.executable if self.executable is not None else self._module, tvm.cpu())
+        args = [tvm.runtime.tensor(_contiguous(a)) for a in sample]
+        vm["main"](*args)  # warm-up: first-call allocations and page faults
+        totals: dict[str, list] = {}
+        starts: list[float] = []
+
+        def instrument(func, symbol, before_run, ret_value, *call_args):  # noqa: ARG001 - VM signature
+            now = time.perf_counter()
+            if before_run:
+                starts.append(now)
+            else:
+                began = starts.pop()
+                if not str(symbol).startswith("vm.builtin."):
+                    entry = totals.setdefault(str(symbol), [0, 0.0])
+                    entry[0] += 1
+                    entry[1] += now - began
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        vm.set_instrument(instrument)
+        rounds, t0 = 0, time.perf_counter()
+        while rounds < 3 or (time.perf_counter() - t0 < min_seconds and rounds < max_rounds):
+            vm["main"](*args)
+            rounds += 1
+        elapsed = time.perf_counter() - t0
+        return {
+            "rounds": rounds,
+            "seconds_per_inference": elapsed / rounds,
+            "kernels": [
+                {"kernel": name, "calls": calls // rounds, "seconds": seconds / rounds}
+                for name, (calls, seconds) in totals.items()
+            ],
+        }
 
     def time(self, arrays: list[np.ndarray], number: int = 10, repeat: int = 5) -> list[float]:
         """Seconds per call of ``main`` on one sample (one value per repeat), measured by TVM's
@@ -217,6 +273,10 @@ class HostBackend(Backend):
         name = ARTIFACT_SO if self.runs_here(self.spec) else ARTIFACT_TAR
         with captured():
             self.executable.export_library(str(out_dir / name))
+        if name == ARTIFACT_TAR:  # tar headers carry times: rewritten so rebuilds are identical
+            from tbn_tvm.outdir import normalize_tar
+
+            normalize_tar(out_dir / name)
         return {"artifact": name}
 
     @classmethod
@@ -230,6 +290,9 @@ class HostBackend(Backend):
             raise TBNError(f"{out_dir}: the artifact {path.name} is missing", hint="compile the model again")
         if not cls.runs_here(spec):
             return cls(spec)
+        from tbn_tvm.outdir import check_elf
+
+        check_elf(path)  # a truncated library would be mapped and then die with SIGBUS
         try:
             with captured():
                 module = tvm.runtime.load_module(str(path))

@@ -220,12 +220,51 @@ def _to_onnx(
         except Exception as e:  # the exporter raises many types; report one line
             tail = log.getvalue().strip().splitlines()[-1:] or [""]
             raise TBNError(
-                f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}",
-                hint=tail[0] or None,
+                f"torch.onnx.export failed: {type(e).__name__}: {_plain(str(e).splitlines()[0])}",
+                hint=_plain(tail[0]) or None,
             ) from e
         if form == "tile":
             oso.optimize_ir(program.model, should_fold=_keep_tiles)
     return program.model_proto
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes (the exporter's messages carry them)."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def _expected_input(model: nn.Module) -> str | None:
+    """What the model's first layer takes, in words (``[N, 3, H, W]``, ``784 features``)."""
+    for name, m in model.named_modules():
+        channels, features = getattr(m, "in_channels", None), getattr(m, "in_features", None)
+        if isinstance(channels, int) and channels > 0:
+            rank = len(getattr(m, "kernel_size", (0, 0)))
+            dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, "...")
+            return f"its first layer '{name}' takes [N, {channels}, {dims}]"
+        if isinstance(features, int) and features > 0:
+            return f"its first layer '{name}' takes {features} features per sample (after any flatten)"
+    return None
+
+
+def _check_example(model: nn.Module, infer: nn.Module, example: torch.Tensor) -> None:
+    """Run the inference copy ``infer`` once on ``example``: a shape it does not take is one
+    clean TBNError naming the given shape and what ``model`` expects (not the exporter's
+    multi-page trace)."""
+    try:
+        with torch.no_grad():
+            infer(example)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        given = "x".join(map(str, example.shape))
+        reason = " ".join(_plain(str(e)).split())[:200]
+        expected = _expected_input(model)
+        raise TBNError(
+            f"the example of shape [{given}] does not fit the model ({reason})",
+            hint=f"{expected}; pass an example of that shape, batch 1"
+            if expected
+            else "pass an example of the input shape",
+        ) from None
 
 
 def _run_ort(model_bytes: bytes, input_name: str, x: np.ndarray) -> np.ndarray:
@@ -267,6 +306,7 @@ def export_onnx(
         raise TBNError(f"{path.parent}: no such folder")
     infer = inference_copy(model, form)
     example = example.detach().to("cpu")
+    _check_example(model, infer, example)
     proto = _to_onnx(infer, example, form, dynamic_batch, input_name, output_name, opset)
     nodes = _node_module_names(proto, infer)
     _strip_node_metadata(proto)

@@ -111,7 +111,13 @@ def _measure(lib: Path, board, cpu: str, info, graph, stack_bytes, cache: dict) 
         kernels = list(dict.fromkeys(step.kernel for step in graph.steps))
         try:
             _, stats = run_qemu(
-                elf, qboard, x, count_instructions=True, per_kernel=kernels, timeout_s=MEASURE_TIMEOUT_S
+                elf,
+                qboard,
+                x,
+                count_instructions=True,
+                per_kernel=kernels,
+                timeout_s=MEASURE_TIMEOUT_S,
+                timeout_per_sample=MEASURE_TIMEOUT_S,
             )
         except TBNError as e:
             if "did not finish" in str(e):
@@ -207,6 +213,11 @@ class CortexMBackend(Backend):
             "run one inference on QEMU at build time: size the stack from its peak, record "
             "instructions per layer (skipped, with a note, where QEMU is missing)",
         ),
+        "uart_driver": Option(
+            None,
+            "a C file implementing tbn_uart_init/tbn_uart_putc/tbn_uart_getc for the board's UART: "
+            "also build firmware_uart.elf with it (boards without a shipped driver)",
+        ),
     }
     run_options = {
         "qemu": Option(True, "run the firmware on QEMU (the default when no port is given)"),
@@ -214,7 +225,12 @@ class CortexMBackend(Backend):
         "baud": Option(115200, "UART baud rate for a board"),
         "count_instructions": Option(False, "QEMU: count the instructions of each inference"),
         "per_layer": Option(False, "QEMU: count instructions per layer too (implies count_instructions)"),
-        "timeout": Option(None, "seconds before a QEMU/board run is declared hung"),
+        "timeout": Option(None, "seconds the whole QEMU/board run may take (default: no whole-run limit)"),
+        "timeout_per_sample": Option(
+            None,
+            "seconds each sample may take on QEMU or the board before the run is declared hung "
+            "(default: 60 on QEMU, 10 on a board)",
+        ),
     }
 
     def __init__(
@@ -274,7 +290,9 @@ class CortexMBackend(Backend):
         stack_size=None,
         tuning_db=None,
         measure=True,
+        uart_driver=None,
     ) -> tuple[CortexMBackend, dict]:
+        from tbn_tvm import progress
         from tbn_tvm.passes.pipeline import lower_mcu
         from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
         from tbn_tvm.targets.clib.driver import write_library
@@ -291,7 +309,12 @@ class CortexMBackend(Backend):
         brd = get_board(board or spec.cpu, **limits)
         if brd.cpu != spec.cpu:
             raise TBNError(f"board {brd.name} has a {brd.cpu}, but the target is {spec.cpu}")
+        if uart_driver is not None:
+            from tbn_tvm.targets.cortex_m.firmware import _uart_hal
+
+            uart_driver = _uart_hal(brd, "uart", uart_driver)  # a readable .c file, checked first
         ensure_toolchain(install=False, need_qemu=False)
+        progress.stage("C code")
         graph = extract(lower_mcu(prepared.mod), prepared.const_names)
         schedule, tuned = schedule_prim_mcu, []
         if tuning_db is not None:
@@ -306,11 +329,13 @@ class CortexMBackend(Backend):
             cache: dict = {}
             measured = None
             if measure:
+                progress.stage("measure")
                 measured = _measure(lib, brd, spec.cpu, info, graph, limits["stack_bytes"], cache)
                 if limits["stack_bytes"] is None and "stack_peak_bytes" in measured:
                     limits["stack_bytes"] = sized_stack(measured["stack_peak_bytes"])
                     brd = get_board(board or spec.cpu, **limits)
                     measured["stack_bytes"] = limits["stack_bytes"]
+            progress.stage("firmware")
             size = build_firmware(lib, brd, staging / FIRMWARE, mode="semihost", object_cache=cache, **limits)
             extra = {
                 "board": brd.name,
@@ -327,9 +352,30 @@ class CortexMBackend(Backend):
             }
             if measured:
                 extra["measured"] = measured
-            if brd.qemu_machine is not None and brd.uart_driver is not None:
-                build_firmware(lib, brd, staging / FIRMWARE_UART, mode="uart", object_cache=cache, **limits)
+            if uart_driver is not None or (brd.qemu_machine is not None and brd.uart_driver is not None):
+                build_firmware(
+                    lib,
+                    brd,
+                    staging / FIRMWARE_UART,
+                    mode="uart",
+                    uart_hal=uart_driver,
+                    object_cache=cache,
+                    **limits,
+                )
                 extra["firmware_uart"] = FIRMWARE_UART
+                if uart_driver is not None:  # its name and content, never a machine path
+                    import hashlib
+
+                    extra["uart_driver"] = {
+                        "file": uart_driver.name,
+                        "sha256": hashlib.sha256(uart_driver.read_bytes()).hexdigest(),
+                    }
+            from tbn_tvm.versions import toolchain_versions
+
+            tools = toolchain_versions()
+            extra["versions"] = {"arm_gcc": tools["arm_gcc"]}
+            if measured and not measured.get("skipped"):  # QEMU ran at build time
+                extra["versions"]["qemu"] = tools["qemu"]
             extra["steps"] = _layer_sizes(graph, info, size, prepared.layers)
             per_kernel = (measured or {}).pop("per_kernel", None)
             if per_kernel:
@@ -387,6 +433,7 @@ class CortexMBackend(Backend):
         count_instructions: bool = False,
         per_layer: bool = False,
         timeout: float | None = None,
+        timeout_per_sample: float | None = None,
     ) -> tuple[list[np.ndarray], dict]:
         """Run on QEMU (default) or on the board at ``port`` over UART.  ``per_layer`` adds
         ``instructions_per_layer``: per kernel call of ``model.c``, its layers and mean
@@ -401,7 +448,9 @@ class CortexMBackend(Backend):
         if port:
             if count_instructions or per_layer:
                 raise TBNError("instructions are counted on QEMU only; a board reports cycles")
-            y, stats = run_uart(port, x.reshape(n, -1), baudrate=baud, timeout_s=timeout)
+            y, stats = run_uart(
+                port, x.reshape(n, -1), baudrate=baud, timeout_s=timeout_per_sample, total_timeout_s=timeout
+            )
         else:
             y, stats = run_qemu(
                 self._path(FIRMWARE),
@@ -410,6 +459,7 @@ class CortexMBackend(Backend):
                 count_instructions=count_instructions or per_layer,
                 per_kernel=[s["kernel"] for s in steps] if per_layer else (),
                 timeout_s=timeout,
+                timeout_per_sample=timeout_per_sample,
             )
         out_shape = getattr(self, "output_shape", None)
         y = np.asarray(y, dtype=np.float32)
@@ -433,25 +483,46 @@ class CortexMBackend(Backend):
         return [y], flat
 
 
-_MAKEFILE = """# Build the tbn-tvm model library into your firmware (GNU make).
-# Add to your Makefile:
-#   TBN_DIR := path/to/lib
-#   include $(TBN_DIR)/tbn_model.mk
-#   CFLAGS  += $(TBN_CFLAGS)
-#   OBJS    += $(TBN_OBJS)
-TBN_DIR ?= $(dir $(lastword $(MAKEFILE_LIST)))
-TBN_SRCS := $(TBN_DIR)model.c $(TBN_DIR)weights.c $(TBN_DIR)kernels.c
-TBN_OBJS := $(TBN_SRCS:.c=.o)
-TBN_CFLAGS := -I$(TBN_DIR) -std=gnu11 -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee
+_MAKEFILE = """\
+# tbn_model.mk: build the tbn-tvm model library into your firmware (GNU make, arm-none-eabi-gcc).
+# In your Makefile, after setting CC and your CPU flags in CFLAGS:
+#   include path/to/OUT_DIR/lib/tbn_model.mk
+#   OBJS   += $(TBN_OBJS)      # the library's objects, built into $(TBN_BUILD_DIR)
+#   CFLAGS += $(TBN_CFLAGS)    # -I for model.h, for your sources that call tbn_model_run
+#   LDLIBS += $(TBN_LDLIBS)    # -lm: the kernels call libm (expf, sqrtf, ...)
+# The library's objects get your CFLAGS plus TBN_LIB_CFLAGS (generated code: its unused
+# parameters are not warned about, so -Wall -Wextra -Werror in CFLAGS stays usable).
+TBN_LIB_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+TBN_SAVED_GOAL := $(.DEFAULT_GOAL)
+TBN_BUILD_DIR ?= build/tbn_model
+TBN_SRCS := $(sort $(wildcard $(TBN_LIB_DIR)/*.c))
+TBN_OBJS := $(patsubst $(TBN_LIB_DIR)/%.c,$(TBN_BUILD_DIR)/%.o,$(TBN_SRCS))
+TBN_CFLAGS := -I$(TBN_LIB_DIR)
+TBN_LIB_CFLAGS := -std=gnu11 -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee -Wno-unused-parameter
+TBN_LDLIBS := -lm
+
+$(TBN_OBJS): $(TBN_BUILD_DIR)/%.o: $(TBN_LIB_DIR)/%.c $(wildcard $(TBN_LIB_DIR)/*.h)
+\t@mkdir -p $(dir $@)
+\t$(CC) $(CPPFLAGS) $(CFLAGS) $(TBN_LIB_CFLAGS) -I$(TBN_LIB_DIR) -c $< -o $@
+
+.DEFAULT_GOAL := $(TBN_SAVED_GOAL)
 """
 
-_CMAKE = """# Build the tbn-tvm model library into your firmware (CMake >= 3.13).
-#   add_subdirectory(path/to/lib tbn_model)
+_CMAKE = """\
+# CMakeLists.txt: build the tbn-tvm model library into your firmware (CMake >= 3.13,
+# arm-none-eabi toolchain file).  In your CMakeLists.txt:
+#   add_subdirectory(path/to/OUT_DIR/lib tbn_model)
 #   target_link_libraries(your_firmware PRIVATE tbn_model)
-add_library(tbn_model STATIC model.c weights.c kernels.c)
+# This links libm too (the kernels call expf, sqrtf, ...).  The generated sources are built
+# without unused-parameter warnings, so -Wall -Wextra -Werror in your flags stays usable.
+cmake_minimum_required(VERSION 3.13)
+file(GLOB TBN_MODEL_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.c)
+add_library(tbn_model STATIC ${TBN_MODEL_SOURCES})
 target_include_directories(tbn_model PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_compile_options(tbn_model PRIVATE -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee)
+target_compile_options(tbn_model PRIVATE -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee
+                       -Wno-unused-parameter)
 set_property(TARGET tbn_model PROPERTY C_STANDARD 11)
+target_link_libraries(tbn_model PUBLIC m)
 """
 
 

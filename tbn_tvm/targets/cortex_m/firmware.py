@@ -322,8 +322,16 @@ def _uart_hal(board: Board, mode: str, uart_hal: str | Path | None) -> Path | No
         return None
     if uart_hal is not None:
         hal = Path(uart_hal)
+        hint = "pass a C file implementing tbn_uart_init/tbn_uart_putc/tbn_uart_getc (see docs/cortex-m.md)"
+        if not hal.exists():
+            raise TBNError(f"UART driver {hal}: no such file", hint=hint)
         if not hal.is_file() or hal.suffix != ".c":
-            raise TBNError(f"UART driver {hal} is not a .c file")
+            raise TBNError(f"UART driver {hal} is not a .c file", hint=hint)
+        try:
+            with open(hal, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise TBNError(f"UART driver {hal} cannot be read ({e.strerror or type(e).__name__})") from None
         return hal
     if board.uart_driver in _SHIPPED_UART_DRIVERS:
         return TEMPLATES / _SHIPPED_UART_DRIVERS[board.uart_driver]

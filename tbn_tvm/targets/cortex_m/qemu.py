@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tbn_tvm import progress
 from tbn_tvm.errors import TBNError
 from tbn_tvm.targets.cortex_m.boards import Board, get_board
 from tbn_tvm.targets.cortex_m.elf import ElfFile
@@ -43,8 +44,12 @@ _STAT_MAGIC = 0x534E4254  # "TBNS"
 
 #: Exit statuses of the semihosting firmware (templates/main_semihost.c).
 EXIT_IO, EXIT_FORMAT, EXIT_MODEL, EXIT_FAULT = 1, 2, 3, 250
-#: Wall-clock limit of a QEMU run when none is given.
+#: Wall-clock limit of each sample of a QEMU run when no limit is given.
 DEFAULT_TIMEOUT_S = 60.0
+#: Extra seconds the first sample gets: QEMU's start, the plugin's load, the firmware's start.
+STARTUP_S = 10.0
+#: Seconds between two looks at the firmware's output file.
+_POLL_S = 0.05
 
 
 def qemu_machine_args(board: Board) -> list[str]:
@@ -52,7 +57,7 @@ def qemu_machine_args(board: Board) -> list[str]:
     if board.qemu_machine is None:
         raise TBNError(
             f"{board.name} is a physical board, QEMU does not emulate it",
-            hint="run on it over UART (--board PORT), or build for cortex-m4/cortex-m7 to use QEMU",
+            hint="run on it over UART (--port PORT), or build for cortex-m4/cortex-m7 to use QEMU",
         )
     return ["-M", board.qemu_machine, "-display", "none", "-monitor", "none", "-no-reboot"]
 
@@ -66,6 +71,7 @@ def run_qemu(
     count_instructions: bool = False,
     per_kernel: Sequence[str] = (),
     timeout_s: float | None = None,
+    timeout_per_sample: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Run every sample of ``inputs`` through the firmware ``elf`` on QEMU.
 
@@ -74,11 +80,18 @@ def run_qemu(
     (``per_inference``, ``mean``, ``min``, ``max``, ``total_executed``).  ``per_kernel`` names
     kernel functions (as in the library's ``model.c``, without the ``__tvm_ffi_`` prefix) whose
     instructions per inference are counted too, entry through return with callees:
-    ``stats["instructions"]["per_kernel"]`` maps each to its mean per inference.  ``timeout_s``
-    bounds the whole run (``None``: :data:`DEFAULT_TIMEOUT_S`); past it QEMU is killed.
-    Raises :class:`TBNError` for a hang, fault, lockup, unreadable result or unknown kernel.
+    ``stats["instructions"]["per_kernel"]`` maps each to its mean per inference.
+
+    Limits (seconds; past one QEMU is killed): ``timeout_per_sample`` bounds each sample, from
+    the end of the previous one (the first also gets :data:`STARTUP_S` for QEMU's start), so
+    the time a run may take grows with its samples; ``timeout_s`` bounds the whole run.  With
+    neither, each sample has :data:`DEFAULT_TIMEOUT_S`; with ``timeout_s`` only, that is the
+    only limit.  Long runs show a progress bar (see :mod:`tbn_tvm.progress`).
+
+    Raises :class:`TBNError` for a hang (naming the sample and the limit to raise), a fault, a
+    lockup, an unreadable result or an unknown kernel.
     """
-    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    timeout_s, timeout_per_sample = _limits(timeout_s, timeout_per_sample)
     board = get_board(board)
     machine_args = qemu_machine_args(board)
     elf = Path(elf).resolve()
@@ -108,17 +121,25 @@ def run_qemu(
         cmd += ["-kernel", str(elf)]
 
         t0 = time.monotonic()
-        try:
-            proc = subprocess.run(
-                cmd, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s
-            )
-        except subprocess.TimeoutExpired:
-            raise TBNError(
-                f"the firmware did not finish within {timeout_s:g} s (hang or infinite loop)",
-                hint="raise the timeout if the model is just slow",
-            ) from None
+        with open(tmp / "qemu.log", "w+b") as log:
+            proc = subprocess.Popen(cmd, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            try:
+                with progress.bar(x.shape[0], f"QEMU {board.qemu_machine}") as update:
+                    _watch(
+                        proc,
+                        tmp / "tbn_out.bin",
+                        4 * info.output_size,
+                        x.shape[0],
+                        timeout_s,
+                        timeout_per_sample,
+                        update,
+                    )
+            finally:
+                _kill(proc)
+            log.seek(0)
+            qemu_output = log.read().decode("utf-8", "replace")
         wall = time.monotonic() - t0
-        check_exit(proc.returncode, proc.stderr, board)
+        check_exit(proc.returncode, qemu_output, board)
 
         y = np.fromfile(tmp / "tbn_out.bin", dtype="<f4") if (tmp / "tbn_out.bin").exists() else np.zeros(0)
         if y.size != x.shape[0] * info.output_size:
@@ -129,6 +150,63 @@ def run_qemu(
         if count_instructions:
             stats["instructions"] = _read_counts(tmp / "tbn_insns.txt", x.shape[0], list(per_kernel))
     return y.reshape(x.shape[0], info.output_size).astype(np.float32), stats
+
+
+def _limits(timeout_s: float | None, timeout_per_sample: float | None) -> tuple[float | None, float]:
+    """(whole-run limit or None, per-sample limit), validated."""
+    for name, value in (("timeout", timeout_s), ("timeout_per_sample", timeout_per_sample)):
+        if value is not None and not (isinstance(value, int | float) and 0 < value < float("inf")):
+            raise TBNError(f"{name} must be a positive number of seconds, got {value!r}")
+    if timeout_per_sample is None:
+        timeout_per_sample = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    return timeout_s, float(timeout_per_sample)
+
+
+def _watch(
+    proc: subprocess.Popen,
+    out_file: Path,
+    row_bytes: int,
+    samples: int,
+    timeout_s: float | None,
+    timeout_per_sample: float,
+    update,
+) -> None:
+    """Wait for QEMU, following the samples done through the size of the output file the
+    firmware appends to; kill it past a limit (TBNError naming the sample and the option)."""
+    t0 = last = time.monotonic()
+    done = 0
+    while proc.poll() is None:
+        time.sleep(_POLL_S)
+        try:
+            now_done = min(out_file.stat().st_size // row_bytes, samples)
+        except OSError:  # not created yet
+            now_done = 0
+        now = time.monotonic()
+        if now_done > done:
+            done, last = now_done, now
+            update(done)
+        if proc.poll() is not None:
+            break
+        if timeout_s is not None and now - t0 > timeout_s:
+            raise TBNError(
+                f"the firmware did not finish within {timeout_s:g} s (hang or infinite loop); "
+                f"{done} of {samples} samples done",
+                hint="if the model is just slow, raise the whole-run limit (--timeout, run option "
+                "timeout) or leave it unset: --timeout-per-sample then bounds each sample",
+            )
+        if now - last > timeout_per_sample + (STARTUP_S if done == 0 else 0.0):
+            raise TBNError(
+                f"sample {done} (of {samples}) did not finish within {timeout_per_sample:g} s on QEMU "
+                "(hang or infinite loop)",
+                hint="if the model is just slow, raise --timeout-per-sample (run option timeout_per_sample)",
+            )
+    update(done if proc.returncode else samples)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
 
 
 def check_exit(returncode: int, stderr: str, board: Board) -> None:

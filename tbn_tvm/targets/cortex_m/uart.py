@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from tbn_tvm import progress
 from tbn_tvm.errors import TBNError
 from tbn_tvm.targets.cortex_m.boards import Board, get_board
 from tbn_tvm.targets.cortex_m.firmware import firmware_info
@@ -224,23 +225,36 @@ def run_uart(
     *,
     baudrate: int = 115200,
     timeout_s: float | None = None,
+    total_timeout_s: float | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Run every sample of ``inputs`` on the device at ``port``; ``timeout_s`` bounds each request.
+    """Run every sample of ``inputs`` on the device at ``port``.
 
     Returns ``(outputs[N, output_size] float32, stats)``; ``stats["cycles"]`` holds the DWT
     cycle counts per inference when the device measures them (real boards), else ``None``.
-    ``timeout_s=None`` means :data:`DEFAULT_TIMEOUT_S`.
+    ``timeout_s`` bounds the handshake and each sample's request (seconds; ``None``:
+    :data:`DEFAULT_TIMEOUT_S`), ``total_timeout_s`` the whole run (``None``: no bound).  A
+    device that stops answering raises :class:`TBNError` naming the sample (silence past the
+    limit, or a lost connection).  Long runs show a progress bar (:mod:`tbn_tvm.progress`).
     """
-    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     with UartLink(open_port(port, baudrate)) as link:
-        return _serve_all(link, port, inputs, output_size, timeout_s)
+        return _serve_all(link, port, inputs, output_size, timeout_s, total_timeout_s)
 
 
 def _serve_all(
-    link: UartLink, port: str, inputs: np.ndarray, output_size: int | None, timeout_s: float
+    link: UartLink,
+    port: str,
+    inputs: np.ndarray,
+    output_size: int | None,
+    timeout_s: float | None,
+    total_timeout_s: float | None = None,
 ) -> tuple[np.ndarray, dict]:
+    from tbn_tvm.targets.cortex_m.qemu import _limits
+
+    total_timeout_s, per_sample = _limits(total_timeout_s, timeout_s)
+    if timeout_s is None:
+        per_sample = DEFAULT_TIMEOUT_S
     t0 = time.monotonic()
-    info = link.hello(timeout_s)
+    info = link.hello(per_sample if total_timeout_s is None else min(per_sample, total_timeout_s))
     if output_size is not None and output_size != info.output_size:
         raise TBNError(
             f"the device's model produces {info.output_size} outputs per sample, not {output_size}"
@@ -248,14 +262,33 @@ def _serve_all(
     x = as_batch(inputs, info.input_size)
     outputs = np.empty((x.shape[0], info.output_size), dtype=np.float32)
     cycles = []
-    for i, sample in enumerate(x):
-        y, status, n_cycles = link.run(sample, timeout_s)
-        if status != 0:
-            raise TBNError(f"the model failed: tbn_model_run returned {status} on sample {i}")
-        if y.size != info.output_size:
-            raise TBNError(f"the device sent {y.size} outputs, expected {info.output_size}")
-        outputs[i] = y
-        cycles.append(n_cycles)
+    n = x.shape[0]
+    with progress.bar(n, f"board {port}") as update:
+        for i, sample in enumerate(x):
+            limit = per_sample
+            if total_timeout_s is not None:
+                limit = min(limit, total_timeout_s - (time.monotonic() - t0))
+            try:
+                if limit <= 0:
+                    raise _Silence
+                y, status, n_cycles = link.run(sample, limit)
+            except (TBNError, _Silence) as e:
+                if isinstance(e, _Silence) or ("no answer" in e.message and limit < per_sample):
+                    raise TBNError(  # the whole-run limit ran out
+                        f"the run did not finish within {total_timeout_s:g} s; {i} of {n} samples done",
+                        hint="raise the whole-run limit (--timeout, run option timeout) or leave it unset",
+                    ) from None
+                hint = e.hint
+                if "no answer" in e.message:
+                    hint = "if the model is just slow, raise --timeout-per-sample (run option timeout_per_sample)"
+                raise TBNError(f"sample {i} of {n}: {e.message}", hint=hint) from None
+            if status != 0:
+                raise TBNError(f"the model failed: tbn_model_run returned {status} on sample {i}")
+            if y.size != info.output_size:
+                raise TBNError(f"the device sent {y.size} outputs, expected {info.output_size}")
+            outputs[i] = y
+            cycles.append(n_cycles)
+            update(i + 1)
     stats: dict = {
         "port": port,
         "samples": int(x.shape[0]),

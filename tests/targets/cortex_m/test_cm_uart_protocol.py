@@ -162,3 +162,29 @@ def test_no_device_at_all(device) -> None:
         run_uart(device(lambda *a: b"").url, X, timeout_s=0.3)
     with pytest.raises(TBNError, match="cannot open /nonexistent/ttyACM9"):
         run_uart("/nonexistent/ttyACM9", X)
+
+
+def test_a_silent_sample_is_named_with_the_option_to_raise(device) -> None:
+    def respond(kind: int, seq: int, payload: bytes, n: int) -> bytes:
+        return b"" if n == 4 else well_behaved(kind, seq, payload, n)  # HELLO, 2 samples, then silence
+
+    with pytest.raises(TBNError) as e:
+        run_uart(device(respond).url, X, timeout_s=0.4)
+    assert e.value.message.startswith("sample 2 of 4: no answer from the device within 0.4 s")
+    assert "--timeout-per-sample" in str(e.value)
+
+
+def test_the_whole_run_limit_bounds_slow_samples(device) -> None:
+    import time
+
+    def respond(kind: int, seq: int, payload: bytes, n: int) -> bytes:
+        if kind != HELLO:
+            time.sleep(0.3)  # each sample well within its own limit
+        return well_behaved(kind, seq, payload, n)
+
+    y, _ = run_uart(device(respond).url, X, timeout_s=2)  # no whole-run limit: 1.2 s is fine
+    assert y.shape == (4, 2)
+    with pytest.raises(TBNError) as e:
+        run_uart(device(respond).url, X, timeout_s=2, total_timeout_s=0.5)
+    assert "did not finish within 0.5 s" in e.value.message and "of 4 samples done" in e.value.message
+    assert "--timeout" in str(e.value)
