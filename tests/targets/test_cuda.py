@@ -285,6 +285,49 @@ def test_cnn_numerics_on_opencl_match_onnxruntime(cnn_build):
         zoo.assert_close(y, ort(model, x), rtol=1e-5, what="CNN batch 1 on OpenCL")
 
 
+def _subbit_model(fmt: str) -> onnx.ModelProto:
+    """A conv whose 3x3 sign kernels are 16 codewords (codebook τ=4), or a Gemm whose weight is
+    1/16 times 6-bit integers (bitplane k=6)."""
+    rng = np.random.default_rng(5)
+    if fmt == "codebook":
+        book = np.where(rng.random((16, 9)) < 0.5, -1.0, 1.0)
+        while len({tuple(r) for r in book}) < 16:
+            book = np.where(rng.random((16, 9)) < 0.5, -1.0, 1.0)
+        idx = rng.integers(0, 16, size=(32, 16))
+        idx.flat[:16] = np.arange(16)
+        w = (book[idx].reshape(32, 16, 3, 3) * rng.uniform(0.05, 1.0, (32, 1, 1, 1))).astype(np.float32)
+        node = helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])
+        shapes = ([1, 16, 8, 8], [1, 32, 8, 8])
+    else:
+        w = (rng.integers(-31, 32, size=(24, 40)) / 16).astype(np.float32)
+        node = helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)
+        shapes = ([1, 40], [1, 24])
+    graph = helper.make_graph(
+        [node],
+        fmt,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shapes[0])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes[1])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", zoo.OPSET)])
+    model.ir_version = zoo.IR_VERSION
+    return model
+
+
+@needs_nvcc
+@needs_opencl
+@pytest.mark.parametrize(("fmt", "label"), [("codebook", "codebook τ=4"), ("bitplane", "bitplane k=6")])
+def test_subbit_formats_on_opencl_match_onnxruntime(fmt, label):
+    """The SNN codebook's look-up conv and the bit-plane decode-in-kernel GEMV, scheduled for
+    CUDA and run through the OpenCL executor."""
+    model = _subbit_model(fmt)
+    built = tbn_tvm.compile(model, target="cuda")
+    assert built.report()["layers"][0]["label"] == label
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    zoo.assert_close(built.backend.check_numerics([x])[0], ort(model, x), rtol=1e-5, what=f"{fmt} on OpenCL")
+
+
 @needs_nvcc
 @needs_opencl
 @pytest.mark.parametrize(("which", "batch"), [("mlp", 32), ("cnn", 8)])
