@@ -25,7 +25,8 @@ def _board_target(board: str | None) -> str:
     "-t",
     default=None,
     help="llvm (host), a TVM target string ('llvm -mcpu=skylake'), an LLVM triple (aarch64-linux-gnu, ...), "
-    "cortex-m4, cortex-m7, thumbv7em-none-eabihf with --mcpu; see 'tbn-tvm targets' (default: the "
+    "cortex-m4, cortex-m7, thumbv7em-none-eabihf with --mcpu, cuda (--mcpu sm_80|sm_90); see 'tbn-tvm "
+    "targets' (default: the "
     "--board's target, else llvm)",
 )
 @arg(

@@ -18,10 +18,20 @@ Phase 2, lowering, per target family
     (:mod:`tbn_tvm.schedules.cpu`) -> TVM's CPU library dispatch, dataflow lowering and
     finalisation (memory planning, VM code) -> LLVM.
 
-    cortex-m (:func:`lower_mcu`): :func:`fuse` -> DeadCodeElimination; then the C back end
+    cortex-m (:func:`lower_mcu`): :func:`fuse` -> RewriteDataflowReshape (reshapes become views
+    of their input, no copy kernel) -> DeadCodeElimination; then the C back end
     extracts the kernel sequence, schedules each kernel with the schedule the back end passes in
     (tuning records first, else :mod:`tbn_tvm.schedules.cortex_m`) and emits C plus a static
     driver (:mod:`tbn_tvm.targets.clib`).
+
+    cuda (:func:`lower_cuda`): :func:`fuse` -> DeadCodeElimination and unused kernels dropped ->
+    hand schedules of the project's kernels (:mod:`tbn_tvm.schedules.cuda`: a warp per distinct
+    row, tile words in shared memory) -> dlight for the rest -> TVM's CUDA library dispatch,
+    dataflow lowering and finalisation -> nvcc (PTX and cubin).
+
+Phase 1 also takes the per-layer kernel forms a tuning database chose
+(:mod:`tbn_tvm.schedules.tuning`); the Cortex-M build then runs one inference on QEMU to size the
+stack and count instructions per layer (:mod:`tbn_tvm.targets.cortex_m.backend`).
 """
 
 from __future__ import annotations
