@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/python -m pytest -q --durations=30 "$@"
+# two workers on the 2-core CI machine (-n 0 runs in one process); a test file stays on one worker
+exec .venv/bin/python -m pytest -q --durations=30 -n "${TBN_TVM_TEST_WORKERS:-auto}" --dist loadfile "$@"
