@@ -2,8 +2,8 @@
 (``examples/snn5-resnet-mnist.onnx``: a small ResNet whose 3x3 convs after the stem are
 SubBitConv2d at τ = 5, exported by ``tbn_tvm.torch.export_onnx``): detected as ``codebook τ=5``
 in every such layer, host and QEMU builds within 1e-5 relative of onnxruntime, and on a
-Cortex-M4 its layers cost no more instructions than the same layers as plain binary weights
-(both then run the sign-row look-up kernel: the τ=5 layers have as many codewords as filters),
+Cortex-M4 its layers take fewer instructions than the same layers as plain binary weights
+(barely: both run the sign-row look-up kernel, the τ=5 layers having as many codewords as filters),
 while a wide layer with few codewords takes the codeword look-up kernel and beats binary."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _as_binary(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 @pytest.mark.qemu
-def test_codebook_layers_cost_no_more_instructions_than_binary():
+def test_codebook_layers_take_fewer_instructions_than_binary():
     model = onnx.load(EXAMPLE)
     report = tbn_tvm.inspect(model).to_dict()["layers"]
     coded = [layer["name"] for layer in report if layer["label"].startswith("codebook")]
@@ -89,8 +89,10 @@ def test_codebook_layers_cost_no_more_instructions_than_binary():
         }
 
     lut, binary = per_layer(codebook_build), per_layer(binary_build)
-    # the codebook's sign rows are assembled once per call (O·Cin·9 bits): a few % at most
-    assert sum(lut.values()) <= 1.05 * sum(binary.values()), (lut, binary)
+    # both run the sign-row look-up kernel; the codebook's rows are assembled from its
+    # codewords once per call, which the 7x7 layers feel (+8 %) and the 28x28 ones do not (-3 %).
+    # Measured at this commit: 25,397,691 against 25,500,680 (0.996x); counts are exact.
+    assert sum(lut.values()) < sum(binary.values()), (lut, binary)
 
 
 @pytest.mark.qemu
