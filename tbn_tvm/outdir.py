@@ -8,6 +8,10 @@ entries the run created itself (named ``.<OUT_DIR>.tbn-<random>``) are ever remo
 the run is interrupted (Ctrl-C, SIGTERM: the CLI turns both into exceptions), so the previous
 ``OUT_DIR`` stays as it was.
 
+:func:`verify_dir` is the other side: before anything of an output is loaded, every file its
+manifest lists must be a plain file inside it with the recorded SHA-256 (:func:`check_elf` then
+refuses a library whose headers reach past its end, even with a matching hash).
+
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
 >>> out = write_dir(root / "out", lambda d: (d / "a.txt").write_text("hi") and ["a.txt"])
@@ -20,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +34,10 @@ from pathlib import Path
 from tbn_tvm.errors import TBNError
 
 MANIFEST = "manifest.json"
+#: manifest keys that name a file of the output (each must be listed in ``files``)
+FILE_KEYS = ("artifact", "firmware", "firmware_uart", "cuda_source", "ptx", "cubin")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME_MAX = 255
 
 
 def sha256(path: Path) -> str:
@@ -67,8 +77,22 @@ def foreign_files(out: Path) -> list[str]:
 
 def check_target(out: Path, force: bool) -> None:
     """Raise a TBNError when ``out`` cannot be (re)written."""
-    if str(out) in ("", "."):
-        raise TBNError("the output directory must be a new or a tbn-tvm directory, not the current one")
+    try:
+        _check_target(out, force)
+    except OSError as e:  # a name too long, a path through /proc, ...
+        raise TBNError(f"{out}: cannot use it as the output directory ({e.strerror or e})") from None
+
+
+def _check_target(out: Path, force: bool) -> None:
+    if str(out) in ("", ".") or out.name in ("", ".", ".."):
+        raise TBNError(
+            f"{str(out) or repr('')}: the output directory must be a new or a tbn-tvm directory, "
+            "not the current, parent or root one"
+        )
+    if "\x00" in str(out):
+        raise TBNError(f"{out!r}: a path cannot contain a NUL character")
+    if any(len(os.fsencode(part)) > _NAME_MAX for part in out.parts):
+        raise TBNError(f"{str(out)[:80]}...: a folder name longer than {_NAME_MAX} bytes")
     if out.is_symlink() and not out.exists():
         raise TBNError(f"{out}: is a dangling symbolic link")
     if out.exists() and not out.is_dir():
@@ -104,7 +128,7 @@ def write_dir(
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TBNError(f"{out}: cannot create its parent folder ({e.strerror or e})") from None
-    prefix = f".{out.name[:40]}.tbn-"
+    prefix = f".{out.name[:40]}.tbn-"  # short: the name may already be 255 bytes long
     try:
         stage = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     except OSError as e:
@@ -133,3 +157,101 @@ def write_dir(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def verify_dir(out: Path, manifest: dict) -> None:
+    """Refuse an output directory whose files are not what its manifest recorded.
+
+    Every entry of ``files`` must be a relative path inside ``out`` (no ``..``, no absolute
+    path, no symbolic link on the way) to a regular file with the recorded SHA-256; every file the
+    manifest names elsewhere (``artifact``, ``firmware`` ...) must be one of them.  Run before
+    anything in ``out`` is loaded, so a damaged or swapped library is never mapped."""
+    files = manifest.get("files")
+    where = out / MANIFEST
+    hint = "compile the model again"
+    if not isinstance(files, dict) or not files:
+        raise TBNError(f"{where}: the manifest lists no files with their SHA-256", hint=hint)
+    root = out.resolve()
+    for rel, digest in files.items():
+        if not isinstance(rel, str) or not isinstance(digest, str) or not _SHA256.match(digest):
+            raise TBNError(f"{where}: damaged manifest (entry {str(rel)[:60]!r} of 'files')", hint=hint)
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
+            raise TBNError(f"{where}: names a file outside the output directory ({rel[:80]!r})", hint=hint)
+        path = out.joinpath(*parts)
+        try:
+            st = os.lstat(path)
+            linked = any(os.path.islink(out.joinpath(*parts[:i])) for i in range(1, len(parts)))
+        except OSError:
+            raise TBNError(f"{out}: {rel} is missing", hint=hint) from None
+        if linked or not stat.S_ISREG(st.st_mode) or not path.resolve().is_relative_to(root):
+            raise TBNError(f"{out}: {rel} is not a plain file of the output directory", hint=hint)
+        if sha256(path) != digest:
+            raise TBNError(
+                f"{out}: {rel} changed since it was built (SHA-256 differs from the manifest)", hint=hint
+            )
+    if "artifact" not in manifest:
+        raise TBNError(f"{where}: the manifest names no artifact", hint=hint)
+    for key in FILE_KEYS:
+        if key in manifest and manifest[key] not in files:
+            raise TBNError(
+                f"{where}: '{key}' names {str(manifest[key])[:80]!r}, not a file the manifest lists",
+                hint=hint,
+            )
+
+
+def check_elf(path: Path) -> None:
+    """Refuse a shared library or ELF file whose segments or sections reach past its end (a
+    truncated ``model.so`` is mapped, then kills the process with SIGBUS when touched)."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            ident = f.read(64)
+            if len(ident) < 52 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+                raise TBNError(f"{path}: not an ELF file", hint="compile the model again")
+            end = "<" if ident[5] == 1 else ">"
+            if ident[4] == 2:
+                phoff, shoff = struct.unpack_from(end + "QQ", ident, 32)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", ident, 54)
+                ph_fmt, off_i, filesz_i = end + "IIQQQQQQ", 2, 5
+            else:
+                phoff, shoff = struct.unpack_from(end + "II", ident, 28)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", ident, 42)
+                ph_fmt, off_i, filesz_i = end + "IIIIIIII", 1, 4
+            short = phoff + phnum * phentsize > size or (shnum and shoff + shnum * shentsize > size)
+            if not short and phnum:
+                f.seek(phoff)
+                table = f.read(phnum * phentsize)
+                for i in range(phnum):
+                    entry = struct.unpack_from(ph_fmt, table, i * phentsize)
+                    if entry[0] == 1 and entry[off_i] + entry[filesz_i] > size:  # PT_LOAD
+                        short = True
+    except OSError as e:
+        raise TBNError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except struct.error:
+        short = True
+    if short:
+        raise TBNError(
+            f"{path}: truncated (its ELF headers describe more than the file holds)",
+            hint="compile the model again",
+        )
+
+
+def normalize_tar(path: Path) -> None:
+    """Rewrite a tar archive so that the same members give the same bytes: members sorted by
+    name, modification times 0, owner root, no user or group names."""
+    import io
+    import tarfile
+
+    with tarfile.open(path) as src:
+        members = sorted((m for m in src.getmembers() if m.isfile()), key=lambda m: m.name)
+        data = [(m, src.extractfile(m).read()) for m in members]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for m, content in data:
+            info = tarfile.TarInfo(m.name)
+            info.size, info.mode = len(content), 0o644
+            dst.addfile(info, io.BytesIO(content))
+    path.write_bytes(buf.getvalue())

@@ -69,7 +69,14 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> TensorSpec:
-        return cls(str(d["name"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]))
+        """From :meth:`to_dict`'s form; ValueError for a dtype or shape no model can have."""
+        shape = tuple(int(v) for v in d["shape"])
+        dtype = str(d["dtype"])
+        if dtype not in _ELEM_DTYPES.values():
+            raise ValueError(f"unknown dtype {dtype[:40]!r}")
+        if any(v < -1 for v in shape) or any(isinstance(v, bool | float) for v in d["shape"]):
+            raise ValueError(f"bad shape {list(d['shape'])[:8]}")
+        return cls(str(d["name"]), shape, dtype)
 
 
 @dataclass
@@ -119,8 +126,40 @@ def _read(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             f"{path}: not a valid ONNX model ({type(e).__name__}: {' '.join(str(e).split()) or 'truncated or corrupt'})",
             hint="re-export the model; the file may be truncated",
         ) from None
+    _check_names(proto, path)
     _check_external_data(proto, path)
     return proto
+
+
+def _graph_names(graph: onnx.GraphProto):
+    """Every name a graph (and its sub-graphs) carries: nodes, values, tensors, attributes."""
+    yield graph.name
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        yield vi.name
+    for t in graph.initializer:
+        yield t.name
+        for e in t.external_data:
+            yield e.key
+            yield e.value
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        for a in node.attribute:
+            yield a.name
+            if a.HasField("g"):
+                yield from _graph_names(a.g)
+            for g in a.graphs:
+                yield from _graph_names(g)
+
+
+def _check_names(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse names protobuf could not decode (invalid UTF-8 arrives as bytes)."""
+    for name in _graph_names(proto.graph):
+        if not isinstance(name, str):
+            shown = bytes(name)[:40].decode("utf-8", errors="backslashreplace")
+            raise TBNError(
+                f"{path}: a name in the model is not valid UTF-8 ({_printable(shown)})",
+                hint="ONNX names are UTF-8 strings; re-export the model",
+            )
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -133,8 +172,9 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
     base = path.resolve().parent
     for t in tensors:
         loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (base / loc).resolve()
-        if os.path.isabs(loc) or not target.is_relative_to(base) or not target.is_file():
+        bad = not loc or "\x00" in loc or os.path.isabs(loc)
+        target = base if bad else (base / loc).resolve()
+        if bad or not target.is_relative_to(base) or not target.is_file():
             raise TBNError(
                 f"{path}: tensor '{_printable(t.name)}' points to external data outside the model's folder or missing",
                 hint="keep external data files next to the model",
@@ -187,6 +227,7 @@ def load_onnx(
         onnx.checker.check_model(proto)
     except Exception as e:  # noqa: BLE001 - the checker raises several types
         raise TBNError(f"{name}: invalid ONNX model: {' '.join(str(e).split())[:300]}") from None
+    _check_unique(proto, name)
     opset = _default_opset(proto, name)
     op_table.check_nodes(proto, opset, name)
     initializers = {t.name for t in proto.graph.initializer}
@@ -207,6 +248,48 @@ def load_onnx(
     if static:
         loaded.outputs = _infer_outputs(loaded)
     return loaded
+
+
+def _check_unique(proto: onnx.ModelProto, name: str) -> None:
+    """Refuse what onnxruntime refuses and the checker lets through: two nodes with one name,
+    an output listed twice."""
+    seen: set[str] = set()
+    for node in proto.graph.node:
+        if node.name and node.name in seen:
+            raise TBNError(
+                f"{name}: two nodes are named '{_printable(node.name)}'", hint="node names must be unique"
+            )
+        seen.add(node.name)
+    outs = [o.name for o in proto.graph.output]
+    dup = next((o for o in outs if outs.count(o) > 1), None)
+    if dup is not None:
+        raise TBNError(f"{name}: the graph lists output '{_printable(dup)}' twice")
+
+
+_FLOAT_ONLY = {"Gemm", "Conv", "ConvTranspose"}
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def _check_float_ops(graph: onnx.GraphProto, source: str) -> None:
+    """Gemm and Conv on integer tensors: onnxruntime has no kernel for them, refuse them too."""
+    types = {t.name: t.data_type for t in graph.initializer}
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for node in graph.node:
+        if node.op_type in _FLOAT_ONLY and node.domain in ("", "ai.onnx") and node.input:
+            t = types.get(node.input[0])
+            if t is not None and t not in _FLOAT_TYPES:
+                raise TBNError(
+                    f"{source}: {node.op_type} node '{_printable(node.name or node.output[0])}' takes "
+                    f"{onnx.helper.tensor_dtype_to_np_dtype(t) if t else 'undefined'} tensors; "
+                    "tbn-tvm (like onnxruntime) computes it on floating-point tensors only"
+                )
 
 
 def _default_opset(proto: onnx.ModelProto, name: str) -> int:
@@ -306,6 +389,7 @@ def _infer_outputs(loaded: LoadedModel) -> list[TensorSpec]:
             hint="check --input-shape against what the weights expect",
         ) from None
     g = inferred.graph
+    _check_float_ops(g, loaded.source)
     for vi in [*g.value_info, *g.output]:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):

@@ -48,17 +48,24 @@ class LibraryInfo:
     step_arena: list[int] = None  # per step: arena bytes in use while it runs (high-water mark)
 
 
+def _non_finite(f: float, suffix: str) -> str:
+    """NaN and infinities as constant expressions gcc and clang accept in an initializer (a
+    non-finite weight is kept as it is, like onnxruntime does: it reaches the outputs)."""
+    if np.isnan(f):
+        return f'{"-" if np.signbit(f) else ""}__builtin_nan{suffix}("")'
+    return f"{'-' if f < 0 else ''}__builtin_inf{suffix}()"
+
+
 def _c_literal(dtype: str, v) -> str:
     if dtype == "float32":
         f = float(v)
         if not np.isfinite(f):
-            raise TBNError("a weight is not finite; the C back end cannot emit it")
-        return f"{f.hex()}f" if f != 0 else "0.0f"
+            return _non_finite(f, "f")
+        return f"{f.hex()}f" if f != 0 else ("-0.0f" if np.signbit(f) else "0.0f")
     if dtype in ("float64",):
-        return float(v).hex()
-    if dtype == "float16":
-        if not np.isfinite(v):
-            raise TBNError("a weight is not finite; the C back end cannot emit it")
+        f = float(v)
+        return float(v).hex() if np.isfinite(f) else _non_finite(f, "")
+    if dtype == "float16":  # bit patterns: NaN and infinities too
         return f"0x{int(np.float16(v).view(np.uint16)):04x}u"
     if dtype == "bool":
         return "1u" if v else "0u"
