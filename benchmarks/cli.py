@@ -64,6 +64,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument("--skip-cortex-m", action="store_true", help="leave out the QEMU Cortex-M4 measurements")
     p.add_argument(
+        "--skip-host",
+        action="store_true",
+        help="leave out the host timings (and their tuning): only the QEMU Cortex-M4 measurements",
+    )
+    p.add_argument(
         "--tune-trials",
         type=int,
         default=0,
@@ -76,6 +81,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="keep the tuning databases here (default: OUT_DIR/tuning); a re-run resumes them",
+    )
+    p.add_argument(
+        "--cmsis-nn",
+        default=None,
+        metavar="DIR",
+        help="a clone of ARM-software/CMSIS-NN (or its source tree) for the CMSIS-NN int8 row of the "
+        "Cortex-M table, built at the pinned commit (default: $TBN_BENCH_CMSIS_NN, else the cache of an "
+        "earlier run; the row is skipped with the reason when there is none)",
     )
     p.add_argument(
         "--no-publish",
@@ -123,7 +136,10 @@ def _command(args: argparse.Namespace, prog: str) -> str:
     parts += [f"--rounds {args.rounds}"] if args.rounds else []
     parts += [f"--threads {args.threads}"] if args.threads else []
     parts += ["--skip-cortex-m"] if args.skip_cortex_m else []
+    parts += ["--skip-host"] if args.skip_host else []
     parts += [f"--tune-trials {args.tune_trials}"] if args.tune_trials else []
+    parts += ["--tuning-dir DIR"] if args.tuning_dir else []
+    parts += ["--cmsis-nn DIR"] if args.cmsis_nn else []
     parts += ["--no-publish"] if args.no_publish else []
     parts += [f"--models {args.models}"] if args.models else []
     return " ".join(parts)
@@ -149,6 +165,10 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
             raise TBNError("--models (the suite's generators) and --model (one ONNX file) exclude each other")
         if args.skip_cortex_m:
             raise TBNError("--skip-cortex-m has no meaning with --model", hint="choose with --target")
+        if args.cmsis_nn:
+            raise TBNError("--cmsis-nn goes with the default suite (the authors' MLP), not --model")
+        if args.skip_host:
+            raise TBNError("--skip-host has no meaning with --model", hint="choose with --target")
         target = args.target or "llvm"
         shapes = suite.parse_input_shapes(args.input_shape)
         cases = [suite.model_case(args.model, shapes, target)]
@@ -173,15 +193,26 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
         if args.input_shape or args.target:
             raise TBNError("--input-shape and --target go with --model", hint="the suite's targets are fixed")
         models = suite.load_models(args.models)
+        from benchmarks import cmsis_nn
+
+        cmsis = None if args.skip_cortex_m else cmsis_nn.find_source(args.cmsis_nn)
+        if args.cmsis_nn and cmsis is not None and cmsis[0] is None:  # asked for, not usable: an error
+            raise TBNError(f"--cmsis-nn: {cmsis[1]}")
+        if args.skip_host and args.skip_cortex_m:
+            raise TBNError("--skip-host and --skip-cortex-m leave nothing to measure")
+        cases = suite.default_cases(models, settings)
+        for case in cases if args.skip_host else ():
+            case.host = False
         bench_dir = Path(models.__bench_path__).parent
         out = Path(args.out) if args.out else bench_dir / "results"
         report = suite.run_cases(
-            suite.default_cases(models, settings),
+            cases,
             settings,
             command=_command(args, prog),
             kind="suite",
             threads=args.threads,
             skip_cortex_m=args.skip_cortex_m,
+            cmsis_nn=cmsis,
             git_dir=bench_dir,
             log=log,
         )

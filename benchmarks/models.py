@@ -197,10 +197,161 @@ def tiled_resnet(
     )
 
 
+def tiled_gemm(m: int = 16, k: int = 512, n: int = 256, p: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """One tiled dense layer, issue 10's tuning criterion: ``y = x[m, k] @ W[n, k]^T`` (Gemm
+    ``transB=1``, no bias), ``W`` tiled ``p`` with one scale per copy (:func:`tiled_weight`)."""
+    w = tiled_weight((n, k), p, np.random.default_rng(seed))
+    return _model(
+        f"tiled_gemm_{m}x{k}x{n}_p{p}",
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [numpy_helper.from_array(w, "W")],
+    )
+
+
+def _primitive_tile(rng: np.random.Generator, length: int) -> np.ndarray:
+    """A random ±1 tile of ``length`` signs that is not itself a repetition of a shorter block
+    (so the weight's compression factor is exactly the ``p`` it was built with)."""
+    while True:
+        tile = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=length)
+        if all(
+            length % d or not np.array_equal(tile, np.tile(tile[:d], length // d)) for d in range(1, length)
+        ):
+            return tile
+
+
+def _distinct_scales(rng: np.random.Generator, count: int) -> np.ndarray:
+    while True:
+        values = rng.uniform(0.05, 1.0, size=count).astype(np.float32)
+        if np.unique(values).size == count:
+            return values
+
+
+def _tiled_parts(shape: tuple[int, ...], p: int, per_copy: bool, rng: np.random.Generator):
+    """``(weight, tile, scales)`` of a tiled weight: one primitive ±1 tile of ``n / p`` signs
+    repeated ``p`` times, with one scale per copy (``per_copy``) or one for all."""
+    n = math.prod(shape)
+    length = n // p
+    tile = _primitive_tile(rng, length)
+    scales = _distinct_scales(rng, p if per_copy else 1)
+    flat = np.tile(tile, p) * (np.repeat(scales, length) if per_copy else scales[0])
+    return flat.reshape(shape).astype(np.float32), tile, scales
+
+
+#: Layers of :func:`conv_bn_cnn`: (name, weight shape, p, one scale per copy).
+CNN_LAYERS = (
+    ("conv1", (16, 1, 3, 3), 2, False),
+    ("conv2", (32, 16, 3, 3), 4, False),
+    ("fc1", (64, 32 * 7 * 7), 4, True),
+    ("fc2", (10, 64), 1, False),
+)
+
+
+def conv_bn_cnn(form: str = "dense", batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A small tiled CNN on 1x28x28 images, a user's model of issue 13: ``(Conv 3x3 pad 1 ->
+    BatchNormalization -> Relu -> MaxPool 2x2) x 2 -> Flatten -> Gemm 1568->64 (+bias) -> Relu
+    -> Gemm 64->10``; conv1 tiled p=2, conv2 and fc1 p=4, fc2 binary; BatchNorm as its own node
+    (inference form, a fifth of the γ negative).  ``form="dense"`` writes every weight as a dense
+    float32 initializer; ``form="tile"`` writes what ``tbn_tvm.torch.export_onnx(form="tile")``
+    writes: the ±1 tile and the scales as initializers, rebuilt by ``Tile -> Reshape -> Mul ->
+    Reshape`` in front of each Conv and ``Expand -> Mul -> Reshape`` in front of each Gemm.
+    Both forms compute the same function (same random draws, fixed ``seed``); batch ``batch``."""
+    if form not in ("dense", "tile"):
+        raise ValueError(f"form must be 'dense' or 'tile', not {form!r}")
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def add(name: str, arr) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def weight(name: str, shape, p: int, per_copy: bool) -> str:
+        w, tile, scales = _tiled_parts(shape, p, per_copy, rng)
+        if form == "dense":
+            return add(f"{name}.weight", w)
+        t = add(f"{name}.tile", tile if len(shape) == 4 else tile.reshape(1, -1))
+        alphas = add(f"{name}.alphas", scales.reshape(-1, 1))
+        wshape = add(f"{name}.weight_shape", np.array(shape, np.int64))
+        if len(shape) == 4:  # Conv: Tile -> Reshape [p, L] -> Mul -> Reshape
+            nodes.append(
+                helper.make_node(
+                    "Tile",
+                    [t, add(f"{name}.repeats", np.array([p], np.int64))],
+                    [f"{name}.tiled"],
+                    name=f"{name}_tile",
+                )
+            )
+            pl = add(f"{name}.pl", np.array([p, tile.size], np.int64))
+            nodes.append(
+                helper.make_node(
+                    "Reshape", [f"{name}.tiled", pl], [f"{name}.rows"], name=f"{name}_reshape_pl"
+                )
+            )
+        else:  # Gemm: Expand [1, L] -> [p, L] -> Mul -> Reshape
+            shp = add(f"{name}.expand_shape", np.array([p, tile.size], np.int64))
+            nodes.append(helper.make_node("Expand", [t, shp], [f"{name}.rows"], name=f"{name}_expand"))
+        nodes.append(
+            helper.make_node("Mul", [f"{name}.rows", alphas], [f"{name}.scaled"], name=f"{name}_mul")
+        )
+        nodes.append(
+            helper.make_node(
+                "Reshape", [f"{name}.scaled", wshape], [f"{name}.weight"], name=f"{name}_reshape_w"
+            )
+        )
+        return f"{name}.weight"
+
+    def batchnorm(name: str, x: str, c: int) -> str:
+        gamma = rng.uniform(0.5, 1.5, c) * np.where(rng.random(c) < 0.2, -1, 1)
+        parts = [gamma, rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 2, c)]
+        names = [add(f"{name}.{k}", v.astype(np.float32)) for k, v in zip("gbmv", parts)]
+        nodes.append(helper.make_node("BatchNormalization", [x, *names], [f"{name}_out"], name=name))
+        return f"{name}_out"
+
+    x = "x"
+    for i, (name, shape, p, per_copy) in enumerate(CNN_LAYERS[:2]):
+        w = weight(name, shape, p, per_copy)
+        nodes.append(helper.make_node("Conv", [x, w], [f"{name}_out"], pads=[1, 1, 1, 1], name=name))
+        y = batchnorm(f"bn{i + 1}", f"{name}_out", shape[0])
+        nodes.append(helper.make_node("Relu", [y], [f"relu{i + 1}_out"], name=f"relu{i + 1}"))
+        nodes.append(
+            helper.make_node(
+                "MaxPool",
+                [f"relu{i + 1}_out"],
+                [f"pool{i + 1}_out"],
+                kernel_shape=[2, 2],
+                strides=[2, 2],
+                name=f"pool{i + 1}",
+            )
+        )
+        x = f"pool{i + 1}_out"
+    nodes.append(helper.make_node("Flatten", [x], ["flat_out"], name="flatten"))
+    (n1, s1, p1, c1), (n2, s2, p2, c2) = CNN_LAYERS[2:]
+    w1 = weight(n1, s1, p1, c1)
+    b1 = add("fc1.bias", rng.normal(0, 0.1, s1[0]).astype(np.float32))
+    nodes.append(helper.make_node("Gemm", ["flat_out", w1, b1], ["fc1_out"], transB=1, name="fc1"))
+    nodes.append(helper.make_node("Relu", ["fc1_out"], ["relu3_out"], name="relu3"))
+    w2 = weight(n2, s2, p2, c2)
+    nodes.append(helper.make_node("Gemm", ["relu3_out", w2], ["y"], transB=1, name="fc2"))
+    graph = helper.make_graph(
+        nodes,
+        f"conv_bn_cnn_{form}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tbn-tvm-bench"
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def sample_input(kind: str, model: onnx.ModelProto, seed: int = 1) -> np.ndarray:
-    """A fixed input for ``model``: pixels in [0, 1) for the MLPs, N(0, 1) for the CNN."""
+    """A fixed input for ``model``: pixels in [0, 1) for the MLPs, N(0, 1) for the CNNs."""
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     rng = np.random.default_rng(seed)
-    if kind == "tiled_resnet":
+    if kind in ("tiled_resnet", "conv_bn_cnn"):
         return rng.standard_normal(dims).astype(np.float32)
     return rng.random(dims, dtype=np.float32)

@@ -19,9 +19,11 @@ import os
 from pathlib import Path
 
 from benchmarks import harness
+from benchmarks.cmsis_nn import TITLE as CMSIS_TITLE
 from benchmarks.suite import (
     AUTHORS_INSTRUCTIONS,
     AUTHORS_SOURCE,
+    CMSIS_INT8,
     ORT,
     REL_TOLERANCE,
     TBN,
@@ -153,6 +155,7 @@ def render_markdown(report: dict) -> str:
             "",
         ]
     lines += _acceptance(report, cmd)
+    lines += _issue_figures(report, cmd)
     if report["host"]:
         lines += _host(report, cmd, titles)
     if report["cortex_m"]:
@@ -211,6 +214,27 @@ def _acceptance(report: dict, cmd: str) -> list[str]:
         else:
             shown = str(m)
         lines.append(f"| {a['criterion']} | {a['required']} | {shown} | {met} |")
+    lines.append("")
+    return lines
+
+
+def _issue_figures(report: dict, cmd: str) -> list[str]:
+    items = report.get("issue_figures") or []
+    if not items:
+        return []
+    lines = [
+        "## Figures of issues 13 and 10",
+        "",
+        f"Produced by `{cmd}`; this run's figures next to the thresholds of issue 13 (Cortex-M) and "
+        "issue 10 (tuned host builds; rows only when the run tuned). A report, not a CI test; "
+        "'–' where the run did not measure the figure in the issue's configuration.",
+        "",
+        "| issue | criterion | required | measured | met |",
+        "|---:|---|---|---|---|",
+    ]
+    for a in items:
+        met = "–" if a["pass"] is None else "yes" if a["pass"] else "**no**"
+        lines.append(f"| {a['issue']} | {a['criterion']} | {a['required']} | {a['measured']} | {met} |")
     lines.append("")
     return lines
 
@@ -350,6 +374,18 @@ def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
                 f"{_int(b['flash_bytes'])} | {_int(b['ram_bytes'])} | {_int(b['weight_bytes'])} | "
                 f"{b['samples']:,} | {b.get('rel_err_vs_onnxruntime', float('nan')):.1e} |"
             )
+        c = r["builds"].get(CMSIS_INT8)
+        if c is not None and c.get("status") != "ok":
+            lines.append(
+                f"| {titles[r['model']]} | CMSIS-NN int8 | {c.get('status')}: {c.get('reason', '')} "
+                "| – | – | – | – | – |"
+            )
+        elif c is not None:
+            lines.append(
+                f"| {titles[r['model']]} | {CMSIS_TITLE} | {_int(c['instructions_per_inference'])} | "
+                f"{_int(c['flash_bytes'])} | {_int(c['ram_bytes'])} | {_int(c['weight_bytes'])} | "
+                f"{c['samples']:,} | int8 (not compared) |"
+            )
         if "authors_instructions_per_inference" in r:
             lines.append(
                 f"| {titles[r['model']]} | the authors' float C loop (their figure from issue 4; gcc 12 -O2, "
@@ -362,6 +398,26 @@ def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
             ratios.append(
                 f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_dense'])} fewer "
                 f"instructions and {_ratio(r['smaller_flash_than_dense'])} less flash than the dense build"
+            )
+        c = r["builds"].get(CMSIS_INT8, {})
+        if "fewer_instructions_than_cmsis_nn" in r:
+            tbn = r["builds"][TBN]
+            acc = r.get("mnist", {}).get("accuracy")
+            ratios.append(
+                f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_cmsis_nn'])} fewer instructions "
+                f"and {_ratio(r['smaller_flash_than_cmsis_nn'])} less flash than CMSIS-NN int8 "
+                f"({_int(tbn['instructions_per_inference'])} vs {_int(c['instructions_per_inference'])}; "
+                f"{_int(c.get('instructions_in_fully_connected'))} of CMSIS-NN's inside its two "
+                "`arm_fully_connected_s8` calls, the rest quantizing the input and dequantizing the logits)"
+            )
+            ratios.append(
+                f"CMSIS-NN int8 on the same {c['samples']:,} MNIST test images: accuracy "
+                f"{c['accuracy'] * 100:.2f} %"
+                + (f" (tbn-tvm {acc * 100:.2f} %)" if acc is not None else "")
+                + f"; outputs bit-equal to a numpy model of the same int8 arithmetic on "
+                f"{c['outputs_equal_numpy_int8_reference']:,}; CMSIS-NN source: {c.get('source', '?')}; "
+                "quantization: "
+                + "; ".join(f"{k} {v}" for k, v in c["quantization"].items() if isinstance(v, str))
             )
         if "fewer_instructions_than_authors" in r:
             ratios.append(
@@ -396,8 +452,10 @@ def _models(report: dict, suite: bool) -> list[str]:
     if suite:
         intro = (
             "Generated deterministically by `benchmarks/models.py` (fixed seeds); the batch dimension is "
-            "fixed in each file. Weights as exporters write them: dense float32, Gemm `transB=1`, "
-            "BatchNorm folded into the convs. Formats as the compiler detects them (`tbn-tvm inspect`)."
+            "fixed in each file. Weights as exporters write them: dense float32 (the conv-BN CNN also in tile + "
+            "Tile/Expand form), Gemm `transB=1`, "
+            "BatchNorm folded into the convs of the ResNet, its own node in the conv-BN CNN. Formats as the "
+            "compiler detects them (`tbn-tvm inspect`)."
         )
         input_head = "input (batch 1)"
     else:
@@ -464,6 +522,19 @@ def _method(report: dict, suite: bool) -> list[str]:
                 f"- Cortex-M: the authors' MLP runs {s['mnist_samples']:,} MNIST test images through tbn-tvm "
                 f"and {s['mnist_dense_samples']:,} through the dense build; other models {s['mcu_samples']} "
                 "random input(s) each. Instruction counts are per inference (mean; min and max in the JSON)."
+            )
+            lines.append(
+                "- CMSIS-NN int8 (`benchmarks/cmsis_nn.py`): built from CMSIS-NN's public source at the pinned "
+                "commit (found through `--cmsis-nn DIR` or `TBN_BENCH_CMSIS_NN`, a clone of "
+                "ARM-software/CMSIS-NN; never downloaded by the suite; the row says 'skipped' and why when "
+                "there is none) with the same firmware harness, linker script, board flags (-O2) and "
+                "instruction-count plugin as tbn-tvm's builds, on the same MNIST test images. "
+                "`tbn_model_run` quantizes the 784 input floats to int8, calls `arm_fully_connected_s8` twice "
+                "(per-tensor scales, fc1's ReLU as its clamp) and dequantizes the 10 logits; all of it is "
+                "counted, and the count inside the two CMSIS-NN calls is given apart. Its weights are the "
+                "authors' float weights quantized per tensor (symmetric int8); activation ranges from the "
+                "first 1,000 test images. Its outputs are checked against a numpy model of the same int8 "
+                "arithmetic, not against onnxruntime's float outputs."
             )
         else:
             lines.append(

@@ -55,6 +55,7 @@ REL_TOLERANCE = 1e-5
 TBN = "tbn-tvm"
 TBN_NO_REUSE = "tbn-tvm-no-row-reuse"
 TBN_TUNED = "tbn-tvm-tuned"
+CMSIS_INT8 = "cmsis-nn-int8"  # the authors' MLP with CMSIS-NN int8 on QEMU (benchmarks/cmsis_nn.py)
 TVM_FP32 = "tvm-fp32"
 ORT = "onnxruntime-fp32"
 HOST_VARIANTS = (TBN, TBN_TUNED, TBN_NO_REUSE, TVM_FP32, ORT)
@@ -134,6 +135,9 @@ def default_cases(models: ModuleType, settings: Settings) -> list[Case]:
                 generator="models.tiled_resnet(batch, image=8, stem=8, stages=((8,1,4),(16,2,8)))",
             )
         )
+        for c in conv_bn_cases(models, (1,))[1:]:  # the tile form, on QEMU only
+            c.host = False
+            cases.append(c)
         return cases
     for p in (4, 8):
         cases.append(
@@ -158,7 +162,27 @@ def default_cases(models: ModuleType, settings: Settings) -> list[Case]:
             short="ResNet CNN",
         )
     )
+    cases += conv_bn_cases(models, b)
     return cases
+
+
+def conv_bn_cases(models: ModuleType, batches: tuple[int, ...]) -> list[Case]:
+    """Issue 13's conv-BN-ReLU-pool CNN (``models.conv_bn_cnn``), BatchNorm as its own node, in
+    its two exporter forms: dense float weights, and tile + Tile/Expand."""
+    if not hasattr(models, "conv_bn_cnn"):  # a --models file without it
+        return []
+    return [
+        Case(
+            f"conv_bn_cnn_{form}",
+            f"conv-BN-ReLU-pool CNN 1x28x28 (p=2,4,4), {title}",
+            lambda n, form=form: models.conv_bn_cnn(form, n),
+            _sampler(models, "conv_bn_cnn"),
+            batches,
+            generator=f'models.conv_bn_cnn("{form}", batch)',
+            short=f"conv-BN CNN {form}",
+        )
+        for form, title in (("dense", "dense weights"), ("tile", "tile + Tile/Expand form"))
+    ]
 
 
 def load_models(path: str | None = None) -> ModuleType:
@@ -515,8 +539,36 @@ def _check(fig: dict, ys: list[np.ndarray], refs: list[np.ndarray], case: Case) 
         )
 
 
-def run_cortex_m(case: Case, settings: Settings, threads: int, log: Log) -> dict:
-    """tbn-tvm and the dense fp32 build of one model (batch 1) on QEMU Cortex-M4."""
+def _cmsis_nn(source: tuple[Path | None, str] | None, images, labels, log: Log) -> dict | None:
+    """The CMSIS-NN int8 build of the authors' MLP (:mod:`benchmarks.cmsis_nn`), or why not."""
+    from benchmarks import cmsis_nn
+
+    if source is None:
+        return None
+    path, how = source
+    if path is None:
+        log(f"cortex-m4 authors_mnist_mlp {CMSIS_INT8}: skipped: {how}")
+        return {"status": "skipped", "reason": how}
+    try:
+        fig = cmsis_nn.run(path, images, labels, log)
+    except TBNError as e:
+        reason = " ".join(str(e).split())
+        log(f"cortex-m4 authors_mnist_mlp {CMSIS_INT8}: not built: {reason}")
+        return {"status": "not built", "reason": reason}
+    fig["source"] = how
+    return fig
+
+
+def run_cortex_m(
+    case: Case,
+    settings: Settings,
+    threads: int,
+    log: Log,
+    cmsis_nn: tuple[Path | None, str] | None = None,
+) -> dict:
+    """tbn-tvm and the dense fp32 build of one model (batch 1) on QEMU Cortex-M4; for the
+    authors' MLP also CMSIS-NN int8 when ``cmsis_nn`` is given (``(source, how)`` of
+    :func:`benchmarks.cmsis_nn.find_source`; a ``None`` source gives a skipped row)."""
     model = case.build(1)
     out: dict = {"model": case.key, "builds": {}}
     board = _board()
@@ -564,6 +616,15 @@ def run_cortex_m(case: Case, settings: Settings, threads: int, log: Log) -> dict
             _check(fig, y, [r[:n] for r in ref], case)
         out["builds"][TVM_FP32] = fig
     tbn, dense = out["builds"][TBN], out["builds"][TVM_FP32]
+    if mnist:
+        cm = _cmsis_nn(cmsis_nn, images, labels, log)
+        if cm is not None:
+            out["builds"][CMSIS_INT8] = cm
+            if cm.get("status") == "ok" and tbn.get("status") == "ok":
+                out["fewer_instructions_than_cmsis_nn"] = (
+                    cm["instructions_per_inference"] / tbn["instructions_per_inference"]
+                )
+                out["smaller_flash_than_cmsis_nn"] = cm["flash_bytes"] / tbn["flash_bytes"]
     if tbn.get("status") == "ok" and dense.get("status") == "ok":
         out["fewer_instructions_than_dense"] = (
             dense["instructions_per_inference"] / tbn["instructions_per_inference"]
@@ -655,6 +716,121 @@ def acceptance(report: dict) -> list[dict]:
     return items
 
 
+# Issue 13's and issue 10's thresholds (reported next to the measured figures, not tests)
+ISSUE13_MCU_INSTRUCTIONS = 60_000
+ISSUE13_VS_CMSIS = 3.3
+ISSUE13_CNN_RATIO = 0.5  # compressed build's instructions / the dense build's
+ISSUE10_TUNED_VS_ORT = {("tiled_resnet", 1): 1.5, ("tiled_resnet", 32): 1.0, ("wide_mlp_p8", 32): 5.0}
+
+
+def issue_figures(report: dict) -> list[dict]:
+    """Issues 13 and 10: their thresholds next to this run's figures (``pass`` is ``None``
+    where the run did not measure the figure in the issue's configuration)."""
+    items: list[dict] = []
+    mcu = {r["model"]: r for r in report["cortex_m"]}
+    mlp = mcu.get("authors_mnist_mlp")
+    if mlp and mlp["builds"][TBN].get("status") == "ok":
+        b = mlp["builds"][TBN]
+        ins = b["instructions_per_inference"]
+        items.append(
+            {
+                "issue": 13,
+                "criterion": "authors' MNIST MLP on QEMU M4: instructions per inference",
+                "required": f"<= {ISSUE13_MCU_INSTRUCTIONS:,}",
+                "measured": f"{ins:,.0f}",
+                "pass": ins <= ISSUE13_MCU_INSTRUCTIONS,
+            }
+        )
+        c = mlp["builds"].get(CMSIS_INT8, {})
+        if c.get("status") == "ok":
+            r = c["instructions_per_inference"] / ins
+            items.append(
+                {
+                    "issue": 13,
+                    "criterion": "authors' MNIST MLP: fewer instructions than CMSIS-NN int8 (same harness)",
+                    "required": f">= {ISSUE13_VS_CMSIS:g}x",
+                    "measured": f"{r:.2f}x ({c['instructions_per_inference']:,.0f} / {ins:,.0f})",
+                    "pass": r >= ISSUE13_VS_CMSIS,
+                }
+            )
+        else:
+            items.append(
+                {
+                    "issue": 13,
+                    "criterion": "authors' MNIST MLP: fewer instructions than CMSIS-NN int8 (same harness)",
+                    "required": f">= {ISSUE13_VS_CMSIS:g}x",
+                    "measured": f"CMSIS-NN row {c.get('status', 'absent')}: {c.get('reason', '')}",
+                    "pass": None,
+                }
+            )
+        items.append(
+            {
+                "issue": 13,
+                "criterion": "authors' MNIST MLP: weight bytes / firmware flash",
+                "required": "<= 3,340 / <= 9 KB (9,216)",
+                "measured": f"{b['weight_bytes']:,} / {b['flash_bytes']:,}",
+                "pass": b["weight_bytes"] <= 3340 and b["flash_bytes"] <= 9216,
+            }
+        )
+        mn = mlp.get("mnist", {})
+        if mn:
+            acc = mn["accuracy"] * 100
+            items.append(
+                {
+                    "issue": 13,
+                    "criterion": "authors' MNIST MLP: accuracy on the 10,000 test images",
+                    "required": "95.93 % ± 0.02",
+                    "measured": f"{acc:.2f} % on {mn['images']:,}",
+                    "pass": abs(acc - 95.93) <= 0.02 if mn["images"] == 10_000 else None,
+                }
+            )
+    for key, r in mcu.items():
+        if not key.startswith("conv_bn_cnn"):
+            continue
+        tbn, dense = r["builds"][TBN], r["builds"].get(TVM_FP32, {})
+        if tbn.get("status") == "ok" and dense.get("status") == "ok":
+            ratio = tbn["instructions_per_inference"] / dense["instructions_per_inference"]
+            items.append(
+                {
+                    "issue": 13,
+                    "criterion": f"{key}: compressed build's instructions / the dense build's (QEMU M4)",
+                    "required": f"<= {ISSUE13_CNN_RATIO:g}",
+                    "measured": f"{ratio:.3f} ({tbn['instructions_per_inference']:,.0f} / "
+                    f"{dense['instructions_per_inference']:,.0f})",
+                    "pass": ratio <= ISSUE13_CNN_RATIO,
+                }
+            )
+            err = max(tbn.get("rel_err_vs_onnxruntime", 0.0), dense.get("rel_err_vs_onnxruntime", 0.0))
+            items.append(
+                {
+                    "issue": 13,
+                    "criterion": f"{key}: max rel. error vs onnxruntime (both builds, QEMU M4)",
+                    "required": f"<= {REL_TOLERANCE:g}",
+                    "measured": f"{err:.1e}",
+                    "pass": err <= REL_TOLERANCE,
+                }
+            )
+    rows = {(r["model"], r["batch"]): r for r in report["host"]}
+    for (model, batch), need in ISSUE10_TUNED_VS_ORT.items():
+        r = rows.get((model, batch))
+        if r is None or TBN_TUNED not in r["variants"]:
+            continue
+        v = r["variants"]
+        ratio = v[ORT]["median_s"] / v[TBN_TUNED]["median_s"]
+        trusted = bool(v[ORT]["trusted"] and v[TBN_TUNED]["trusted"])
+        items.append(
+            {
+                "issue": 10,
+                "criterion": f"host {model} batch {batch}: tuned tbn-tvm over onnxruntime fp32 "
+                f"({r['tuning']['trials']} trials)",
+                "required": f">= {need:g}x",
+                "measured": f"{ratio:.2f}x" + ("" if trusted else " (not measured enough)"),
+                "pass": trusted and ratio >= need,
+            }
+        )
+    return items
+
+
 # ------------------------------------------------------------------------------------ driver
 def check_dependencies(need_qemu: bool) -> None:
     """onnxruntime and matplotlib, and the Arm toolchain with QEMU when ``need_qemu``."""
@@ -696,6 +872,7 @@ def run_cases(
     kind: str,
     threads: int | None = None,
     skip_cortex_m: bool = False,
+    cmsis_nn: tuple[Path | None, str] | None = None,
     git_dir: Path | None = None,
     meta: dict | None = None,
     log: Log | None = None,
@@ -759,9 +936,10 @@ def run_cases(
             extra = {"input_shapes": {k: list(v.shape) for k, v in feed.items()}} if kind == "model" else {}
             report["models"].append(_model_entry(case, rep["total"], rep["layers"], first, extra))
         if case.cortex_m and not skip_cortex_m:
-            report["cortex_m"].append(run_cortex_m(case, settings, threads, log))
+            report["cortex_m"].append(run_cortex_m(case, settings, threads, log, cmsis_nn))
     report["host_target"] = report["host"][0].get("target") if report["host"] else None
     report["meta"]["wall_s"] = round(time.perf_counter() - log.t0, 1)
     report["meta"]["load_average_end"] = harness.load_average()
     report["acceptance"] = acceptance(report) if kind == "suite" else []
+    report["issue_figures"] = issue_figures(report) if kind == "suite" else []
     return report

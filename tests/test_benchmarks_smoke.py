@@ -143,7 +143,7 @@ def test_meta_machine_versions(quick):
 def test_models_table(quick):
     _, _, report, _, _ = quick
     keys = [m["key"] for m in report["models"]]
-    assert keys == ["authors_mnist_mlp", "wide_mlp_p8", "tiled_resnet"]
+    assert keys == ["authors_mnist_mlp", "wide_mlp_p8", "tiled_resnet", "conv_bn_cnn_tile"]
     for m in report["models"]:
         assert 0 < m["weight_bytes"] < m["fp32_bytes"] == 4 * m["parameters"]
         assert any(layer["format"] == "tiled" for layer in m["layers"])
@@ -213,6 +213,22 @@ def test_cortex_m_and_acceptance(quick):
     assert mlp["fewer_instructions_than_authors"] == pytest.approx(
         2_645_000 / tbn["instructions_per_inference"]
     )
+    cmsis = mlp["builds"].get("cmsis-nn-int8")
+    assert cmsis is not None, "the CMSIS-NN row is there, measured or skipped with its reason"
+    if cmsis["status"] == "ok":
+        assert cmsis["weight_bytes"] == 101_632 and cmsis["samples"] == mn["images"]
+        assert cmsis["outputs_equal_numpy_int8_reference"] == cmsis["samples"]
+        assert cmsis["accuracy"] > 0.9 and cmsis["instructions_in_fully_connected"] > 0
+        assert mlp["fewer_instructions_than_cmsis_nn"] == pytest.approx(
+            cmsis["instructions_per_inference"] / tbn["instructions_per_inference"]
+        )
+    else:
+        assert cmsis["status"] == "skipped" and "TBN_BENCH_CMSIS_NN" in cmsis["reason"]
+    cnn = mcu["conv_bn_cnn_tile"]
+    tiled, plain = cnn["builds"]["tbn-tvm"], cnn["builds"]["tvm-fp32"]
+    for b in (tiled, plain):
+        assert b["status"] == "ok" and b["rel_err_vs_onnxruntime"] <= 1e-5
+    assert tiled["instructions_per_inference"] < plain["instructions_per_inference"]
     criteria = report["acceptance"]
     assert len(criteria) == 6
     for item in criteria:
@@ -406,6 +422,8 @@ def test_model_on_cortex_m4(tiny_gemm, tmp_path):
         (["--target", "llvm"], "--model"),
         (["--model", "TINY", "--input-shape", "x=1,65"], "contradicts"),
         (["--model", "TINY"], "--input-shape x="),
+        (["--cmsis-nn", "no-such-dir"], "--cmsis-nn"),
+        (["--skip-host", "--skip-cortex-m"], "nothing to measure"),
     ],
 )
 def test_user_errors_are_one_line(args, mention, tmp_path, tiny_gemm):
@@ -474,3 +492,85 @@ def test_shim_finds_this_checkout():
     finally:
         sys.dont_write_bytecode = before
     assert found is not None and Path(found.__file__).resolve() == REPO / "benchmarks" / "cli.py"
+
+
+# ------------------------------------------------------------------------------------ issue 13's rows
+def test_cmsis_nn_source_is_looked_up_not_downloaded(monkeypatch, tmp_path):
+    cmsis_nn = _bench_module("cmsis_nn")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(cmsis_nn.ENV, raising=False)
+    src, why = cmsis_nn.find_source()
+    assert src is None and cmsis_nn.ENV in why and cmsis_nn.PINNED_COMMIT[:7] in why
+    src, why = cmsis_nn.find_source(str(tmp_path / "absent"))
+    assert src is None and "does not exist" in why
+    src, why = cmsis_nn.find_source(str(tmp_path))
+    assert src is None and "neither" in why
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cmsis_nn_quantization_model():
+    """The int8 parameters and the numpy model of CMSIS-NN's arithmetic (no toolchain needed)."""
+    cmsis_nn = _bench_module("cmsis_nn")
+    for real in (0.3, 1e-4, 0.0009765625, 1.7):
+        m, shift = cmsis_nn.quantize_multiplier(real)
+        assert 2**30 <= m < 2**31 and m * 2.0 ** (shift - 31) == pytest.approx(real, rel=1e-9)
+    from onnx import numpy_helper
+
+    from tbn_tvm import zoo
+    from tbn_tvm.datasets import load_mnist_test
+
+    w = {t.name: numpy_helper.to_array(t) for t in zoo.authors_mnist_mlp().graph.initializer}
+    images, labels = load_mnist_test()
+    q = cmsis_nn.quantize(w["fc1.weight"], w["fc2.weight"], images[:200])
+    assert q["q_w1"].dtype == np.int8 and q["q_w1"].shape == (128, 784) and q["q_w2"].shape == (10, 128)
+    x = images[200:700]
+    y = cmsis_nn.reference(q, x)
+    ref = np.maximum(x @ w["fc1.weight"].T, 0) @ w["fc2.weight"].T
+    assert (y.argmax(1) == ref.argmax(1)).mean() > 0.97
+    assert np.abs(y - ref).max() < 0.1 * np.abs(ref).max()
+
+
+@pytest.mark.qemu
+def test_cmsis_nn_firmware_when_the_source_is_there():
+    """Builds CMSIS-NN's int8 MLP and runs 20 images on QEMU (a few seconds); skipped where no
+    CMSIS-NN source is available (nothing is downloaded)."""
+    if _toolchain_missing():
+        pytest.skip("Cortex-M toolchain absent")
+    cmsis_nn = _bench_module("cmsis_nn")
+    src, why = cmsis_nn.find_source()
+    if src is None:
+        pytest.skip(why)
+    from tbn_tvm.datasets import load_mnist_test
+
+    images, labels = load_mnist_test()
+    fig = cmsis_nn.run(src, images[:20], labels[:20])
+    assert fig["status"] == "ok" and fig["weight_bytes"] == 101_632
+    assert fig["outputs_equal_numpy_int8_reference"] == 20 == fig["samples"]
+    assert 0 < fig["instructions_in_fully_connected"] < fig["instructions_per_inference"]
+
+
+def test_conv_bn_cnn_forms_compute_the_same_function():
+    import onnxruntime as ort
+
+    models = _bench_module("models")
+    outs = []
+    for form in ("dense", "tile"):
+        m = models.conv_bn_cnn(form, batch=2)
+        ops = {n.op_type for n in m.graph.node}
+        assert "BatchNormalization" in ops and ("Tile" in ops) == (form == "tile")
+        x = models.sample_input("conv_bn_cnn", m)
+        outs.append(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0])
+    assert outs[0].shape == (2, 10)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5 * np.abs(outs[0]).max())
+    h = _bench_module("harness")
+    suite = _bench_module("suite")
+    keys = [c.key for c in suite.default_cases(models, h.Settings.for_mode(False))]
+    assert {"conv_bn_cnn_dense", "conv_bn_cnn_tile"} <= set(keys)
+
+
+def test_tiled_gemm_of_the_tuning_criterion():
+    from tbn_tvm import inspect
+
+    models = _bench_module("models")
+    layers = inspect(models.tiled_gemm()).to_dict()["layers"]
+    assert [(la["weight_shape"], la["format"], la["p"]) for la in layers] == [([256, 512], "tiled", 4)]

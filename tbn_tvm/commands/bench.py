@@ -41,6 +41,37 @@ OPTIONS: list[tuple[str, dict]] = [
     ),
     ("--skip-cortex-m", {"action": "store_true", "help": "leave out the QEMU Cortex-M4 measurements"}),
     (
+        "--skip-host",
+        {
+            "action": "store_true",
+            "help": "leave out the host timings (and their tuning): only the QEMU Cortex-M4 measurements",
+        },
+    ),
+    (
+        "--tune-trials",
+        {
+            "metavar": "N",
+            "help": "also tune each host model and batch with N MetaSchedule trials and time the tuned build "
+            "(the 'tuned' column; default 0: not run)",
+        },
+    ),
+    (
+        "--tuning-dir",
+        {
+            "metavar": "DIR",
+            "help": "keep the tuning databases here (default: OUT_DIR/tuning); a re-run resumes them",
+        },
+    ),
+    (
+        "--cmsis-nn",
+        {
+            "metavar": "DIR",
+            "help": "a clone of ARM-software/CMSIS-NN (or its source tree) for the CMSIS-NN int8 row of the "
+            "Cortex-M table, built at the pinned commit (default: $TBN_BENCH_CMSIS_NN, else the cache of an "
+            "earlier run; the row is skipped with the reason when there is none)",
+        },
+    ),
+    (
         "--no-publish",
         {
             "action": "store_true",
