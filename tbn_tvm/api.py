@@ -294,6 +294,7 @@ def compile(  # noqa: A001 - the natural name for users
     report["source_sha256"] = hashlib.sha256(loaded.proto.SerializeToString(deterministic=True)).hexdigest()
     report["total"]["built_constant_bytes"] = prepared.constant_bytes()
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
+    _mark_built_dense(report, {layer.name for layer in prepared.layers if layer.kernel})
     notes = [layer.note for layer in prepared.layers if layer.note]
     if notes:
         report["notes"] = notes
@@ -311,6 +312,33 @@ def compile(  # noqa: A001 - the natural name for users
     model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)
     backend.output_shape = outputs[0].shape if len(outputs) == 1 else None
     return model
+
+
+def _mark_built_dense(report: dict, built_compact: set[str]) -> None:
+    """Layers ``inspect`` finds compact but the build keeps dense (``compress=False``, or a
+    layer the pass left alone) are reported as built: ``dense``, their dense bytes, the format
+    found kept under ``found``; the totals follow (a shared weight counted once)."""
+    delta, seen = 0, set()
+    for layer in report["layers"]:
+        if layer.get("format") == "dense" or layer["name"] in built_compact:
+            continue
+        itemsize = {"float16": 2, "float64": 8}.get(layer.get("dtype", "float32"), 4)
+        dense_bytes = layer["fp32_bytes"] // 4 * itemsize
+        if layer["weight"] not in seen:
+            seen.add(layer["weight"])
+            delta += dense_bytes - layer["bytes"]
+        layer["found"] = layer["label"]
+        layer.update(format="dense", label="dense", bytes=dense_bytes, bits_per_weight=float(8 * itemsize))
+    if not seen:
+        return
+    total = report["total"]
+    total["weight_bytes"] += delta
+    total["constant_bytes"] += delta
+    total["compression"] = (
+        round(total["fp32_bytes"] / total["weight_bytes"], 2) if total["weight_bytes"] else 1.0
+    )
+    total["compact_layers"] = sum(1 for layer in report["layers"] if layer.get("format") != "dense")
+    total["dense_layers"] = len(report["layers"]) - total["compact_layers"]
 
 
 def _unknown_options(spec: TargetSpec, backend_cls, unknown: list[str]) -> TBNError:
