@@ -146,8 +146,19 @@ def run(args) -> int:
         print(
             f"  tuning records applied to {n} kernel{'s' * (n != 1)}"
             + (f" (layers {', '.join(tuning['layers'])})" if tuning["layers"] else "")
-            + ("" if n else "; none matched this target and these shapes")
+            + (
+                ""
+                if n or tuning.get("kept_hand_schedule")
+                else "; none matched these kernels (records are per target, kernel form and shape; the "
+                "Cortex-M look-up-table kernels are hand-scheduled, not tuned)"
+            )
         )
+        kept = tuning.get("kept_hand_schedule") or []
+        if kept:
+            print(
+                f"  {len(kept)} kernel{'s' * (len(kept) != 1)} kept the hand schedule: the tuning record "
+                f"was no faster ({', '.join(kept)})"
+            )
     if "flash_bytes" in rep:
         print(f"  flash: {rep['flash_bytes']:,} bytes")
     if "ram_bytes" in rep:

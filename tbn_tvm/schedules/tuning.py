@@ -219,14 +219,20 @@ class TuneResult:
     forms: dict[str, str]
 
     def table(self) -> str:
-        head = ["task", "layers", "weight", "records", "best (us)"]
+        from tbn_tvm.schedules.qemu_runner import INSTRUCTIONS_PER_SECOND
+
+        # the QEMU runner reports instructions as seconds at INSTRUCTIONS_PER_SECOND
+        qemu = self.target.startswith(("cortex-m", "thumbv"))
+        head = ["task", "layers", "weight", "records", "best (instructions)" if qemu else "best (us)"]
         rows = [
             [
                 t["name"][:40],
                 ",".join(t["layers"]) or "-",
                 str(t["weight"]),
                 str(t["records"]),
-                f"{t['best_s'] * 1e6:.1f}" if t.get("best_s") else "-",
+                (f"{t['best_s'] * INSTRUCTIONS_PER_SECOND:,.0f}" if qemu else f"{t['best_s'] * 1e6:.1f}")
+                if t.get("best_s")
+                else "-",
             ]
             for t in self.tasks
         ]
@@ -276,13 +282,7 @@ def make_runner(
     if kind == "local":
         return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=30)
     if kind == "rpc":
-        if not rpc or not device_key:
-            raise TBNError("the RPC runner needs --rpc HOST:PORT and --device-key KEY")
-        host, _, port = rpc.rpartition(":")
-        if not host or not port.isdigit():
-            raise TBNError(
-                f"bad --rpc '{rpc}'", hint="write HOST:PORT of a TVM RPC tracker, e.g. 127.0.0.1:9190"
-            )
+        host, port = check_runner_args(kind, rpc, device_key)
         _check_tracker(host, int(port), device_key)
         config = ms.runner.RPCConfig(
             tracker_host=host, tracker_port=int(port), tracker_key=device_key, session_timeout_sec=60
@@ -293,6 +293,21 @@ def make_runner(
 
         return QemuRunner()
     raise TBNError(f"unknown runner '{kind}'", hint="use local, rpc or qemu")
+
+
+def check_runner_args(kind: str, rpc: str | None, device_key: str | None) -> tuple[str, str]:
+    """Refuse a runner and its arguments that cannot work, before any other work; returns the
+    tracker's host and port for ``rpc``."""
+    if kind not in ("local", "rpc", "qemu"):
+        raise TBNError(f"unknown runner '{kind}'", hint="use local, rpc or qemu")
+    if kind != "rpc":
+        return "", ""
+    if not rpc or not device_key:
+        raise TBNError("the RPC runner needs --rpc HOST:PORT and --device-key KEY")
+    host, _, port = rpc.rpartition(":")
+    if not host or not port.isdigit():
+        raise TBNError(f"bad --rpc '{rpc}'", hint="write HOST:PORT of a TVM RPC tracker, e.g. 127.0.0.1:9190")
+    return host, port
 
 
 def _check_tracker(host: str, port: int, key: str) -> None:
@@ -350,6 +365,7 @@ def tune(
     say = on_message or (lambda _m: None)
     if trials < 1:
         raise TBNError(f"--trials must be at least 1, got {trials}")
+    check_runner_args(runner, rpc, device_key)  # before the ~30 s of task extraction
     spec = resolve_target(target, mcpu)
     if spec.family == "cortex-m" and runner == "local":
         runner = "qemu"

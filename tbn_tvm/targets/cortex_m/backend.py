@@ -140,7 +140,8 @@ MEASURE_TIMEOUT_S = 120.0
 
 def _tuned_schedule(spec: TargetSpec, tuning_db, kernels: dict):
     """A schedule function that uses a tuning record where the database has one for a kernel and
-    it beats the hand schedule's instruction count, and the kernels that got one."""
+    it beats the hand schedule's instruction count; the kernels that got one; the kernels whose
+    record was no better than the hand schedule (which they keep)."""
     import tvm
 
     from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
@@ -157,7 +158,8 @@ def _tuned_schedule(spec: TargetSpec, tuning_db, kernels: dict):
     target = _tuning_target(spec)
     baselines = read_baselines(tuning_db, target_key(target))
     chosen: dict[int, object] = {}
-    tuned = []
+    tuned: list[str] = []
+    kept: list[str] = []
     for name, prim in kernels.items():
         mod = tvm.IRModule({"main": prim.with_attr("global_symbol", "main")})
         try:
@@ -170,6 +172,7 @@ def _tuned_schedule(spec: TargetSpec, tuning_db, kernels: dict):
         instructions = float(np.median([float(x) for x in record.run_secs])) * INSTRUCTIONS_PER_SECOND
         base = baselines.get(workload_key(mod))
         if base is not None and instructions >= base:
+            kept.append(name)  # a record, but no better than the hand schedule
             continue
         chosen[id(prim)] = sch.mod["main"]
         tuned.append(name)
@@ -177,7 +180,7 @@ def _tuned_schedule(spec: TargetSpec, tuning_db, kernels: dict):
     def schedule(prim):
         return chosen.get(id(prim)) or schedule_prim_mcu(prim)
 
-    return schedule, sorted(tuned)
+    return schedule, sorted(tuned), sorted(kept)
 
 
 _CORTEX_M = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m7", "m4": "cortex-m4", "m7": "cortex-m7"}
@@ -301,6 +304,13 @@ class CortexMBackend(Backend):
 
         if len(inputs) != 1 or len(outputs) != 1:
             raise TBNError("the Cortex-M back end supports models with exactly one input and one output")
+        for kind, t in (("input", inputs[0]), ("output", outputs[0])):
+            if 0 in tuple(t.shape):  # TVM would leave a workspace call the firmware cannot link
+                raise TBNError(
+                    f"{kind} '{t.name}' has shape [{', '.join(map(str, t.shape))}], with no elements; "
+                    "the Cortex-M back end builds tensors of at least one element",
+                    hint="fix the dimension with --input-shape NAME=D0,D1,... or re-export the model",
+                )
         limits = {
             "flash_bytes": parse_size(flash_size),
             "ram_bytes": parse_size(ram_size),
@@ -316,9 +326,9 @@ class CortexMBackend(Backend):
         ensure_toolchain(install=False, need_qemu=False)
         progress.stage("C code")
         graph = extract(lower_mcu(prepared.mod), prepared.const_names)
-        schedule, tuned = schedule_prim_mcu, []
+        schedule, tuned, kept = schedule_prim_mcu, [], []
         if tuning_db is not None:
-            schedule, tuned = _tuned_schedule(spec, tuning_db, graph.kernels)
+            schedule, tuned, kept = _tuned_schedule(spec, tuning_db, graph.kernels)
         kernels = kernels_to_c(graph.kernels, schedule)
         staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
         try:
@@ -386,6 +396,7 @@ class CortexMBackend(Backend):
 
                 extra["tuning"] = {
                     "kernels": tuned,
+                    "kept_hand_schedule": kept,
                     "layers": sorted({n for k in tuned for n in _layers_of(k, prepared.layers)}),
                 }
         except BaseException:
