@@ -261,3 +261,15 @@ def test_qemu_artifacts_live_in_a_directory_of_their_own():
         import shutil
 
         shutil.rmtree(path.parent)
+
+
+def test_hand_kernels_are_timed_for_the_form_choice():
+    """choose_forms compares each tuned layer with its hand-scheduled kernel; an untimed hand
+    kernel once counted as infinitely slow, so the tuned form always won (and was slower)."""
+    from tbn_tvm.schedules.tuning import time_bitserial_kernels
+    from tbn_tvm.targets import resolve_target
+
+    model = Path(__file__).resolve().parents[2] / "examples" / "tbn-mnist-mlp.onnx"
+    times = time_bitserial_kernels(model, resolve_target("llvm"))
+    assert set(times) == {"fc1", "fc2"}, times
+    assert all(0 < t < 0.1 for t in times.values()), times
