@@ -353,3 +353,147 @@ def test_save_and_load_print_nothing(mlp, work, capfd):
     loaded.run(zm.sample(seed=0, n=1)["x"])
     out, err = capfd.readouterr()
     assert "Scope Saving" not in out + err and out.strip() == "" and err.strip() == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tester's findings: zero-size tensors, --profile summary, --print-top per row, input_shapes,
+# tune --runner rpc, --mcpu names
+# ---------------------------------------------------------------------------------------------
+def _gemm_model(path, x_dims) -> str:
+    """Gemm x [x_dims] @ W^T, W [16, 32] tiled (p=4): output [x_dims[0], 16]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = zoo.tiled_weight((16, 32), 4, rng=np.random.default_rng(5))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_dims))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [x_dims[0], 16])
+    node = helper.make_node("Gemm", ["x", "fc.weight"], ["y"], name="fc", transB=1)
+    graph = helper.make_graph([node], "g", [x], [y], initializer=[numpy_helper.from_array(w, "fc.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", zoo.OPSET)])
+    model.ir_version = zoo.IR_VERSION
+    import onnx
+
+    onnx.save(model, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rows_art(work):
+    """A host build whose output is [4, 16] per sample."""
+    out = work / "rows-llvm"
+    ok(cli("compile", _gemm_model(work / "rows.onnx", (4, 32)), "-o", out))
+    return out
+
+
+def test_cortex_m_refuses_a_zero_size_input_early(work):
+    path = _gemm_model(work / "zero.onnx", (0, 32))
+    user_error(
+        cli("compile", path, "--target", "cortex-m4", "--no-measure", "-o", work / "zero-m4"), "'x'", "0, 32"
+    )
+    with pytest.raises(TBNError, match=r"input 'x' has shape \[0, 32\]"):
+        tbn_tvm.compile(path, "cortex-m4", measure=False)
+
+
+def test_run_refuses_empty_runs(work, host_art):
+    np.save(work / "empty.npy", np.zeros((0, 1, 64), np.float32))
+    user_error(cli("run", host_art, "--input", work / "empty.npy"), "0 samples")
+    art = work / "zero-llvm"
+    ok(cli("compile", _gemm_model(work / "zero.onnx", (0, 32)), "-o", art))
+    user_error(cli("run", art, "--fill", "zeros", "--print-top", "2"), "--print-top", "no elements")
+
+
+def test_run_profile_summary_is_honest(host_art):
+    text = ok(cli("run", host_art, "--fill", "random", "--profile")).stdout
+    first = text.splitlines()[0]
+    assert "profiling not included" in first, text
+    rows = [ln.split() for ln in text.splitlines() if ln.startswith("tbn_") or ln.startswith("fused_")]
+    last = text.strip().splitlines()[-1]
+    assert "the table's total" in last, text
+    kernels_ms = float(last.split("kernels ")[1].split(" ms")[0])
+    assert rows and abs(sum(float(r[-2]) for r in rows) - kernels_ms) <= 1e-3 + 0.01 * kernels_ms, text
+
+
+def test_print_top_per_row_of_the_last_axis(rows_art, work):
+    x = np.random.default_rng(3).standard_normal((2, 4, 32)).astype(np.float32)
+    np.save(work / "rows-x.npy", x)
+    proc = ok(
+        cli("run", rows_art, "--input", work / "rows-x.npy", "-o", work / "rows-y.npy", "--print-top", "2")
+    )
+    y = np.load(work / "rows-y.npy")
+    assert y.shape == (2, 4, 16)
+    assert "last axis" in proc.stdout
+    for n in range(2):
+        for r in range(4):
+            line = next(
+                ln for ln in proc.stdout.splitlines() if ln.strip().startswith(f"sample {n} row [{r}]:")
+            )
+            got = [int(p.split("(")[0]) for p in line.split(":", 1)[1].split(",")]
+            assert got == np.argsort(-y[n, r], kind="stable")[:2].tolist()
+    summary = json.loads(
+        ok(
+            cli(
+                "run",
+                rows_art,
+                "--input",
+                work / "rows-x.npy",
+                "-o",
+                work / "rows-y.npy",
+                "--print-top",
+                "2",
+                "--json",
+            )
+        ).stdout
+    )
+    assert len(summary["top"]) == 2 and len(summary["top"][0]) == 4 and len(summary["top"][0][0]) == 2
+    assert all(0 <= i < 16 for i, _ in summary["top"][1][3])
+
+
+def test_api_input_shapes_string_and_zero(work):
+    path = work / "dyn.onnx"
+    import onnx
+
+    onnx.save(zoo.dynamic_batch_model(), path)
+    m = tbn_tvm.compile(path, "llvm", input_shapes={"x": "4,32"})
+    assert m.inputs[0].shape == (4, 32)
+    for bad in ([0, 32], "0,32", "a,32", 5, [1.5, 32]):
+        with pytest.raises(TBNError, match="bad shape for input 'x'"):
+            tbn_tvm.compile(path, "llvm", input_shapes={"x": bad})
+    user_error(
+        cli("compile", path, "--input-shape", "y=4,32", "-o", work / "dyn-out"),
+        "unknown input 'y'",
+        "inputs: x",
+    )
+
+
+def test_tune_rpc_runner_arguments_checked_first(work, mlp):
+    import time
+
+    _, path = mlp
+    logs_before = (zoo.REPO_ROOT / "logs").exists()
+    t0 = time.monotonic()
+    proc = cli("tune", path, "--runner", "rpc", "--db", work / "db-rpc", "--trials", "1", "-q")
+    user_error(proc, "--rpc", "--device-key")
+    assert time.monotonic() - t0 < 25
+    assert not (work / "db-rpc").exists() and (zoo.REPO_ROOT / "logs").exists() == logs_before
+    user_error(
+        cli("tune", path, "--rpc", "nohost", "--device-key", "k", "--db", work / "db-rpc"), "bad --rpc"
+    )
+
+
+def test_mcpu_names_are_checked():
+    from tbn_tvm.targets import resolve_target
+
+    line = user_error(
+        cli("compile", "no-such.onnx", "--mcpu", "skylak", "-o", "/tmp/x"), "skylak", "did you mean skylake"
+    )
+    assert "native" in line
+    with pytest.raises(TBNError, match="notacpu"):
+        tbn_tvm.compile("no-such.onnx", "llvm", mcpu="notacpu")
+    for target, cpu in (
+        ("llvm", "native"),
+        ("llvm", "generic"),
+        ("llvm", "x86-64-v3"),
+        ("aarch64-linux-gnu", "cortex-a72"),
+    ):
+        resolve_target(target, cpu)
+    with pytest.raises(TBNError, match="cortex-a7z"):
+        resolve_target("aarch64-linux-gnu", "cortex-a7z")

@@ -74,19 +74,37 @@ _CORTEX_M_ONLY = ("qemu", "port", "baud", "count_instructions", "per_layer", "ti
 TOP_SHOWN = 20
 
 
-def _top(outputs, k: int, stacked: bool = True) -> list[list[list]]:
-    """Per sample, the ``k`` largest values of the (first) output: ``[[index, value], ...]``
-    (``stacked=False``: the outputs of one unstacked run, e.g. of a model without inputs)."""
+def _top(outputs, k: int, stacked: bool = True) -> list[list]:
+    """Per sample, the ``k`` largest values of the (first) output along its last axis:
+    ``[[index, value], ...]`` for an output of one row (``[10]``, ``[1, 10]``), else one such
+    list per row (``[4, 16]``: four lists, indices within each row of 16).  ``stacked=False``:
+    the outputs of one unstacked run, e.g. of a model without inputs."""
     y = np.asarray(outputs if isinstance(outputs, np.ndarray) else next(iter(outputs.values())))
     y = y if stacked else y[None]
-    flat = y.reshape(y.shape[0], -1) if y.ndim else y.reshape(1, 1)
-    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
-    return [[[int(i), float(row[i])] for i in idx] for row, idx in zip(flat, order, strict=True)]
+    last = y.shape[-1] if y.ndim > 1 else 1
+    rows = y.reshape(y.shape[0], -1, last)  # [samples, rows, last axis]
+    order = np.argsort(-rows, axis=2, kind="stable")[:, :, :k]
+    top = [
+        [[[int(i), float(row[i])] for i in idx] for row, idx in zip(sample, ids, strict=True)]
+        for sample, ids in zip(rows, order, strict=True)
+    ]
+    return [t[0] if rows.shape[1] == 1 else t for t in top]
 
 
-def _print_top(top: list) -> None:
+def _print_top(top: list, row_shape: tuple[int, ...] = ()) -> None:
+    """One line per sample (per row of the last axis for an output of several rows)."""
+    multi = bool(top) and bool(top[0]) and isinstance(top[0][0][0], list)
+    if multi:
+        print(
+            f"  top values along the last axis, per row of the output's [{', '.join(map(str, row_shape))}]:"
+        )
     for n, best in enumerate(top[:TOP_SHOWN]):
-        print(f"  sample {n}: " + ", ".join(f"{i} ({v:.4g})" for i, v in best))
+        if not multi:
+            print(f"  sample {n}: " + ", ".join(f"{i} ({v:.4g})" for i, v in best))
+            continue
+        for r, row in enumerate(best):
+            where = ",".join(map(str, np.unravel_index(r, row_shape[:-1]))) if len(row_shape) > 1 else str(r)
+            print(f"  sample {n} row [{where}]: " + ", ".join(f"{i} ({v:.4g})" for i, v in row))
     if len(top) > TOP_SHOWN:
         print(f"  ... {len(top) - TOP_SHOWN} more samples (--json lists all)")
 
@@ -96,16 +114,17 @@ def _print_profile(profile: dict, layer_names: list[str]) -> None:
     from tbn_tvm.frontend.layers import c_identifier
     from tbn_tvm.report import text_table
 
-    total = profile["seconds_per_inference"]
+    kernels = sum(k["seconds"] for k in profile["kernels"])
     rows = []
     for k in profile["kernels"]:
         layers = [n for n in layer_names if f"tbn_{c_identifier(n)}_" in k["kernel"]]
-        share = 100 * k["seconds"] / total if total else 0.0
+        share = 100 * k["seconds"] / kernels if kernels else 0.0
         rows.append([k["kernel"], ",".join(layers) or "-", f"{k['seconds'] * 1e3:.4f}", f"{share:.1f}"])
     print("\n".join(text_table(["kernel", "layers", "ms", "%"], rows, {2, 3})))
     print(
-        f"{total * 1e3:.4f} ms per inference over {profile['rounds']} rounds (one sample; kernels timed "
-        "through the VM's call instrumentation, the rest is VM bookkeeping)"
+        f"profiled inference (one sample, mean of {profile['rounds']} rounds): kernels {kernels * 1e3:.4f} ms "
+        f"(the table's total); {profile['seconds_per_inference'] * 1e3:.4f} ms with the VM's bookkeeping and "
+        "the instrumentation's own overhead"
     )
 
 
@@ -211,12 +230,22 @@ def run(args) -> int:
             inputs[model.inputs[0].name] = _load_npy(item)
     for spec in model.inputs:
         a = inputs.get(spec.name)
+        if a is not None and a.ndim and a.shape[0] == 0:  # like --samples 0
+            raise TBNError(
+                f"input '{spec.name}' holds 0 samples (shape {'x'.join(map(str, a.shape))})",
+                hint="pass at least one sample, stacked on a new leading axis",
+            )
         if a is not None and tuple(a.shape[1:]) != spec.shape:
             shape = "x".join(map(str, spec.shape))
             raise TBNError(
                 f"input '{spec.name}' has shape {'x'.join(map(str, a.shape))}; expected N x {shape} "
                 "(samples stacked on a new leading axis)"
             )
+    empty = [
+        f"{t.name or 'output'} [{', '.join(map(str, t.shape))}]" for t in model.outputs[:1] if 0 in t.shape
+    ]
+    if args.print_top is not None and empty:
+        raise TBNError(f"--print-top: the output {empty[0]} has no elements to rank")
     if args.qemu and args.port:
         raise TBNError("run on QEMU (--qemu) or on a board (--port), not both")
     wanted = {
@@ -271,14 +300,20 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        line = f"ran {summary['samples']} sample(s) on {model.target.name}: {summary['seconds_per_inference'] * 1e3:.3f} ms per inference"
+        per = summary["seconds_per_inference"]
+        if "profile" in summary:  # the run's own time, without the profiling rounds
+            per = max(summary["seconds"] - summary["profile"].get("seconds_profiling", 0.0), 0.0)
+            per /= max(summary["samples"], 1)
+        line = f"ran {summary['samples']} sample(s) on {model.target.name}: {per * 1e3:.3f} ms per inference"
+        if "profile" in summary:
+            line += " (wall time of the plain run, profiling not included)"
         if "instructions_per_inference" in summary:
             line += f", {summary['instructions_per_inference']:,.0f} instructions per inference"
         if summary.get("cycles"):
             line += f", {summary['cycles']['mean']:,.0f} cycles per inference (DWT)"
         print(line + f"; outputs -> {out_path}")
         if args.print_top is not None:
-            _print_top(summary["top"])
+            _print_top(summary["top"], model.outputs[0].shape if model.outputs else ())
         if "profile" in summary:
             _print_profile(summary["profile"], [layer["name"] for layer in model.report().get("layers", [])])
         if "instructions_per_layer" in summary:

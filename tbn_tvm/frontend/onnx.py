@@ -18,6 +18,7 @@ After the import every graph output is checked against what ONNX shape inference
 from __future__ import annotations
 
 import math
+import operator
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -231,23 +232,56 @@ def load_onnx(
     opset = _default_opset(proto, name)
     op_table.check_nodes(proto, opset, name)
     initializers = {t.name for t in proto.graph.initializer}
-    overrides = {str(k): v for k, v in (input_shapes or {}).items()}
-    inputs = []
-    for vi in proto.graph.input:
-        if vi.name in initializers:
-            continue
-        inputs.append(_input_spec(vi, overrides.pop(vi.name, None), name, static))
-    if overrides:
+    overrides = _shape_overrides(input_shapes)
+    graph_inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
+    unknown = sorted(set(overrides) - {vi.name for vi in graph_inputs})
+    if unknown:  # before the inputs' own checks (a dynamic dimension would hide the typo)
+        listed = ", ".join(f"'{_printable(u)}'" for u in unknown)
         raise TBNError(
-            f"{name}: --input-shape names unknown input(s): {', '.join(map(_printable, sorted(overrides)))}",
-            hint="inputs are " + ", ".join(_printable(t.name) for t in inputs),
+            f"{name}: --input-shape names unknown input{'s' * (len(unknown) > 1)} {listed}",
+            hint="inputs: " + (", ".join(_printable(vi.name) for vi in graph_inputs) or "none"),
         )
+    inputs = [_input_spec(vi, overrides.pop(vi.name, None), name, static) for vi in graph_inputs]
     if not proto.graph.output:
         raise TBNError(f"{name}: the graph has no outputs")
     loaded = LoadedModel(proto=proto, source=name, inputs=inputs, opset=int(opset))
     if static:
         loaded.outputs = _infer_outputs(loaded)
     return loaded
+
+
+def _shape_overrides(input_shapes) -> dict[str, tuple[int, ...]]:
+    """``input_shapes`` as name -> positive dimensions; a shape may be a sequence of ints or a
+    string as on the command line (``"4,32"``, ``"4x32"``).  TBNError for anything else."""
+    if input_shapes is None:
+        return {}
+    if not isinstance(input_shapes, Mapping):
+        raise TBNError(
+            f"input_shapes must map input names to shapes, got {type(input_shapes).__name__}",
+            hint='e.g. input_shapes={"x": [1, 784]}',
+        )
+    out = {}
+    for key, value in input_shapes.items():
+        label = _printable(str(key))
+        try:
+            if isinstance(value, str):
+                dims = [int(d) for d in value.replace("x", ",").split(",") if d.strip()]
+            elif isinstance(value, Sequence | np.ndarray):
+                dims = [operator.index(d) for d in value]
+            else:
+                raise TypeError
+        except (TypeError, ValueError):
+            raise TBNError(
+                f"bad shape for input '{label}': {_printable(repr(value), 60)}",
+                hint='give positive dimensions, e.g. [1, 784] or "1,784"',
+            ) from None
+        if not dims or min(dims) <= 0:
+            raise TBNError(
+                f"bad shape for input '{label}': {list(dims)}",
+                hint="every dimension must be at least 1 (zero-size inputs are not supported)",
+            )
+        out[str(key)] = tuple(dims)
+    return out
 
 
 def _check_unique(proto: onnx.ModelProto, name: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,33 @@ def _native_cpu() -> str:
         return str(codegen.llvm_get_system_cpu()) or "generic"
     except Exception:  # noqa: BLE001 - an LLVM without host detection: generic code
         return "generic"
+
+
+def _check_mcpu(d: dict) -> None:
+    """Refuse a CPU name LLVM does not know for the target's triple (LLVM would silently build
+    generic code), hinting a close match and the valid names."""
+    cpu = d.get("mcpu")
+    if not cpu or not isinstance(cpu, str):
+        return
+    try:
+        import tvm
+        from tvm.target import codegen
+
+        probe = {k: d[k] for k in ("kind", "mtriple") if k in d}
+        known = sorted({str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target(probe))})
+    except Exception:  # noqa: BLE001 - an LLVM that cannot list its CPUs: let it decide
+        return
+    if not known or cpu in known or cpu in ("generic", "native"):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(cpu, known, n=3, cutoff=0.6)
+    near = f"did you mean {' or '.join(close)}? " if close else ""
+    shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+    raise TBNError(
+        f"--mcpu '{cpu}' is not a CPU LLVM knows for {d.get('mtriple', 'this host')}",
+        hint=f"{near}'native' for this machine's CPU, 'generic', or one of: {shown}",
+    )
 
 
 def _contiguous(a: np.ndarray) -> np.ndarray:
@@ -103,6 +131,7 @@ class HostBackend(Backend):
             d = dict(target)
             if mcpu:
                 d["mcpu"] = _native_cpu() if mcpu == "native" else mcpu
+            _check_mcpu(d)
             return TargetSpec("host", str(d.get("mtriple", "llvm")), d, d.get("mcpu"))
         words = target.split()
         head = words[0].lower()
@@ -134,6 +163,7 @@ class HostBackend(Backend):
             if "mtriple" in d and not _triple_is_native(str(d["mtriple"])):
                 raise TBNError("--mcpu native needs a target that is this machine")
             d["mcpu"] = _native_cpu()
+        _check_mcpu(d)
         return TargetSpec("host", name, d, d.get("mcpu"))
 
     @classmethod
@@ -202,8 +232,10 @@ class HostBackend(Backend):
             per_sample.append([o.numpy() for o in outs])
         k = len(per_sample[0]) if per_sample else 0
         stats: dict = {"device": "cpu"}
-        if profile:
+        if profile:  # its own rounds: the wall time they took is reported apart from the run's
+            began = time.perf_counter()
             stats["profile"] = self.profile([a[0] for a in arrays])
+            stats["profile"]["seconds_profiling"] = time.perf_counter() - began
         return [np.stack([s[j] for s in per_sample]) for j in range(k)], stats
 
     def profile(self, sample: list[np.ndarray], min_seconds: float = 0.2, max_rounds: int = 50) -> dict:

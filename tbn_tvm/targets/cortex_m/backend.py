@@ -309,7 +309,7 @@ class CortexMBackend(Backend):
                 raise TBNError(
                     f"{kind} '{t.name}' has shape [{', '.join(map(str, t.shape))}], with no elements; "
                     "the Cortex-M back end builds tensors of at least one element",
-                    hint="fix the dimension with --input-shape NAME=D0,D1,... or re-export the model",
+                    hint="re-export the model with every dimension at least 1",
                 )
         limits = {
             "flash_bytes": parse_size(flash_size),

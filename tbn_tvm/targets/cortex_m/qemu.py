@@ -237,7 +237,7 @@ def lockup_error(qemu_output: str, board: Board) -> TBNError:
     if sp and board.ram_origin - 0x10000 <= int(sp.group(1), 16) < board.ram_origin:
         return TBNError(
             f"the firmware overflowed its {board.stack_bytes}-byte stack (CPU lockup, sp=0x{sp.group(1)})",
-            hint="raise stack_bytes",
+            hint="raise it with --stack-size (API: stack_size=)",
         )
     return TBNError(
         f"the firmware locked up ({line})",

@@ -70,7 +70,19 @@ def test_stack_overflow_is_caught_at_once(firmware, board: str) -> None:
     # The MPU guard below RAM stops the unbounded recursion at the first stray write.
     with pytest.raises(TBNError, match="overflowed its 16384-byte stack") as e:
         run_qemu(firmware("misbehave", board), board, np.array([[5, 0]], np.float32), timeout_s=5)
-    assert e.value.hint == "raise stack_bytes"
+    assert "--stack-size" in e.value.hint and "stack_size" in e.value.hint
+
+
+def test_stack_overflow_hint_names_the_flag() -> None:
+    # The hint names what a user can set: the CLI flag and the API option.
+    from tbn_tvm.targets.cortex_m.boards import get_board
+    from tbn_tvm.targets.cortex_m.qemu import lockup_error
+
+    board = get_board("cortex-m4")
+    dump = f"Lockup: can't escalate 3 to HardFault\nR13={board.ram_origin - 8:08x}\n"
+    err = lockup_error(dump, board)
+    assert "overflowed" in err.message
+    assert "--stack-size" in err.hint and "stack_size" in err.hint and "stack_bytes" not in err.hint
 
 
 def test_hang_times_out(firmware) -> None:
