@@ -149,8 +149,7 @@ def run(args) -> int:
             + (
                 ""
                 if n or tuning.get("kept_hand_schedule")
-                else "; none matched these kernels (records are per target, kernel form and shape; the "
-                "Cortex-M look-up-table kernels are hand-scheduled, not tuned)"
+                else "; none matched these kernels (records are per target, kernel form and shape)"
             )
         )
         kept = tuning.get("kept_hand_schedule") or []
