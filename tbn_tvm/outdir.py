@@ -21,14 +21,16 @@ refuses a library whose headers reach past its end, even with a matching hash).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tbn_tvm.errors import TBNError
@@ -255,3 +257,28 @@ def normalize_tar(path: Path) -> None:
             info.size, info.mode = len(content), 0o644
             dst.addfile(info, io.BytesIO(content))
     path.write_bytes(buf.getvalue())
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[str]:
+    """A temporary folder (like ``tempfile.TemporaryDirectory``) whose creation and removal a
+    Ctrl-C or SIGTERM cannot split: the signal is held while the folder is made and registered,
+    and while it is removed, then delivered — so an interrupted run leaves no ``tbn-*`` folder
+    behind.  Yields the folder's path."""
+    with _signals_held():
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    try:
+        yield tmp.name
+    finally:
+        with _signals_held():
+            tmp.cleanup()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

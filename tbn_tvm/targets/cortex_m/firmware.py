@@ -29,7 +29,6 @@ import re
 import shutil
 import struct
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path
 from string import Template
 
 from tbn_tvm.errors import TBNError
+from tbn_tvm.outdir import scratch_dir
 from tbn_tvm.targets.cortex_m.boards import Board, get_board
 from tbn_tvm.targets.cortex_m.elf import ElfFile
 from tbn_tvm.targets.cortex_m.toolchain import find_gcc
@@ -184,7 +184,7 @@ def build_firmware(
     hal = _uart_hal(board, mode, uart_hal)
     gcc = find_gcc()
 
-    with tempfile.TemporaryDirectory(prefix="tbn-fw-") as tmp_name:
+    with scratch_dir("tbn-fw-") as tmp_name:
         tmp = Path(tmp_name)
         shutil.copytree(lib_dir, tmp / "lib")
         (tmp / "fw").mkdir()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import struct
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from tbn_tvm import progress
 from tbn_tvm.errors import TBNError
+from tbn_tvm.outdir import scratch_dir
 from tbn_tvm.targets.cortex_m.boards import Board, get_board
 from tbn_tvm.targets.cortex_m.elf import ElfFile
 from tbn_tvm.targets.cortex_m.firmware import firmware_info
@@ -103,7 +103,7 @@ def run_qemu(
     x = as_batch(inputs, info.input_size)
     qemu = find_qemu()
 
-    with tempfile.TemporaryDirectory(prefix="tbn-qemu-") as tmp_name:
+    with scratch_dir("tbn-qemu-") as tmp_name:
         tmp = Path(tmp_name)
         header = struct.pack("<5I", _IN_MAGIC, 1, x.shape[0], info.input_size, info.output_size)
         (tmp / "tbn_in.bin").write_bytes(header + x.tobytes())

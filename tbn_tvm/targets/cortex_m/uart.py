@@ -39,7 +39,6 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ import numpy as np
 
 from tbn_tvm import progress
 from tbn_tvm.errors import TBNError
+from tbn_tvm.outdir import scratch_dir
 from tbn_tvm.targets.cortex_m.boards import Board, get_board
 from tbn_tvm.targets.cortex_m.firmware import firmware_info
 from tbn_tvm.targets.cortex_m.qemu import lockup_error, qemu_machine_args
@@ -331,7 +331,7 @@ def run_uart_qemu(
     if firmware_info(elf).mode != "uart":
         raise TBNError(f"{elf.name} is not a UART firmware", hint="build it with mode='uart'")
     qemu = find_qemu()
-    with tempfile.TemporaryDirectory(prefix="tbn-uart-") as tmp_name:
+    with scratch_dir("tbn-uart-") as tmp_name:
         log_path = Path(tmp_name) / "qemu.log"
         proc, link, url = _start_qemu_serial(qemu, board, elf, log_path, timeout_s)
         try:
