@@ -57,9 +57,18 @@ def test_short_run_applied_with_unchanged_numerics(tmp_path):
     x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
     ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64), 0)
     plain = tbn_tvm.compile(model, "llvm").run(x)
+    # the layer keeps whichever form was timed faster: the tuned decoded kernel or the hand one
+    assert set(result.forms.values()) <= {"decoded", "bitserial"}, result.forms
+    as_chosen = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert bool(as_chosen.report()["tuning"]["kernels"]) == (result.forms.get("fc") == "decoded")
+    # with the decoded form chosen, the records are found and applied
+    from tbn_tvm.schedules.tuning import _tuning_target, _write_forms, target_key
+    from tbn_tvm.targets import resolve_target
+
+    _write_forms(db, target_key(_tuning_target(resolve_target("llvm"))), {"fc": "decoded"})
     tuned = tbn_tvm.compile(model, "llvm", tuning_db=db)
     assert tuned.report()["tuning"]["kernels"], "records must be found and applied"
-    for got in (plain, tuned.run(x)):
+    for got in (plain, as_chosen.run(x), tuned.run(x)):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     # a second run resumes: nothing left to do for the same budget
     again = tune(model, "llvm", trials=8, db=db, progress=False)
