@@ -23,6 +23,7 @@ the inner loop is a shift, a test and a conditional add.  Otherwise it reads bit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ KIND_DENSE = "rows_dense"
 KIND_CONV = "rows_conv"
 KIND_DENSE_GEMM = "rows_gemm"
 KIND_CONV_GEMM = "rows_conv_gemm"
-FORMS = ("bitserial", "decoded", "lut")
+FORMS = ("bitserial", "decoded", "lut")  # and "auto": see auto_form
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
     still gets the bit-serial sum: one plan, ``D = rows``."""
     if not layer.reuse_rows or layer.dtype != "float32":
         return None
+    if layer.form == "auto":
+        layer = dataclasses.replace(layer, form=auto_form(fmt, layer))
     decoded = layer.form == "decoded"
     if layer.op == "matmul":
         if layer.order != "transposed":
@@ -160,6 +163,39 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
             return make_kernel(KIND_CONV_LUT, conv_rows_lut_te(layer, fmt, plan, g), plan, group=g)
         return make_kernel(KIND_CONV, conv_rows_te(layer, fmt, plan), plan)
     return None
+
+
+#: Rows of a matmul's input (batch x leading dims) from which the decoded form pays on a SIMD
+#: CPU: decoding the D x K distinct rows once per call costs about what one bit-serial GEMV
+#: costs, and a register-blocked GEMM needs a few input rows to fill its tile.
+DECODED_MIN_ROWS = 8
+
+
+def auto_form(fmt, layer: Layer) -> str:
+    """The form ``form="auto"`` takes (the default of every build; a tuning database overrides
+    it per layer with what it timed).  On a SIMD CPU (``layer.simd``): ``decoded`` where its
+    register-blocked schedule (:mod:`tbn_tvm.schedules.cpu_decoded`) applies and pays — 2-D
+    convolutions with 8 | D distinct filters or an output row of stride 1 and 8 | width;
+    matmuls with at least :data:`DECODED_MIN_ROWS` input rows and 8 | D — else ``bitserial``.
+    On a scalar MCU always ``bitserial`` (look-up-table kernels where they pay)."""
+    if not layer.simd or layer.dtype != "float32":
+        return "bitserial"
+    if layer.op == "matmul":
+        if layer.order != "transposed":
+            return "bitserial"
+        plan = row_plan(fmt, layer.out_shape[-1])
+        rows = math.prod(layer.x_shape[:-1])
+        ok = plan is not None and rows >= DECODED_MIN_ROWS and plan.distinct % 8 == 0
+        return "decoded" if ok else "bitserial"
+    if layer.op == "conv2d" and layer.groups == 1:
+        plan = row_plan(fmt, fmt.shape[0])
+        if plan is None:
+            return "bitserial"
+        width = layer.out_shape[-1]
+        stride_one = (layer.strides[-1] if layer.strides else 1) == 1
+        ok = plan.distinct % 8 == 0 or (stride_one and width % 8 == 0)
+        return "decoded" if ok else "bitserial"
+    return "bitserial"
 
 
 def _start(plan: RowPlan, d):

@@ -144,7 +144,7 @@ class _Compressor(relax.PyExprMutator):
 
     def _form(self, name: str) -> str:
         forms = self.owner.forms
-        return forms if isinstance(forms, str) else forms.get(name, "bitserial")
+        return forms if isinstance(forms, str) else forms.get(name, "auto")
 
     def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer):
         kernel = kernels.build(lw.format, layer)
@@ -241,15 +241,16 @@ class CompressWeights:
     ``reuse_rows`` (default) lets formats use their structure kernels (distinct rows of a tiled
     weight); without it every output is computed from the decoded weight.  ``simd`` picks kernel
     forms that vectorise (host CPUs) over ones with fewest scalar instructions (MCUs).  ``forms``
-    says how a structure kernel computes (``bitserial`` or ``decoded``), for all layers or per
-    layer name (what tuning chose, :mod:`tbn_tvm.schedules.tuning`)."""
+    says how a structure kernel computes (``bitserial``, ``decoded``, ``lut``, or ``auto``: the
+    default, :func:`tbn_tvm.kernels.rows.auto_form`), for all layers or per layer name (what
+    tuning chose, :mod:`tbn_tvm.schedules.tuning`; layers it does not name take ``auto``)."""
 
     def __init__(
         self,
         names: Mapping[str, str] | None = None,
         reuse_rows: bool = True,
         simd: bool = True,
-        forms: Mapping[str, str] | str = "bitserial",
+        forms: Mapping[str, str] | str = "auto",
     ) -> None:
         self.layers: list[RewrittenLayer] = []
         self.names = dict(names or {})

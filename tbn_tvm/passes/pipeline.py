@@ -75,7 +75,7 @@ def prepare(
     reuse_rows: bool = True,
     simd: bool = True,
     names: dict[str, str] | None = None,
-    forms: dict[str, str] | str = "bitserial",
+    forms: dict[str, str] | str = "auto",
 ) -> Prepared:
     """Run the project's passes on an imported module (weights already folded to constants).
 

@@ -1,11 +1,13 @@
 """Host CPU schedules for the project's kernels (applied before Relax's default pipeline).
 
-The row-reuse kernels (:mod:`tbn_tvm.kernels.rows`) get a hand schedule: the reduction over
-the row is split into SIMD-width chunks and r-factored, so the per-bit sign select runs on
-vectors; distinct rows are spread over the cores; the re-aligned row words are computed next to
-their row; row-reuse convolutions put the output row's positions innermost so LLVM vectorises
-them.  Other kernels (plain decode kernels, TVM's own legalized ops) keep TVM's default loop
-nest: correct but untuned (auto-tuning is not part of this release).
+The row-reuse kernels (:mod:`tbn_tvm.kernels.rows`) get a hand schedule.  Bit-serial form: the
+reduction over the row is split into SIMD-width chunks and r-factored, so the per-bit sign
+select runs on vectors; distinct rows are spread over the cores; the re-aligned row words are
+computed next to their row; row-reuse convolutions put the output row's positions innermost so
+LLVM vectorises them.  Decoded form (distinct rows as float ±1, then a GEMM / convolution):
+register-blocked micro-kernels (:mod:`tbn_tvm.schedules.cpu_decoded`).  Other kernels (plain
+decode kernels, TVM's own legalized ops) keep TVM's default loop nest unless a tuning record
+(``tbn-tvm tune``) schedules them.
 """
 
 from __future__ import annotations
@@ -135,23 +137,35 @@ def block_names(func) -> set[str]:
 
 
 def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
-    """Return ``mod`` with the project's bit-serial row-reuse kernels hand-scheduled for
-    ``target``: every PrimFunc (fused or not) holding a ``tbn_rows_sum`` / ``tbn_rows_conv_sum``
-    block that no earlier step scheduled (e.g. a tuning record); others are left alone."""
+    """Return ``mod`` with the project's row-reuse kernels hand-scheduled for ``target``: every
+    PrimFunc (fused or not) holding a ``tbn_rows_sum`` / ``tbn_rows_conv_sum`` block (bit-serial
+    form) or a ``tbn_rows_gemm`` / ``tbn_rows_conv_gemm`` block (decoded form) that no earlier
+    step scheduled (e.g. a tuning record); others are left alone.  A kernel the schedule does
+    not apply to keeps TVM's default loop nest (correct, slower)."""
     from tvm import tirx
 
     from tbn_tvm.kernels import rows
 
+    from tbn_tvm.schedules import cpu_decoded
+
     lanes = vector_lanes(target)
+    acc_regs = cpu_decoded.accumulator_registers(lanes)
     cores = int(target.attrs.get("num-cores", 0) or 0) or _cpu_count()
     updates = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
             continue
-        if not block_names(func) & {rows.BLOCK_SUM, rows.BLOCK_CONV_SUM}:
-            continue
+        names = block_names(func)
         try:
-            updates[gv] = schedule_rows(func, lanes, cores).with_attr("tirx.is_scheduled", True)
+            if rows.BLOCK_CONV_GEMM in names:
+                scheduled = cpu_decoded.schedule_conv_gemm(func, lanes, cores, acc_regs)
+            elif rows.BLOCK_GEMM in names:
+                scheduled = cpu_decoded.schedule_gemm(func, lanes, cores, acc_regs)
+            elif names & {rows.BLOCK_SUM, rows.BLOCK_CONV_SUM}:
+                scheduled = schedule_rows(func, lanes, cores)
+            else:
+                continue
+            updates[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         except Exception:  # noqa: BLE001 - fall back to the unscheduled kernel; still correct
             continue
     for gv, func in updates.items():

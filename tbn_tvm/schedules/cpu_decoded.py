@@ -1,0 +1,228 @@
+"""Host CPU hand schedules of the *decoded* forms of the tiled kernels (``rows_gemm``,
+``rows_conv_gemm`` of :mod:`tbn_tvm.kernels.rows`): the distinct rows/filters decoded to float
+±1 once per call, then a register-blocked GEMM / direct convolution on them, then scale and
+gather (p copies per distinct row) fused with the epilogue.
+
+The schedules follow the classic CPU micro-kernel recipe (BLIS; TVM's x86 ``conv2d_NCHWc``):
+an output tile of ``rows x vectors`` accumulators held in registers (a ``local`` cache of the
+sum) while the whole reduction runs, one operand broadcast, the other loaded as vectors:
+
+* convolution, stride 1 along the row: output positions in vectors, filters broadcast
+  (``Dt`` distinct filters x ``Wt`` positions);
+* convolution with stride > 1 or a short row, and GEMM: distinct filters/rows in vectors (the
+  decoded weight stored ``[K, D]``), inputs broadcast.
+
+The outer tile loops (batch, filter blocks, output rows) are spread over the cores; the
+epilogue (scale, gather, bias, residual, ReLU) is one vectorised element-wise pass.  Numbers do
+not change: ±1 products are exact, the sums run in the same order per output element as the
+plain decoded kernel (over ``c``, then the kernel window).
+"""
+
+from __future__ import annotations
+
+from tbn_tvm.schedules import reverse_inline_safely
+
+#: Vector registers given to accumulators (x86-64 with AVX-512 has 32, AVX2 16; leaving room
+#: for the broadcast operand and the loaded vectors).
+ACC_REGS_AVX512 = 24
+ACC_REGS_AVX2 = 12
+
+
+def accumulator_registers(lanes: int) -> int:
+    """Vector registers to give to accumulators for a CPU with ``lanes`` float32 lanes."""
+    return ACC_REGS_AVX512 if lanes >= 16 else ACC_REGS_AVX2
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in _divisors(n) if d <= max(1, at_most))
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _blocks(sch):
+    root = sch.get_sblock("root")
+    return {str(sch.get(b).name_hint): b for b in sch.get_child_blocks(root)}
+
+
+def _inline_epilogue(sch, keep: tuple[str, ...]) -> None:
+    """Inline every element-wise block after the kernel's output block into it (scale/gather,
+    bias, residual add, ReLU become one block)."""
+    changed = True
+    while changed:
+        changed = False
+        for name, blk in _blocks(sch).items():
+            if name.startswith(keep):
+                continue
+            if reverse_inline_safely(sch, blk):
+                changed = True
+                break
+
+
+def _schedule_epilogue(sch, blk, lanes: int, cores: int) -> None:
+    """The element-wise output block: all loops fused, vectors innermost, chunks over cores."""
+    loops = sch.get_loops(blk)
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = _extent(sch, fused)
+    if total % lanes == 0 and total >= lanes:
+        outer, inner = sch.split(fused, [None, lanes])
+        sch.vectorize(inner)
+    else:
+        outer = fused
+    if cores > 1 and _extent(sch, outer) >= 2 * cores:
+        sch.parallel(outer)
+
+
+def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
+    """Schedule a (fused) PrimFunc holding ``tbn_rows_conv_gemm`` (2-D convolution on the
+    decoded distinct filters).  Raises when the primitives do not apply (the caller keeps the
+    unscheduled kernel)."""
+    from tvm import s_tir
+
+    from tbn_tvm.kernels import rows
+
+    sch = s_tir.Schedule(prim)
+    _inline_epilogue(sch, ("pad", rows.BLOCK_DECODE, rows.BLOCK_CONV_GEMM))
+    blocks = _blocks(sch)
+    conv = blocks[rows.BLOCK_CONV_GEMM]
+    decode = blocks[rows.BLOCK_DECODE]
+    out = next(b for n, b in blocks.items() if n not in ("pad", rows.BLOCK_DECODE, rows.BLOCK_CONV_GEMM))
+    loops = sch.get_loops(conv)
+    if len(loops) != 7:  # b, d, oh, ow, rc, rk0, rk1 (conv2d only)
+        raise ValueError("not a 2-D convolution")
+    b, d, oh, ow, rc, rk0, rk1 = loops
+    D, OW = _extent(sch, d), _extent(sch, ow)
+    stride_w = _stride_of_last(sch, conv)
+    along_row = stride_w == 1 and OW % 8 == 0
+    if along_row:
+        # output positions in vectors; Dt filters broadcast
+        vec = lanes if OW % lanes == 0 else 8
+        Wt = min(OW, 2 * vec) if OW % min(OW, 2 * vec) == 0 else vec
+        nvec = Wt // vec
+        Dt = _largest_divisor(D, acc_regs // nvec)
+        do, di = sch.split(d, [None, Dt])
+        wo, wi = sch.split(ow, [None, Wt])
+        sch.reorder(b, do, oh, wo, rc, rk0, rk1, di, wi)
+        inner_vec, inner_unroll = wi, di
+    else:
+        # distinct filters in vectors (decoded weight stored [c, kh, kw, d]); positions broadcast
+        vec = lanes if D % lanes == 0 else (8 if D % 8 == 0 else 0)
+        if not vec:
+            raise ValueError("no vector axis")
+        Dt = vec * _largest_divisor(D // vec, 2)
+        Wt = _largest_divisor(OW, acc_regs // (Dt // vec))
+        do, di = sch.split(d, [None, Dt])
+        wo, wi = sch.split(ow, [None, Wt])
+        sch.reorder(b, do, oh, wo, rc, rk0, rk1, wi, di)
+        sch.transform_layout(decode, ("write", 0), lambda dd, c, h, w: (c, h, w, dd))
+        inner_vec, inner_unroll = di, wi
+    acc = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(acc, wo)
+    if not along_row:  # the accumulator tile with the filter axis innermost: whole vectors
+        sch.transform_layout(conv, ("write", 0), lambda bb, dd, h, w: (bb, h, w, dd))
+    sch.vectorize(inner_vec)
+    sch.unroll(inner_unroll)
+    sch.unroll(rk1)
+    par = sch.fuse(b, do, oh)
+    if cores > 1:
+        sch.parallel(par)
+    init = sch.decompose_reduction(conv, rc)
+    # the init and write-back of the accumulator tile: vectorise their innermost loop
+    for blk in (init, acc):
+        _try_vectorize(sch, sch.get_loops(blk)[-1])
+    # pad: one pass, rows in parallel, vectorised copies
+    if "pad" in blocks:
+        pl = sch.get_loops(blocks["pad"])
+        fused = sch.fuse(*pl[:-1])
+        if cores > 1:
+            sch.parallel(fused)
+    dl = sch.get_loops(decode)
+    if cores > 1 and _extent(sch, dl[0]) >= 2 * cores:
+        sch.parallel(dl[0])
+    _schedule_epilogue(sch, out, lanes, cores)
+    return sch.mod["main"]
+
+
+def _try_vectorize(sch, loop) -> None:
+    try:
+        sch.vectorize(loop)
+    except Exception:  # noqa: BLE001 - a loop that cannot be a vector stays scalar
+        pass
+
+
+def _stride_of_last(sch, conv) -> int:
+    """The stride of the output row's position in the padded input index of ``conv``."""
+    blk = sch.get(conv)
+    ow_var = blk.iter_vars[3].var
+    for region in blk.reads:  # the input (4-D, indexed by the output position)
+        if len(region.region) == 4:
+            coeff = _coefficient(region.region[3].min, ow_var)
+            if coeff:
+                return coeff
+    return 0
+
+
+def _coefficient(expr, var) -> int | None:
+    from tvm.sym import pattern as arith
+
+    try:
+        res = arith.detect_linear_equation(expr, [var])
+    except Exception:  # noqa: BLE001
+        return None
+    if len(res) != 2:
+        return None
+    try:
+        return int(res[0])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def schedule_gemm(prim, lanes: int, cores: int, acc_regs: int):
+    """Schedule a (fused) PrimFunc holding ``tbn_rows_gemm`` (``Z[m, d] = X[m, :] . Wd[d, :]``
+    on the decoded distinct rows): ``Mt x Dt`` accumulators, ``Dt`` in vectors (decoded rows
+    stored ``[K, D]``, a panel per filter block), ``X`` broadcast."""
+    from tvm import s_tir
+
+    from tbn_tvm.kernels import rows
+
+    sch = s_tir.Schedule(prim)
+    _inline_epilogue(sch, (rows.BLOCK_DECODE, rows.BLOCK_GEMM))
+    blocks = _blocks(sch)
+    gemm = blocks[rows.BLOCK_GEMM]
+    decode = blocks[rows.BLOCK_DECODE]
+    out = next(b for n, b in blocks.items() if n not in (rows.BLOCK_DECODE, rows.BLOCK_GEMM))
+    loops = sch.get_loops(gemm)
+    *ms, d, k = loops
+    m = sch.fuse(*ms) if len(ms) > 1 else ms[0]
+    M, D = _extent(sch, m), _extent(sch, d)
+    vec = lanes if D % lanes == 0 else (8 if D % 8 == 0 else 0)
+    if not vec:
+        raise ValueError("no vector axis")
+    Dt = vec * _largest_divisor(D // vec, 2)
+    Mt = _largest_divisor(M, acc_regs // (Dt // vec))
+    do, di = sch.split(d, [None, Dt])
+    mo, mi = sch.split(m, [None, Mt])
+    sch.reorder(do, mo, k, mi, di)
+    sch.transform_layout(decode, ("write", 0), lambda dd, kk: (kk, dd))
+    acc = sch.cache_write(gemm, 0, "local")
+    sch.reverse_compute_at(acc, mo)
+    sch.vectorize(di)
+    sch.unroll(mi)
+    # the panel of Dt decoded rows, decoded right before the filter block uses it
+    sch.compute_at(decode, do)
+    dl = sch.get_loops(decode)
+    sch.reorder(dl[-1], dl[-2])  # k outer, d inner: the panel is written in its [K, Dt] order
+    if cores > 1 and _extent(sch, do) >= cores:
+        sch.parallel(do)
+    elif cores > 1 and _extent(sch, mo) >= cores:
+        sch.parallel(mo)
+    init = sch.decompose_reduction(gemm, k)
+    for blk in (init, acc):
+        _try_vectorize(sch, sch.get_loops(blk)[-1])
+    _schedule_epilogue(sch, out, lanes, cores)
+    return sch.mod["main"]
