@@ -467,21 +467,33 @@ def conv_rows_te(layer: Layer, fmt, plan: RowPlan, accumulate: str = "signed") -
     return [X, P, A, Y]
 
 
-def _decode_rows(plan: RowPlan, P, shape, dtype: str):
-    """``Wd[d, ...]``: the distinct row ``d`` as float ±1 (``shape = [D, *row]``, row-major)."""
+def _decode_rows(plan: RowPlan, P, num_words: int, dtype: str):
+    """``Wd[d, k]``: the distinct rows as float ±1, ``[D, K]`` (a conv's filter flattened
+    row-major over ``[C/groups, *kernel]``).  Read from the re-aligned row words
+    (:func:`_row_words`: one word per 32 elements, bit ``k & 31`` of word ``k >> 5``, shifts by
+    the loop index that a CPU vectorises) where the plan allows, else bit by bit from the tile."""
     from tvm import te, tirx
 
     one = tirx.const(1.0, dtype)
-    row = shape[1:]
+    D, K = plan.distinct, plan.row_length
+    if plan.wordwise:
+        W = _row_words(plan, P, num_words)
 
-    def body(d, *idx):
-        k = idx[0]
-        for j in range(1, len(idx)):
-            k = k * i64(row[j]) + idx[j]
+        def body(d, k):
+            word = W[d, tirx.shift_right(k, i64(5))]
+            bit = tirx.bitwise_and(
+                tirx.shift_right(word, tirx.Cast("uint32", tirx.bitwise_and(k, i64(31)))),
+                tirx.const(1, "uint32"),
+            )
+            return tirx.Select(bit == tirx.const(1, "uint32"), one, -one)
+
+        return te.compute(shape64([D, K]), body, name=BLOCK_DECODE)
+
+    def body_bits(d, k):
         bit = tir_bit(P, tirx.floormod(_start(plan, d) + k, i64(plan.tile_length)))
         return tirx.Select(bit == tirx.const(1, "uint32"), one, -one)
 
-    return te.compute(shape64(shape), body, name=BLOCK_DECODE)
+    return te.compute(shape64([D, K]), body_bits, name=BLOCK_DECODE)
 
 
 def dense_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
@@ -493,7 +505,7 @@ def dense_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
     X = te.placeholder(shape64([*lead, K]), dtype, name="x")
     bufs = fmt.placeholders()
     P, A = bufs["tile"], bufs["scales"]
-    Wd = _decode_rows(plan, P, [plan.distinct, K], dtype)
+    Wd = _decode_rows(plan, P, fmt.num_words, dtype)
     k = te.reduce_axis((i64(0), i64(K)), name="k")
     Z = te.compute(
         shape64([*lead, plan.distinct]),
@@ -519,13 +531,19 @@ def conv_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
     B = layer.x_shape[0]
     O, Cg, *ksize = fmt.shape
     nd = len(ksize)
-    Wd = _decode_rows(plan, P, [plan.distinct, Cg, *ksize], dtype)
+    Wd = _decode_rows(plan, P, fmt.num_words, dtype)
     rc = te.reduce_axis((i64(0), i64(Cg)), name="rc")
     rk = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk{d}") for d in range(nd)]
 
+    def flat(c):  # the filter element (c, *rk) in the flattened row
+        f = c
+        for j in range(nd):
+            f = f * i64(ksize[j]) + rk[j]
+        return f
+
     def conv(b, d, *pos):
         src = [pos[j] * i64(layer.strides[j]) + rk[j] * i64(layer.dilation[j]) for j in range(nd)]
-        return te.sum(Xp[(b, rc, *src)] * Wd[(d, rc, *rk)], axis=[rc, *rk])
+        return te.sum(Xp[(b, rc, *src)] * Wd[d, flat(rc)], axis=[rc, *rk])
 
     Z = te.compute(shape64([B, plan.distinct, *out_spatial]), conv, name=BLOCK_CONV_GEMM)
 

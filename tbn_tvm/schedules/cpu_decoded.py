@@ -26,11 +26,17 @@ from tbn_tvm.schedules import reverse_inline_safely
 #: for the broadcast operand and the loaded vectors).
 ACC_REGS_AVX512 = 24
 ACC_REGS_AVX2 = 12
+#: The accumulator tile is a cache of scope "global" smaller than 1 KiB: TVM 0.27's
+#: LowerTVMBuiltin keeps such an allocation on the stack (LLVM then holds it in registers),
+#: while a "local" cache inside a parallel loop becomes a TVMBackendAllocWorkspace call per
+#: iteration, its sums go through memory and two threads run slower than one (measured).
+ACC_MAX_FLOATS = 255
 
 
 def accumulator_registers(lanes: int) -> int:
-    """Vector registers to give to accumulators for a CPU with ``lanes`` float32 lanes."""
-    return ACC_REGS_AVX512 if lanes >= 16 else ACC_REGS_AVX2
+    """Vector registers to give to accumulators for a CPU with ``lanes`` float32 lanes (at most
+    :data:`ACC_MAX_FLOATS` floats in all)."""
+    return min(ACC_REGS_AVX512 if lanes >= 16 else ACC_REGS_AVX2, ACC_MAX_FLOATS // lanes)
 
 
 def _divisors(n: int) -> list[int]:
@@ -87,11 +93,12 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     from tbn_tvm.kernels import rows
 
     sch = s_tir.Schedule(prim)
-    _inline_epilogue(sch, ("pad", rows.BLOCK_DECODE, rows.BLOCK_CONV_GEMM))
+    keep = ("pad", rows.BLOCK_ROW_WORDS, rows.BLOCK_DECODE, rows.BLOCK_CONV_GEMM)
+    _inline_epilogue(sch, keep)
     blocks = _blocks(sch)
     conv = blocks[rows.BLOCK_CONV_GEMM]
     decode = blocks[rows.BLOCK_DECODE]
-    out = next(b for n, b in blocks.items() if n not in ("pad", rows.BLOCK_DECODE, rows.BLOCK_CONV_GEMM))
+    out = next(b for n, b in blocks.items() if n not in keep)
     loops = sch.get_loops(conv)
     if len(loops) != 7:  # b, d, oh, ow, rc, rk0, rk1 (conv2d only)
         raise ValueError("not a 2-D convolution")
@@ -102,26 +109,29 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     if along_row:
         # output positions in vectors; Dt filters broadcast
         vec = lanes if OW % lanes == 0 else 8
-        Wt = min(OW, 2 * vec) if OW % min(OW, 2 * vec) == 0 else vec
-        nvec = Wt // vec
-        Dt = _largest_divisor(D, acc_regs // nvec)
+        best = None
+        for nvec in (1, 2):
+            if OW % (nvec * vec):
+                continue
+            Dt = _largest_divisor(D, acc_regs // nvec)
+            if best is None or Dt * nvec > best[0] * best[1]:
+                best = (Dt, nvec)
+        Dt, nvec = best
+        Wt = nvec * vec
         do, di = sch.split(d, [None, Dt])
         wo, wi = sch.split(ow, [None, Wt])
         sch.reorder(b, do, oh, wo, rc, rk0, rk1, di, wi)
         inner_vec, inner_unroll = wi, di
     else:
-        # distinct filters in vectors (decoded weight stored [c, kh, kw, d]); positions broadcast
-        vec = lanes if D % lanes == 0 else (8 if D % 8 == 0 else 0)
-        if not vec:
-            raise ValueError("no vector axis")
-        Dt = vec * _largest_divisor(D // vec, 2)
+        # distinct filters in vectors (decoded weight stored [K, D]); positions broadcast
+        vec = _vector_of(D, lanes)
+        Dt = vec * _largest_divisor(D // vec, max(1, acc_regs // 4))
         Wt = _largest_divisor(OW, acc_regs // (Dt // vec))
         do, di = sch.split(d, [None, Dt])
         wo, wi = sch.split(ow, [None, Wt])
         sch.reorder(b, do, oh, wo, rc, rk0, rk1, wi, di)
-        sch.transform_layout(decode, ("write", 0), lambda dd, c, h, w: (c, h, w, dd))
         inner_vec, inner_unroll = di, wi
-    acc = sch.cache_write(conv, 0, "local")
+    acc = sch.cache_write(conv, 0, "global")  # < 1 KiB: a stack array, see ACC_MAX_FLOATS
     sch.reverse_compute_at(acc, wo)
     if not along_row:  # the accumulator tile with the filter axis innermost: whole vectors
         sch.transform_layout(conv, ("write", 0), lambda bb, dd, h, w: (bb, h, w, dd))
@@ -135,17 +145,43 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     # the init and write-back of the accumulator tile: vectorise their innermost loop
     for blk in (init, acc):
         _try_vectorize(sch, sch.get_loops(blk)[-1])
-    # pad: one pass, rows in parallel, vectorised copies
-    if "pad" in blocks:
-        pl = sch.get_loops(blocks["pad"])
-        fused = sch.fuse(*pl[:-1])
-        if cores > 1:
-            sch.parallel(fused)
-    dl = sch.get_loops(decode)
-    if cores > 1 and _extent(sch, dl[0]) >= 2 * cores:
-        sch.parallel(dl[0])
+    _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=not along_row)
     _schedule_epilogue(sch, out, lanes, cores)
     return sch.mod["main"]
+
+
+def _vector_of(D: int, lanes: int) -> int:
+    """The vector width along the distinct rows/filters axis (``lanes`` or 8), else raise."""
+    vec = lanes if D % lanes == 0 else (8 if D % 8 == 0 else 0)
+    if not vec:
+        raise ValueError("no vector axis")
+    return vec
+
+
+def _schedule_decode(sch, decode, words, lanes: int, filters_in_vectors: bool, at=None) -> None:
+    """The decode of the distinct rows to ±1: ``[D, K]`` with the row's elements in vectors, or
+    (``filters_in_vectors``) stored ``[K, D]`` from row words stored ``[C, D]`` with the rows in
+    vectors.  ``at``: the loop to decode under (a panel per block of rows), else once per call."""
+    if filters_in_vectors:
+        sch.transform_layout(decode, ("write", 0), lambda dd, kk: (kk, dd))
+        if words is not None:
+            sch.transform_layout(words, ("write", 0), lambda dd, cc: (cc, dd))
+    if at is not None:
+        sch.compute_at(decode, at)
+        if words is not None:
+            sch.compute_at(words, at)
+    dl = sch.get_loops(decode)
+    dd, kk = dl[-2], dl[-1]
+    if filters_in_vectors:
+        sch.reorder(kk, dd)
+        inner = dd
+    else:
+        inner = kk
+    ext = _extent(sch, inner)
+    vec = lanes if ext % lanes == 0 else (8 if ext % 8 == 0 else 0)
+    if vec:
+        _, vi = sch.split(inner, [None, vec])
+        sch.vectorize(vi)
 
 
 def _try_vectorize(sch, loop) -> None:
@@ -191,32 +227,28 @@ def schedule_gemm(prim, lanes: int, cores: int, acc_regs: int):
     from tbn_tvm.kernels import rows
 
     sch = s_tir.Schedule(prim)
-    _inline_epilogue(sch, (rows.BLOCK_DECODE, rows.BLOCK_GEMM))
+    keep = (rows.BLOCK_ROW_WORDS, rows.BLOCK_DECODE, rows.BLOCK_GEMM)
+    _inline_epilogue(sch, keep)
     blocks = _blocks(sch)
     gemm = blocks[rows.BLOCK_GEMM]
     decode = blocks[rows.BLOCK_DECODE]
-    out = next(b for n, b in blocks.items() if n not in (rows.BLOCK_DECODE, rows.BLOCK_GEMM))
+    out = next(b for n, b in blocks.items() if n not in keep)
     loops = sch.get_loops(gemm)
     *ms, d, k = loops
     m = sch.fuse(*ms) if len(ms) > 1 else ms[0]
     M, D = _extent(sch, m), _extent(sch, d)
-    vec = lanes if D % lanes == 0 else (8 if D % 8 == 0 else 0)
-    if not vec:
-        raise ValueError("no vector axis")
+    vec = _vector_of(D, lanes)
     Dt = vec * _largest_divisor(D // vec, 2)
     Mt = _largest_divisor(M, acc_regs // (Dt // vec))
     do, di = sch.split(d, [None, Dt])
     mo, mi = sch.split(m, [None, Mt])
     sch.reorder(do, mo, k, mi, di)
-    sch.transform_layout(decode, ("write", 0), lambda dd, kk: (kk, dd))
-    acc = sch.cache_write(gemm, 0, "local")
+    acc = sch.cache_write(gemm, 0, "global")  # < 1 KiB: a stack array, see ACC_MAX_FLOATS
     sch.reverse_compute_at(acc, mo)
     sch.vectorize(di)
     sch.unroll(mi)
-    # the panel of Dt decoded rows, decoded right before the filter block uses it
-    sch.compute_at(decode, do)
-    dl = sch.get_loops(decode)
-    sch.reorder(dl[-1], dl[-2])  # k outer, d inner: the panel is written in its [K, Dt] order
+    # the panel of Dt decoded rows ([K, Dt]), decoded right before the row block uses it
+    _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=True, at=do)
     if cores > 1 and _extent(sch, do) >= cores:
         sch.parallel(do)
     elif cores > 1 and _extent(sch, mo) >= cores:
