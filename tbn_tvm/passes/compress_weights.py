@@ -144,7 +144,7 @@ class _Compressor(relax.PyExprMutator):
 
     def _form(self, name: str) -> str:
         forms = self.owner.forms
-        return forms if isinstance(forms, str) else forms.get(name, "auto")
+        return forms if isinstance(forms, str) else forms.get(name, self.owner.default_form)
 
     def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer):
         kernel = kernels.build(lw.format, layer)
@@ -243,7 +243,8 @@ class CompressWeights:
     forms that vectorise (host CPUs) over ones with fewest scalar instructions (MCUs).  ``forms``
     says how a structure kernel computes (``bitserial``, ``decoded``, ``lut``, or ``auto``: the
     default, :func:`tbn_tvm.kernels.rows.auto_form`), for all layers or per layer name (what
-    tuning chose, :mod:`tbn_tvm.schedules.tuning`; layers it does not name take ``auto``)."""
+    tuning chose, :mod:`tbn_tvm.schedules.tuning`; layers it does not name take ``default_form``,
+    the back end's choice: ``auto`` on host CPUs, ``bitserial`` where its schedules expect it)."""
 
     def __init__(
         self,
@@ -251,8 +252,10 @@ class CompressWeights:
         reuse_rows: bool = True,
         simd: bool = True,
         forms: Mapping[str, str] | str = "auto",
+        default_form: str = "auto",
     ) -> None:
         self.layers: list[RewrittenLayer] = []
+        self.default_form = default_form
         self.names = dict(names or {})
         self.forms = forms if isinstance(forms, str) else dict(forms)
         #: constant object (hash) -> C-safe name ``<layer>_<buffer>`` (``fc1_tile``, ``fc2_weight``)

@@ -14,8 +14,10 @@ Phase 1, the project's passes, every target (:func:`prepare`)
 Phase 2, lowering, per target family
     host (:func:`lower_host`): :func:`fuse` (Legalize with NaN-keeping lowerings,
     AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR) -> MetaScheduleApplyDatabase (tuning
-    records, when a database is given) -> hand schedules of the project's kernels not tuned
-    (:mod:`tbn_tvm.schedules.cpu`) -> TVM's CPU library dispatch, dataflow lowering and
+    records, when a database is given; a record no faster than the kernel's hand schedule is
+    dropped, :func:`keep_faster_hand_schedules`) -> hand schedules of the project's kernels not
+    tuned (:mod:`tbn_tvm.schedules.cpu`: bit-serial and decoded forms,
+    :mod:`tbn_tvm.schedules.cpu_decoded`) -> TVM's CPU library dispatch, dataflow lowering and
     finalisation (memory planning, VM code) -> LLVM.
 
     cortex-m (:func:`lower_mcu`): :func:`fuse` -> RewriteDataflowReshape (reshapes become views
@@ -30,7 +32,8 @@ Phase 2, lowering, per target family
     dataflow lowering and finalisation -> nvcc (PTX and cubin).
 
 Phase 1 also takes the per-layer kernel forms a tuning database chose
-(:mod:`tbn_tvm.schedules.tuning`); the Cortex-M build then runs one inference on QEMU to size the
+(:mod:`tbn_tvm.schedules.tuning`; ``auto`` for the others: decoded where its host schedule pays,
+:func:`tbn_tvm.kernels.rows.auto_form`); the Cortex-M build then runs one inference on QEMU to size the
 stack and count instructions per layer (:mod:`tbn_tvm.targets.cortex_m.backend`).
 """
 
@@ -76,6 +79,7 @@ def prepare(
     simd: bool = True,
     names: dict[str, str] | None = None,
     forms: dict[str, str] | str = "auto",
+    default_form: str = "auto",
 ) -> Prepared:
     """Run the project's passes on an imported module (weights already folded to constants).
 
@@ -84,7 +88,9 @@ def prepare(
     mod = FoldAffine()(mod)
     if not compress:
         return Prepared(mod, [])
-    compress_pass = CompressWeights(names=names, reuse_rows=reuse_rows, simd=simd, forms=forms)
+    compress_pass = CompressWeights(
+        names=names, reuse_rows=reuse_rows, simd=simd, forms=forms, default_form=default_form
+    )
     mod = compress_pass(mod)
     return Prepared(mod, list(compress_pass.layers), dict(compress_pass.const_names))
 
@@ -123,22 +129,48 @@ def apply_database(mod: tvm.IRModule, target, database) -> tuple[tvm.IRModule, l
     return mod, sorted(scheduled_kernels(mod) - before)
 
 
+def keep_faster_hand_schedules(
+    before: tvm.IRModule, after: tvm.IRModule, tuned: list[str], database, target, baselines: dict
+) -> tuple[tvm.IRModule, list[str], list[str]]:
+    """Undo the records of ``tuned`` kernels that are no faster than their hand schedule
+    (``baselines``: seconds of the hand-scheduled kernel by workload, written by tuning);
+    returns the module, the kernels still tuned and those that keep the hand schedule."""
+    from tbn_tvm.schedules.tuning import kernel_workload_key, record_seconds
+
+    kept = []
+    for name in tuned:
+        gv = before.get_global_var(name)
+        base = baselines.get(kernel_workload_key(before[gv]))
+        if base is None:
+            continue
+        secs = record_seconds(database, before[gv], target)
+        if secs is None or secs >= base:
+            after[gv] = before[gv]
+            kept.append(name)
+    return after, [t for t in tuned if t not in kept], kept
+
+
 def lower_host(
-    mod: tvm.IRModule, target, database=None
-) -> tuple[tvm.IRModule, tvm.transform.Pass, list[str]]:
+    mod: tvm.IRModule, target, database=None, baselines: dict | None = None
+) -> tuple[tvm.IRModule, tvm.transform.Pass, list[str], list[str]]:
     """Host lowering: returns the fused, scheduled module, the rest of the Relax pipeline
-    ``tvm.compile`` runs on it, and the kernels tuning records were applied to.  Records from
-    ``database`` (a MetaSchedule database) come first; the project's kernels they do not cover
-    get their hand schedules."""
+    ``tvm.compile`` runs on it, the kernels tuning records were applied to, and the kernels
+    whose record was no faster than their hand schedule (``baselines``, from tuning), which
+    keep it.  Records from ``database`` (a MetaSchedule database) come first; the project's
+    kernels they do not cover get their hand schedules."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from tbn_tvm.schedules.cpu import schedule_cpu
 
     tuned: list[str] = []
+    kept: list[str] = []
     with target:
         mod = fuse()(mod)
         if database is not None:
+            before = mod
             mod, tuned = apply_database(mod, target, database)
+            if baselines:
+                mod, tuned, kept = keep_faster_hand_schedules(before, mod, tuned, database, target, baselines)
         mod = schedule_cpu(mod, target)
     rest = (
         cpu.library_dispatch_passes(target) + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
@@ -149,7 +181,7 @@ def lower_host(
         with target:
             return tvm.transform.Sequential(rest)(m)
 
-    return mod, finish, tuned
+    return mod, finish, tuned, kept
 
 
 def lower_mcu(mod: tvm.IRModule) -> tvm.IRModule:

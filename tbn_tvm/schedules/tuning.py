@@ -9,9 +9,11 @@ behind TVM's RPC tracker, or (Cortex-M) on QEMU by exact instruction count.  Eve
 record goes into a JSON database in ``db`` as it is measured, so an interrupted run loses
 nothing and a second run resumes (it only spends the trials not yet spent).
 
-After the search each tiled layer keeps the faster of its two forms: the tuned decoded kernel
-or the hand-scheduled bit-serial one (both timed with the same runner); the choice is written
-to ``db/tbn_forms.json`` and ``compile(..., tuning_db=db)`` follows it.
+After the search each tiled layer keeps the fastest of three kernels: the hand-scheduled
+bit-serial one, the hand-scheduled decoded one, or the tuned decoded one; the choice is written
+to ``db/tbn_forms.json`` and ``compile(..., tuning_db=db)`` follows it.  The hand decoded
+kernels' times go to ``db/tbn_baselines.json``: a compile applies a record only where it is
+faster than the hand schedule (on Cortex-M the same file holds instruction counts).
 
 Traps of apache-tvm 0.27 worked around here (see the project's research notes): the default
 builder imports ``tvm.s_tir.tensor_intrin`` in every worker (18-25 s, past its timeout), so a
@@ -435,8 +437,9 @@ def tune(
     ]
     forms = {}
     if spec.family == "host":
-        forms = choose_forms(model, spec, input_shapes, database, tasks, runner, rpc, device_key)
+        forms, baselines = choose_forms(model, spec, input_shapes, database, tasks, runner, rpc, device_key)
         _write_forms(Path(db), target_key(tvm_target), forms)
+        _write_host_baselines(Path(db), target_key(tvm_target), baselines)
     else:  # the hand schedule's instructions, so that a record is applied only where it is better
         _write_baselines(Path(db), target_key(tvm_target), tasks, spec)
     curve_path = Path(db) / CURVE_FILE
@@ -513,7 +516,18 @@ def _write_baselines(db: Path, key: str, tasks: Sequence[Task], spec) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def read_baselines(db_dir, key: str) -> dict[str, int]:
+def _write_host_baselines(db: Path, key: str, baselines: dict[str, float]) -> None:
+    """Seconds per call of each hand-scheduled decoded kernel (host), by workload."""
+    path = db / BASELINES_FILE
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        data = {}
+    data.setdefault(key, {}).update(baselines)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def read_baselines(db_dir, key: str) -> dict[str, float]:
     try:
         data = json.loads((Path(db_dir) / BASELINES_FILE).read_text())
     except (OSError, ValueError):
@@ -533,32 +547,55 @@ def _write_forms(db: Path, key: str, forms: dict[str, str]) -> None:
 
 def choose_forms(
     model, spec, input_shapes, database, tasks: Sequence[Task], runner, rpc, device_key
-) -> dict[str, str]:
-    """For each tiled layer, the faster form: its tuned decoded kernel (best record) or the
-    hand-scheduled bit-serial kernel (timed here on random inputs with the same evaluator)."""
-    tuned = {}
+) -> tuple[dict[str, str], dict[str, float]]:
+    """For each tiled layer, the fastest of three kernels: the hand-scheduled bit-serial one,
+    the hand-scheduled decoded one (:mod:`tbn_tvm.schedules.cpu_decoded`) and the tuned decoded
+    one (its best record), the hand kernels timed here on random inputs with TVM's evaluator.
+    Returns the forms (layer -> ``bitserial`` / ``decoded``) and the baselines: seconds of each
+    hand-scheduled decoded kernel by workload, so that a compile applies a record only where it
+    beats the hand schedule."""
+    tuned: dict[str, float] = {}
     for t in tasks:
         best = _best(database, t)
         if best is not None:
             for layer in t.layers:
                 tuned[layer] = best
-    if not tuned:
-        return {}
-    hand = time_bitserial_kernels(model, spec, input_shapes)
-    # a layer whose hand kernel could not be timed keeps it: the tuned form must be shown faster
-    return {layer: ("decoded" if tuned[layer] < hand.get(layer, 0.0) else "bitserial") for layer in tuned}
+    bits, _ = time_hand_kernels(model, spec, input_shapes, "bitserial")
+    decoded, baselines = time_hand_kernels(model, spec, input_shapes, "decoded")
+    forms = {}
+    for layer in sorted(set(bits) | set(decoded) | set(tuned)):
+        candidates = {
+            "bitserial": bits.get(layer),
+            "decoded": min((x for x in (decoded.get(layer), tuned.get(layer)) if x is not None), default=None),
+        }
+        timed = {k: v for k, v in candidates.items() if v is not None}
+        # a layer whose bit-serial kernel could not be timed keeps the default choice unless its
+        # decoded form was timed by hand: a tuned record alone must be shown faster than a timed
+        # hand kernel
+        if candidates["bitserial"] is None and decoded.get(layer) is None:
+            continue
+        forms[layer] = min(timed, key=timed.get)
+    return forms, baselines
 
 
 def time_bitserial_kernels(model, spec, input_shapes=None) -> dict[str, float]:
     """Seconds per call of each tiled layer's hand-scheduled bit-serial fused kernel (host)."""
+    return time_hand_kernels(model, spec, input_shapes, "bitserial")[0]
+
+
+def time_hand_kernels(model, spec, input_shapes=None, form: str = "bitserial") -> tuple[dict, dict]:
+    """Seconds per call of each tiled layer's hand-scheduled fused kernel in ``form`` (host), by
+    layer name, and by :func:`workload_key` of the unscheduled kernel (what a compile looks
+    records up by).  A kernel the hand schedule does not apply to, or that cannot be timed
+    alone, is left out."""
     import tvm
 
     from tbn_tvm.quiet import captured
     from tbn_tvm.schedules.cpu import schedule_cpu
 
-    _, prepared, fused = prepare_for_tuning(model, spec, input_shapes, "bitserial")
+    _, prepared, fused = prepare_for_tuning(model, spec, input_shapes, form)
     target = spec.tvm()
-    out = {}
+    by_layer, by_workload = {}, {}
     with target, captured():
         scheduled = schedule_cpu(fused, target)
     for gv, func in scheduled.functions_items():
@@ -574,8 +611,30 @@ def time_bitserial_kernels(model, spec, input_shapes=None) -> dict[str, float]:
         except Exception:  # noqa: BLE001 - a kernel that cannot be timed alone keeps its default
             continue
         for layer in layers:
-            out[layer] = secs
-    return out
+            by_layer[layer] = secs
+        by_workload[kernel_workload_key(fused[gv])] = secs
+    return by_layer, by_workload
+
+
+def kernel_workload_key(func) -> str:
+    """:func:`workload_key` of an unscheduled fused kernel as a compile sees it."""
+    import tvm
+
+    return workload_key(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+
+
+def record_seconds(database, func, target) -> float | None:
+    """Median seconds of the best record ``database`` holds for the unscheduled kernel ``func``."""
+    import tvm
+
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    try:
+        record = database.query_tuning_record(mod, target, "main")
+    except Exception:  # noqa: BLE001 - no workload of that structure
+        return None
+    if record is None or not record.run_secs:
+        return None
+    return float(np.median([float(x) for x in record.run_secs]))
 
 
 def param_shapes(func) -> list[tuple[tuple[int, ...], str]]:

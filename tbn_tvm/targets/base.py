@@ -5,7 +5,8 @@ A back end owns one *target family* (``host``, ``cortex-m``, ...).  It
 * **resolves** what a user types (``--target``, ``--mcpu``) into a :class:`TargetSpec`, or says it
   does not know it (:meth:`Backend.resolve` returns None);
 * names the **pass options** the compiler needs for it (:attr:`Backend.pass_options`, e.g.
-  ``simd=False`` on a scalar microcontroller) and the **compile options** it accepts
+  ``simd=False`` on a scalar microcontroller; ``default_form``: how tiled kernels compute where
+  no tuning chose, ``auto`` only where the back end schedules the decoded form) and the **compile options** it accepts
   (:attr:`Backend.compile_options`: ``board``, ``flash_size``...);
 * **builds** a prepared Relax module (:meth:`create`), **saves** and **loads** its artifact, and
   **runs** stacked samples with its **run options** (:attr:`Backend.run_options`:
@@ -77,7 +78,7 @@ class Backend(ABC):
     #: What ``--target`` values it resolves, for error messages and ``tbn-tvm targets``.
     target_names: ClassVar[str] = ""
     #: Options of :class:`tbn_tvm.passes.compress_weights.CompressWeights` for this family.
-    pass_options: ClassVar[dict[str, Any]] = {"simd": True}
+    pass_options: ClassVar[dict[str, Any]] = {"simd": True, "default_form": "bitserial"}
     #: Keyword options of :meth:`create` (``tbn_tvm.compile(..., **options)``).
     compile_options: ClassVar[dict[str, Option]] = {}
     #: Keyword options of :meth:`run` (``CompiledModel.run(x, **run_options)``).

@@ -264,7 +264,7 @@ class CudaBackend(Backend):
     #: The bit-serial kernels (``prepare``'s default form): the schedules read the row words from
     #: shared memory and never hold decoded float rows; ``simd`` writes the conv's sign as a float
     #: factor (branch-free; the bit is warp-uniform anyway).
-    pass_options = {"simd": True}
+    pass_options = {"simd": True, "default_form": "bitserial"}
     compile_options = {
         "arch": Option(None, "GPU architecture: sm_80 (A100) or sm_90 (H100, H200); default sm_90"),
     }

@@ -79,9 +79,10 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def build(mod, spec: TargetSpec, database=None):
+def build(mod, spec: TargetSpec, database=None, baselines: dict | None = None):
     """Lower and compile a prepared Relax module (:func:`tbn_tvm.passes.pipeline.lower_host`);
-    returns TVM's executable and the kernels tuning records were applied to."""
+    returns TVM's executable, the kernels tuning records were applied to and those whose record
+    was no faster than the hand schedule."""
     import tvm
 
     from tbn_tvm.passes.pipeline import lower_host
@@ -90,8 +91,8 @@ def build(mod, spec: TargetSpec, database=None):
     target = spec.tvm()
     with captured():
         try:
-            mod, relax_pipeline, tuned = lower_host(mod, target, database)
-            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline), tuned
+            mod, relax_pipeline, tuned, kept = lower_host(mod, target, database, baselines)
+            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline), tuned, kept
         except TBNError:
             raise
         except Exception as e:  # noqa: BLE001 - TVM cannot lower or compile something in the graph
@@ -108,7 +109,7 @@ class HostBackend(Backend):
     target_names = (
         "llvm [--mcpu native|NAME], an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
     )
-    pass_options = {"simd": True}
+    pass_options = {"simd": True, "default_form": "auto"}
     run_options = {
         "profile": Option(
             False,
@@ -176,12 +177,13 @@ class HostBackend(Backend):
     def create(
         cls, spec: TargetSpec, prepared, inputs, outputs, *, tuning_db=None
     ) -> tuple[HostBackend, dict]:
-        database = None
+        database, baselines = None, None
         if tuning_db is not None:
-            from tbn_tvm.schedules.tuning import open_database
+            from tbn_tvm.schedules.tuning import _tuning_target, open_database, read_baselines, target_key
 
             database = open_database(tuning_db, create=False)
-        executable, tuned = build(prepared.mod, spec, database)
+            baselines = read_baselines(tuning_db, target_key(_tuning_target(spec)))
+        executable, tuned, kept = build(prepared.mod, spec, database, baselines)
         extra = {}
         if tuning_db is not None:
             from tbn_tvm.schedules.tuning import _layers_of
@@ -189,6 +191,7 @@ class HostBackend(Backend):
             extra["tuning"] = {
                 "kernels": tuned,
                 "layers": sorted({name for k in tuned for name in _layers_of(k, prepared.layers)}),
+                "kept_hand_schedule": kept,
             }
         return cls(spec, executable=executable), extra
 

@@ -202,7 +202,7 @@ class CortexMBackend(Backend):
 
     family = "cortex-m"
     target_names = "cortex-m4, cortex-m7, thumbv7em-none-eabihf --mcpu cortex-m4|cortex-m7"
-    pass_options = {"simd": False}
+    pass_options = {"simd": False, "default_form": "bitserial"}
     compile_options = {
         "board": Option(None, "board profile (flash/RAM limits, UART); default: the QEMU board of the CPU"),
         "flash_size": Option(None, "flash limit in bytes, or with K/M (e.g. 512K)"),
