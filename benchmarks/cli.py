@@ -69,6 +69,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="leave out the host timings (and their tuning): only the QEMU Cortex-M4 measurements",
     )
     p.add_argument(
+        "--cases",
+        default=None,
+        metavar="KEY[,KEY...]",
+        help="only these models of the default suite (e.g. tiled_resnet,wide_mlp_p8; an unknown key "
+        "lists the keys); such a partial run is not copied to benchmarks/REPORT.md",
+    )
+    p.add_argument(
         "--tune-trials",
         type=int,
         default=0,
@@ -137,6 +144,7 @@ def _command(args: argparse.Namespace, prog: str) -> str:
     parts += [f"--threads {args.threads}"] if args.threads else []
     parts += ["--skip-cortex-m"] if args.skip_cortex_m else []
     parts += ["--skip-host"] if args.skip_host else []
+    parts += [f"--cases {args.cases}"] if args.cases else []
     parts += [f"--tune-trials {args.tune_trials}"] if args.tune_trials else []
     parts += ["--tuning-dir DIR"] if args.tuning_dir else []
     parts += ["--cmsis-nn DIR"] if args.cmsis_nn else []
@@ -169,6 +177,8 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
             raise TBNError("--cmsis-nn goes with the default suite (the authors' MLP), not --model")
         if args.skip_host:
             raise TBNError("--skip-host has no meaning with --model", hint="choose with --target")
+        if args.cases:
+            raise TBNError("--cases picks models of the default suite, not --model")
         target = args.target or "llvm"
         shapes = suite.parse_input_shapes(args.input_shape)
         cases = [suite.model_case(args.model, shapes, target)]
@@ -201,6 +211,8 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
         if args.skip_host and args.skip_cortex_m:
             raise TBNError("--skip-host and --skip-cortex-m leave nothing to measure")
         cases = suite.default_cases(models, settings)
+        if args.cases:
+            cases = suite.select_cases(cases, args.cases)
         for case in cases if args.skip_host else ():
             case.host = False
         bench_dir = Path(models.__bench_path__).parent
@@ -216,7 +228,7 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
             git_dir=bench_dir,
             log=log,
         )
-        publish = None if (args.quick or args.no_publish) else bench_dir
+        publish = None if (args.quick or args.no_publish or args.cases) else bench_dir
     rep.write(report, out, log)
     if publish is not None:
         for src, dst in (

@@ -166,6 +166,19 @@ def default_cases(models: ModuleType, settings: Settings) -> list[Case]:
     return cases
 
 
+def select_cases(cases: list[Case], keys: str) -> list[Case]:
+    """The cases named in ``keys`` (comma-separated :attr:`Case.key` values), in suite order.
+    Raises TBNError naming the known keys for an unknown one."""
+    wanted = [k.strip() for k in keys.split(",") if k.strip()]
+    known = [c.key for c in cases]
+    unknown = [k for k in wanted if k not in known]
+    if unknown or not wanted:
+        raise TBNError(
+            f"--cases: unknown case {', '.join(unknown) or repr(keys)}", hint=f"known: {', '.join(known)}"
+        )
+    return [c for c in cases if c.key in wanted]
+
+
 def conv_bn_cases(models: ModuleType, batches: tuple[int, ...]) -> list[Case]:
     """Issue 13's conv-BN-ReLU-pool CNN (``models.conv_bn_cnn``), BatchNorm as its own node, in
     its two exporter forms: dense float weights, and tile + Tile/Expand."""

@@ -48,6 +48,14 @@ OPTIONS: list[tuple[str, dict]] = [
         },
     ),
     (
+        "--cases",
+        {
+            "metavar": "KEY[,KEY...]",
+            "help": "only these models of the default suite (e.g. tiled_resnet,wide_mlp_p8); a partial run "
+            "is not copied to benchmarks/REPORT.md",
+        },
+    ),
+    (
         "--tune-trials",
         {
             "metavar": "N",
