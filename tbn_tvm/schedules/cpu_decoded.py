@@ -145,6 +145,9 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     # the init and write-back of the accumulator tile: vectorise their innermost loop
     for blk in (init, acc):
         _try_vectorize(sch, sch.get_loops(blk)[-1])
+    if "pad" in blocks and cores > 1:  # the zero-padded input: its rows over the cores
+        pl = sch.get_loops(blocks["pad"])
+        sch.parallel(sch.fuse(*pl[:-1]))
     _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=not along_row)
     _schedule_epilogue(sch, out, lanes, cores)
     return sch.mod["main"]
