@@ -4,8 +4,9 @@ Writes the tiled dense layer of the criterion (``x[16, 512] @ W[256, 512]^T``, W
 one scale per copy, :func:`benchmarks.models.tiled_gemm`), runs ``tbn-tvm tune`` on it for llvm
 (``--mcpu native``) in a subprocess (the whole tune timed by the wall clock, process start
 included), then times the untuned build (``tbn_tvm.compile(model, "llvm", mcpu="native")``,
-the project's hand-scheduled kernel) against the tuned one (``tuning_db=DB``) with the
-benchmarks' harness (rounds spread over passes, medians, the trust rule), and checks both
+the project's hand-scheduled kernel), the same decoded kernel with TVM's default loop nest (what
+the search starts from: ``hand_schedules=False``) and the tuned build (``tuning_db=DB``: a
+record applied only where it beats the hand schedule) with the benchmarks' harness (rounds spread over passes, medians, the trust rule), and checks both
 against onnxruntime.  Prints a markdown table; writes ``tune_check.json`` and the tuning curve
 into ``--out`` (default: a new temporary folder).  Not a test: the figures depend on the
 machine and its load.
@@ -64,17 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     import tbn_tvm
     from tbn_tvm.schedules.tuning import FORMS_FILE, RECORDS_FILE, WORKLOADS_FILE
 
-    # the decoded form the search tunes, with TVM's default loop nest: the forms file alone
+    # the decoded form the search tunes, with TVM's default loop nest: the forms file alone (a
+    # decoded choice there) and no hand schedule
     decoded = out / "db-forms-only"
     decoded.mkdir(exist_ok=True)
-    shutil.copyfile(db / FORMS_FILE, decoded / FORMS_FILE)
+    chosen = json.loads((db / FORMS_FILE).read_text())
+    forced = {key: {layer: "decoded" for layer in layers} for key, layers in chosen.items()}
+    (decoded / FORMS_FILE).write_text(json.dumps(forced) + "\n")
     for name in (RECORDS_FILE, WORKLOADS_FILE):  # an empty database: no record to apply
         (decoded / name).write_text("")
     x = models.sample_input("tiled_gemm", model)
     ref = harness.ort_session(model.SerializeToString(), threads).run(None, {"x": x})[0]
     settings = harness.Settings.for_mode(False, args.rounds)
     timers, first, errs, forms = {}, {}, {}, {}
-    variants = (("untuned", {}), ("untuned decoded", {"tuning_db": decoded}), ("tuned", {"tuning_db": db}))
+    variants = (
+        ("untuned", {}),
+        ("untuned decoded", {"tuning_db": decoded, "hand_schedules": False}),
+        ("tuned", {"tuning_db": db}),
+    )
     for name, opts in variants:
         cm = tbn_tvm.compile(model, "llvm", mcpu="native", **opts)
         t1 = time.perf_counter()

@@ -151,13 +151,14 @@ def keep_faster_hand_schedules(
 
 
 def lower_host(
-    mod: tvm.IRModule, target, database=None, baselines: dict | None = None
+    mod: tvm.IRModule, target, database=None, baselines: dict | None = None, hand_schedules: bool = True
 ) -> tuple[tvm.IRModule, tvm.transform.Pass, list[str], list[str]]:
     """Host lowering: returns the fused, scheduled module, the rest of the Relax pipeline
     ``tvm.compile`` runs on it, the kernels tuning records were applied to, and the kernels
     whose record was no faster than their hand schedule (``baselines``, from tuning), which
     keep it.  Records from ``database`` (a MetaSchedule database) come first; the project's
-    kernels they do not cover get their hand schedules."""
+    kernels they do not cover get their hand schedules (unless ``hand_schedules=False``: TVM's
+    default loop nests, a baseline for tuning figures)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from tbn_tvm.schedules.cpu import schedule_cpu
@@ -171,7 +172,8 @@ def lower_host(
             mod, tuned = apply_database(mod, target, database)
             if baselines:
                 mod, tuned, kept = keep_faster_hand_schedules(before, mod, tuned, database, target, baselines)
-        mod = schedule_cpu(mod, target)
+        if hand_schedules:
+            mod = schedule_cpu(mod, target)
     rest = (
         cpu.library_dispatch_passes(target) + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
     )

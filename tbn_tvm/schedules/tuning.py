@@ -596,6 +596,7 @@ def time_hand_kernels(model, spec, input_shapes=None, form: str = "bitserial") -
     _, prepared, fused = prepare_for_tuning(model, spec, input_shapes, form)
     target = spec.tvm()
     by_layer, by_workload = {}, {}
+    unscheduled = dict(fused.functions_items())  # schedule_cpu replaces functions in place
     with target, captured():
         scheduled = schedule_cpu(fused, target)
     for gv, func in scheduled.functions_items():
@@ -612,29 +613,30 @@ def time_hand_kernels(model, spec, input_shapes=None, form: str = "bitserial") -
             continue
         for layer in layers:
             by_layer[layer] = secs
-        by_workload[kernel_workload_key(fused[gv])] = secs
+        by_workload[kernel_workload_key(unscheduled[gv])] = secs
     return by_layer, by_workload
 
 
 def kernel_workload_key(func) -> str:
-    """:func:`workload_key` of an unscheduled fused kernel as a compile sees it."""
+    """:func:`workload_key` of an unscheduled fused kernel, as MetaSchedule's database sees it
+    (the function as it is, under ``main``)."""
     import tvm
 
-    return workload_key(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    return workload_key(tvm.IRModule({"main": func}))
 
 
-def record_seconds(database, func, target) -> float | None:
-    """Median seconds of the best record ``database`` holds for the unscheduled kernel ``func``."""
+def record_seconds(database, func, target=None) -> float | None:
+    """Median seconds of the best record ``database`` holds for the unscheduled kernel ``func``
+    (None when it holds none)."""
     import tvm
 
-    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    try:
-        record = database.query_tuning_record(mod, target, "main")
-    except Exception:  # noqa: BLE001 - no workload of that structure
+    mod = tvm.IRModule({"main": func})
+    if not database.has_workload(mod):
         return None
-    if record is None or not record.run_secs:
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    if not top or not top[0].run_secs:
         return None
-    return float(np.median([float(x) for x in record.run_secs]))
+    return float(np.median([float(x) for x in top[0].run_secs]))
 
 
 def param_shapes(func) -> list[tuple[tuple[int, ...], str]]:
@@ -642,7 +644,10 @@ def param_shapes(func) -> list[tuple[tuple[int, ...], str]]:
     return [(tuple(int(d) for d in p.shape), str(p.dtype)) for p in func.params]
 
 
-def _time_primfunc(func, target, number: int = 20, repeat: int = 3) -> float:
+def _time_primfunc(func, target, number: int = 20, repeat: int = 5, min_repeat_ms: int = 20) -> float:
+    """Median seconds per call of ``func`` on random inputs: a warm-up call, then ``repeat``
+    rounds of at least ``min_repeat_ms`` each (as MetaSchedule's runner measures its
+    candidates: a short first round on a cold thread pool read 2x slow)."""
     import tvm
 
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
@@ -656,7 +661,8 @@ def _time_primfunc(func, target, number: int = 20, repeat: int = 3) -> float:
             a = rng.integers(0, 2**31 - 1, size=shape).astype(dtype)
         args.append(tvm.runtime.tensor(a, dev))
     module = getattr(lib, "mod", lib)  # tvm.compile returns an Executable in apache-tvm 0.27
-    res = module.time_evaluator("main", dev, number=number, repeat=repeat)(*args)
+    module["main"](*args)
+    res = module.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)(*args)
     return float(np.median(res.results))
 
 

@@ -79,7 +79,7 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def build(mod, spec: TargetSpec, database=None, baselines: dict | None = None):
+def build(mod, spec: TargetSpec, database=None, baselines: dict | None = None, hand_schedules: bool = True):
     """Lower and compile a prepared Relax module (:func:`tbn_tvm.passes.pipeline.lower_host`);
     returns TVM's executable, the kernels tuning records were applied to and those whose record
     was no faster than the hand schedule."""
@@ -91,7 +91,7 @@ def build(mod, spec: TargetSpec, database=None, baselines: dict | None = None):
     target = spec.tvm()
     with captured():
         try:
-            mod, relax_pipeline, tuned, kept = lower_host(mod, target, database, baselines)
+            mod, relax_pipeline, tuned, kept = lower_host(mod, target, database, baselines, hand_schedules)
             return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline), tuned, kept
         except TBNError:
             raise
@@ -120,6 +120,11 @@ class HostBackend(Backend):
     compile_options = {
         "tuning_db": Option(
             None, "a tuning database written by 'tbn-tvm tune' (records applied, forms chosen)"
+        ),
+        "hand_schedules": Option(
+            True,
+            "False: the project's kernels keep TVM's default loop nests (the search's starting point, "
+            "a baseline for tuning figures); records of a tuning database still apply",
         ),
     }
 
@@ -175,7 +180,7 @@ class HostBackend(Backend):
     # ------------------------------------------------------------------ build
     @classmethod
     def create(
-        cls, spec: TargetSpec, prepared, inputs, outputs, *, tuning_db=None
+        cls, spec: TargetSpec, prepared, inputs, outputs, *, tuning_db=None, hand_schedules=True
     ) -> tuple[HostBackend, dict]:
         database, baselines = None, None
         if tuning_db is not None:
@@ -183,7 +188,7 @@ class HostBackend(Backend):
 
             database = open_database(tuning_db, create=False)
             baselines = read_baselines(tuning_db, target_key(_tuning_target(spec)))
-        executable, tuned, kept = build(prepared.mod, spec, database, baselines)
+        executable, tuned, kept = build(prepared.mod, spec, database, baselines, bool(hand_schedules))
         extra = {}
         if tuning_db is not None:
             from tbn_tvm.schedules.tuning import _layers_of
