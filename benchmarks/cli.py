@@ -139,7 +139,7 @@ def _command(args: argparse.Namespace, prog: str) -> str:
         parts += [f"--input-shape {s}" for s in args.input_shape or []]
         parts += [f"--target {args.target}"] if args.target else []
     parts += ["--quick"] if args.quick else []
-    parts += [f"--out {args.out}"] if args.out else []
+    parts += ["--out DIR"] if args.out else []
     parts += [f"--rounds {args.rounds}"] if args.rounds else []
     parts += [f"--threads {args.threads}"] if args.threads else []
     parts += ["--skip-cortex-m"] if args.skip_cortex_m else []
