@@ -60,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         return proc.returncode
     log(f"tuned in {tune_s:.1f} s")
 
-    import shutil
-
     import tbn_tvm
     from tbn_tvm.schedules.tuning import FORMS_FILE, RECORDS_FILE, WORKLOADS_FILE
 

@@ -145,7 +145,6 @@ def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
     from tvm import tirx
 
     from tbn_tvm.kernels import rows
-
     from tbn_tvm.schedules import cpu_decoded
 
     lanes = vector_lanes(target)

@@ -88,17 +88,9 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     """Schedule a (fused) PrimFunc holding ``tbn_rows_conv_gemm`` (2-D convolution on the
     decoded distinct filters).  Raises when the primitives do not apply (the caller keeps the
     unscheduled kernel)."""
-    from tvm import s_tir
-
     from tbn_tvm.kernels import rows
 
-    sch = s_tir.Schedule(prim)
-    keep = ("pad", rows.BLOCK_ROW_WORDS, rows.BLOCK_DECODE, rows.BLOCK_CONV_GEMM)
-    _inline_epilogue(sch, keep)
-    blocks = _blocks(sch)
-    conv = blocks[rows.BLOCK_CONV_GEMM]
-    decode = blocks[rows.BLOCK_DECODE]
-    out = next(b for n, b in blocks.items() if n not in keep)
+    sch, blocks, conv, decode, out = _open(prim, rows.BLOCK_CONV_GEMM, ("pad",))
     loops = sch.get_loops(conv)
     if len(loops) != 7:  # b, d, oh, ow, rc, rk0, rk1 (conv2d only)
         raise ValueError("not a 2-D convolution")
@@ -151,6 +143,21 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=not along_row)
     _schedule_epilogue(sch, out, lanes, cores)
     return sch.mod["main"]
+
+
+def _open(prim, main: str, extra: tuple[str, ...] = ()):
+    """A schedule of ``prim`` with its epilogue inlined into the output block; returns it, its
+    blocks by name, the ``main`` block (GEMM / conv), the decode block and the output block."""
+    from tvm import s_tir
+
+    from tbn_tvm.kernels import rows
+
+    sch = s_tir.Schedule(prim)
+    keep = (*extra, rows.BLOCK_ROW_WORDS, rows.BLOCK_DECODE, main)
+    _inline_epilogue(sch, keep)
+    blocks = _blocks(sch)
+    out = next(b for n, b in blocks.items() if n not in keep)
+    return sch, blocks, blocks[main], blocks[rows.BLOCK_DECODE], out
 
 
 def _vector_of(D: int, lanes: int) -> int:
@@ -225,17 +232,9 @@ def schedule_gemm(prim, lanes: int, cores: int, acc_regs: int):
     """Schedule a (fused) PrimFunc holding ``tbn_rows_gemm`` (``Z[m, d] = X[m, :] . Wd[d, :]``
     on the decoded distinct rows): ``Mt x Dt`` accumulators, ``Dt`` in vectors (decoded rows
     stored ``[K, D]``, a panel per filter block), ``X`` broadcast."""
-    from tvm import s_tir
-
     from tbn_tvm.kernels import rows
 
-    sch = s_tir.Schedule(prim)
-    keep = (rows.BLOCK_ROW_WORDS, rows.BLOCK_DECODE, rows.BLOCK_GEMM)
-    _inline_epilogue(sch, keep)
-    blocks = _blocks(sch)
-    gemm = blocks[rows.BLOCK_GEMM]
-    decode = blocks[rows.BLOCK_DECODE]
-    out = next(b for n, b in blocks.items() if n not in keep)
+    sch, blocks, gemm, decode, out = _open(prim, rows.BLOCK_GEMM)
     loops = sch.get_loops(gemm)
     *ms, d, k = loops
     m = sch.fuse(*ms) if len(ms) > 1 else ms[0]

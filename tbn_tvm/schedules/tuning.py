@@ -518,12 +518,19 @@ def _write_baselines(db: Path, key: str, tasks: Sequence[Task], spec) -> None:
 
 def _write_host_baselines(db: Path, key: str, baselines: dict[str, float]) -> None:
     """Seconds per call of each hand-scheduled decoded kernel (host), by workload."""
-    path = db / BASELINES_FILE
+    _update_json(db / BASELINES_FILE, lambda data: data.setdefault(key, {}).update(baselines))
+
+
+def _update_json(path: Path, update: Callable[[dict], object]) -> None:
+    """Read the JSON object at ``path`` (empty when missing or damaged), ``update`` it in place,
+    write it back."""
     try:
         data = json.loads(path.read_text()) if path.exists() else {}
     except ValueError:
         data = {}
-    data.setdefault(key, {}).update(baselines)
+    if not isinstance(data, dict):
+        data = {}
+    update(data)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
@@ -536,13 +543,7 @@ def read_baselines(db_dir, key: str) -> dict[str, float]:
 
 
 def _write_forms(db: Path, key: str, forms: dict[str, str]) -> None:
-    path = db / FORMS_FILE
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        data = {}
-    data[key] = forms
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    _update_json(db / FORMS_FILE, lambda data: data.__setitem__(key, forms))
 
 
 def choose_forms(
@@ -566,7 +567,9 @@ def choose_forms(
     for layer in sorted(set(bits) | set(decoded) | set(tuned)):
         candidates = {
             "bitserial": bits.get(layer),
-            "decoded": min((x for x in (decoded.get(layer), tuned.get(layer)) if x is not None), default=None),
+            "decoded": min(
+                (x for x in (decoded.get(layer), tuned.get(layer)) if x is not None), default=None
+            ),
         }
         timed = {k: v for k, v in candidates.items() if v is not None}
         # a layer whose bit-serial kernel could not be timed keeps the default choice unless its

@@ -47,7 +47,9 @@ def _conv_ref(x, w, b, stride, pad, dil):
     y = np.zeros((B, O, OH, OW))
     for i in range(kh):
         for j in range(kw):
-            patch = xp[:, :, i * dil : i * dil + stride * OH : stride, j * dil : j * dil + stride * OW : stride]
+            patch = xp[
+                :, :, i * dil : i * dil + stride * OH : stride, j * dil : j * dil + stride * OW : stride
+            ]
             y += np.einsum("bchw,oc->bohw", patch[:, :, :OH, :OW], w[:, :, i, j].astype(np.float64))
     return (y + b.reshape(1, -1, 1, 1)).astype(np.float32)
 
@@ -167,4 +169,6 @@ def test_auto_keeps_bitserial_for_a_single_row_matmul_and_decodes_batches_and_co
     conv, _ = reports.tiled_conv((32, 4, 3, 3), 32 * 4 * 9 // 4)
     assert tbn_tvm.compile(conv, "llvm").report()["layers"][0]["kernel"] == "rows_conv_gemm"
     # the Cortex-M and CUDA back ends keep their own forms
-    assert tbn_tvm.compile(conv, "cortex-m4", measure=False).report()["layers"][0]["kernel"] != "rows_conv_gemm"
+    assert (
+        tbn_tvm.compile(conv, "cortex-m4", measure=False).report()["layers"][0]["kernel"] != "rows_conv_gemm"
+    )

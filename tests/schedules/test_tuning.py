@@ -57,18 +57,36 @@ def test_short_run_applied_with_unchanged_numerics(tmp_path):
     x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
     ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64), 0)
     plain = tbn_tvm.compile(model, "llvm").run(x)
-    # the layer keeps whichever form was timed faster: the tuned decoded kernel or the hand one
+    # the layer keeps whichever of its kernels was timed fastest: hand bit-serial, hand decoded or
+    # tuned decoded; a decoded layer then has either its record applied or its hand schedule kept
     assert set(result.forms.values()) <= {"decoded", "bitserial"}, result.forms
     as_chosen = tbn_tvm.compile(model, "llvm", tuning_db=db)
-    assert bool(as_chosen.report()["tuning"]["kernels"]) == (result.forms.get("fc") == "decoded")
-    # with the decoded form chosen, the records are found and applied
-    from tbn_tvm.schedules.tuning import _tuning_target, _write_forms, target_key
+    info = as_chosen.report()["tuning"]
+    assert bool(info["kernels"] or info["kept_hand_schedule"]) == (result.forms.get("fc") == "decoded")
+    from tbn_tvm.schedules.tuning import (
+        BASELINES_FILE,
+        _tuning_target,
+        _write_forms,
+        _write_host_baselines,
+        target_key,
+        time_hand_kernels,
+    )
     from tbn_tvm.targets import resolve_target
 
-    _write_forms(db, target_key(_tuning_target(resolve_target("llvm"))), {"fc": "decoded"})
+    spec = resolve_target("llvm")
+    key = target_key(_tuning_target(spec))
+    _write_forms(db, key, {"fc": "decoded"})
+    # without hand baselines every matching record applies: the records are found
+    (db / BASELINES_FILE).unlink(missing_ok=True)
     tuned = tbn_tvm.compile(model, "llvm", tuning_db=db)
     assert tuned.report()["tuning"]["kernels"], "records must be found and applied"
-    for got in (plain, as_chosen.run(x), tuned.run(x)):
+    # a hand schedule timed faster than the record keeps it, and the manifest says so
+    _, by_workload = time_hand_kernels(model, spec, None, "decoded")
+    assert by_workload
+    _write_host_baselines(db, key, {w: 1e-12 for w in by_workload})
+    kept = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert not kept.report()["tuning"]["kernels"] and kept.report()["tuning"]["kept_hand_schedule"]
+    for got in (plain, as_chosen.run(x), tuned.run(x), kept.run(x)):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     # a second run resumes: nothing left to do for the same budget
     again = tune(model, "llvm", trials=8, db=db, progress=False)
