@@ -130,7 +130,7 @@ def apply_database(mod: tvm.IRModule, target, database) -> tuple[tvm.IRModule, l
 
 
 def keep_faster_hand_schedules(
-    before: tvm.IRModule, after: tvm.IRModule, tuned: list[str], database, target, baselines: dict
+    before: tvm.IRModule, after: tvm.IRModule, tuned: list[str], database, baselines: dict
 ) -> tuple[tvm.IRModule, list[str], list[str]]:
     """Undo the records of ``tuned`` kernels that are no faster than their hand schedule
     (``baselines``: seconds of the hand-scheduled kernel by workload, written by tuning);
@@ -143,7 +143,7 @@ def keep_faster_hand_schedules(
         base = baselines.get(kernel_workload_key(before[gv]))
         if base is None:
             continue
-        secs = record_seconds(database, before[gv], target)
+        secs = record_seconds(database, before[gv])
         if secs is None or secs >= base:
             after[gv] = before[gv]
             kept.append(name)
@@ -171,7 +171,7 @@ def lower_host(
             before = mod
             mod, tuned = apply_database(mod, target, database)
             if baselines:
-                mod, tuned, kept = keep_faster_hand_schedules(before, mod, tuned, database, target, baselines)
+                mod, tuned, kept = keep_faster_hand_schedules(before, mod, tuned, database, baselines)
         if hand_schedules:
             mod = schedule_cpu(mod, target)
     rest = (

@@ -4,8 +4,8 @@
 gather (p copies per distinct row) fused with the epilogue.
 
 The schedules follow the classic CPU micro-kernel recipe (BLIS; TVM's x86 ``conv2d_NCHWc``):
-an output tile of ``rows x vectors`` accumulators held in registers (a ``local`` cache of the
-sum) while the whole reduction runs, one operand broadcast, the other loaded as vectors:
+an output tile of ``rows x vectors`` accumulators held in registers (a cache of the sum under
+1 KiB, see :data:`ACC_MAX_FLOATS`) while the whole reduction runs, one operand broadcast, the other loaded as vectors:
 
 * convolution, stride 1 along the row: output positions in vectors, filters broadcast
   (``Dt`` distinct filters x ``Wt`` positions);

@@ -261,7 +261,11 @@ def _records_per_workload(db, tasks: list[Task]) -> list[int]:
 
 
 def _best(db, task: Task) -> float | None:
-    mod = task.extracted.dispatched[0]
+    return _best_seconds(db, task.extracted.dispatched[0])
+
+
+def _best_seconds(db, mod) -> float | None:
+    """Median seconds of the best record ``db`` holds for the workload ``mod`` (None: none)."""
     if not db.has_workload(mod):
         return None
     top = db.get_top_k(db.commit_workload(mod), 1)
@@ -489,31 +493,27 @@ def workload_key(mod) -> str:
 
 def _write_baselines(db: Path, key: str, tasks: Sequence[Task], spec) -> None:
     """Instructions per call of each task's kernel under the hand schedule (QEMU)."""
+    import tvm
+
     from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
     from tbn_tvm.schedules.qemu_runner import build_c, count_instructions
 
-    path = db / BASELINES_FILE
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        data = {}
-    known = data.setdefault(key, {})
-    for t in tasks:
-        mod = t.extracted.dispatched[0]
-        wk = workload_key(mod)
-        if wk in known:
-            continue
-        func = next(f for _, f in mod.functions_items())
-        try:
-            scheduled = schedule_prim_mcu(func)
-            import tvm
+    def fill(data: dict) -> None:
+        known = data.setdefault(key, {})
+        for t in tasks:
+            mod = t.extracted.dispatched[0]
+            wk = workload_key(mod)
+            if wk in known:
+                continue
+            func = next(f for _, f in mod.functions_items())
+            try:
+                scheduled = schedule_prim_mcu(func)
+                src = build_c(tvm.IRModule({"main": scheduled}), None).inspect_source()
+                known[wk] = count_instructions(src, param_shapes(func), spec.cpu or "cortex-m4")
+            except Exception:  # noqa: BLE001 - no baseline: a record then always applies
+                continue
 
-            src = build_c(tvm.IRModule({"main": scheduled}), None).inspect_source()
-            args = param_shapes(func)
-            known[wk] = count_instructions(src, args, spec.cpu or "cortex-m4")
-        except Exception:  # noqa: BLE001 - no baseline: a record then always applies
-            continue
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    _update_json(db / BASELINES_FILE, fill)
 
 
 def _write_host_baselines(db: Path, key: str, baselines: dict[str, float]) -> None:
@@ -628,18 +628,12 @@ def kernel_workload_key(func) -> str:
     return workload_key(tvm.IRModule({"main": func}))
 
 
-def record_seconds(database, func, target=None) -> float | None:
+def record_seconds(database, func) -> float | None:
     """Median seconds of the best record ``database`` holds for the unscheduled kernel ``func``
     (None when it holds none)."""
     import tvm
 
-    mod = tvm.IRModule({"main": func})
-    if not database.has_workload(mod):
-        return None
-    top = database.get_top_k(database.commit_workload(mod), 1)
-    if not top or not top[0].run_secs:
-        return None
-    return float(np.median([float(x) for x in top[0].run_secs]))
+    return _best_seconds(database, tvm.IRModule({"main": func}))
 
 
 def param_shapes(func) -> list[tuple[tuple[int, ...], str]]:
