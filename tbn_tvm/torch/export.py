@@ -52,6 +52,7 @@ from torch import nn
 from tbn_tvm.errors import TBNError
 from tbn_tvm.torch.bitwise import BitwiseLayer, FrozenBitwise
 from tbn_tvm.torch.layers import FrozenTiled, TiledLayer
+from tbn_tvm.torch.shapes import expected_input
 from tbn_tvm.torch.subbit import FrozenSubBit, SubBitConv2d
 
 __all__ = ["export_onnx", "ExportResult", "inference_copy", "METADATA_KEY"]
@@ -235,19 +236,6 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
-def _expected_input(model: nn.Module) -> str | None:
-    """What the model's first layer takes, in words (``[N, 3, H, W]``, ``784 features``)."""
-    for name, m in model.named_modules():
-        channels, features = getattr(m, "in_channels", None), getattr(m, "in_features", None)
-        if isinstance(channels, int) and channels > 0:
-            rank = len(getattr(m, "kernel_size", (0, 0)))
-            dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, "...")
-            return f"its first layer '{name}' takes [N, {channels}, {dims}]"
-        if isinstance(features, int) and features > 0:
-            return f"its first layer '{name}' takes {features} features per sample (after any flatten)"
-    return None
-
-
 def _check_example(model: nn.Module, infer: nn.Module, example: torch.Tensor) -> None:
     """Run the inference copy ``infer`` once on ``example``: a shape it does not take is one
     clean TBNError naming the given shape and what ``model`` expects (not the exporter's
@@ -258,7 +246,7 @@ def _check_example(model: nn.Module, infer: nn.Module, example: torch.Tensor) ->
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
         given = "x".join(map(str, example.shape))
         reason = " ".join(_plain(str(e)).split())[:200]
-        expected = _expected_input(model)
+        expected = expected_input(model)
         raise TBNError(
             f"the example of shape [{given}] does not fit the model ({reason})",
             hint=f"{expected}; pass an example of that shape, batch 1"

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tbn_tvm.errors import TBNError
+from tbn_tvm.torch.shapes import SHAPE_ERRORS, input_error, watch
 
 __all__ = ["fit", "evaluate", "History", "GlobalBatches", "distributed_env"]
 
@@ -339,19 +340,60 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def _in_notebook(tqdm_class: type) -> bool:
+    """Whether ``tqdm.auto`` chose its notebook bar (a Jupyter kernel is running): its class
+    then derives from ``tqdm.notebook``'s.  Outside a notebook ``tqdm.auto.tqdm`` is still not
+    ``tqdm.std.tqdm`` (it adds asyncio support), so comparing the two classes says nothing."""
+    return any(c.__module__ == "tqdm.notebook" for c in tqdm_class.__mro__)
+
+
+def _bar_disabled(tqdm_class: type) -> bool | None:
+    """tqdm's ``disable``: ``False`` (shown) in a notebook or with ``TBN_TVM_PROGRESS=1``,
+    ``True`` with ``TBN_TVM_PROGRESS=0``, else ``None`` (shown only when stderr is a terminal,
+    so log files stay clean)."""
+    forced = os.environ.get("TBN_TVM_PROGRESS", "").strip()
+    if forced:
+        return forced == "0"
+    return False if _in_notebook(tqdm_class) else None
+
+
 def _bar(total: int, desc: str, options: dict | None):
     if options is None:
         return None
     try:
         from tqdm.auto import tqdm
-        from tqdm.std import tqdm as plain
     except ImportError:
         return None
-    # disable=None: a bar on a terminal only, so logs stay clean; always in a notebook
-    disable = False if tqdm is not plain else None
-    kwargs = dict(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, disable=disable, unit="step")
+    kwargs = dict(
+        total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, disable=_bar_disabled(tqdm), unit="step"
+    )
     kwargs.update(options)
     return tqdm(**kwargs)
+
+
+def _checked_step(net: nn.Module, model: nn.Module, loss_fn, xb: torch.Tensor, yb: torch.Tensor, what: str):
+    """``(net(xb), loss_fn(output, yb))`` for the first batch: an input the model does not take,
+    or an output the loss does not take with the targets, is one :class:`TBNError` naming the
+    shapes (and the layer that refused the input), not torch's trace."""
+    with watch(model) as seen:
+        try:
+            out = net(xb)
+        except SHAPE_ERRORS as e:
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
+            raise input_error(model, tuple(xb.shape), e, seen, what) from None
+    try:
+        return out, loss_fn(out, yb)
+    except SHAPE_ERRORS as e:
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        reason = " ".join(str(e).split())[:200]
+        shapes = f"the model's output [{'x'.join(map(str, out.shape))}] and the targets [{'x'.join(map(str, yb.shape))}]"
+        raise TBNError(
+            f"the loss does not take {shapes} of {what} ({reason})",
+            hint="cross_entropy takes logits [N, C] and class indices [N] (int64); mse takes targets "
+            "of the output's shape",
+        ) from None
 
 
 def _correct(out: torch.Tensor, target: torch.Tensor) -> float | None:
@@ -395,8 +437,12 @@ def _evaluate(model: nn.Module, source, loss_fn, device: torch.device, batch_siz
         batches = ((_as_input(b[0]), _as_target(b[1])) for b in source)
     for xb, yb in batches:
         xb, yb = xb.to(device), yb.to(device)
-        out = model(xb)
-        total += float(loss_fn(out, yb)) * len(xb)
+        if seen == 0:
+            out, batch_loss = _checked_step(model, model, loss_fn, xb, yb, "a validation batch")
+        else:
+            out = model(xb)
+            batch_loss = loss_fn(out, yb)
+        total += float(batch_loss) * len(xb)
         c = _correct(out, yb)
         classify = classify and c is not None
         correct += c or 0.0
@@ -464,8 +510,10 @@ def fit(
       trained module; one returning ``True`` stops training after that epoch.
     * ``checkpoint``: a file to write ``model.state_dict()`` to at the end (atomically; process 0
       only).
-    * ``progress``: a tqdm bar over the steps on stderr (shown on a terminal or in a notebook,
-      not in a log file); a dict adds tqdm arguments (``{"leave": False}``, ``{"disable": False}``).
+    * ``progress``: a tqdm bar over the steps on stderr, shown on a terminal or in a notebook,
+      not when stderr is a file or a pipe (a log); ``TBN_TVM_PROGRESS=1`` / ``0`` in the
+      environment shows it always / never; a dict adds tqdm arguments (``{"leave": False}``,
+      ``{"disable": False}`` to show it in a log too).
     * ``device``: where the model and the batches go (``"cpu"``, ``"cuda"``).
 
     **Distributed data parallel.** Under ``torchrun`` (environment ``RANK`` and ``WORLD_SIZE``),
@@ -483,7 +531,10 @@ def fit(
     Returns the :class:`History`; the model is left in eval mode.  Raises
     :class:`~tbn_tvm.errors.TBNError` (a ``ValueError``-like one-line error) for empty or
     mismatched data, unknown option names, bad sizes, and distributed training without the
-    torchrun environment.
+    torchrun environment; and for a first training or validation batch the model does not
+    take (the message names the batch's shape, the layer that refused it, the shape that layer
+    got and the shape it takes) or an output the loss does not take with the targets (both
+    shapes named).
 
     >>> import torch
     >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
@@ -569,8 +620,11 @@ def fit(
                 done = 0
                 for (xb, yb), global_size in steps:
                     xb, yb = xb.to(device), yb.to(device)
-                    out = net(xb)
-                    batch_loss = loss_fn(out, yb)
+                    if history.steps == 0:  # the first batch: a wrong shape is one clear error
+                        out, batch_loss = _checked_step(net, model, loss_fn, xb, yb, "a training batch")
+                    else:
+                        out = net(xb)
+                        batch_loss = loss_fn(out, yb)
                     scaled = batch_loss
                     if world > 1 and global_size is not None:
                         # DDP averages gradients over processes: weight each by its share
