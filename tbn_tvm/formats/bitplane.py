@@ -8,7 +8,9 @@ in ``k`` bits (``k ≤ 8``) as two's complement (``−2^(k−1) … 2^(k−1) �
 (``−(2^(k−1) − 1) … 2^(k−1) − 1``), whichever needs fewer bits (ties: two's complement).
 
 Buffers: ``planes`` (the ``k``-bit codes, packed LSB first, :func:`~tbn_tvm.formats.bits.pack_fields`)
-and ``scales`` (float32, one or one per row).  ``inspect`` shows ``bitplane k=…``.
+and ``scales`` (float32, one or one per row).  ``inspect`` shows ``bitplane k=…``; an all-zero
+weight (no tiled or binary form: it has no sign) is found here with ``k = 1`` and shown as
+``zero`` (``format``) / ``zero (bitplane k=1)`` (``label``).
 
 Detection is exact: a weight one ulp off the grid is not bit-plane.
 
@@ -184,10 +186,21 @@ class BitplaneFormat(WeightFormat):
             s = scales[tirx.floordiv(i, i64(row))]
         return tirx.Cast("float32", q) * s
 
+    @property
+    def kind(self) -> str:
+        """``"zero"`` for an all-zero weight (every code 0: nothing but its shape is stored
+        meaningfully), else ``"bitplane"``; the export metadata of :mod:`tbn_tvm.torch` uses the
+        same word for such a layer."""
+        return "zero" if not np.any(self.codes) else self.name
+
     def label(self) -> str:
+        if self.kind == "zero":
+            return f"zero (bitplane k={self.k})"
         return f"bitplane k={self.k}"
 
     def describe(self) -> str:
+        if self.kind == "zero":
+            return f"zero: every weight is 0 (stored as bitplane k={self.k})"
         enc = "two's complement" if self.encoding == "twos" else "sign-magnitude"
         return f"bitplane k={self.k} ({enc}, {self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
 

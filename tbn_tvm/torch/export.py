@@ -119,7 +119,35 @@ def inference_copy(model: nn.Module, form: ExportForm = "tile") -> nn.Module:
     return clone
 
 
+#: The export metadata's ``format`` of a layer whose inference weight is all zero (every scale
+#: 0): the word ``tbn_tvm.inspect`` uses for such a weight (a tile needs a sign, so it is not
+#: ``tiled`` or ``binary``; the compiler stores it as a 1-bit plane of zeros).
+ZERO_FORMAT = "zero"
+
+
+@torch.no_grad()
+def _all_zero(m: nn.Module) -> bool:
+    """Whether the layer's inference weight is all zero."""
+    if isinstance(m, TiledLayer):
+        return not bool(torch.any(m.alphas()))  # the tile is ±1: only the scales can be 0
+    return not bool(torch.any(m.to_dense().weight))
+
+
 def _layer_info(model: nn.Module) -> list[dict]:
+    """The metadata's ``layers``: one entry per tiled, sub-bit and bit-wise layer; ``format`` is
+    the layer's form (``tiled``, ``binary``, ``snn``, ``bitwise``), or, for a layer whose weight
+    is all zero, ``zero`` (the word ``tbn_tvm.inspect`` uses) with ``trained_format`` the
+    layer's own."""
+    modules = dict(model.named_modules())
+    info = []
+    for entry in _layer_entries(model):
+        if _all_zero(modules[entry["name"]]):
+            entry = {**entry, "format": ZERO_FORMAT, "trained_format": entry["format"]}
+        info.append(entry)
+    return info
+
+
+def _layer_entries(model: nn.Module) -> list[dict]:
     info = []
     for name, m in model.named_modules():
         if isinstance(m, TiledLayer):

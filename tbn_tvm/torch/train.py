@@ -478,7 +478,7 @@ def train_one(
         stats = _fit(model, data, recipe, seed, progress=progress, desc=f"{dataset} {variant} s{seed}")
         acc = _accuracy(model, data.x_test, data.y_test)
     seconds = time.perf_counter() - t0
-    size = summary(model).total
+    size = summary(model, compiled=False).total  # the layers' own (authors') accounting
     layers = [
         {
             "name": name,
