@@ -271,11 +271,8 @@ def compile(  # noqa: A001 - the natural name for users
     from tbn_tvm.passes.pipeline import prepare
 
     layer_report = inspect(loaded)
-    mod = to_relax(loaded)
+    mod = to_relax(loaded, [lr.layer for lr in layer_report.layers])
     outputs = output_specs(mod, loaded)
-    from tbn_tvm.frontend.layers import names_by_fingerprint
-
-    names = names_by_fingerprint(loaded.proto)
     forms: dict[str, str] = {}
     if tuning_db is not None:
         from tbn_tvm.schedules.tuning import _tuning_target, read_forms, target_key
@@ -284,7 +281,7 @@ def compile(  # noqa: A001 - the natural name for users
         options["tuning_db"] = tuning_db
     progress.stage("passes")
     prepared = prepare(
-        mod, compress=compress, reuse_rows=reuse_rows, names=names, forms=forms, **backend_cls.pass_options
+        mod, compress=compress, reuse_rows=reuse_rows, forms=forms, **backend_cls.pass_options
     )
     report = layer_report.to_dict()
     report.pop("model", None)
@@ -304,10 +301,13 @@ def compile(  # noqa: A001 - the natural name for users
         report["notes"] = notes
     progress.stage("build")
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
-    for layer in report["layers"]:  # the kernels each layer ended up in, and their flash
+    if "built_constant_bytes" in extra:  # the constants the lowered kernels read
+        report["total"]["built_constant_bytes"] = extra.pop("built_constant_bytes")
+    for layer in report["layers"]:  # the kernels each layer ended up in (its call sites), their flash
         steps = [s for s in extra.get("steps", []) if layer["name"] in s.get("layers", [])]
         if steps:
             layer["kernels"] = [s["kernel"] for s in steps]
+        if steps and all("weight_bytes" in s for s in steps):
             layer["flash_bytes"] = sum(s["weight_bytes"] + s["code_bytes"] for s in steps)
             if all(s.get("instructions") is not None for s in steps):  # measured at build time
                 layer["instructions"] = sum(s["instructions"] for s in steps)

@@ -37,6 +37,7 @@ class LayerReport:
     layer: OnnxLayer
     weight: LayerWeight
     folded: bool = False  # a following BatchNorm / per-channel Mul was folded into the weight
+    key: str = ""  # fingerprint of the weight as built (folded or not): one key, one set of buffers
 
     @property
     def name(self) -> str:
@@ -77,7 +78,7 @@ class LayerReport:
         if self.layer.shared_by:
             d["shared_with"] = list(self.layer.shared_by)
         if self.folded:
-            d["folded"] = "the following BatchNormalization/Mul scale is part of this weight"
+            d["folded"] = "the following BatchNormalization/Mul/HardSigmoid scale is part of this weight"
         return d
 
 
@@ -110,7 +111,7 @@ class ModelReport:
     def _unique_layers(self) -> list[LayerReport]:
         seen, out = set(), []
         for lr in self.layers:
-            key = fingerprint(lr.layer.stored)
+            key = lr.key or fingerprint(lr.layer.stored)
             if key not in seen:
                 seen.add(key)
                 out.append(lr)
@@ -281,7 +282,8 @@ def inspect(model) -> ModelReport:
             w = folded_weight(layer, affines[li].factor)
         else:
             w = layer.matmul_operand if layer.kind == "matmul" else layer.stored
-        reports.append(LayerReport(layer, detect_layer_weight(np.asarray(w), layer.kind), li in affines))
+        w = np.asarray(w)
+        reports.append(LayerReport(layer, detect_layer_weight(w, layer.kind), li in affines, fingerprint(w)))
     return ModelReport(loaded.source, reports, _other_constants(loaded.proto, layers, affines))
 
 

@@ -109,15 +109,15 @@ def _print_top(top: list, row_shape: tuple[int, ...] = ()) -> None:
         print(f"  ... {len(top) - TOP_SHOWN} more samples (--json lists all)")
 
 
-def _print_profile(profile: dict, layer_names: list[str]) -> None:
-    """The host profile as a table: kernel, the layers in its name, time per inference, share."""
-    from tbn_tvm.frontend.layers import c_identifier
+def _print_profile(profile: dict) -> None:
+    """The host profile as a table: per kernel call, the layers it computes, time per
+    inference, share."""
     from tbn_tvm.report import text_table
 
-    kernels = sum(k["seconds"] for k in profile["kernels"])
+    kernels = sum(k["seconds"] for k in profile["calls"])
     rows = []
-    for k in profile["kernels"]:
-        layers = [n for n in layer_names if f"tbn_{c_identifier(n)}_" in k["kernel"]]
+    for k in profile["calls"]:
+        layers = k["layers"]
         share = 100 * k["seconds"] / kernels if kernels else 0.0
         rows.append([k["kernel"], ",".join(layers) or "-", f"{k['seconds'] * 1e3:.4f}", f"{share:.1f}"])
     print("\n".join(text_table(["kernel", "layers", "ms", "%"], rows, {2, 3})))
@@ -315,7 +315,7 @@ def run(args) -> int:
         if args.print_top is not None:
             _print_top(summary["top"], model.outputs[0].shape if model.outputs else ())
         if "profile" in summary:
-            _print_profile(summary["profile"], [layer["name"] for layer in model.report().get("layers", [])])
+            _print_profile(summary["profile"])
         if "instructions_per_layer" in summary:
             from tbn_tvm.report import text_table
 

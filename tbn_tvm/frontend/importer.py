@@ -4,7 +4,9 @@
 :data:`tbn_tvm.frontend.converters.CONVERTERS` is converted by the project's own converter (for
 ops where TVM's result is wrong), and any exception raised while converting a node becomes a
 :class:`~tbn_tvm.errors.TBNError` naming the node and operator.  TVM's prints and C++ log lines
-are captured (:mod:`tbn_tvm.quiet`) and shown only as the tail of such an error.
+are captured (:mod:`tbn_tvm.quiet`) and shown only as the tail of such an error.  The call
+that computes each weighted layer is given a span naming the layer
+(:mod:`tbn_tvm.frontend.identity`): the layer's identity from the import to the C arrays.
 """
 
 from __future__ import annotations
@@ -38,13 +40,33 @@ def _importer_class():
             return super()._parse_value_proto(value_proto)
 
         graph_outputs: frozenset = frozenset()
+        layer_names: dict = {}  # ONNX output name of a weighted node -> its layer name
+
+        def _layer_call(self, op_name, inputs, attrs, opset, name):
+            """TVM's conversion of a weighted node with its layer's call tagged before the
+            result is normalized (normalizing binds the inner calls, out of reach)."""
+            from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+            from tbn_tvm.frontend.identity import tag_layer_call
+
+            convert_map = _get_convert_map()
+            if op_name not in convert_map:
+                raise NotImplementedError(f"Operator {op_name} not implemented.")
+            sym = convert_map[op_name].get_converter(opset)(
+                self.bb, inputs, attrs, [self._nodes, self._params]
+            )
+            sym, _ = tag_layer_call(sym, name, self.bb)
+            return self.bb.normalize(sym) if isinstance(sym, relax.Expr) else sym
 
         def _convert_operator(self, op_name, inputs, attrs, opset):
             node = self._current
             try:
                 own = CONVERTERS.get(op_name)
                 sym = own(self.bb, inputs, attrs, opset, node) if own is not None else None
-                if sym is None:
+                layer = self.layer_names.get(node.output[0]) if node is not None and node.output else None
+                if sym is None and layer is not None:
+                    sym = self._layer_call(op_name, inputs, attrs, opset, layer)
+                elif sym is None:
                     sym = super()._convert_operator(op_name, inputs, attrs, opset)
                 elif isinstance(sym, relax.Expr):
                     sym = self.bb.normalize(sym)
@@ -65,10 +87,11 @@ def _importer_class():
     return _Importer
 
 
-def import_model(proto: onnx.ModelProto, loaded, inputs=None):
+def import_model(proto: onnx.ModelProto, loaded, inputs=None, layer_names=None):
     """Relax IRModule of ``proto`` (weights as constants) for the static input specs ``inputs``
     (default: those of ``loaded``, whose ``source`` names the model in errors); raises TBNError
-    naming the failing node."""
+    naming the failing node.  ``layer_names`` maps the output of each weighted node to its layer
+    name, given to the call computing it (:mod:`tbn_tvm.frontend.identity`)."""
     from tbn_tvm.frontend.onnx import _printable
     from tbn_tvm.quiet import captured
 
@@ -80,6 +103,7 @@ def import_model(proto: onnx.ModelProto, loaded, inputs=None):
         sanitize=True,
     )
     importer.graph_outputs = frozenset(o.name for o in proto.graph.output)
+    importer.layer_names = dict(layer_names or {})
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     error: TBNError | None = None
     mod = None

@@ -12,8 +12,9 @@ once, in this order of preference:
 4. ``<op>_<node index>``.
 
 The same name is used by ``inspect``, the compiler's kernels, the manifest and the C arrays
-(``tbn_<name>_tile``).  :func:`fingerprint` lets the compiler find a layer again from the
-constant TVM folded (in either orientation of a matmul operand).
+(``tbn_<name>_tile``): the importer gives it to the call that computes the layer, and every
+rewrite after it keeps it there (:mod:`tbn_tvm.frontend.identity`).  :func:`fingerprint` keys a
+constant by its bytes: it tells shared weights apart, never which layer a folded weight is.
 
 >>> import numpy as np, onnx
 >>> from onnx import helper, numpy_helper, TensorProto
@@ -62,6 +63,7 @@ class OnnxLayer:
     stored: np.ndarray
     trans_b: bool = False
     shared_by: tuple[str, ...] = ()
+    output: str = ""  # the node's output: the importer names the layer's call after it
 
     @property
     def matmul_operand(self) -> np.ndarray:
@@ -189,7 +191,7 @@ def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
         if count > 1:
             name = f"{name}_{count}"
         trans_b = bool(_attr(node, "transB", 0)) if node.op_type == "Gemm" else False
-        layer = OnnxLayer(name, node.op_type, kind, node.name, i, wname, w, trans_b)
+        layer = OnnxLayer(name, node.op_type, kind, node.name, i, wname, w, trans_b, output=node.output[0])
         key = fingerprint(w)
         if key in by_value:
             first = by_value[key]
@@ -199,20 +201,6 @@ def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
             by_value[key] = layer
         layers.append(layer)
     return layers
-
-
-def names_by_fingerprint(proto: onnx.ModelProto) -> dict[str, str]:
-    """Weight :func:`fingerprint` -> layer name, for the stored array and the ``[in, out]``
-    operand TVM folds (what :class:`~tbn_tvm.passes.compress_weights.CompressWeights` sees)."""
-    names: dict[str, str] = {}
-    layers = weighted_layers(proto)
-    for layer in layers:
-        names.setdefault(fingerprint(layer.stored), layer.name)
-        if layer.kind == "matmul":
-            names.setdefault(fingerprint(layer.matmul_operand), layer.name)
-    for li, affine in folded_affines(proto, layers).items():  # the weights after FoldAffine
-        names.setdefault(fingerprint(folded_weight(layers[li], affine.factor)), layers[li].name)
-    return names
 
 
 def _per_channel(value: np.ndarray, out_rank: int, axis: int, channels: int) -> np.ndarray | None:
@@ -243,8 +231,9 @@ class Affine:
 def folded_affines(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> dict[int, Affine]:
     """Layer index (in ``layers``) -> the per-channel scale folded into it, mirroring on the
     ONNX graph what the compiler's FoldAffine pass does on Relax: a layer (its bias add
-    included) whose only consumer is an inference BatchNormalization with constant parameters
-    or a Mul by a per-channel constant."""
+    included) whose only consumer is an inference BatchNormalization with constant parameters,
+    a Mul by a per-channel constant, or a HardSigmoid (its ``alpha``: TVM imports it as
+    ``clip(alpha · x + beta, 0, 1)``)."""
     g = proto.graph
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(g.node):
@@ -288,6 +277,10 @@ def folded_affines(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> dict[int,
             a = (gamma / np.sqrt(var + eps)).astype(np.float32)
             if a.size == channels:
                 out[li] = Affine(a, users[0], True)
+        elif nxt.op_type == "HardSigmoid":  # imported as clip(alpha * x + beta, 0, 1): alpha folds
+            alpha = np.float32(_attr(nxt, "alpha", 0.2))
+            if np.isfinite(alpha):
+                out[li] = Affine(np.full(channels, alpha, np.float32), users[0], False)
         elif nxt.op_type == "Mul":
             other = nxt.input[1] if nxt.input[0] == name else nxt.input[0]
             c = values.get(other)

@@ -477,18 +477,23 @@ def to_import_opset(loaded: LoadedModel):
     return converted
 
 
-def to_relax(loaded: LoadedModel):
+def to_relax(loaded: LoadedModel, layers=None):
     """Import into a Relax IRModule whose weights are constants, with constant sub-graphs
     (Expand/Tile/Mul/Reshape chains, transposes) folded into single constants; check its outputs
-    against the declared ones."""
+    against the declared ones.  The call of each weighted layer (``layers``: the
+    :func:`~tbn_tvm.frontend.layers.weighted_layers` of the model, found here when not given)
+    carries its name (:mod:`tbn_tvm.frontend.identity`)."""
     from tbn_tvm.frontend.importer import import_model
+    from tbn_tvm.frontend.layers import weighted_layers
     from tbn_tvm.passes.pipeline import fold_constants
     from tbn_tvm.quiet import captured
 
     proto = _with_safe_input_names(to_import_opset(loaded), loaded.inputs)
     loaded.import_proto = proto
     safe = [TensorSpec(vi.name, t.shape, t.dtype) for vi, t in zip(_graph_inputs(proto), loaded.inputs)]
-    mod = import_model(proto, loaded, safe)
+    if layers is None:
+        layers = weighted_layers(loaded.proto)
+    mod = import_model(proto, loaded, safe, {layer.output: layer.name for layer in layers if layer.output})
     seq = fold_constants()
     with captured() as log:
         try:

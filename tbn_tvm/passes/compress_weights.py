@@ -17,6 +17,9 @@ asks the registry (:func:`tbn_tvm.formats.detect_layer_weight`) for the cheapest
 that form for its buffers and kernel (:func:`tbn_tvm.kernels.build`).  Bias adds and
 activations stay separate Relax ops and are fused later.  Weights that match no compact format
 stay dense constants.  A weight used by several layers gets one set of buffers.
+
+Each layer is named by the span of its call (:mod:`tbn_tvm.frontend.identity`), and the
+``call_tir`` that replaces it keeps that span.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tvm import relax
 
 from tbn_tvm import kernels
 from tbn_tvm.formats import FLOAT_DTYPES, LayerWeight, detect_layer_weight
+from tbn_tvm.frontend.identity import layers_of, with_span
 from tbn_tvm.frontend.layers import c_identifier, fingerprint
 
 
@@ -110,12 +114,11 @@ class _Compressor(relax.PyExprMutator):
         return call
 
     # ------------------------------------------------------------------ helpers
-    def _name(self, w: np.ndarray, op: str) -> str:
-        names = self.owner.names
-        for cand in (w, np.ascontiguousarray(w.T) if w.ndim == 2 else None):
-            if cand is not None and fingerprint(cand) in names:
-                return names[fingerprint(cand)]
-        return f"{op}_{len(self.layers)}"
+    def _name(self, call, op: str) -> str:
+        """The layer's name, from the span the importer gave its call (never from the weight's
+        bytes, which folds change); ``<op>_<i>`` for a call no ONNX layer made."""
+        names = layers_of(call)
+        return names[0] if names else f"{op}_{len(self.layers)}"
 
     def _symbol(self, name: str, kind: str) -> str:
         base = f"tbn_{c_identifier(name)}_{kind}"
@@ -157,7 +160,7 @@ class _Compressor(relax.PyExprMutator):
             note = slower_than_dense_note(layer, lw.format, kernel)
         self.layers.append(RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan, note))
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
-        result = relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty)
+        result = with_span(relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty), call.span)
         if tuple(layer.out_shape) != _shape(call):  # a 1-D weight: drop the unit output axis
             result = relax.op.reshape(self.builder_.emit(result), _shape(call))
         return result
@@ -174,7 +177,7 @@ class _Compressor(relax.PyExprMutator):
         x_shape = _shape(x)
         if x_shape[-1] != w.shape[0] or 0 in x_shape or w.size == 0:
             return call
-        name = self._name(w, "matmul")
+        name = self._name(call, "matmul")
         lw = detect_layer_weight(w, "matmul")
         if not lw.compact:
             return self._dense(call, w_expr, name, "matmul", lw)
@@ -210,7 +213,7 @@ class _Compressor(relax.PyExprMutator):
             or w.size == 0
         ):
             return call
-        name = self._name(w, op)
+        name = self._name(call, op)
         lw = detect_layer_weight(w, kind)
         if not lw.compact:
             return self._dense(call, w_expr, name, op, lw)
@@ -236,8 +239,8 @@ class _Compressor(relax.PyExprMutator):
 class CompressWeights:
     """Module pass; after it runs, ``self.layers`` lists every matmul/conv layer it looked at.
 
-    ``names`` maps a weight's :func:`~tbn_tvm.frontend.layers.fingerprint` to its layer name
-    (from :func:`tbn_tvm.frontend.layers.weighted_layers`); unnamed weights get ``<op>_<i>``.
+    Layers are named by the span of their call (:mod:`tbn_tvm.frontend.identity`); a call
+    without one (not an ONNX layer) gets ``<op>_<i>``.
     ``reuse_rows`` (default) lets formats use their structure kernels (distinct rows of a tiled
     weight); without it every output is computed from the decoded weight.  ``simd`` picks kernel
     forms that vectorise (host CPUs) over ones with fewest scalar instructions (MCUs).  ``forms``
@@ -248,7 +251,6 @@ class CompressWeights:
 
     def __init__(
         self,
-        names: Mapping[str, str] | None = None,
         reuse_rows: bool = True,
         simd: bool = True,
         forms: Mapping[str, str] | str = "auto",
@@ -256,7 +258,6 @@ class CompressWeights:
     ) -> None:
         self.layers: list[RewrittenLayer] = []
         self.default_form = default_form
-        self.names = dict(names or {})
         self.forms = forms if isinstance(forms, str) else dict(forms)
         #: constant object (hash) -> C-safe name ``<layer>_<buffer>`` (``fc1_tile``, ``fc2_weight``)
         self.const_names: dict[int, str] = {}

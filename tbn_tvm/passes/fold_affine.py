@@ -15,7 +15,8 @@ recognises: BatchNorm then costs nothing at run time.  The shift ``b`` stays an 
 fused into the layer's kernel.  A weight that would lose its compact form (an integer grid
 ``α·q`` times ``γ/σ`` rounds off the grid) is left alone: the multiply stays an epilogue, fused
 into the layer's kernel too (:func:`~tbn_tvm.formats.fold_keeps_format`, which ``inspect``
-applies as well).  Products are rounded once to float32; against onnxruntime's
+applies as well).  The rewritten call keeps the span that names its layer
+(:mod:`tbn_tvm.frontend.identity`): the scaled weight's bytes are new, the layer is not.  Products are rounded once to float32; against onnxruntime's
 separate normalisation the outputs differ by float rounding only.
 
 Runs before :class:`~tbn_tvm.passes.compress_weights.CompressWeights` (see
@@ -29,6 +30,7 @@ import tvm
 from tvm import relax
 
 from tbn_tvm.formats import fold_keeps_format
+from tbn_tvm.frontend.identity import with_span
 
 _LAYERS = {"relax.nn.conv1d": 1, "relax.nn.conv2d": 2, "relax.matmul": 0}
 
@@ -127,7 +129,7 @@ class _Folder(relax.PyExprMutator):
             new_w = (w * a[None, :]).astype(np.float32)
             if not fold_keeps_format(w, new_w, "matmul"):
                 return None
-            return relax.op.matmul(x, relax.const(new_w))
+            return with_span(relax.op.matmul(x, relax.const(new_w)), call.span)  # the layer's identity
         attrs = call.attrs
         if int(attrs.groups) != 1 and w.shape[0] != a.size:
             return None
@@ -136,7 +138,7 @@ class _Folder(relax.PyExprMutator):
         new_w = (w * a.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
         if not fold_keeps_format(w, new_w, "conv"):
             return None
-        return relax.Call(call.op, [x, relax.const(new_w)], call.attrs)
+        return relax.Call(call.op, [x, relax.const(new_w)], call.attrs, call.ty_args, call.span)
 
     def _is_conv(self, expr) -> bool:
         call = self._bound(expr)

@@ -5,10 +5,11 @@ TVM lowers ``relu``, ``maximum``, ``minimum`` and ``clip`` to ``max``/``min``, w
 compile to ``maxnum``/``fmaxf``: a NaN input silently becomes the other operand (``relu(NaN) =
 0``).  onnxruntime propagates NaN through Relu, Max, Min and Clip, and so does tbn-tvm: each of
 these is lowered with an explicit compare-and-select that keeps a NaN operand.  Everything else
-goes through TVM's own legalization.
+goes through TVM's own legalization; that of a layer's matmul or convolution keeps the call's
+span, which names the layer (:mod:`tbn_tvm.frontend.identity`).
 
->>> sorted(legalize_map())
-['relax.clip', 'relax.maximum', 'relax.minimum', 'relax.nn.relu']
+>>> [name for name in sorted(legalize_map()) if "conv" not in name]
+['relax.clip', 'relax.matmul', 'relax.maximum', 'relax.minimum', 'relax.nn.relu']
 """
 
 from __future__ import annotations
@@ -74,9 +75,45 @@ def _clip(bb, call):
     return bb.call_te(f, x, primfunc_name_hint="clip")
 
 
+def _keeping_span(op_name: str):
+    """TVM's own legalization of ``op_name``; for the call of a layer (its span names it,
+    :mod:`tbn_tvm.frontend.identity`) the ``call_tir`` keeps the span and calls a kernel of the
+    layer's own, ``tbn_<layer>_<op>``: TVM would give layers of one shape one kernel, and FuseOps
+    then one fused function, where no call site could be told from the other."""
+
+    def legalize(bb, call):
+        import tvm
+        from tvm import relax
+
+        from tbn_tvm.frontend.identity import layers_of
+        from tbn_tvm.frontend.layers import c_identifier
+
+        out = tvm.ir.Op.get(op_name).get_attr("FLegalize")(bb, call)
+        names = layers_of(call)
+        if not names or not isinstance(out, relax.Call) or out.op.name != "relax.call_tir":
+            return out
+        mod = bb.get()
+        taken = {
+            str(f.attrs["global_symbol"])
+            for _, f in mod.functions_items()
+            if f.attrs and "global_symbol" in f.attrs
+        }
+        base = symbol = f"tbn_{c_identifier(names[0])}_{op_name.rsplit('.', 1)[-1]}"
+        i = 2
+        while symbol in taken:  # two names may reduce to one C identifier
+            symbol, i = f"{base}_{i}", i + 1
+        own = bb.add_func(mod[out.args[0]].with_attr("global_symbol", symbol), symbol)
+        return relax.Call(out.op, [own, *out.args[1:]], out.attrs, out.ty_args, call.span)
+
+    return legalize
+
+
 def legalize_map() -> dict:
     """Operator name -> the project's legalization (passed to TVM's LegalizeOps)."""
+    from tbn_tvm.frontend.identity import LAYER_OPS
+
     return {
+        **{name: _keeping_span(name) for name in sorted(LAYER_OPS)},
         "relax.nn.relu": _relu,
         "relax.maximum": _nan_aware("max"),
         "relax.minimum": _nan_aware("min"),

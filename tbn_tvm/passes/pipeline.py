@@ -77,20 +77,17 @@ def prepare(
     compress: bool = True,
     reuse_rows: bool = True,
     simd: bool = True,
-    names: dict[str, str] | None = None,
     forms: dict[str, str] | str = "auto",
     default_form: str = "auto",
 ) -> Prepared:
     """Run the project's passes on an imported module (weights already folded to constants).
 
-    ``compress=False`` leaves every weight dense (the plain TVM build); ``names`` maps weight
-    fingerprints to layer names (:func:`tbn_tvm.frontend.layers.weighted_layers`)."""
+    ``compress=False`` leaves every weight dense (the plain TVM build).  Layers are named by
+    the spans the importer gave their calls (:mod:`tbn_tvm.frontend.identity`)."""
     mod = FoldAffine()(mod)
     if not compress:
         return Prepared(mod, [])
-    compress_pass = CompressWeights(
-        names=names, reuse_rows=reuse_rows, simd=simd, forms=forms, default_form=default_form
-    )
+    compress_pass = CompressWeights(reuse_rows=reuse_rows, simd=simd, forms=forms, default_form=default_form)
     mod = compress_pass(mod)
     return Prepared(mod, list(compress_pass.layers), dict(compress_pass.const_names))
 
@@ -98,17 +95,85 @@ def prepare(
 # ----------------------------------------------------------------------------- phase 2
 def fuse(legalize: bool = True) -> tvm.transform.Pass:
     """Legalize (NaN-keeping lowerings) and fuse: what the kernels look like when they are
-    scheduled, tuned and looked up in a tuning database."""
+    scheduled, tuned and looked up in a tuning database.  Every call of a kernel that computes
+    a layer names it (:mod:`tbn_tvm.frontend.identity`, :func:`fuse_tir_keeping_layers`)."""
     return tvm.transform.Sequential(
         [
             Legalize(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
+            fuse_tir_keeping_layers(),
+            relax.transform.DeadCodeElimination(),  # the shared kernels the layers' own replaced
         ],
         name="tbn_fuse",
     )
+
+
+def _call_layers(func) -> list[str]:
+    """The layers the calls inside a Relax function name, in order, each once."""
+    from tbn_tvm.frontend.identity import layers_of
+
+    found: list[str] = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, tvm.ir.Call):
+            found.extend(n for n in layers_of(expr) if n not in found)
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return found
+
+
+@relax.expr_functor.mutator
+class _NameCallSites(relax.PyExprMutator):
+    """Gives each ``call_tir`` of a kernel in ``table`` (kernel name -> layers) the span that
+    names its layers."""
+
+    def __init__(self, mod: tvm.IRModule, table: dict[str, list[str]]) -> None:
+        super().__init__(mod)
+        self.mod_ = mod
+        self.table = table
+
+    def transform(self) -> tvm.IRModule:
+        for gv, func in self.mod_.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, call):  # noqa: D102 - mutator hook
+        from tbn_tvm.frontend.identity import layers_of, with_layers
+
+        call = self.visit_expr_post_order(call)
+        if (
+            isinstance(call.op, tvm.ir.Op)
+            and call.op.name == "relax.call_tir"
+            and isinstance(call.args[0], tvm.ir.GlobalVar)
+            and call.args[0].name_hint in self.table
+            and not layers_of(call)
+        ):
+            return with_layers(call, self.table[call.args[0].name_hint])
+        return call
+
+
+def fuse_tir_keeping_layers() -> tvm.transform.Pass:
+    """TVM's FuseTIR, after which the call of each fused kernel names the layers whose calls
+    FuseOps put into it (FuseTIR builds new calls, without the spans of the calls it merged).
+    A fused kernel computes one call site: every layer calls a kernel of its own
+    (CompressWeights' kernels, and Legalize's for a dense layer), so FuseOps never gives two
+    layers one fused function."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tbn.FuseTIRKeepingLayers")
+    def run(mod, _ctx):
+        table = {}
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Primitive"):
+                names = _call_layers(func)
+                if names:
+                    table[gv.name_hint] = names
+        mod = relax.transform.FuseTIR()(mod)
+        return _NameCallSites(mod, table).transform() if table else mod
+
+    return run
 
 
 def scheduled_kernels(mod: tvm.IRModule) -> set[str]:
@@ -242,6 +307,25 @@ def lower_cuda(mod: tvm.IRModule, target) -> tuple[tvm.IRModule, tvm.transform.P
             return tvm.transform.Sequential(rest)(m)
 
     return mod, finish
+
+
+def call_sites(mod: tvm.IRModule) -> list[dict]:
+    """The kernel calls of a fused module's ``main`` in order, each with the layers it computes
+    (:mod:`tbn_tvm.frontend.identity`): ``[{"kernel", "layers"}]``."""
+    from tbn_tvm.frontend.identity import layers_of
+
+    sites = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if (
+                isinstance(value, tvm.ir.Call)
+                and isinstance(value.op, tvm.ir.Op)
+                and value.op.name == "relax.call_tir"
+                and isinstance(value.args[0], tvm.ir.GlobalVar)
+            ):
+                sites.append({"kernel": value.args[0].name_hint, "layers": layers_of(value)})
+    return sites
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:

@@ -138,16 +138,13 @@ def _layers_of(kernel_name: str, layers) -> list[str]:
 def prepare_for_tuning(model, spec, input_shapes=None, forms: dict[str, str] | str = "decoded"):
     """The fused module of ``model`` for ``spec`` with the tiled layers in ``forms`` (a form for
     all, or per layer), and the prepared layers."""
-    from tbn_tvm.frontend.layers import names_by_fingerprint
     from tbn_tvm.frontend.onnx import load_onnx, to_relax
     from tbn_tvm.passes.pipeline import fuse, prepare
     from tbn_tvm.targets import backend_class
 
     loaded = load_onnx(model, input_shapes)
     mod = to_relax(loaded)
-    prepared = prepare(
-        mod, names=names_by_fingerprint(loaded.proto), forms=forms, **backend_class(spec.family).pass_options
-    )
+    prepared = prepare(mod, forms=forms, **backend_class(spec.family).pass_options)
     target = spec.tvm()
     with target:
         fused = fuse()(prepared.mod)

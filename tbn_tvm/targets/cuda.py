@@ -301,6 +301,8 @@ class CudaBackend(Backend):
     # ------------------------------------------------------------------ build
     @classmethod
     def create(cls, spec: TargetSpec, prepared, inputs, outputs, *, arch=None) -> tuple[CudaBackend, dict]:
+        from tbn_tvm.passes.pipeline import call_sites, constant_bytes
+
         if arch is not None:
             spec = _spec(normalize_arch(arch))
         scheduled, executable = build(prepared.mod, spec)
@@ -316,7 +318,9 @@ class CudaBackend(Backend):
                 "source_bytes": len(source.encode()),
                 "ptx_bytes": len(ptx),
                 "cubin_bytes": len(cubin),
-            }
+            },
+            "steps": call_sites(scheduled),  # the kernel calls in order, with their layers
+            "built_constant_bytes": constant_bytes(scheduled),
         }
         return backend, extra
 

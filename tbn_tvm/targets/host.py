@@ -79,19 +79,30 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def build(mod, spec: TargetSpec, database=None, baselines: dict | None = None, hand_schedules: bool = True):
+def build(
+    mod,
+    spec: TargetSpec,
+    database=None,
+    baselines: dict | None = None,
+    hand_schedules: bool = True,
+    facts: dict | None = None,
+):
     """Lower and compile a prepared Relax module (:func:`tbn_tvm.passes.pipeline.lower_host`);
     returns TVM's executable, the kernels tuning records were applied to and those whose record
-    was no faster than the hand schedule."""
+    was no faster than the hand schedule.  ``facts`` (a dict) receives what the lowered module
+    says: ``steps``, its kernel calls in order with their layers, and ``built_constant_bytes``,
+    the bytes of the constants its kernels read."""
     import tvm
 
-    from tbn_tvm.passes.pipeline import lower_host
+    from tbn_tvm.passes.pipeline import call_sites, constant_bytes, lower_host
     from tbn_tvm.quiet import captured
 
     target = spec.tvm()
     with captured():
         try:
             mod, relax_pipeline, tuned, kept = lower_host(mod, target, database, baselines, hand_schedules)
+            if facts is not None:
+                facts.update(steps=call_sites(mod), built_constant_bytes=constant_bytes(mod))
             return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline), tuned, kept
         except TBNError:
             raise
@@ -188,8 +199,9 @@ class HostBackend(Backend):
 
             database = open_database(tuning_db, create=False)
             baselines = read_baselines(tuning_db, target_key(_tuning_target(spec)))
-        executable, tuned, kept = build(prepared.mod, spec, database, baselines, bool(hand_schedules))
-        extra = {}
+        facts: dict = {}
+        executable, tuned, kept = build(prepared.mod, spec, database, baselines, bool(hand_schedules), facts)
+        extra = dict(facts)
         if tuning_db is not None:
             from tbn_tvm.schedules.tuning import _layers_of
 
@@ -198,13 +210,16 @@ class HostBackend(Backend):
                 "layers": sorted({name for k in tuned for name in _layers_of(k, prepared.layers)}),
                 "kept_hand_schedule": kept,
             }
-        return cls(spec, executable=executable), extra
+        backend = cls(spec, executable=executable)
+        backend.steps = facts["steps"]
+        return backend, extra
 
     def __init__(self, spec: TargetSpec, executable=None, module=None) -> None:
         self.spec = spec
         self.executable = executable
         self._module = module
         self._vm = None
+        self.steps: list[dict] = []  # the kernel calls of main in order, with their layers
 
     def _machine(self):
         import tvm
@@ -252,8 +267,10 @@ class HostBackend(Backend):
         The Relax VM of TVM 0.27 has no profiler; its call instrumentation times every call of
         a compiled kernel here (``vm.builtin.*`` bookkeeping left out), over at least 3 rounds
         after a warm-up and until ``min_seconds`` have passed (at most ``max_rounds``).
-        Returns ``{"rounds", "seconds_per_inference", "kernels": [{"kernel", "calls",
-        "seconds"}]}``, kernels in call order, ``seconds`` the mean per inference.
+        Returns ``{"rounds", "seconds_per_inference", "calls": [{"kernel", "layers",
+        "seconds"}], "kernels": [{"kernel", "calls", "seconds"}]}``: ``calls`` per call site in
+        call order, each with the layers it computes (the build's call sites, :attr:`steps`),
+        ``kernels`` per kernel (its calls together); ``seconds`` the mean per inference.
         """
         import time
 
@@ -264,8 +281,9 @@ class HostBackend(Backend):
         vm = relax.VirtualMachine(self.executable if self.executable is not None else self._module, tvm.cpu())
         args = [tvm.runtime.tensor(_contiguous(a)) for a in sample]
         vm["main"](*args)  # warm-up: first-call allocations and page faults
-        totals: dict[str, list] = {}
+        sites: list[list] = []  # per call of an inference, in order: [kernel, seconds summed]
         starts: list[float] = []
+        index = [0]
 
         def instrument(func, symbol, before_run, ret_value, *call_args):  # noqa: ARG001 - VM signature
             now = time.perf_counter()
@@ -274,24 +292,36 @@ class HostBackend(Backend):
             else:
                 began = starts.pop()
                 if not str(symbol).startswith("vm.builtin."):
-                    entry = totals.setdefault(str(symbol), [0, 0.0])
-                    entry[0] += 1
-                    entry[1] += now - began
+                    i = index[0]
+                    if i == len(sites):
+                        sites.append([str(symbol), 0.0])
+                    sites[i][1] += now - began
+                    index[0] += 1
             return 0  # VMInstrumentReturnKind.NO_OP
 
         vm.set_instrument(instrument)
         rounds, t0 = 0, time.perf_counter()
         while rounds < 3 or (time.perf_counter() - t0 < min_seconds and rounds < max_rounds):
+            index[0] = 0
             vm["main"](*args)
             rounds += 1
         elapsed = time.perf_counter() - t0
+        calls = [
+            {"kernel": kernel, "layers": layers, "seconds": seconds / rounds}
+            for (kernel, seconds), layers in zip(
+                sites, _site_layers([k for k, _ in sites], self.steps), strict=True
+            )
+        ]
+        kernels: dict[str, list] = {}
+        for call in calls:
+            entry = kernels.setdefault(call["kernel"], [0, 0.0])
+            entry[0] += 1
+            entry[1] += call["seconds"]
         return {
             "rounds": rounds,
             "seconds_per_inference": elapsed / rounds,
-            "kernels": [
-                {"kernel": name, "calls": calls // rounds, "seconds": seconds / rounds}
-                for name, (calls, seconds) in totals.items()
-            ],
+            "calls": calls,
+            "kernels": [{"kernel": k, "calls": n, "seconds": secs} for k, (n, secs) in kernels.items()],
         }
 
     def time(self, arrays: list[np.ndarray], number: int = 10, repeat: int = 5) -> list[float]:
@@ -340,7 +370,24 @@ class HostBackend(Backend):
             raise TBNError(
                 f"{path}: cannot load the compiled library ({' '.join(str(e).split())[:200]})"
             ) from None
-        return cls(spec, module=module)
+        backend = cls(spec, module=module)
+        backend.steps = list(manifest.get("steps", []))
+        return backend
+
+
+def _site_layers(kernels: list[str], steps: list[dict]) -> list[list[str]]:
+    """The layers of each kernel call the VM made (``kernels``, in order), from the build's
+    call sites (``steps``, in order): the calls are the steps, matched in order by kernel name
+    (a call of a kernel no step names, which TVM's later passes may add, computes no layer)."""
+    out, j = [], 0
+    for kernel in kernels:
+        k = next((k for k in range(j, len(steps)) if steps[k].get("kernel") == kernel), None)
+        if k is None:
+            out.append([])
+            continue
+        out.append(list(steps[k].get("layers", [])))
+        j = k + 1
+    return out
 
 
 def _triple_is_native(triple: str) -> bool:

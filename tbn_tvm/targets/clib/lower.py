@@ -41,6 +41,7 @@ class Step:
     kernel: str
     args: list[str]  # value names, inputs first then the outputs
     outs: list[str]  # the values the kernel writes (several for a fused kernel with a tuple result)
+    layers: list[str] = field(default_factory=list)  # the model layers this call computes
 
 
 @dataclass
@@ -59,11 +60,13 @@ class LoweredGraph:
 
 def extract(mod, const_names: dict[int, str] | None = None) -> LoweredGraph:
     """Turn a fused module's ``main`` into values and steps; constants are named from
-    ``const_names`` (constant hash -> ``<layer>_<buffer>``) where known, else ``c<i>``."""
+    ``const_names`` (constant hash -> ``<layer>_<buffer>``) where known, else ``c<i>``; each
+    step names the layers its call computes (:mod:`tbn_tvm.frontend.identity`)."""
     import tvm
     from tvm import relax, tirx
 
     from tbn_tvm.errors import TBNError
+    from tbn_tvm.frontend.identity import layers_of
 
     func = mod["main"]
     values: dict[str, Value] = {}
@@ -109,6 +112,7 @@ def extract(mod, const_names: dict[int, str] | None = None) -> LoweredGraph:
             ):
                 gv = expr.args[0]
                 args = [value_of(a) for a in expr.args[1].fields]
+                layers = layers_of(expr)  # the call site's layers (its span)
                 prim = mod[gv]
                 if not isinstance(prim, tirx.PrimFunc):
                     raise TBNError(f"the C back end expected a TIR kernel, got {gv.name_hint}")
@@ -121,12 +125,12 @@ def extract(mod, const_names: dict[int, str] | None = None) -> LoweredGraph:
                             out_name, "tensor", tuple(int(d) for d in field_ty.shape), str(field_ty.dtype)
                         )
                         outs.append(out_name)
-                    steps.append(Step(gv.name_hint, [*args, *outs], outs))
+                    steps.append(Step(gv.name_hint, [*args, *outs], outs, layers))
                     var_names[var] = "(" + ",".join(outs) + ")"
                     continue
                 shape, dtype = ty_of(var)
                 values[name] = Value(name, "tensor", shape, dtype)
-                steps.append(Step(gv.name_hint, [*args, name], [name]))
+                steps.append(Step(gv.name_hint, [*args, name], [name], layers))
             elif (
                 isinstance(expr, tvm.ir.Call)
                 and isinstance(expr.op, tvm.ir.Op)

@@ -38,41 +38,64 @@ def parse_size(value) -> int | None:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
 
 
-def _layer_sizes(graph, info, size_report, layers) -> list[dict]:
-    """Per kernel call (step): the model layers it computes (by name), the C arrays it reads,
-    their bytes (flash) and the kernel's code bytes."""
-    from tbn_tvm.frontend.layers import c_identifier
-
+def _layer_sizes(graph, info, size_report) -> list[dict]:
+    """Per kernel call (step): the model layers it computes (the call site's own, carried on
+    the IR: :mod:`tbn_tvm.frontend.identity`), the C arrays it reads, the bytes of those it is
+    the first to read (an array read by several calls, a weight shared by two layers, is
+    counted once, at its first reader), the kernel's code bytes (at its first call: a kernel
+    called by several steps is one function) and the arena in use while it runs.  The steps'
+    weight and code bytes add up to the library's."""
     code = {s.name: s.size for s in size_report.library_symbols if s.kind in ("func", "text")}
-    by_array = {f"tbn_{c_identifier(layer.name)}_": layer.name for layer in layers}
-    by_kernel = sorted(
-        ((layer.kernel, layer.name) for layer in layers if layer.kernel), key=lambda t: -len(t[0])
-    )
     per_step = []
+    arrays_counted: set[str] = set()
+    kernels_counted: set[str] = set()
     for i, step in enumerate(graph.steps):
         arrays = list(info.step_constants[i])
-        names: list[str] = []
-        for arr in arrays:
-            for prefix, name in by_array.items():
-                if arr.startswith(prefix) and name not in names:
-                    names.append(name)
-        rest = step.kernel
-        for sym, name in by_kernel:
-            if sym in rest:
-                rest = rest.replace(sym, "")
-                if name not in names:
-                    names.append(name)
-        per_step.append(
+        first = [a for a in dict.fromkeys(arrays) if a not in arrays_counted]
+        arrays_counted.update(first)
+        entry = {
+            "kernel": step.kernel,
+            "layers": list(step.layers),
+            "arrays": arrays,
+            "weight_bytes": sum(info.constants[c] for c in first),
+            "code_bytes": 0 if step.kernel in kernels_counted else code.get(f"__tvm_ffi_{step.kernel}", 0),
+            "arena_bytes": info.step_arena[i],
+        }
+        if len(first) < len(set(arrays)):
+            entry["arrays_counted_before"] = [a for a in dict.fromkeys(arrays) if a not in first]
+        kernels_counted.add(step.kernel)
+        per_step.append(entry)
+    return per_step
+
+
+def per_step_instructions(steps: list[dict], counts: dict) -> list[dict]:
+    """Instructions per step (call site) from the plugin's per-call counts (``counts``: the
+    ``instructions`` stats of :func:`~tbn_tvm.targets.cortex_m.run_qemu`): each step's
+    ``instructions`` (the driver's set-up of the call and the kernel, so that the steps add up
+    to the inference's count with ``after_last_call``) and ``kernel_instructions``.  Raises
+    TBNError when the calls QEMU saw are not the steps of ``model.c``."""
+    calls = counts.get("per_call") or []
+    if len(calls) != len(steps):
+        raise TBNError(
+            f"the instruction counter saw {len(calls)} kernel calls per inference where model.c makes {len(steps)}",
+            hint="report it with the model",
+        )
+    out = []
+    for step, call in zip(steps, calls, strict=True):
+        if step["kernel"] not in call.get("kernels", [call["kernel"]]):
+            raise TBNError(
+                f"the instruction counter saw {call['kernel']} where model.c calls {step['kernel']}",
+                hint="report it with the model",
+            )
+        out.append(
             {
-                "kernel": step.kernel,
-                "layers": names,
-                "arrays": arrays,
-                "weight_bytes": sum(info.constants[c] for c in arrays),
-                "code_bytes": code.get(f"__tvm_ffi_{step.kernel}", 0),
-                "arena_bytes": info.step_arena[i],
+                "kernel": step["kernel"],
+                "layers": step.get("layers", []),
+                "instructions": call["instructions"],
+                "kernel_instructions": call["kernel_instructions"],
             }
         )
-    return per_step
+    return out
 
 
 #: Stack margin over the measured peak: a quarter more, and at least this many bytes (an
@@ -130,7 +153,7 @@ def _measure(lib: Path, board, cpu: str, info, graph, stack_bytes, cache: dict) 
         "on": f"qemu {qboard.qemu_machine}",
         "stack_peak_bytes": stats["stack_peak_bytes"],
         "instructions_per_inference": int(ins["mean"]),
-        "per_kernel": {k: int(v) for k, v in ins["per_kernel"].items()},
+        "counts": ins,  # per call site: the steps' figures (taken out of the manifest)
     }
 
 
@@ -357,6 +380,7 @@ class CortexMBackend(Backend):
                 "workspace_bytes": info.workspace_bytes,
                 "stack_bytes": brd.stack_bytes,
                 "library_weight_bytes": info.weight_bytes,
+                "built_constant_bytes": info.weight_bytes,  # the C arrays: what the kernels read
                 "firmware": FIRMWARE,
                 "library": LIB_DIR,
             }
@@ -386,11 +410,15 @@ class CortexMBackend(Backend):
             extra["versions"] = {"arm_gcc": tools["arm_gcc"]}
             if measured and not measured.get("skipped"):  # QEMU ran at build time
                 extra["versions"]["qemu"] = tools["qemu"]
-            extra["steps"] = _layer_sizes(graph, info, size, prepared.layers)
-            per_kernel = (measured or {}).pop("per_kernel", None)
-            if per_kernel:
-                for step in extra["steps"]:
-                    step["instructions"] = per_kernel.get(step["kernel"])
+            extra["steps"] = _layer_sizes(graph, info, size)
+            counts = (measured or {}).pop("counts", None)
+            if counts:
+                for step, got in zip(
+                    extra["steps"], per_step_instructions(extra["steps"], counts), strict=True
+                ):
+                    step["instructions"] = got["instructions"]
+                    step["kernel_instructions"] = got["kernel_instructions"]
+                measured["instructions_after_last_call"] = counts["after_last_call"]
             if tuning_db is not None:
                 from tbn_tvm.schedules.tuning import _layers_of
 
@@ -447,8 +475,10 @@ class CortexMBackend(Backend):
         timeout_per_sample: float | None = None,
     ) -> tuple[list[np.ndarray], dict]:
         """Run on QEMU (default) or on the board at ``port`` over UART.  ``per_layer`` adds
-        ``instructions_per_layer``: per kernel call of ``model.c``, its layers and mean
-        instructions per inference."""
+        ``instructions_per_layer``: per kernel call of ``model.c`` (call site), its layers and
+        mean instructions per inference (the driver's set-up of the call and the kernel; with
+        ``instructions_after_last_call`` they add up to ``instructions_per_inference``) and
+        those of the kernel alone."""
         from tbn_tvm.targets.cortex_m import run_qemu, run_uart
 
         x = np.ascontiguousarray(arrays[0], dtype=np.float32)
@@ -468,7 +498,7 @@ class CortexMBackend(Backend):
                 self.board,
                 x.reshape(n, -1),
                 count_instructions=count_instructions or per_layer,
-                per_kernel=[s["kernel"] for s in steps] if per_layer else (),
+                per_kernel=list(dict.fromkeys(s["kernel"] for s in steps)) if per_layer else (),
                 timeout_s=timeout,
                 timeout_per_sample=timeout_per_sample,
             )
@@ -482,12 +512,9 @@ class CortexMBackend(Backend):
             flat["instructions_per_inference"] = ins.get("mean")
             flat["instructions_min"] = ins.get("min")
             flat["instructions_max"] = ins.get("max")
-        if per_layer:
-            counts = ins["per_kernel"]
-            flat["instructions_per_layer"] = [
-                {"kernel": s["kernel"], "layers": s["layers"], "instructions": counts[s["kernel"]]}
-                for s in steps
-            ]
+        if per_layer:  # per call site, in the order of model.c
+            flat["instructions_per_layer"] = per_step_instructions(steps, ins)
+            flat["instructions_after_last_call"] = ins["after_last_call"]
         for key in ("stack_peak_bytes", "cycles", "wall_s"):
             if stats.get(key) is not None:
                 flat[key] = stats[key]

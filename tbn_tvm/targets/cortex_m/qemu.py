@@ -80,7 +80,10 @@ def run_qemu(
     (``per_inference``, ``mean``, ``min``, ``max``, ``total_executed``).  ``per_kernel`` names
     kernel functions (as in the library's ``model.c``, without the ``__tvm_ffi_`` prefix) whose
     instructions per inference are counted too, entry through return with callees:
-    ``stats["instructions"]["per_kernel"]`` maps each to its mean per inference.
+    ``stats["instructions"]["per_kernel"]`` maps each to its mean per inference (all its calls
+    together), ``per_call`` lists the calls of one inference in order, each with its kernel,
+    its ``instructions`` (the driver's set-up of the call, then the kernel: they add up, with
+    ``after_last_call``, to the inference's count) and ``kernel_instructions``.
 
     Limits (seconds; past one QEMU is killed): ``timeout_per_sample`` bounds each sample, from
     the end of the previous one (the first also gets :data:`STARTUP_S` for QEMU's start), so
@@ -115,7 +118,7 @@ def run_qemu(
             plugin = _qemu_escape(str(insn_plugin()))
             plugin_args = f"{plugin},start=0x{start:x},end=0x{end:x},out=tbn_insns.txt"
             if per_kernel:
-                _write_kernel_list(symbols, per_kernel, tmp / "tbn_kernels.txt")
+                same_address = _write_kernel_list(symbols, per_kernel, tmp / "tbn_kernels.txt")
                 plugin_args += ",kernels=tbn_kernels.txt"
             cmd += ["-plugin", plugin_args]
         cmd += ["-kernel", str(elf)]
@@ -149,6 +152,9 @@ def run_qemu(
         stats["stack_peak_bytes"] = _read_stack_peak(tmp / "tbn_stat.bin", x.shape[0])
         if count_instructions:
             stats["instructions"] = _read_counts(tmp / "tbn_insns.txt", x.shape[0], list(per_kernel))
+            for call in stats["instructions"].get("per_call", []):
+                index = list(per_kernel).index(call["kernel"]) if call["kernel"] is not None else None
+                call["kernels"] = same_address[index] if index is not None else []
     return y.reshape(x.shape[0], info.output_size).astype(np.float32), stats
 
 
@@ -257,16 +263,26 @@ def _read_stack_peak(path: Path, samples: int) -> int | None:
     return peak if magic == _STAT_MAGIC and done == samples else None
 
 
-def _write_kernel_list(symbols: ElfFile, kernels: Sequence[str], path: Path) -> None:
-    """The plugin's kernel list: tbn_model_run's address range, then each kernel's entry."""
+def _write_kernel_list(symbols: ElfFile, kernels: Sequence[str], path: Path) -> list[list[str]]:
+    """The plugin's kernel list: tbn_model_run's address range, then each kernel's entry.
+    Returns, per kernel, the kernels at its address (itself, and those the linker or gcc's
+    identical-code folding gave the same address: the plugin cannot tell them apart)."""
     run = symbols.symbol("tbn_model_run")
     lines = [f"{run.address:x} {run.address + max(run.size, 2):x}"]
+    addresses = []
     for name in kernels:
         try:
-            lines.append(f"{symbols.symbol('__tvm_ffi_' + name).address:x}")
+            addresses.append(symbols.symbol("__tvm_ffi_" + name).address)
         except TBNError:
             raise TBNError(f"the firmware has no kernel '{name}'") from None
+        lines.append(f"{addresses[-1]:x}")
     path.write_text("\n".join(lines) + "\n")
+    return [[k for k, b in zip(kernels, addresses, strict=True) if b == a] for a in addresses]
+
+
+def _per_sample(total: int, samples: int) -> int | float:
+    """A total over ``samples`` inferences per inference (an int when it divides exactly)."""
+    return total // samples if total % samples == 0 else total / samples
 
 
 def _read_counts(path: Path, samples: int, kernels: list[str] | None = None) -> dict:
@@ -275,14 +291,29 @@ def _read_counts(path: Path, samples: int, kernels: list[str] | None = None) -> 
     except OSError:
         raise TBNError("the QEMU instruction-count plugin wrote no result") from None
     fields = dict(ln.split(" ", 1) for ln in lines[:3] if " " in ln)
-    runs = [int(v) for v in lines[3:] if v.strip() and not v.startswith("kernel")]
-    per_kernel = {}
+    runs = [int(v) for v in lines[3:] if v.strip() and v.strip().isdigit()]
+    per_kernel, per_call, tail = {}, [], None
     for ln in lines[3:]:
         if ln.startswith("kernel "):
             _, index, _calls, insns = ln.split()
-            per_kernel[kernels[int(index)]] = int(insns) / samples
+            per_kernel[kernels[int(index)]] = _per_sample(int(insns), samples)
+        elif ln.startswith("call "):
+            _, _index, kernel, calls, insns, kernel_insns = ln.split()
+            per_call.append(
+                {
+                    "kernel": kernels[int(kernel)] if int(kernel) >= 0 else None,
+                    "calls": _per_sample(int(calls), samples),
+                    "instructions": _per_sample(int(insns), samples),
+                    "kernel_instructions": _per_sample(int(kernel_insns), samples),
+                }
+            )
+        elif ln.startswith("tail "):
+            tail = _per_sample(int(ln.split()[1]), samples)
     if len(runs) != samples or int(fields.get("runs", -1)) != samples:
         raise TBNError(f"the instruction counter saw {len(runs)} complete inferences, expected {samples}")
+    extra = {}
+    if kernels:
+        extra = {"per_kernel": per_kernel, "per_call": per_call, "after_last_call": tail}
     return {
         "per_inference": runs,
         "mean": float(np.mean(runs)),
@@ -290,5 +321,5 @@ def _read_counts(path: Path, samples: int, kernels: list[str] | None = None) -> 
         "max": max(runs),
         "total_executed": int(fields["executed"]),
         "counts": "instructions from the entry of tbn_model_run through its return, callees included",
-        **({"per_kernel": per_kernel} if kernels else {}),
+        **extra,
     }

@@ -16,10 +16,22 @@
  *   with kernels=: one line "kernel <index> <calls> <instructions>" per listed kernel.
  *
  * Per-kernel counts (kernels=FILE): FILE's first line is "<lo> <hi>", the address range of
- * tbn_model_run; each further line the entry address of one kernel.  Entering a kernel notes the
- * counter; the next instruction executed inside [lo, hi) (the caller, right after the call
- * returned) closes it.  A kernel's count is thus every instruction from its entry (included)
- * through its return, callees included, whether it returns itself or tail-calls a helper.
+ * tbn_model_run; each further line the entry address of one kernel.  Entering a listed kernel
+ * from tbn_model_run notes the counter (entering another listed address before the call returns
+ * does not: gcc's identical-code folding turns a kernel into a stub that branches into another
+ * kernel's body, and the call belongs to the kernel it was made to); the next instruction
+ * executed inside [lo, hi) (the caller, right after the call returned) closes it.  A kernel's
+ * count is thus every instruction from its entry (included) through its return, callees
+ * included, whether it returns itself or tail-calls a helper.
+ *
+ * Per call site: the calls of one inference are numbered in the order they return (call 0,
+ * 1, ...), and each call's line adds up, over the inferences, the instructions from the end of
+ * the previous call (or the start of the inference) to the end of this one -- the driver's
+ * set-up of the call, then the kernel -- and those of the kernel alone.  With the "tail" line
+ * (the instructions after the last call up to the end of the inference), the calls' totals add
+ * up to exactly the inferences' counts.
+ *   call <index> <kernel index> <calls> <instructions with set-up> <kernel instructions>
+ *   tail <instructions>
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,11 +58,34 @@ static uint64_t run_lo, run_hi;
 static long current_kernel = -1;
 static uint64_t executed_at_kernel;
 
+/* per call site: index within the inference, totals over the inferences */
+struct call_site {
+    long kernel;
+    uint64_t calls, insns, kernel_insns;
+};
+static struct call_site *sites;
+static size_t n_sites, cap_sites, call_index;
+static uint64_t executed_at_site, tail_insns;
+
 static void on_kernel(unsigned int vcpu, void *udata)
 {
     (void)vcpu;
+    if (current_kernel >= 0) return; /* inside a call already: a folded stub's branch */
     current_kernel = (long)(uintptr_t)udata;
     executed_at_kernel = executed;
+}
+
+static int grow_sites(size_t need)
+{
+    if (need <= cap_sites) return 0;
+    size_t cap = cap_sites ? 2 * cap_sites : 256;
+    while (cap < need) cap *= 2;
+    struct call_site *grown = realloc(sites, cap * sizeof *sites);
+    if (!grown) return -1;
+    memset(grown + cap_sites, 0, (cap - cap_sites) * sizeof *grown);
+    sites = grown;
+    cap_sites = cap;
+    return 0;
 }
 
 static void on_caller(unsigned int vcpu, void *udata)
@@ -60,6 +95,17 @@ static void on_caller(unsigned int vcpu, void *udata)
     if (current_kernel < 0) return;
     kernel_calls[current_kernel] += 1;
     kernel_insns[current_kernel] += executed - executed_at_kernel;
+    if (grow_sites(call_index + 1) == 0) {
+        struct call_site *s = &sites[call_index];
+        if (s->calls == 0) s->kernel = current_kernel;
+        else if (s->kernel != current_kernel) s->kernel = -1; /* not the same call every time */
+        s->calls += 1;
+        s->insns += executed - executed_at_site;
+        s->kernel_insns += executed - executed_at_kernel;
+        if (call_index + 1 > n_sites) n_sites = call_index + 1;
+    }
+    call_index += 1;
+    executed_at_site = executed;
     current_kernel = -1;
 }
 
@@ -85,6 +131,9 @@ static void on_start(unsigned int vcpu, void *udata)
     (void)udata;
     executed_at_start = executed;
     inside = 1;
+    call_index = 0;
+    executed_at_site = executed;
+    current_kernel = -1;
 }
 
 static void on_end(unsigned int vcpu, void *udata)
@@ -101,6 +150,7 @@ static void on_end(unsigned int vcpu, void *udata)
         cap_runs = cap;
     }
     runs[n_runs++] = executed - executed_at_start;
+    if (n_kernels) tail_insns += executed - executed_at_site;
 }
 
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -135,6 +185,10 @@ static void report(void)
     for (size_t i = 0; i < n_runs; i++) fprintf(f, "%" PRIu64 "\n", runs[i]);
     for (size_t k = 0; k < n_kernels; k++)
         fprintf(f, "kernel %zu %" PRIu64 " %" PRIu64 "\n", k, kernel_calls[k], kernel_insns[k]);
+    for (size_t i = 0; i < n_sites; i++)
+        fprintf(f, "call %zu %ld %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", i, sites[i].kernel, sites[i].calls,
+                sites[i].insns, sites[i].kernel_insns);
+    if (n_kernels) fprintf(f, "tail %" PRIu64 "\n", tail_insns);
     fclose(f);
 }
 
