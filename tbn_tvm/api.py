@@ -28,6 +28,26 @@ from tbn_tvm.targets import TargetSpec, resolve_target
 MANIFEST = "manifest.json"
 
 
+def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]):
+    """Check arrays by input name against the model's input ``specs`` (every input present,
+    its dtype, its shape in one of the forms of :mod:`tbn_tvm.batching`); returns them as
+    :class:`tbn_tvm.batching.Samples`.  Raises :class:`TBNError` naming what is wrong."""
+    from tbn_tvm.batching import as_samples
+
+    given = {}
+    for spec in specs:
+        if spec.name not in inputs:
+            raise TBNError(f"missing input '{spec.name}'")
+        a = np.asarray(inputs[spec.name])
+        if a.dtype != np.dtype(spec.dtype):
+            raise TBNError(
+                f"input '{spec.name}' has dtype {a.dtype}, the model expects {spec.dtype}",
+                hint=f"convert it, e.g. x.astype(np.{spec.dtype})",
+            )
+        given[spec.name] = a
+    return as_samples(specs, given)
+
+
 class CompiledModel:
     """A model built for one target.  Run it, look at its report, save it."""
 
@@ -49,13 +69,16 @@ class CompiledModel:
         self.last_run_stats: dict = {}
 
     # ------------------------------------------------------------------ running
-    def _stack(self, inputs) -> tuple[list[np.ndarray], bool]:
-        """Validate inputs; returns per-input arrays of shape [N, *shape] and whether they were
-        given stacked."""
+    def _stack(self, inputs):
+        """Validate inputs; returns them as per-input arrays ``[N, *shape]`` with the form they
+        were given in (:func:`tbn_tvm.batching.as_samples`: one sample, N stacked on a new
+        axis, or N on the model's batch axis of 1)."""
+        from tbn_tvm.batching import ONE, Samples
+
         if not self.inputs:  # a model without inputs (constants only): one run
             if inputs not in (None, {}) and not (isinstance(inputs, Mapping) and not inputs):
                 raise TBNError("the model has no inputs: call run() or run({})")
-            return [], False
+            return Samples([], 1, ONE)
         if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
             if len(self.inputs) != 1:
                 names = ", ".join(t.name for t in self.inputs)
@@ -69,41 +92,18 @@ class CompiledModel:
                 f"unknown input name(s): {', '.join(sorted(unknown))}",
                 hint="inputs are " + ", ".join(t.name for t in self.inputs),
             )
-        arrays, stacked_flags, counts = [], [], []
-        for spec in self.inputs:
-            if spec.name not in inputs:
-                raise TBNError(f"missing input '{spec.name}'")
-            a = np.asarray(inputs[spec.name])
-            if a.dtype != np.dtype(spec.dtype):
-                raise TBNError(
-                    f"input '{spec.name}' has dtype {a.dtype}, the model expects {spec.dtype}",
-                    hint=f"convert it, e.g. x.astype(np.{spec.dtype})",
-                )
-            if tuple(a.shape) == spec.shape:
-                arrays.append(a[None])
-                stacked_flags.append(False)  # noqa: E702
-            elif a.ndim == len(spec.shape) + 1 and tuple(a.shape[1:]) == spec.shape:
-                arrays.append(a)
-                stacked_flags.append(True)  # noqa: E702
-            else:
-                shape = "x".join(map(str, spec.shape))
-                raise TBNError(
-                    f"input '{spec.name}' has shape {'x'.join(map(str, a.shape))}, the model expects {shape} "
-                    f"(or N x {shape} for N samples)"
-                )
-            counts.append(arrays[-1].shape[0])
-        if len(set(counts)) != 1:
-            raise TBNError(f"inputs hold different sample counts: {counts}")
-        if len(set(stacked_flags)) != 1:
-            raise TBNError("give every input either as one sample or as a stack of samples, not a mix")
-        return arrays, stacked_flags[0]
+        return check_inputs(self.inputs, inputs)
 
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, **run_options):
-        """Run one sample (arrays of the input shapes) or N samples (``[N, *shape]``).
+        """Run one sample (arrays of the input shapes) or N samples: ``[N, *shape]``, or, for an
+        input whose leading dimension is 1 (``[1, 1, 28, 28]``), ``[N, *shape[1:]]`` on that
+        batch axis (``[4, 1, 28, 28]``: 4 samples); see :mod:`tbn_tvm.batching`.
 
-        Returns one array for a single-output model, else a dict name -> array.  ``run_options``
-        go to the back end (:meth:`run_options`; e.g. ``count_instructions=True`` or
-        ``port="/dev/ttyACM0"`` for Cortex-M).  Timing of the call and the back end's statistics
+        Returns one array for a single-output model, else a dict name -> array, in the form the
+        inputs were given in: the output shapes for one sample, ``[N, *output_shape]`` for
+        stacked samples, ``[N, *output_shape[1:]]`` on the batch axis (outputs with a leading
+        1).  ``run_options`` go to the back end (:meth:`run_options`; e.g.
+        ``count_instructions=True`` or ``port="/dev/ttyACM0"`` for Cortex-M).  Timing of the call and the back end's statistics
         are left in :attr:`last_run_stats`.  Raises :class:`TBNError` for inputs of the wrong
         name, dtype or shape, and for unknown options."""
         known = type(self.backend).run_options
@@ -114,8 +114,10 @@ class CompiledModel:
                 f"unknown run option(s) for a {self.target.family} build: {', '.join(unknown)}",
                 hint=f"valid: {valid}",
             )
-        arrays, stacked = self._stack(inputs)
-        n = arrays[0].shape[0] if arrays else 1
+        from tbn_tvm.batching import restore_outputs
+
+        samples = self._stack(inputs)
+        arrays, n = samples.arrays, samples.count
         t0 = time.perf_counter()
         if n == 0:
             outs, stats = [np.zeros((0, *o.shape), o.dtype) for o in self.outputs], {}
@@ -128,8 +130,7 @@ class CompiledModel:
             "seconds_per_inference": elapsed / max(n, 1),
             **stats,
         }
-        if not stacked:
-            outs = [o[0] for o in outs]
+        outs = restore_outputs(outs, samples.layout)
         if len(outs) == 1:
             return outs[0]
         return {spec.name or f"output{i}": o for i, (spec, o) in enumerate(zip(self.outputs, outs))}
@@ -141,13 +142,15 @@ class CompiledModel:
     def time(
         self, inputs: np.ndarray | Mapping[str, np.ndarray], number: int = 10, repeat: int = 5
     ) -> list[float]:
-        """Seconds per inference of one sample, one value per repeat of ``number`` calls (host
-        builds; other targets report instructions or cycles through :meth:`run`)."""
+        """The model's own time: seconds per inference of one sample (the first, in any form
+        :meth:`run` accepts), one value per repeat, each the mean of ``number`` back-to-back
+        calls, measured by TVM's time evaluator inside the runtime (no Python, no copies of the
+        inputs, no loading).  Host builds; Cortex-M builds report instructions (QEMU) or
+        cycles (a board) through :meth:`run` and ``tbn-tvm run --repeat/--number``."""
         timer = getattr(self.backend, "time", None)
         if timer is None:
             raise TBNError(f"timing is not available for a {self.target.family} build")
-        arrays, stacked = self._stack(inputs)
-        return timer([a[0] for a in arrays], number=number, repeat=repeat)
+        return timer([a[0] for a in self._stack(inputs).arrays], number=number, repeat=repeat)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{t.name}: {t.dtype}[{'x'.join(map(str, t.shape))}]" for t in self.inputs)
@@ -392,6 +395,20 @@ def read_manifest(out: Path) -> dict:
     return manifest
 
 
+def read_signature(out: Path, manifest: dict) -> tuple[TargetSpec, list[TensorSpec], list[TensorSpec]]:
+    """The target and the input and output specs an artifact's manifest declares (nothing is
+    loaded: what ``tbn-tvm run`` checks its arguments against first)."""
+    try:
+        spec = TargetSpec.from_dict(manifest["target"])
+        inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
+        outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise TBNError(
+            f"{out / MANIFEST}: damaged manifest ({type(e).__name__}: {e})", hint="compile the model again"
+        ) from None
+    return spec, inputs, outputs
+
+
 def load(out_dir: str | os.PathLike) -> CompiledModel:
     """Load what :meth:`CompiledModel.save` (or ``tbn-tvm compile``) wrote."""
     out = Path(out_dir)
@@ -399,15 +416,7 @@ def load(out_dir: str | os.PathLike) -> CompiledModel:
     from tbn_tvm.outdir import verify_dir
 
     verify_dir(out, manifest)  # nothing is loaded from a directory that does not validate
-    path = out / MANIFEST
-    try:
-        spec = TargetSpec.from_dict(manifest["target"])
-        inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
-        outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise TBNError(
-            f"{path}: damaged manifest ({type(e).__name__}: {e})", hint="compile the model again"
-        ) from None
+    spec, inputs, outputs = read_signature(out, manifest)
     from tbn_tvm.targets import backend_class
 
     backend = backend_class(spec.family).load(spec, out, manifest)

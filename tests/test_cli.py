@@ -191,7 +191,7 @@ ERROR_CASES = [
     "compile_unsupported_op",
     "compile_dynamic_shape",
     "compile_unknown_target",
-    "run_missing_sample_axis",
+    "run_shape_of_no_form",
     "run_float64_input",
     "run_missing_input_file",
     "run_missing_artifact",
@@ -219,9 +219,9 @@ def _prepare(name: str, d, artifact, onnx_path) -> tuple[list, tuple[str, ...]]:
     if name == "compile_unknown_target":
         return ["compile", onnx_path, "--target", "no-such-target", "-o", out], ("no-such-target",)
     xs = zoo.mlp().sample(seed=0, n=2)["x"]  # [2, 1, 64]
-    if name == "run_missing_sample_axis":
-        np.save(d / "x.npy", xs[0])  # [1, 64]: not [N, 1, 64]
-        return ["run", artifact, "--input", d / "x.npy", "--output", d / "y.npy"], ()
+    if name == "run_shape_of_no_form":
+        np.save(d / "x.npy", xs[0, 0])  # [64]: not [1, 64], [N, 1, 64] nor [N, 64]
+        return ["run", artifact, "--input", d / "x.npy", "--output", d / "y.npy"], ("N x 1x64", "N x 64")
     if name == "run_float64_input":
         np.save(d / "x.npy", xs.astype(np.float64))
         return ["run", artifact, "--input", d / "x.npy", "--output", d / "y.npy"], ()

@@ -189,9 +189,26 @@ def _print_profile(profile: dict) -> None:
     metavar="SECONDS",
     help="QEMU/board: seconds the whole run may take",
 )
+@arg(
+    "--repeat",
+    type=int,
+    default=None,
+    metavar="N",
+    help="also measure the model's own time on the first sample, N times (default 1 with --number): "
+    "host: TVM's time evaluator (min/median/max ms per inference, no Python, loading or copies); "
+    "Cortex-M: instructions per inference on QEMU, DWT cycles on a board",
+)
+@arg(
+    "--number",
+    type=int,
+    default=None,
+    metavar="M",
+    help="with --repeat: inferences per measurement, each figure their mean (default 1)",
+)
 @arg("--json", action="store_true", help="print a one-line JSON summary")
 def run(args) -> int:
-    from tbn_tvm.api import load
+    from tbn_tvm.api import check_inputs, load, read_manifest, read_signature
+    from tbn_tvm.targets import backend_class
 
     if args.board is not None:
         raise TBNError(
@@ -206,48 +223,50 @@ def run(args) -> int:
         raise TBNError(f"--samples must be at least 1, got {args.samples}")
     if args.print_top is not None and args.print_top < 1:
         raise TBNError(f"--print-top must be at least 1, got {args.print_top}")
+    for flag, value in (("--repeat", args.repeat), ("--number", args.number)):
+        if value is not None and value < 1:
+            raise TBNError(f"{flag} must be at least 1, got {value}")
+    timing = args.repeat is not None or args.number is not None
     for flag, value in (("--timeout", args.timeout), ("--timeout-per-sample", args.timeout_per_sample)):
         if value is not None and not (value > 0 and value != float("inf")):
             raise TBNError(f"{flag} must be a positive number of seconds, got {value:g}")
-    model = load(args.artifact)
-    if not args.input and not args.fill and model.inputs:  # a model without inputs runs once
+    if args.qemu and args.port:
+        raise TBNError("run on QEMU (--qemu) or on a board (--port), not both")
+    # every argument is checked against the manifest before the build is loaded (seconds)
+    artifact = Path(args.artifact)
+    spec, in_specs, out_specs = read_signature(artifact, read_manifest(artifact))
+    if not args.input and not args.fill and in_specs:  # a model without inputs runs once
         raise TBNError(
             "no samples: pass --input X.npy ([N, *input_shape]) or --fill random|zeros",
             hint="see 'tbn-tvm run --help'",
         )
     inputs: dict[str, np.ndarray] = {}
     if args.fill:
-        inputs = _filled(model.inputs, args.fill, args.samples or 1, args.seed)
+        inputs = _filled(in_specs, args.fill, args.samples or 1, args.seed)
     for item in args.input or []:
         name, sep, path = item.partition("=")
         if sep and not Path(item).exists():
             inputs[name] = _load_npy(path)
         else:
-            if len(model.inputs) != 1:
-                raise TBNError(
-                    f"the model has {len(model.inputs)} inputs: pass --input NAME=FILE.npy for each"
-                )
-            inputs[model.inputs[0].name] = _load_npy(item)
-    for spec in model.inputs:
-        a = inputs.get(spec.name)
-        if a is not None and a.ndim and a.shape[0] == 0:  # like --samples 0
-            raise TBNError(
-                f"input '{spec.name}' holds 0 samples (shape {'x'.join(map(str, a.shape))})",
-                hint="pass at least one sample, stacked on a new leading axis",
-            )
-        if a is not None and tuple(a.shape[1:]) != spec.shape:
-            shape = "x".join(map(str, spec.shape))
-            raise TBNError(
-                f"input '{spec.name}' has shape {'x'.join(map(str, a.shape))}; expected N x {shape} "
-                "(samples stacked on a new leading axis)"
-            )
-    empty = [
-        f"{t.name or 'output'} [{', '.join(map(str, t.shape))}]" for t in model.outputs[:1] if 0 in t.shape
-    ]
+            if len(in_specs) != 1:
+                raise TBNError(f"the model has {len(in_specs)} inputs: pass --input NAME=FILE.npy for each")
+            inputs[in_specs[0].name] = _load_npy(item)
+    unknown = sorted(set(inputs) - {t.name for t in in_specs})
+    if unknown:
+        raise TBNError(
+            f"unknown input name(s): {', '.join(unknown)}",
+            hint="inputs are " + ", ".join(t.name for t in in_specs),
+        )
+    samples = check_inputs(in_specs, inputs) if in_specs else None
+    if samples is not None and samples.count == 0:  # like --samples 0
+        shape = next(a.shape for a in inputs.values())
+        raise TBNError(
+            f"input '{in_specs[0].name}' holds 0 samples (shape {'x'.join(map(str, shape))})",
+            hint="pass at least one sample",
+        )
+    empty = [f"{t.name or 'output'} [{', '.join(map(str, t.shape))}]" for t in out_specs[:1] if 0 in t.shape]
     if args.print_top is not None and empty:
         raise TBNError(f"--print-top: the output {empty[0]} has no elements to rank")
-    if args.qemu and args.port:
-        raise TBNError("run on QEMU (--qemu) or on a board (--port), not both")
     wanted = {
         "qemu": args.qemu or None,
         "port": args.port,
@@ -259,30 +278,36 @@ def run(args) -> int:
         "profile": args.profile or None,
     }
     run_options = {k: v for k, v in wanted.items() if v is not None}
-    available = model.run_options()
+    backend_cls = backend_class(spec.family)
     for key in run_options:
-        if key not in available:
+        if key not in backend_cls.run_options:
             flag = "--" + key.replace("_", "-")
             raise TBNError(
-                f"{flag} is not available for a {model.target.family} build ({model.target.name})",
+                f"{flag} is not available for a {spec.family} build ({spec.name})",
                 hint="it applies to Cortex-M builds"
                 if key in _CORTEX_M_ONLY
                 else "it applies to host builds (on QEMU: --per-layer)"
                 if key == "profile"
                 else None,
             )
-    several = len(model.outputs) > 1
+    if timing and spec.family not in ("host", "cortex-m"):
+        raise TBNError(f"--repeat/--number are not available for a {spec.family} build ({spec.name})")
+    several = len(out_specs) > 1
     if args.output:
         out_path = Path(args.output)
         if several and out_path.suffix != ".npz":
             raise TBNError(
-                f"the model has {len(model.outputs)} outputs; write them to a .npz file (--output Y.npz)"
+                f"the model has {len(out_specs)} outputs; write them to a .npz file (--output Y.npz)"
             )
     else:  # a default beside OUT_DIR (not inside: OUT_DIR holds exactly what compile wrote)
-        art = Path(args.artifact).resolve()  # "." too: the file goes beside it, never inside
+        art = artifact.resolve()  # "." too: the file goes beside it, never inside
         out_path = Path(os.path.relpath(art.parent / f"{art.name}-outputs{'.npz' if several else '.npy'}"))
+    if out_path.is_dir():
+        raise TBNError(f"{out_path}: is a directory", hint="pass a file name to --output")
+    model = load(artifact)
     outputs = model.run(inputs, **run_options)
     stats = model.last_run_stats
+    measured = _measure(model, inputs, run_options, args.repeat or 1, args.number or 1) if timing else None
     if isinstance(outputs, np.ndarray):
         _save_npy_atomic(out_path, outputs)
     else:
@@ -294,9 +319,12 @@ def run(args) -> int:
         "target": model.target.name,
     }
     summary.update({k: v for k, v in stats.items() if k not in summary})
+    if measured is not None:
+        summary["timing"] = measured
     summary["output"] = str(out_path)
+    one = samples is None or samples.layout == "one"
     if args.print_top is not None:
-        summary["top"] = _top(outputs, args.print_top, stacked=bool(model.inputs))
+        summary["top"] = _top(outputs, args.print_top, stacked=not one)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -304,14 +332,23 @@ def run(args) -> int:
         if "profile" in summary:  # the run's own time, without the profiling rounds
             per = max(summary["seconds"] - summary["profile"].get("seconds_profiling", 0.0), 0.0)
             per /= max(summary["samples"], 1)
-        line = f"ran {summary['samples']} sample(s) on {model.target.name}: {per * 1e3:.3f} ms per inference"
+        what = "QEMU's wall time" if str(stats.get("device", "")).startswith("qemu") else "wall time"
+        line = (
+            f"ran {summary['samples']} sample(s) on {model.target.name}: {per * 1e3:.3f} ms per sample "
+            f"({what} of the call, copies included"
+        )
         if "profile" in summary:
-            line += " (wall time of the plain run, profiling not included)"
+            line += "; the plain run, profiling not included"
+        if measured is None and spec.family == "host":
+            line += "; the model's own time: --repeat N --number M"
+        line += ")"
         if "instructions_per_inference" in summary:
             line += f", {summary['instructions_per_inference']:,.0f} instructions per inference"
         if summary.get("cycles"):
             line += f", {summary['cycles']['mean']:,.0f} cycles per inference (DWT)"
         print(line + f"; outputs -> {out_path}")
+        if measured is not None:
+            print(_timing_line(measured))
         if args.print_top is not None:
             _print_top(summary["top"], model.outputs[0].shape if model.outputs else ())
         if "profile" in summary:
@@ -325,3 +362,66 @@ def run(args) -> int:
             ]
             print("\n".join(text_table(["kernel", "layers", "instructions"], rows, {2})))
     return 0
+
+
+def _measure(model, inputs: dict, run_options: dict, repeat: int, number: int) -> dict:
+    """The model's own figure on the first sample, ``repeat`` values each the mean of
+    ``number`` inferences: seconds by TVM's time evaluator on the host, instructions on QEMU,
+    DWT cycles on a board."""
+    first = {t.name: a[:1] for t, a in zip(model.inputs, model._stack(inputs).arrays)}
+    if model.target.family == "host":
+        values = model.time({k: v[0] for k, v in first.items()}, number=number, repeat=repeat)
+        unit = "seconds"
+        measures = (
+            "seconds per inference of one sample, TVM's time evaluator inside the runtime "
+            "(no Python, loading or input copies)"
+        )
+    else:
+        board = "port" in run_options
+        options = {k: v for k, v in run_options.items() if k in ("qemu", "port", "baud", "timeout")}
+        if not board:
+            options["count_instructions"] = True
+        x = {k: np.repeat(v, number, axis=0) for k, v in first.items()}
+        values = []
+        for _ in range(repeat):  # each repeat a run of its own, as on the host
+            model.run(x, **options)
+            stats = model.last_run_stats
+            if board:
+                value = (stats.get("cycles") or {}).get("mean")
+                if not value:
+                    raise TBNError(
+                        "the board reports no cycle counts (its firmware has no DWT cycle counter)",
+                        hint="measure on QEMU (instructions) instead",
+                    )
+            else:
+                value = stats["instructions_per_inference"]
+            values.append(float(value))
+        if board:
+            unit, measures = "cycles", "CPU cycles per inference of one sample (the board's DWT counter)"
+        else:
+            unit = "instructions"
+            measures = (
+                "instructions per inference of one sample, counted exactly on QEMU (an emulator "
+                "counts instructions, not time)"
+            )
+    return {
+        "measures": measures,
+        "unit": unit,
+        "repeat": repeat,
+        "number": number,
+        "per_repeat": values,
+        "min": min(values),
+        "median": float(np.median(values)),
+        "max": max(values),
+    }
+
+
+def _timing_line(t: dict) -> str:
+    if t["unit"] == "seconds":
+        figures = " / ".join(f"{t[k] * 1e3:.4f}" for k in ("min", "median", "max")) + " ms per inference"
+    else:
+        figures = " / ".join(f"{t[k]:,.0f}" for k in ("min", "median", "max")) + f" {t['unit']} per inference"
+    return (
+        f"model {'time' if t['unit'] == 'seconds' else t['unit']} (min / median / max of {t['repeat']} "
+        f"repeat(s) of {t['number']} inference(s)): {figures}; {t['measures']}"
+    )

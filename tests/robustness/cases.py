@@ -535,7 +535,8 @@ def run_inputs() -> list[Case]:
     case("complex", arr(good.astype(np.complex64)))
     case("str", arr(np.array(["a", "b"])))
     case("rank1", arr(good.ravel()))
-    case("rank2-nobatch", arr(good[0]))
+    case("rank2-one-sample", arr(good[0]), "ok")  # [1, 16]: exactly the input shape
+    case("batch-axis", arr(np.zeros((3, 16), np.float32)), "ok")  # 3 samples on the batch axis of 1
     case("rank4", arr(good[None]))
     case("wrong-width", arr(np.zeros((1, 1, 15), np.float32)))
     case("empty-batch", arr(np.zeros((0, 1, 16), np.float32)), "any")
