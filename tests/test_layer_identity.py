@@ -39,9 +39,13 @@ class SqueezeExcite(nn.Module):
 class Block(nn.Module):
     def __init__(self, cin: int, hidden: int, cout: int) -> None:
         super().__init__()
-        self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.expand = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish()
+        )
         self.dw = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish()
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.Hardswish(),
         )
         self.se = SqueezeExcite(hidden, 8)
         self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
@@ -172,7 +176,9 @@ def _gemm_hardsigmoid(shared: bool = False) -> onnx.ModelProto:
     nodes = [
         helper.make_node("Gemm", ["x", "fc1.weight"], ["h"], name="fc1", transB=1),
         helper.make_node("HardSigmoid", ["h"], ["g"], alpha=1 / 6, beta=0.5),
-        helper.make_node("Gemm", ["g", "fc1.weight" if shared else "fc2.weight"], ["y"], name="fc2", transB=1),
+        helper.make_node(
+            "Gemm", ["g", "fc1.weight" if shared else "fc2.weight"], ["y"], name="fc2", transB=1
+        ),
     ]
     graph = helper.make_graph(
         nodes,
