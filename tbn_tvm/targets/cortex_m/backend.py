@@ -509,7 +509,7 @@ class CortexMBackend(Backend):
         flat = {"device": port if port else "qemu " + (self.board.qemu_machine or "")}
         ins = stats.get("instructions")
         if ins:
-            flat["instructions_per_inference"] = ins.get("mean")
+            flat["instructions_per_inference"] = round(ins["mean"])  # whole instructions (a mean over the samples)
             flat["instructions_min"] = ins.get("min")
             flat["instructions_max"] = ins.get("max")
         if per_layer:  # per call site, in the order of model.c
