@@ -15,6 +15,7 @@ Needs ``pip install torch==2.13.0`` (CPU wheel) and, for export, ``onnxscript``.
 
 from __future__ import annotations
 
+from tbn_tvm.torch.attention import TiledMultiheadAttention
 from tbn_tvm.torch.bitwise import BitwiseConv2d, BitwiseLayer, BitwiseLinear, bitwiseify
 from tbn_tvm.torch.export import ExportResult, export_onnx
 from tbn_tvm.torch.fitting import History, evaluate, fit
@@ -37,6 +38,7 @@ __all__ = [
     "TiledLinear",
     "TiledConv1d",
     "TiledConv2d",
+    "TiledMultiheadAttention",
     "TiledLayer",
     "FrozenTiled",
     "TilingError",

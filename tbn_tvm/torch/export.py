@@ -194,7 +194,13 @@ def _layer_entries(model: nn.Module) -> list[dict]:
 @contextlib.contextmanager
 def _quiet_exporter():
     """The dynamo exporter prints progress lines and logs torchvision warnings: hide them."""
-    names = ["torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export", "torch._export"]
+    names = [
+        "torch.onnx",
+        "torch.onnx._internal.exporter._registration",
+        "torch.export",
+        "torch._export",
+        "onnxscript.optimizer._constant_folding",  # "Skipping constant folding for op Split ..."
+    ]
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -492,6 +498,8 @@ _WEIGHT_CHAIN_OPS = (
     "Unsqueeze",
     "Squeeze",
     "Gather",
+    "Split",  # a cross-attention's packed in-projection, cut into its Q and KV blocks
+    "Slice",
 )
 _WEIGHTED_MODULES = (
     nn.Linear,

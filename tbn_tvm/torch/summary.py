@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from tbn_tvm.formats.base import bits_per_weight
+from tbn_tvm.torch.attention import TiledMultiheadAttention
 from tbn_tvm.torch.bitwise import BitwiseLayer, FrozenBitwise
 from tbn_tvm.torch.layers import ALPHA_BITS, FrozenTiled, TiledLayer, tiled_weight
 from tbn_tvm.torch.subbit import FrozenSubBit, SubBitConv2d
@@ -370,10 +371,12 @@ def _batchnorm_after(model: nn.Module) -> tuple[dict[str, str], str]:
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            if isinstance(m, _COMPACT + _DENSE + (nn.modules.batchnorm._BatchNorm,)):
+            if isinstance(m, _COMPACT + _DENSE + (nn.modules.batchnorm._BatchNorm, TiledMultiheadAttention)):
                 return True
             return super().is_leaf_module(m, qualname)
 
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return {}, ""
     try:
         graph = Tracer().trace(model)
     except Exception as e:  # data-dependent control flow and the like

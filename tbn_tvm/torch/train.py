@@ -380,6 +380,7 @@ def build_variant(dataset: str, variant: str, seed: int, options: TrainOptions |
             overrides=overrides,
             alpha=options.alpha,
             alpha_source=options.alpha_source,
+            verbose=False,  # the run's own report lists the layers
         )  # type: ignore[arg-type]
     elif spec.kind == "snn":
         subbitify(model, tau=spec.tau or 5, skip_first=True)
@@ -389,7 +390,9 @@ def build_variant(dataset: str, variant: str, seed: int, options: TrainOptions |
                 hint="SNN variants need a CNN (digits, cifar10 or --model)",
             )
         if any(type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d) for m in model.modules()):
-            tbnify(model, p=1, min_size=0, alpha=options.alpha, alpha_source=options.alpha_source)  # type: ignore[arg-type]
+            tbnify(
+                model, p=1, min_size=0, alpha=options.alpha, alpha_source=options.alpha_source, verbose=False
+            )  # type: ignore[arg-type]
     elif spec.kind == "bitwise":
         bitwiseify(model, k=spec.k or 6, trainable=spec.trainable if spec.trainable is not None else 3)
         if not any(isinstance(m, BitwiseLayer) for m in model.modules()):

@@ -21,6 +21,7 @@ from tbn_tvm.torch import (  # noqa: E402
     tbnify,
     tiling_plan,
 )
+from tbn_tvm.torch.attention import TiledMultiheadAttention  # noqa: E402
 
 
 def mlp() -> nn.Sequential:
@@ -142,7 +143,7 @@ def test_fresh_weights_and_alpha_options():
     assert model.fc2.alpha == "single" and model.fc2.alpha_weight is None
 
 
-def test_shared_module_is_replaced_everywhere_and_attention_is_left_alone():
+def test_shared_module_is_replaced_everywhere_and_attention_is_tiled_whole():
     shared = nn.Linear(8, 8)
     model = nn.Sequential(nn.Linear(8, 8), shared, nn.ReLU(), shared, nn.Linear(8, 8))
     tbnify(model, p=2, min_size=0)
@@ -156,7 +157,9 @@ def test_shared_module_is_replaced_everywhere_and_attention_is_left_alone():
             self.out = nn.Linear(8, 8)
 
     a = tbnify(Attn(), p=2, min_size=0)
-    assert type(a.mha.out_proj) is not TiledLinear  # used by weight directly: never swapped
+    # the attention uses its projections' weights directly: never swapped one by one, but the
+    # whole attention is replaced (tests/torch/test_tbnify_coverage.py)
+    assert isinstance(a.mha, TiledMultiheadAttention) and a.mha.in_proj.p == a.mha.out_proj.p == 2
     assert isinstance(a.inp, TiledLinear) and isinstance(a.out, TiledLinear)
 
 
