@@ -188,7 +188,6 @@ def test_transformer_layers_do_not_take_the_fast_path_with_latent_weights():
     np.testing.assert_allclose(fast.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_attention_exports_compact_under_its_names(tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
