@@ -15,8 +15,8 @@ initialisation; :func:`benchmark_model` makes the model a benchmark measures:
    layer with ``p = 4`` (a tile of n/4 signs and one scale per copy), smaller ones and the first
    and last layer binary (``p = 1``, one scale), which is the paper's rule with ``min_size``
    scaled down from the authors' 64,000 (sized for ImageNet widths) to these reduced-width models,
-   so that the layers holding most of the weights are tiled.  Weights that are not in such a
-   layer stay fp32 (``nn.MultiheadAttention``'s packed ``in_proj_weight``, position embeddings);
+   so that the layers holding most of the weights are tiled.  Weights ``tbnify`` does not handle
+   stay fp32 (position embeddings, class tokens, LayerNorm/BatchNorm parameters);
 3. :func:`randomise_norms`: BatchNorm running statistics and affine parameters, LayerNorm affine
    parameters and ConvNeXt's layer-scale γ drawn away from their trivial values;
 4. ``eval()``, ``export_onnx`` (the default ``form="tile"``) at the batch asked for (the batch is
@@ -161,6 +161,7 @@ class ResNet18D(nn.Module):
     """timm ``resnet18d``: deep stem (3×3 s2 conv 3→32-BN-ReLU, 3×3 32→32-BN-ReLU, 3×3 32→64-BN-ReLU),
     3×3 s2 max-pool, four stages of ``layers`` BasicBlocks with widths 64·w, 128·w, 256·w, 512·w
     (stride 2 from the second stage on, avg_down shortcuts), global average pool, Linear.
+    ``layers`` may be shorter (the first stages only, for tests).
     ``[N, 3, H, W] -> [N, num_classes]`` (H, W multiples of 32)."""
 
     def __init__(
@@ -427,7 +428,8 @@ class ConvNeXt(nn.Module):
     """timm ``ConvNeXt`` (Liu et al., CVPR 2022); defaults are ``convnext_atto`` (dims 40, 80,
     160, 320, depths 2, 2, 6, 2, ``conv_mlp=True``): 4×4 stride-4 patchify conv + LayerNorm2d,
     stages of ConvNeXt blocks, between stages LayerNorm2d + 2×2 stride-2 conv, then global average
-    pool, LayerNorm, Linear (timm's ``NormMlpClassifierHead``).
+    pool, LayerNorm, Linear (timm's ``NormMlpClassifierHead``).  ``depths`` may be shorter (the
+    first stages only, for tests).
     ``[N, 3, H, W] -> [N, num_classes]`` (H, W multiples of 32)."""
 
     def __init__(
@@ -439,7 +441,7 @@ class ConvNeXt(nn.Module):
         conv_mlp: bool = True,
     ) -> None:
         super().__init__()
-        dims = [make_divisible(d * width) for d in dims]
+        dims = [make_divisible(d * width) for d in dims[: len(depths)]]
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4, bias=True), LayerNorm2d(dims[0], eps=1e-6))
         stages = []
         for i, (d, n) in enumerate(zip(dims, depths)):
@@ -480,7 +482,7 @@ class RegNetX(nn.Module):
     wm = 2.49, depth 13, group width 8, which gives stage widths 24, 56, 152, 368 and depths 1, 1,
     4, 7): 3×3 s2 stem conv 3→32-BN-ReLU, four stages of bottleneck blocks (stride 2 in the first
     block of each), global average pool, Linear.  ``width`` scales the stage widths (rounded to
-    the group width).  ``[N, 3, H, W] -> [N, num_classes]``."""
+    the group width); ``depths`` may be shorter (the first stages only, for tests).  ``[N, 3, H, W] -> [N, num_classes]``."""
 
     def __init__(
         self,
@@ -734,7 +736,7 @@ class RepVggBlock(nn.Module):
 class RepVGG(nn.Module):
     """timm ``repvgg_a0`` (RepVGG-A0: stem block 3→48 stride 2, stages of 2, 4, 14, 1 blocks with
     48, 96, 192, 1280 channels, stride 2 in each stage's first block), global average pool,
-    Linear.  ``width`` scales every width.  ``[N, 3, H, W] -> [N, num_classes]``."""
+    Linear.  ``width`` scales every width; ``depths`` may be shorter (the first stages only).  ``[N, 3, H, W] -> [N, num_classes]``."""
 
     def __init__(
         self,
@@ -786,7 +788,8 @@ class M5(nn.Module):
 # ------------------------------------------------------------------------------------ held-out trio
 class HeldOutViT(nn.Module):
     """Held-out: a small ViT as a user writes it with ``nn.MultiheadAttention`` (batch_first;
-    its packed ``in_proj_weight`` is no ``nn.Linear``, so ``tbnify`` leaves it fp32): 4×4 conv
+    its q, k, v projections are one packed ``in_proj_weight`` parameter, not ``nn.Linear`` layers,
+    and the exporter writes the attention as MatMul/Softmax/Transpose nodes): 4×4 conv
     patch embedding on 32×32 images (64 tokens), class token, position embeddings, pre-norm
     encoder blocks (LayerNorm, MHA, LayerNorm, Linear-GELU-Linear 2×), LayerNorm, Linear on the
     class token.  ``[N, 3, S, S] -> [N, num_classes]``."""
@@ -873,14 +876,12 @@ class WideResNet(nn.Module):
 # k5, stride 1 and 2, residual adds, squeeze-excite, the head) with one or two blocks.
 SMALL_MOBILENETV3 = (
     BlockDef("ds", 1, 3, 2, 1, 16, 0.25, relu=True),
-    BlockDef("ir", 1, 3, 2, 4.5, 24, relu=True),
     BlockDef("ir", 2, 5, 2, 4, 40, 0.25),
     BlockDef("cn", 1, 1, 1, 1, 576),
 )
 SMALL_MOBILENETV3_LARGE = (
     BlockDef("ds", 1, 3, 1, 1, 16, relu=True),
-    BlockDef("ir", 1, 5, 2, 3, 40, 0.25, relu=True),
-    BlockDef("ir", 2, 3, 2, 6, 80),
+    BlockDef("ir", 2, 5, 2, 3, 40, 0.25),
     BlockDef("cn", 1, 1, 1, 1, 960),
 )
 SMALL_EFFICIENTNET = (BlockDef("ds", 1, 3, 1, 1, 16, 0.25), BlockDef("ir", 2, 5, 2, 6, 24, 0.25))
@@ -922,7 +923,7 @@ ARCHITECTURES: dict[str, Spec] = {
             ResNet18D,
             (3, 64, 64),
             {"width": 1.0},
-            {"width": 0.125, "layers": (1, 1, 1, 1), "num_classes": 10},
+            {"width": 0.125, "layers": (1, 1), "num_classes": 10},
             (3, 32, 32),
             "timm resnet18d (He et al., Bag of Tricks, CVPR 2019: ResNet-D)",
         ),
@@ -964,7 +965,7 @@ ARCHITECTURES: dict[str, Spec] = {
             ConvNeXt,
             (3, 64, 64),
             {"width": 1.0},
-            {"width": 0.2, "depths": (1, 1, 1, 1), "num_classes": 10},
+            {"width": 0.2, "depths": (1, 1), "num_classes": 10},
             (3, 32, 32),
             "timm convnext_atto (Liu et al., A ConvNet for the 2020s, CVPR 2022)",
         ),
@@ -973,7 +974,7 @@ ARCHITECTURES: dict[str, Spec] = {
             RegNetX,
             (3, 64, 64),
             {"width": 1.0},
-            {"width": 0.34, "depths": (1, 1, 1, 1), "num_classes": 10},
+            {"width": 0.34, "depths": (1, 2), "num_classes": 10},
             (3, 32, 32),
             "timm regnetx_002 (Radosavovic et al., Designing Network Design Spaces, CVPR 2020)",
         ),
@@ -1009,7 +1010,7 @@ ARCHITECTURES: dict[str, Spec] = {
             RepVGG,
             (3, 64, 64),
             {"width": 1.0},
-            {"width": 0.17, "depths": (1, 1, 1, 1), "num_classes": 10},
+            {"width": 0.17, "depths": (2, 1), "num_classes": 10},
             (3, 32, 32),
             "timm repvgg_a0, train-time form (Ding et al., RepVGG, CVPR 2021)",
         ),
@@ -1130,8 +1131,8 @@ def sample_input(name: str, batch: int = 1, seed: int = 1, small: bool = False) 
 class BenchModel:
     """What :func:`benchmark_model` made: the ONNX ``path``, its ``input`` (``[batch, ...]``), the
     torch model (tiled, eval), its output on ``input`` (``torch_output``), the number of
-    ``parameters`` of the untiled model, the ``tiling`` plan (layer name -> p, ``None`` = fp32)
-    and ``tbnify`` arguments used."""
+    ``parameters`` of the untiled model, the ``tiling`` plan (layer name -> p; ``None``: left
+    fp32) and the ``tbnify`` arguments used."""
 
     name: str
     path: Path
@@ -1145,10 +1146,10 @@ class BenchModel:
 
     @property
     def layer_counts(self) -> dict[str, int]:
-        """How many weighted layers are tiled (p > 1), binary (p = 1) or left fp32 by ``tbnify``."""
-        c = {"tiled": 0, "binary": 0}
+        """How many weighted layers ``tbnify`` tiled (p > 1), made binary (p = 1) or left fp32."""
+        c = {"tiled": 0, "binary": 0, "fp32": 0}
         for p in self.tiling.values():
-            c["tiled" if p and p > 1 else "binary"] += 1
+            c["fp32" if p is None else "tiled" if p > 1 else "binary"] += 1
         return c
 
 
