@@ -73,7 +73,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=None,
         metavar="KEY[,KEY...]",
         help="only these models of the default suite (e.g. tiled_resnet,wide_mlp_p8; an unknown key "
-        "lists the keys); such a partial run is not copied to benchmarks/REPORT.md",
+        "lists the keys); 'real' picks issue 19's real-architecture table (fourteen networks, or one by "
+        "name, e.g. resnet18d; 'real_eleven', 'held_out': its two groups; small sizes with --quick); "
+        "such a partial run is not copied to benchmarks/REPORT.md",
     )
     p.add_argument(
         "--tune-trials",
@@ -212,7 +214,7 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
             raise TBNError("--skip-host and --skip-cortex-m leave nothing to measure")
         cases = suite.default_cases(models, settings)
         if args.cases:
-            cases = suite.select_cases(cases, args.cases)
+            cases = suite.select_cases(suite.selectable_cases(models, settings), args.cases)
         for case in cases if args.skip_host else ():
             case.host = False
         bench_dir = Path(models.__bench_path__).parent

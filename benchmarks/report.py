@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks import harness
+from benchmarks import harness, real
 from benchmarks.cmsis_nn import TITLE as CMSIS_TITLE
 from benchmarks.suite import (
     AUTHORS_INSTRUCTIONS,
@@ -158,11 +158,21 @@ def render_markdown(report: dict) -> str:
     lines += _issue_figures(report, cmd)
     if report["host"]:
         lines += _host(report, cmd, titles)
+    if report.get("real"):
+        lines += _real(report, cmd)
+    elif report["meta"].get("real_unavailable"):
+        lines += [
+            "## Real architectures (issue 19)",
+            "",
+            f"Not measured: {report['meta']['real_unavailable']}.",
+            "",
+        ]
     if report["cortex_m"]:
         lines += _cortex_m(report, cmd, titles)
     elif report["settings"].get("skip_cortex_m"):
         lines += ["## Cortex-M4 on QEMU", "", "Not measured in this run (`--skip-cortex-m`).", ""]
-    lines += _models(report, suite)
+    if report["models"]:
+        lines += _models(report, suite)
     lines += _method(report, suite)
     lines += [
         "## Machine and versions",
@@ -344,6 +354,162 @@ def _host(report: dict, cmd: str, titles: dict) -> list[str]:
     return lines
 
 
+def _win_loss(r: float | None) -> str:
+    """A speed-up with the word a reader needs: faster (> 1), slower (< 1)."""
+    if r is None:
+        return "–"
+    return f"{_ratio(r)} ({'faster' if r >= 1 else 'slower'})"
+
+
+def real_ratio_text(row: dict, other: str) -> str:
+    """tbn-tvm's speed-up over ``other`` in a real-architecture row, with faster/slower, or why
+    it is not shown."""
+    v = row["variants"]
+    for n in (real.TBN, other):
+        if "median_s" not in v.get(n, {}):
+            return "–"
+    text = ratio_text(row, other)
+    return _win_loss(row["speedup"][f"vs_{other}"]) if text.endswith("×") else text
+
+
+def _real_cell(v: dict, name: str) -> str:
+    t = v.get(name)
+    if t is None:
+        return "–"
+    if "status" in t and "median_s" not in t:
+        return f"{t['status']}: {t.get('reason', '')}"
+    return median_text(v, name)
+
+
+def _real(report: dict, cmd: str) -> list[str]:
+    rows, threads, ver = report["real"], report["threads"], report["versions"]
+    titles = {m["key"]: m["title"] for m in report.get("real_models", [])}
+    targets = sorted({r["target"] for r in rows if r.get("target")})
+    tuned = any(real.TBN_TUNED in r["variants"] for r in rows)
+    quick = report["meta"]["quick"]
+    args = next((m["tbnify"] for m in report.get("real_models", [])), real_tbnify())
+    lines = [
+        "## Real architectures (issue 19): host CPU, default build",
+        "",
+        f"Produced by `{cmd}`. The networks of `benchmarks/architectures.py` (plain-torch re-implementations "
+        "of published architectures, random weights, see the models table below; those marked held out are the "
+        "set nobody tunes code on)"
+        + (", in their small test configurations" if quick else "")
+        + f", made a TBN by `tbnify({', '.join(f'{k}={v}' for k, v in args.items())})`, BatchNorm/LayerNorm "
+        "given non-trivial statistics, exported by `export_onnx` with the batch as the input's fixed leading "
+        'dimension. tbn-tvm: `tbn_tvm.compile(model, "llvm")`, the default build a user gets (untuned, '
+        f"no `mcpu`; LLVM target {', '.join(f'`{t}`' for t in targets) or '–'}), timed with TVM's time "
+        f"evaluator. onnxruntime {ver['onnxruntime']} fp32: the same ONNX bytes; int8: "
+        "`quant_pre_process`, then `quantize_static` with its defaults (QDQ, int8 activations and weights, per "
+        f"tensor, MinMax calibration on {real.CALIBRATION_SAMPLES} random inputs; QOperator where QDQ fails), "
+        "`InferenceSession.run` in a `time.perf_counter` loop. Threads: TVM "
+        f"{threads['tvm']}, onnxruntime intra-op {threads['onnxruntime_intra_op']}. Medians over rounds, the "
+        "variants alternated in one process (see Method); × = onnxruntime's median / tbn-tvm's: above 1 "
+        "tbn-tvm is faster, below 1 slower. Max rel. err = max |y − y_fp32| / max |y_fp32| against "
+        f"onnxruntime fp32 (tbn-tvm must be within {REL_TOLERANCE:g}; int8's is shown for information). "
+        "Compile s: `tbn_tvm.compile`'s wall time.",
+        "",
+        "| architecture | batch | tbn-tvm ms | onnxruntime fp32 ms | onnxruntime int8 ms | × vs fp32 | × vs int8 "
+        "| tbn-tvm max rel. err | int8 max rel. err | compile s |"
+        + (" tuned ms | tuned × vs fp32 |" if tuned else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if tuned else ""),
+    ]
+    for r in rows:
+        v = r["variants"]
+        tb = v.get(real.TBN, {})
+        err = tb.get("rel_err_vs_onnxruntime")
+        err_text = (
+            "–" if err is None else f"{err:.1e}" + (" **(> tolerance)**" if err > REL_TOLERANCE else "")
+        )
+        q = v.get(real.ORT_INT8, {})
+        q_err = q.get("rel_err_vs_onnxruntime")
+        line = (
+            f"| {titles.get(r['model'], r['model'])} | {r['batch']} | {_real_cell(v, real.TBN)} | "
+            f"{_real_cell(v, real.ORT)} | {_real_cell(v, real.ORT_INT8)} | {real_ratio_text(r, real.ORT)} | "
+            f"{real_ratio_text(r, real.ORT_INT8)} | {err_text} | "
+            f"{'–' if q_err is None else f'{q_err:.1e}'} | "
+            f"{'–' if 'compile_s' not in tb else format(tb['compile_s'], '.1f')} |"
+        )
+        if tuned:
+            line += f" {_real_cell(v, real.TBN_TUNED)} | {pair_ratio_text(r, real.TBN_TUNED, real.ORT)} |"
+        lines.append(line)
+    lines.append("")
+    bad = [(r, n) for r in rows for n, t in r["variants"].items() if "median_s" in t and not _trusted(t)]
+    total = sum(1 for r in rows for t in r["variants"].values() if "median_s" in t)
+    lines += [
+        (
+            f"**{len(bad)} of {total} timings did not meet the trust rule** ({_rule_text(report)}); shown as "
+            '"not measured enough".'
+            if bad
+            else f"All {total} timings met the trust rule ({_rule_text(report)})."
+        ),
+        "",
+    ]
+    if not tuned:
+        lines += [
+            "Tuned builds: not in this run (`--tune-trials N` adds a tuned column: `tbn_tvm.schedules.tuning.tune` "
+            "for the same default target, then `compile(..., tuning_db=...)`).",
+            "",
+        ]
+    gms = report.get("real_geomeans") or []
+    if gms:
+        lines += [
+            "Geometric means of the × columns over the rows whose ratio is trusted (faster on: rows with × ≥ 1):",
+            "",
+            "| batch | architectures | × vs onnxruntime fp32 | faster on | × vs onnxruntime int8 | faster on |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for g in gms:
+            cells = []
+            for other in (real.ORT, real.ORT_INT8):
+                key = f"vs_{other}"
+                gm = g[key]
+                cells += [
+                    "–" if gm is None else _win_loss(gm),
+                    f"{g[f'{key}_wins']} of {g[f'{key}_rows']}"
+                    + (f" ({g['rows'] - g[f'{key}_rows']} left out)" if g[f"{key}_rows"] < g["rows"] else ""),
+                ]
+            lines.append(f"| {g['batch']} | {g['group']} | {' | '.join(cells)} |")
+        lines.append("")
+    acc = report.get("issue19_figures") or []
+    if acc:
+        lines += [
+            "Issue 19's acceptance figures (the default untuned build at batch 1; a report, not a CI test):",
+            "",
+            "| criterion | required | measured | met |",
+            "|---|---|---|---|",
+        ]
+        for a in acc:
+            lines.append(
+                f"| {a['criterion']} | {a['required']} | {a['measured']} | {'yes' if a['pass'] else '**no**'} |"
+            )
+        lines.append("")
+    lines += [
+        "Real-architecture models (parameters of the untiled network; layers as `tbnify` planned them and "
+        "as the compiler found them in the batch-1 file; weight bytes as `tbn-tvm inspect` counts them):",
+        "",
+        "| architecture | follows | input (batch 1) | parameters | tbnify: tiled / binary / fp32 | compiler: formats "
+        "| fp32 weight bytes | compact weight bytes | ONNX file bytes |",
+        "|---|---|---|---:|---|---|---:|---:|---:|",
+    ]
+    for m in report.get("real_models", []):
+        t = m["tbnify_layers"]
+        formats = ", ".join(f"{k} {n}" for k, n in sorted(m.get("formats", {}).items())) or "–"
+        lines.append(
+            f"| {m['title']} | {m['source']} | {'x'.join(map(str, m['input_shape']))} | {m['parameters']:,} | "
+            f"{t['tiled']} / {t['binary']} / {t.get('fp32', 0)} | {formats} | {_int(m.get('fp32_bytes'))} | "
+            f"{_int(m.get('weight_bytes'))} | {m['onnx_bytes']:,} |"
+        )
+    lines.append("")
+    return lines
+
+
+def real_tbnify() -> dict:
+    from benchmarks.architectures import TBNIFY
+
+    return dict(TBNIFY)
+
+
 def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
     first = next((b for r in report["cortex_m"] for b in r["builds"].values() if b.get("status") == "ok"), {})
     lines = [
@@ -499,7 +665,7 @@ def _models(report: dict, suite: bool) -> list[str]:
 def _method(report: dict, suite: bool) -> list[str]:
     s, meta, mach = report["settings"], report["meta"], report["machine"]
     lines = ["## Method", ""]
-    if report["host"]:
+    if report["host"] or report.get("real"):
         lines.append(
             f"- Host: each variant is compiled, run once and checked against onnxruntime, then timed: a round "
             f"is `number` calls (chosen so that a round lasts about {s['round_s'] * 1e3:g} ms), up to "
@@ -542,7 +708,7 @@ def _method(report: dict, suite: bool) -> list[str]:
                 f"- Cortex-M: {s['mcu_samples']} random input(s) through each build. Instruction counts are "
                 "per inference (mean; min and max in the JSON)."
             )
-    if report["host"]:
+    if report["host"] or report.get("real"):
         lines.append(
             "- The machine is shared: timings are noisy, which is why medians and ratios taken in the same run "
             f"are reported. Load average (1, 5, 15 min) at the start {meta.get('load_average_start')}, at the "
@@ -583,6 +749,31 @@ def render_summary(report: dict) -> str:
             lines.append(
                 f"{'':<18} outputs differ from onnxruntime: max rel. err {worst:.1e} > {REL_TOLERANCE:g}"
             )
+    for r in report.get("real", []):
+        v = r["variants"]
+        tb = v.get(real.TBN, {})
+        head = f"{r['model']:<22} batch {r['batch']:>2}: tbn-tvm "
+        if "median_s" not in tb:
+            lines.append(head + f"{tb.get('status', 'not built')}: {tb.get('reason', '')[:200]}")
+            continue
+        ms = median_text(v, real.TBN)
+        lines.append(
+            head
+            + (f"{ms:>7} ms" if _trusted(tb) else ms)
+            + f"  {real_ratio_text(r, real.ORT)} vs onnxruntime "
+            f"fp32  {real_ratio_text(r, real.ORT_INT8)} vs int8"
+        )
+        if r.get("outputs_within_tolerance") is False:
+            lines.append(
+                f"{'':<22} outputs differ from onnxruntime: max rel. err {tb['rel_err_vs_onnxruntime']:.1e}"
+            )
+    for g in report.get("real_geomeans", []):
+        gm = g[f"vs_{real.ORT}"]
+        lines.append(
+            f"real architectures ({g['group']}), batch {g['batch']}: geometric mean "
+            f"{_win_loss(gm)} vs onnxruntime fp32 over {g[f'vs_{real.ORT}_rows']} trusted rows, "
+            f"faster on {g[f'vs_{real.ORT}_wins']}"
+        )
     for r in report["cortex_m"]:
         b = r["builds"][TBN]
         if b.get("status") == "ok":

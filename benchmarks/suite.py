@@ -32,7 +32,7 @@ from types import ModuleType
 
 import numpy as np
 
-from benchmarks import harness
+from benchmarks import harness, real
 from benchmarks.harness import Log, Settings, Timer, rel_err
 from tbn_tvm import TBNError
 
@@ -89,6 +89,7 @@ class Case:
     input_shapes: dict[str, list[int]] | None = None  # given to tbn_tvm.compile (--input-shape)
     ablation: bool = True  # also time tbn-tvm without row reuse (at the settings' ablation batches)
     classifier: bool = True  # one output of class scores: compare predictions (argmax) too
+    family: str = "suite"  # "real": a real-architecture case (benchmarks/real.py), its own table
 
 
 def _sampler(models: ModuleType, kind: str) -> Callable[[object, int], Feeds]:
@@ -163,20 +164,40 @@ def default_cases(models: ModuleType, settings: Settings) -> list[Case]:
         )
     )
     cases += conv_bn_cases(models, b)
+    if real.unavailable() is None:  # issue 19's real-architecture table (needs torch + onnxscript)
+        cases += real.real_cases(settings)
+    return cases
+
+
+def selectable_cases(models: ModuleType, settings: Settings) -> list[Case]:
+    """What ``--cases`` picks from: :func:`default_cases` and, where they are not among them
+    (``--quick``: the small configurations), the real-architecture cases."""
+    cases = default_cases(models, settings)
+    if not any(c.family == real.FAMILY for c in cases):
+        cases += real.real_cases(settings)
     return cases
 
 
 def select_cases(cases: list[Case], keys: str) -> list[Case]:
-    """The cases named in ``keys`` (comma-separated :attr:`Case.key` values), in suite order.
+    """The cases named in ``keys`` (comma-separated :attr:`Case.key` values, or the group keys of
+    :data:`benchmarks.real.GROUPS`: ``real``, ``real_eleven``, ``held_out``), in suite order.
     Raises TBNError naming the known keys for an unknown one."""
     wanted = [k.strip() for k in keys.split(",") if k.strip()]
     known = [c.key for c in cases]
-    unknown = [k for k in wanted if k not in known]
+    expanded = []
+    for k in wanted:
+        expanded += real.group_keys(k) or [k]
+    unknown = [k for k in expanded if k not in known]
     if unknown or not wanted:
         raise TBNError(
-            f"--cases: unknown case {', '.join(unknown) or repr(keys)}", hint=f"known: {', '.join(known)}"
+            f"--cases: unknown case {', '.join(unknown) or repr(keys)}",
+            hint=f"known: {', '.join(known + list(real.GROUPS))}",
         )
-    return [c for c in cases if c.key in wanted]
+    chosen = [c for c in cases if c.key in expanded]
+    why = real.unavailable()
+    if why and any(c.family == real.FAMILY for c in chosen):
+        raise TBNError(f"--cases: the real-architecture cases need {why}")
+    return chosen
 
 
 def conv_bn_cases(models: ModuleType, batches: tuple[int, ...]) -> list[Case]:
@@ -927,10 +948,23 @@ def run_cases(
         "models": [],
         "host": [],
         "cortex_m": [],
+        "real": [],  # issue 19's real-architecture rows (benchmarks/real.py)
+        "real_models": [],
     }
     if kind == "suite":
         report["authors"] = {"instructions_per_inference": AUTHORS_INSTRUCTIONS, "source": AUTHORS_SOURCE}
     for case in cases:
+        if case.family == real.FAMILY:  # host only, its own table
+            for batch in case.batches if case.host else ():
+                row, model_entry = real.run_real(case, batch, settings, threads, log)
+                report["real"].append(row)
+                if not any(m["key"] == case.key for m in report["real_models"]):
+                    report["real_models"].append(model_entry)
+                else:  # the compiler's figures of the first batch's build, if that one failed
+                    first = next(m for m in report["real_models"] if m["key"] == case.key)
+                    for k, val in model_entry.items():
+                        first.setdefault(k, val)
+            continue
         entry = None
         for batch in case.batches if case.host else ():
             row = run_host(case, batch, settings, threads, log)
@@ -955,4 +989,8 @@ def run_cases(
     report["meta"]["load_average_end"] = harness.load_average()
     report["acceptance"] = acceptance(report) if kind == "suite" else []
     report["issue_figures"] = issue_figures(report) if kind == "suite" else []
+    report["real_geomeans"] = real.geomeans(report)
+    if kind == "suite" and not report["real"] and real.unavailable():
+        report["meta"]["real_unavailable"] = f"the real-architecture table needs {real.unavailable()}"
+    report["issue19_figures"] = real.issue19_figures(report)
     return report
