@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from tbn_tvm.cli import arg, command
+from tbn_tvm.errors import TBNError
 
 
 @command("tune", help="Auto-tune the model's kernels with MetaSchedule + XGBoost into a reusable database")
@@ -43,22 +44,43 @@ def run(args) -> int:
     from pathlib import Path
 
     from tbn_tvm.commands.common import parse_shapes
-    from tbn_tvm.schedules.tuning import plot_curve, tune
+    from tbn_tvm.schedules.tuning import TuneResult, check_runner_args, plot_curve
+    from tbn_tvm.supervise import call_in_child
 
     runner = args.runner or ("rpc" if args.rpc else "local")
-    result = tune(
-        args.model,
-        args.target,
-        mcpu=args.mcpu,
-        trials=args.trials,
-        db=args.db,
-        input_shapes=parse_shapes(args.input_shape),
-        runner=runner,
-        rpc=args.rpc,
-        device_key=args.device_key,
-        progress=not args.quiet,
-        on_message=lambda m: print(m, file=sys.stderr),
-    )
+    check_runner_args(runner, args.rpc, args.device_key)
+    if args.trials < 1:
+        raise TBNError(f"--trials must be at least 1, got {args.trials}")
+    shapes = parse_shapes(args.input_shape)
+    # the search runs in a process group of its own: Ctrl-C or SIGTERM ends it and every worker
+    # it started at once (an interrupt inside MetaSchedule's C++ loop once crashed the process)
+    try:
+        found = call_in_child(
+            "tbn_tvm.commands.tune:tune_job",
+            {
+                "model": str(args.model),
+                "target": args.target,
+                "mcpu": args.mcpu,
+                "trials": args.trials,
+                "db": str(args.db),
+                "input_shapes": shapes,
+                "runner": runner,
+                "rpc": args.rpc,
+                "device_key": args.device_key,
+                "progress": not args.quiet,
+            },
+            on_message=lambda m: print(m, file=sys.stderr),
+        )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM ended the search: a record cut short is dropped
+        import contextlib
+
+        from tbn_tvm.schedules.tuning import RECORDS_FILE, WORKLOADS_FILE, _repair_jsonl
+
+        with contextlib.suppress(OSError):
+            for name in (WORKLOADS_FILE, RECORDS_FILE):
+                _repair_jsonl(Path(args.db) / name)
+        raise
+    result = TuneResult(**{**found, "db": Path(found["db"])})
     print(result.table())
     plot = Path(args.plot) if args.plot else Path(args.db) / "tuning_curve.png"
     if plot_curve(result.curve, plot):
@@ -68,3 +90,14 @@ def run(args) -> int:
         f"apply with: tbn-tvm compile {args.model} --target {args.target} --tuning-db {args.db} -o OUT_DIR"
     )
     return 0
+
+
+def tune_job(say, **kwargs) -> dict:
+    """:func:`tbn_tvm.schedules.tuning.tune` as run by :func:`tbn_tvm.supervise.call_in_child`:
+    its messages through ``say``, its result as JSON-able fields."""
+    import dataclasses
+
+    from tbn_tvm.schedules.tuning import tune
+
+    result = tune(**kwargs, on_message=say)
+    return {**dataclasses.asdict(result), "db": str(result.db)}
