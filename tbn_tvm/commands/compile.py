@@ -25,7 +25,7 @@ def _board_target(board: str | None) -> str:
     "-t",
     default=None,
     help="llvm (host), a TVM target string ('llvm -mcpu=skylake'), an LLVM triple (aarch64-linux-gnu, ...), "
-    "cortex-m4, cortex-m7, thumbv7em-none-eabihf with --mcpu, cuda (--mcpu sm_80|sm_90); see 'tbn-tvm "
+    "cortex-m4, cortex-m7, thumbv7em-none-eabihf with --mcpu, cuda (--arch sm_80|sm_90); see 'tbn-tvm "
     "targets' (default: the "
     "--board's target, else llvm)",
 )
@@ -33,7 +33,15 @@ def _board_target(board: str | None) -> str:
     "--mcpu",
     default=None,
     help="CPU to build for: on the host an LLVM CPU name (x86-64-v3, skylake) or 'native' for this machine's "
-    "(default: a portable CPU); cortex-m4 or cortex-m7 for a thumbv7em-none-eabihf triple",
+    "(default: a portable CPU); cortex-m4 or cortex-m7 for a thumbv7em-none-eabihf triple; for cuda the same "
+    "as --arch",
+)
+@arg(
+    "--arch",
+    default=None,
+    metavar="SM",
+    help="cuda: the GPU architecture, sm_80 (A100) or sm_90 (H100, H200; the default), as nvcc and TVM "
+    "call it",
 )
 @arg(
     "-o",
@@ -95,7 +103,18 @@ def run(args) -> int:
     if args.no_measure:
         options["measure"] = False
     target = args.target if args.target is not None else _board_target(args.board)
-    spec = resolve_target(target, args.mcpu)
+    mcpu = args.mcpu
+    if args.arch is not None:  # CUDA's word; --mcpu stays an alias for it
+        family = resolve_target(target).family
+        if family != "cuda":
+            raise TBNError(
+                f"--arch names a CUDA architecture; this is a {family} build",
+                hint="for a CPU use --mcpu",
+            )
+        if mcpu is not None and mcpu != args.arch:
+            raise TBNError(f"--arch {args.arch} and --mcpu {mcpu} disagree", hint="give --arch alone")
+        mcpu = args.arch
+    spec = resolve_target(target, mcpu)
     known = backend_class(spec.family).compile_options
     unknown = [key for key in options if key not in known]
     if unknown:  # name the flags, not the API's keywords

@@ -1,8 +1,8 @@
 """CUDA back end: the project's kernels hand-scheduled for NVIDIA GPUs, built by TVM, compiled
 by nvcc to PTX and a cubin, run through the Relax VM on the GPU.
 
-Target names: ``cuda`` (``--mcpu sm_80`` for A100-class GPUs, ``sm_90`` for H100/H200, the
-default), ``cuda-sm80``, ``cuda-sm90``, ``cuda -arch=sm_80``, the TVM tags
+Target names: ``cuda`` (``--arch sm_80``, or ``--mcpu sm_80``, for A100-class GPUs, ``sm_90``
+for H100/H200, the default), ``cuda-sm80``, ``cuda-sm90``, ``cuda -arch=sm_80``, the TVM tags
 ``nvidia/nvidia-a100`` and ``nvidia/nvidia-h100``, or a TVM target dict with ``kind: cuda``.
 ``tbn_tvm.compile(..., arch="sm_80")`` overrides the target's architecture.
 
@@ -260,7 +260,7 @@ class CudaBackend(Backend):
     """Builds for an NVIDIA GPU; runs only where one is present."""
 
     family = "cuda"
-    target_names = "cuda [--mcpu sm_80|sm_90] (NVIDIA GPU, default sm_90), cuda-sm80, cuda-sm90"
+    target_names = "cuda [--arch sm_80|sm_90] (NVIDIA GPU, default sm_90), cuda-sm80, cuda-sm90"
     #: The bit-serial kernels (``prepare``'s default form): the schedules read the row words from
     #: shared memory and never hold decoded float rows; ``simd`` writes the conv's sign as a float
     #: factor (branch-free; the bit is warp-uniform anyway).

@@ -442,3 +442,23 @@ def test_gpu_benchmark_runs_end_to_end(tmp_path, capsys):
     assert text.count("\n| ") >= 5  # header, separator and one line per row
     if not HAS_GPU:
         assert "no GPU here" in text and "numerics only" in text
+
+
+@needs_nvcc
+def test_cli_arch_is_cudas_word_for_the_architecture(tmp_path):
+    """``compile --target cuda --arch sm_80`` (CUDA's, nvcc's and TVM's word) builds for sm_80;
+    ``--mcpu`` stays an alias; ``--arch`` on a CPU target is one clear error."""
+    from test_cli import cli, ok, user_error
+
+    model = zoo.gemm_tiled_bias().save(tmp_path / "g.onnx")
+    out = tmp_path / "g-sm80"
+    ok(cli("compile", model, "--target", "cuda", "--arch", "sm_80", "-o", out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cuda"]["arch"] == "sm_80"
+    assert re.search(r"^\.target sm_80\b", (out / "kernels.ptx").read_text(), re.M)
+    user_error(cli("compile", model, "--arch", "sm_80", "-o", tmp_path / "x"), "--arch", "--mcpu")
+    user_error(
+        cli("compile", model, "--target", "cuda", "--arch", "sm_80", "--mcpu", "sm_90", "-o", tmp_path / "x"),
+        "disagree",
+    )
+    assert not (tmp_path / "x").exists()
