@@ -10,6 +10,9 @@ import math
 
 from tbn_tvm.kernels import Layer, finish, i64, shape64, widen
 
+#: The block that decodes a compact conv weight to float once per call (SIMD CPUs).
+BLOCK_DECODE_WEIGHT = "decode_weight"
+
 
 def conv_inputs(layer: Layer, fmt):
     """Placeholders ``X`` and the format's buffers, the zero-padded input ``Xp`` (``X`` itself
@@ -56,14 +59,27 @@ def conv_te(layer: Layer, fmt) -> list:
     rk = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk{d}") for d in range(nd)]
     K = Cg * math.prod(ksize)
 
-    def body(b, o, *pos):
-        # flat index of weight[o, rc, *rk] in [O, Cg, *ksize]
-        flat = o * i64(K) + rc * i64(math.prod(ksize))
+    def flat_of(o, c, ks):  # flat index of weight[o, c, *ks] in [O, Cg, *ksize]
+        flat = o * i64(K) + c * i64(math.prod(ksize))
         for d in range(nd):
-            flat = flat + rk[d] * i64(math.prod(ksize[d + 1 :]))
+            flat = flat + ks[d] * i64(math.prod(ksize[d + 1 :]))
+        return flat
+
+    decoded = None
+    if layer.simd and layer.form in ("auto", "decoded"):
+        # a SIMD CPU: the weight decoded to float once per call (O x Cg x k.. values, a small
+        # fraction of the multiply-adds), then a plain convolution the schedules vectorise
+        decoded = te.compute(
+            shape64([O, Cg, *ksize]),
+            lambda o, c, *ks: fmt.read(bufs, flat_of(o, c, ks)),
+            name=BLOCK_DECODE_WEIGHT,
+        )
+
+    def body(b, o, *pos):
         cin = rc if layer.groups == 1 else tirx.floordiv(o, i64(og)) * i64(Cg) + rc
         src = [pos[d] * i64(layer.strides[d]) + rk[d] * i64(layer.dilation[d]) for d in range(nd)]
-        return te.sum(widen(Xp[(b, cin, *src)], layer) * widen(fmt.read(bufs, flat), layer), axis=[rc, *rk])
+        w = decoded[(o, rc, *rk)] if decoded is not None else fmt.read(bufs, flat_of(o, rc, rk))
+        return te.sum(widen(Xp[(b, cin, *src)], layer) * widen(w, layer), axis=[rc, *rk])
 
     Y = te.compute(shape64([B, O, *out_spatial]), body, name=f"tbn_conv{nd}d")
     return [X, *bufs.values(), finish(Y, layer, f"tbn_conv{nd}d_cast")]

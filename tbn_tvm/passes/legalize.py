@@ -121,8 +121,15 @@ def legalize_map() -> dict:
     }
 
 
-def Legalize():  # noqa: N802 - TVM's pass naming
-    """TVM's LegalizeOps with the NaN-keeping lowerings of :func:`legalize_map`."""
+def Legalize(vector_math: bool = False):  # noqa: N802 - TVM's pass naming
+    """TVM's LegalizeOps with the NaN-keeping lowerings of :func:`legalize_map`, and with
+    ``vector_math`` the vectorisable float32 transcendental functions of
+    :mod:`tbn_tvm.passes.vector_math` (SIMD CPUs)."""
     from tvm import relax
 
-    return relax.transform.LegalizeOps(legalize_map())
+    table = legalize_map()
+    if vector_math:
+        from tbn_tvm.passes.vector_math import vector_math_map
+
+        table.update(vector_math_map())
+    return relax.transform.LegalizeOps(table)

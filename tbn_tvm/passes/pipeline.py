@@ -93,13 +93,15 @@ def prepare(
 
 
 # ----------------------------------------------------------------------------- phase 2
-def fuse(legalize: bool = True) -> tvm.transform.Pass:
-    """Legalize (NaN-keeping lowerings) and fuse: what the kernels look like when they are
-    scheduled, tuned and looked up in a tuning database.  Every call of a kernel that computes
-    a layer names it (:mod:`tbn_tvm.frontend.identity`, :func:`fuse_tir_keeping_layers`)."""
+def fuse(legalize: bool = True, vector_math: bool = False) -> tvm.transform.Pass:
+    """Legalize (NaN-keeping lowerings; ``vector_math``: exp/erf/tanh/sigmoid/softmax in
+    vectorisable float32 polynomials, :mod:`tbn_tvm.passes.vector_math`, for SIMD CPUs) and
+    fuse: what the kernels look like when they are scheduled, tuned and looked up in a tuning
+    database.  Every call of a kernel that computes a layer names it
+    (:mod:`tbn_tvm.frontend.identity`, :func:`fuse_tir_keeping_layers`)."""
     return tvm.transform.Sequential(
         [
-            Legalize(),
+            Legalize(vector_math=vector_math),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
@@ -231,7 +233,7 @@ def lower_host(
     tuned: list[str] = []
     kept: list[str] = []
     with target:
-        mod = fuse()(mod)
+        mod = fuse(vector_math=True)(mod)
         if database is not None:
             before = mod
             mod, tuned = apply_database(mod, target, database)

@@ -145,7 +145,7 @@ def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
     from tvm import tirx
 
     from tbn_tvm.kernels import rows
-    from tbn_tvm.schedules import cpu_decoded
+    from tbn_tvm.schedules import cpu_decoded, cpu_generic
 
     lanes = vector_lanes(target)
     acc_regs = cpu_decoded.accumulator_registers(lanes)
@@ -163,7 +163,9 @@ def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
             elif names & {rows.BLOCK_SUM, rows.BLOCK_CONV_SUM}:
                 scheduled = schedule_rows(func, lanes, cores)
             else:
-                continue
+                scheduled = cpu_generic.schedule_default(func, lanes, cores, acc_regs)
+                if scheduled is None:
+                    continue
             updates[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         except Exception:  # noqa: BLE001 - fall back to the unscheduled kernel; still correct
             continue

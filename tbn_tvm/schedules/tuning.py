@@ -147,7 +147,7 @@ def prepare_for_tuning(model, spec, input_shapes=None, forms: dict[str, str] | s
     prepared = prepare(mod, forms=forms, **backend_class(spec.family).pass_options)
     target = spec.tvm()
     with target:
-        fused = fuse()(prepared.mod)
+        fused = fuse(vector_math=spec.family == "host")(prepared.mod)  # as the build fuses it
     return loaded, prepared, fused
 
 

@@ -1,0 +1,673 @@
+"""Default host CPU schedules for every kernel the project's hand schedules do not cover.
+
+Work in progress (issue 19): a matmul rule first.
+"""
+
+from __future__ import annotations
+
+from tbn_tvm.schedules import reverse_inline_safely
+from tbn_tvm.schedules.cpu_decoded import ACC_MAX_FLOATS, ACC_REGS_AVX2, ACC_REGS_AVX512
+
+
+def accumulator_registers(vec: int, lanes: int = 16) -> int:
+    """Vector registers of ``vec`` floats to give to an accumulator tile on a CPU with ``lanes``
+    float32 lanes (see :mod:`tbn_tvm.schedules.cpu_decoded`)."""
+    return min(ACC_REGS_AVX512 if lanes >= 16 else ACC_REGS_AVX2, ACC_MAX_FLOATS // vec)
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _same(sch, a, b) -> bool:
+    """Whether two block handles name the same block (handles are not unique)."""
+    return sch.get(a).same_as(sch.get(b))
+
+
+def _same_shape(sch, a, b) -> bool:
+    """Whether two blocks write buffers of one shape (an element-wise consumer of the whole
+    output, not a slice of a padded one)."""
+    sa = [int(d) for d in sch.get(a).writes[0].source.shape]
+    sb = [int(d) for d in sch.get(b).writes[0].source.shape]
+    return sa == sb
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in _divisors(n) if d <= max(1, at_most))
+
+
+def _blocks(sch):
+    root = sch.get_sblock("root")
+    return {str(sch.get(b).name_hint): b for b in sch.get_child_blocks(root)}
+
+
+def _vars_of(expr) -> set:
+    from tvm.tirx.analysis import undefined_vars
+
+    return set(undefined_vars(expr))
+
+
+def _is_reduction(block) -> bool:
+    return any(int(iv.iter_type) == 2 for iv in block.iter_vars)
+
+
+def matmul_roles(block):
+    """For a block ``C[..] += A[..] * B[..]`` with one reduction iter: (batch, m, n, k, nt) iter
+    indices where ``nt`` says whether B is indexed ``[.., n, k]`` (k contiguous); None when the
+    block is not matmul-like."""
+    ivs = list(block.iter_vars)
+    kinds = [int(iv.iter_type) for iv in ivs]
+    if kinds.count(2) != 1 or any(k not in (0, 2) for k in kinds):
+        return None
+    if len(block.writes) != 1 or len(block.reads) < 2:
+        return None
+    var_of = {iv.var: i for i, iv in enumerate(ivs)}
+    k = kinds.index(2)
+    out_vars = [_vars_of(r.min) for r in block.writes[0].region]
+    if not out_vars or len(out_vars[-1]) != 1:
+        return None
+    n = var_of.get(next(iter(out_vars[-1])))
+    if n is None:
+        return None
+    operands = []
+    for region in block.reads:
+        if region.source.same_as(block.writes[0].source):
+            continue
+        used = set()
+        last = None
+        for r in region.region:
+            vs = {var_of[v] for v in _vars_of(r.min) if v in var_of}
+            used |= vs
+            last = vs
+        if k in used:
+            operands.append((region, used, last))
+    if len(operands) != 2:
+        return None
+    a = next((o for o in operands if n not in o[1]), None)
+    b = next((o for o in operands if n in o[1]), None)
+    if a is None or b is None or a is b:
+        return None
+    batch = [i for i in range(len(ivs)) if i != k and i != n and i in a[1] and i in b[1]]
+    m = [i for i in range(len(ivs)) if i not in (k, n) and i not in batch]
+    nt = b[2] == {k}
+    if not nt and b[2] != {n}:
+        return None
+    return batch, m, n, k, nt
+
+
+def schedule_matmul(func, lanes: int, cores: int, acc_regs: int):
+    """A register-blocked GEMM / GEMV for a (fused) matmul-like kernel."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blocks = _blocks(sch)
+    main = [b for b in blocks.values() if _is_reduction(sch.get(b))]
+    if len(main) != 1:
+        raise ValueError("not a single-reduction kernel")
+    main = main[0]
+    roles = matmul_roles(sch.get(main))
+    if roles is None:
+        raise ValueError("not matmul-like")
+    batch, m_idx, n_idx, k_idx, nt = roles
+    # the element-wise epilogue: one block after the matmul
+    changed = True
+    while changed:
+        changed = False
+        for name, blk in _blocks(sch).items():
+            if _same(sch, blk, main) or _is_reduction(sch.get(blk)):
+                continue
+            if sch.get_producers(blk) and reverse_inline_safely(sch, blk):
+                changed = True
+                break
+    n_ext = int(sch.get(main).iter_vars[n_idx].dom.extent)
+    if not any(n_ext % v == 0 for v in (lanes, 8)) and not nt:
+        pad = [1] * len(sch.get(main).iter_vars)
+        pad[n_idx] = 8
+        sch.pad_einsum(main, pad)
+    loops = sch.get_loops(main)
+    if len(loops) != len(sch.get(main).iter_vars):
+        raise ValueError("loop nest is not the block's iteration domain")
+    bl = [loops[i] for i in batch]
+    ml = [loops[i] for i in m_idx]
+    nl, kl = loops[n_idx], loops[k_idx]
+    m = sch.fuse(*ml) if len(ml) > 1 else (ml[0] if ml else None)
+    N = _extent(sch, nl)
+    M = _extent(sch, m) if m is not None else 1
+    vec = next((v for v in (lanes, 8, 4) if N % v == 0), None)
+    if vec is None:
+        vec = 8
+    nvec = -(-N // vec)
+    if M == 1:
+        nv = _largest_divisor(nvec, acc_regs)
+        mt = 1
+    else:
+        nv = _largest_divisor(nvec, 2)
+        mt = _largest_divisor(M, max(1, acc_regs // nv))
+    no, ni = sch.split(nl, [None, nv * vec])
+    order = [*bl, no]
+    if m is not None:
+        mo, mi = sch.split(m, [None, mt])
+        order += [mo, kl, mi, ni]
+    else:
+        mo = None
+        order += [kl, ni]
+    sch.reorder(*order)
+    acc = sch.cache_write(main, 0, "global")
+    # the epilogue reads the product element-wise: merge it into the write-back of the tile
+    for name, blk in _blocks(sch).items():
+        if _same(sch, blk, main) or _same(sch, blk, acc):
+            continue
+        if any(_same(sch, p, acc) for p in sch.get_producers(blk)) and _same_shape(sch, blk, acc):
+            reverse_inline_safely(sch, blk)  # else it keeps its own pass
+    tile_loop = mo if mo is not None else no
+    sch.reverse_compute_at(acc, tile_loop)
+    niv, nii = sch.split(ni, [None, vec])
+    sch.vectorize(nii)
+    sch.unroll(niv)
+    if m is not None:
+        sch.unroll(mi)
+    outer = [*bl, no] + ([mo] if mo is not None else [])
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    work = M * N * int(sch.get(kl).extent)
+    if cores > 1 and work >= 32768 and _extent(sch, par) >= 2:
+        sch.parallel(par)
+    init = sch.decompose_reduction(main, kl)
+    for blk in (init, acc):
+        lp = sch.get_loops(blk)[-1]
+        try:
+            o, i = sch.split(lp, [None, vec])
+            sch.vectorize(i)
+        except Exception:  # noqa: BLE001
+            pass
+    return sch.mod["main"]
+
+
+def schedule_default(func, lanes: int, cores: int, acc_regs: int):
+    """The first default rule that applies to ``func`` (None: none does)."""
+    import os
+
+    from tvm.tirx.analysis import verify_well_formed
+
+    for rule in (
+        lambda: schedule_conv(func, lanes, cores),
+        lambda: schedule_matmul(func, lanes, cores, acc_regs),
+        lambda: schedule_rows_reduction(func, lanes, cores),
+        lambda: schedule_injective(func, lanes, cores),
+    ):
+        try:
+            out = rule()
+            if not verify_well_formed(out, assert_mode=False):
+                raise ValueError("the schedule made an ill-formed function")
+            return out
+        except Exception as e:  # noqa: BLE001 - the next rule, else TVM's default loop nest
+            if os.environ.get("TBN_SCHED_DEBUG"):
+                import traceback
+
+                tb = [f for f in traceback.extract_tb(e.__traceback__) if "cpu_generic" in f.filename]
+                print("  (no schedule:", str(e).splitlines()[0][:200], [f.lineno for f in tb], ")")
+    return None
+
+
+def schedule_func(func, target):
+    from tbn_tvm.schedules.cpu import _cpu_count, vector_lanes
+    from tbn_tvm.schedules.cpu_decoded import accumulator_registers
+
+    lanes = vector_lanes(target)
+    cores = int(target.attrs.get("num-cores", 0) or 0) or _cpu_count()
+    return schedule_default(func, lanes, cores, accumulator_registers(lanes))
+
+
+def _leading_spatial(block) -> int:
+    n = 0
+    for iv in block.iter_vars:
+        if int(iv.iter_type) != 0:
+            break
+        n += 1
+    return n
+
+
+def schedule_rows_reduction(func, lanes: int, cores: int):
+    """Reductions over the innermost axes (softmax, layer norm, mean, sums): the rows over the
+    cores, every block of a row computed under it, reductions r-factored into vector partial
+    sums, element-wise blocks in vectors."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+    # inline element-wise producers that are not the inputs' last readers... keep it simple:
+    blocks = list(sch.get_child_blocks(root))
+    infos = [sch.get(b) for b in blocks]
+    if not any(_is_reduction(b) for b in infos) or _is_reduction(infos[-1]):
+        raise ValueError("not a row reduction")
+    lead = min(_leading_spatial(b) for b in infos)
+    # every reduction must reduce only trailing axes
+    for b in infos:
+        kinds = [int(iv.iter_type) for iv in b.iter_vars]
+        if any(k not in (0, 2) for k in kinds):
+            raise ValueError("opaque iterators")
+        if _is_reduction(b) and kinds[kinds.index(2):].count(0):
+            raise ValueError("reduction is not over the trailing axes")
+    if lead == 0:
+        raise ValueError("no leading spatial axis")
+    # r-factor each reduction into vector partial sums first (before compute_at)
+    rf_blocks = {}
+    for blk in blocks:
+        b = sch.get(blk)
+        if not _is_reduction(b):
+            continue
+        loops = sch.get_loops(blk)
+        nsp = _leading_spatial(b)
+        red = loops[nsp:]
+        r = sch.fuse(*red) if len(red) > 1 else red[0]
+        ext = _extent(sch, r)
+        vec = next((v for v in (lanes, 8, 4) if ext % v == 0 and ext >= 2 * v), None)
+        if vec is None:
+            continue
+        ro, ri = sch.split(r, [None, vec])
+        try:
+            rf = sch.rfactor(ri, nsp)
+            rf_blocks[str(sch.get(blk).name_hint)] = rf
+        except Exception:  # noqa: BLE001 - not a reduction rfactor understands (max with init?)
+            pass
+    blocks = list(sch.get_child_blocks(root))
+    last = blocks[-1]
+    loops = sch.get_loops(last)
+    rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    for blk in reversed(blocks[:-1]):
+        sch.compute_at(blk, rows, preserve_unit_loops=True)
+    n_rows = _extent(sch, rows)
+    inner_work = 1
+    for lp in sch.get_loops(last)[1:]:
+        inner_work *= _extent(sch, lp)
+    if cores > 1 and n_rows >= cores and n_rows * inner_work >= 16384:
+        sch.parallel(rows)
+    # vectorise: element-wise blocks on their innermost axis; rf blocks on their vector axis
+    for blk in sch.get_child_blocks(root) if False else _all_blocks(sch):
+        b = sch.get(blk)
+        bl = sch.get_loops(blk)
+        if len(bl) <= 1:
+            continue
+        if not _is_reduction(b):
+            _vectorize_inner(sch, bl[-1], lanes)
+        elif str(b.name_hint).endswith("_rf"):
+            # loops: rows, ..., vector axis (spatial), reduction: put the vector axis inner
+            kinds = [int(iv.iter_type) for iv in b.iter_vars]
+            if len(bl) >= 2:
+                try:
+                    sch.reorder(bl[-1], bl[-2])
+                    sch.vectorize(sch.get_loops(blk)[-1])
+                except Exception:  # noqa: BLE001
+                    pass
+    return sch.mod["main"]
+
+
+def _all_blocks(sch):
+    out = []
+    stack = [sch.get_sblock("root")]
+    while stack:
+        b = stack.pop()
+        kids = list(sch.get_child_blocks(b))
+        out.extend(kids)
+        stack.extend(kids)
+    return out
+
+
+def _vectorize_inner(sch, loop, lanes: int) -> None:
+    ext = _extent(sch, loop)
+    vec = next((v for v in (lanes, 8, 4) if ext % v == 0), None)
+    if vec is None:
+        return
+    try:
+        if ext > vec:
+            _, vi = sch.split(loop, [None, vec])
+            sch.vectorize(vi)
+        else:
+            sch.vectorize(loop)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def schedule_injective(func, lanes: int, cores: int):
+    """Element-wise / layout kernels (transpose, reshape, concat, take, broadcasts): producers
+    inlined, the output's loops fused, vectors innermost where the innermost extent allows,
+    chunks over the cores when the kernel is large enough to pay for the fork."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blocks = _all_blocks(sch)
+    if any(_is_reduction(sch.get(b)) for b in blocks):
+        raise ValueError("has a reduction")
+    root = sch.get_sblock("root")
+    for blk in list(sch.get_child_blocks(root))[:-1]:
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # noqa: BLE001 - stays its own loop nest
+            pass
+    done = False
+    for blk in sch.get_child_blocks(root):
+        loops = sch.get_loops(blk)
+        if not loops:
+            continue
+        total = 1
+        for lp in loops:
+            total *= _extent(sch, lp)
+        inner = _extent(sch, loops[-1])
+        vec = next((v for v in (lanes, 8, 4) if inner % v == 0), None)
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        if vec is not None and total >= vec:
+            outer, vi = sch.split(fused, [None, vec])
+            sch.vectorize(vi)
+        else:
+            outer = fused
+        if cores > 1 and total >= 65536 and _extent(sch, outer) >= cores:
+            sch.parallel(outer)
+        done = True
+    if not done:
+        raise ValueError("nothing to schedule")
+    return sch.mod["main"]
+
+
+# ----------------------------------------------------------------------------------- convolution
+def conv_roles(block):
+    """For a direct-convolution block ``Y[b, o, *pos] += X[b, c(o, rc), pos*s + rk*d] * W[..]``:
+    ``(nd, input_read, weight_read)`` (indices into ``block.reads``), else None."""
+    ivs = list(block.iter_vars)
+    kinds = [int(iv.iter_type) for iv in ivs]
+    if any(k not in (0, 2) for k in kinds):
+        return None
+    ns, nr = kinds.count(0), kinds.count(2)
+    if ns not in (3, 4) or nr != ns - 1 or kinds != [0] * ns + [2] * nr:
+        return None
+    nd = ns - 2
+    pos = {ivs[2 + j].var for j in range(nd)}
+    rks = {ivs[ns + 1 + j].var for j in range(nd)}
+    o_var, rc_var = ivs[1].var, ivs[ns].var
+    x_read = w_read = None
+    for i, region in enumerate(block.reads):
+        if region.source.same_as(block.writes[0].source):
+            continue
+        idx = [_vars_of(r.min) for r in region.region]
+        if len(idx) == 2 + nd and all(idx[2 + j] & pos and idx[2 + j] & rks for j in range(nd)):
+            x_read = i
+        elif any(o_var in v for v in idx) and any(rc_var in v for v in idx):
+            w_read = i
+    if x_read is None or w_read is None:
+        return None
+    return nd, x_read, w_read
+
+
+def _channel_map(block, x_read) -> tuple[int, int]:
+    """(filters per group Og, input channels per group Cg) of a conv block: the input channel
+    read at ``rc = 0`` as the filter index grows."""
+    from tvm import sym, tirx
+
+    ivs = list(block.iter_vars)
+    O = int(ivs[1].dom.extent)
+    ns = len([iv for iv in ivs if int(iv.iter_type) == 0])
+    Cg = int(ivs[ns].dom.extent)
+    expr = block.reads[x_read].region[1].min
+
+    def chan(o: int) -> int:
+        ana = sym.Analyzer()
+        ana.bind(ivs[1].var, tirx.IntImm("int64", o))
+        ana.bind(ivs[ns].var, tirx.IntImm("int64", 0))
+        v = ana.simplify(expr)
+        return int(v)
+
+    c0 = chan(0)
+    og = O
+    for o in range(1, O):
+        if chan(o) != c0:
+            og = o
+            break
+    return og, Cg
+
+
+def _is_copy(block) -> bool:
+    from tvm.tirx import stmt
+
+    body = block.body
+    # tvm.tirx.expr.BufferLoad is a factory function in TVM 0.27, not the class
+    return isinstance(body, stmt.BufferStore) and type(body.value).__name__ in ("BufferLoad", "TensorLoad")
+
+
+def schedule_conv(func, lanes: int, cores: int):
+    """A register-blocked direct convolution (1-D or 2-D, grouped, depthwise), for TVM's own
+    conv kernels and the project's decode-then-convolve kernels."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    convs = [b for b in _all_blocks(sch) if conv_roles(sch.get(b)) is not None]
+    if len(convs) != 1 or any(
+        _is_reduction(sch.get(b)) and not _same(sch, b, convs[0]) for b in _all_blocks(sch)
+    ):
+        raise ValueError("not a single convolution")
+    conv = convs[0]
+    nd, x_read, w_read = conv_roles(sch.get(conv))
+    block = sch.get(conv)
+    Og, Cg = _channel_map(block, x_read)
+    # producers: a plain copy of the input is inlined; the zero padding stays its own block
+    pad = None
+    for p in sch.get_producers(conv):
+        pb = sch.get(p)
+        if pb.writes[0].source.same_as(block.reads[x_read].source):
+            if _is_copy(pb):
+                sch.compute_inline(p)
+            else:
+                pad = p
+    # the element-wise epilogue chain becomes one block
+    changed = True
+    while changed:
+        changed = False
+        for blk in _all_blocks(sch):
+            if _same(sch, blk, conv) or (pad is not None and _same(sch, blk, pad)):
+                continue
+            if sch.get_producers(blk) and not _is_reduction(sch.get(blk)):
+                if reverse_inline_safely(sch, blk):
+                    changed = True
+                    break
+    loops = sch.get_loops(conv)
+    if len(loops) != 2 + nd + 1 + nd:
+        raise ValueError("loop nest is not the block's iteration domain")
+    b, o, *pos = loops[: 2 + nd]
+    rc, *rk = loops[2 + nd :]
+    O, OW = _extent(sch, o), _extent(sch, pos[-1])
+    OH = _extent(sch, pos[0]) if nd == 2 else 1
+    depthwise = Cg == 1 and Og < 8
+    filters_in_vectors = not depthwise and Og % 8 == 0
+    if filters_in_vectors:
+        vec = lanes if Og % lanes == 0 else 8
+        acc_regs = accumulator_registers(vec)
+        nvo = _largest_divisor(Og // vec, 3 if acc_regs >= 24 else 2)
+        Ot = nvo * vec
+        Wt = _largest_divisor(OW, max(1, acc_regs // nvo))
+        Ht = _largest_divisor(OH, max(1, acc_regs // (nvo * Wt))) if nd == 2 else 1
+        oo, oi = sch.split(o, [None, Ot])
+        oi_o, oi_v = sch.split(oi, [None, vec])
+        wo, wi = sch.split(pos[-1], [None, Wt])
+        if nd == 2:
+            ho, hi = sch.split(pos[0], [None, Ht])
+            sch.reorder(b, oo, ho, wo, rc, *rk, hi, wi, oi_o, oi_v)
+            outer = [b, oo, ho]
+            unrolled = [hi, wi, oi_o]
+        else:
+            sch.reorder(b, oo, wo, rc, *rk, wi, oi_o, oi_v)
+            outer = [b, oo]
+            unrolled = [wi, oi_o]
+        tile_loop = wo
+        vec_loop = oi_v
+    else:
+        vec = next((v for v in (lanes, 8, 4) if OW % v == 0), None)
+        if vec is None:
+            raise ValueError("no vector width divides the output row")
+        acc_regs = accumulator_registers(vec)
+        nw = _largest_divisor(OW // vec, 2)
+        Wt = nw * vec
+        Ot = _largest_divisor(O, max(1, acc_regs // nw))
+        if not depthwise:
+            Ot = _largest_divisor(Og, max(1, acc_regs // nw))
+        oo, oi = sch.split(o, [None, Ot])
+        wo, wi = sch.split(pos[-1], [None, Wt])
+        wi_o, wi_v = sch.split(wi, [None, vec])
+        if nd == 2:
+            sch.reorder(b, oo, pos[0], wo, rc, *rk, oi, wi_o, wi_v)
+            outer = [b, oo, pos[0]]
+        else:
+            sch.reorder(b, oo, wo, rc, *rk, oi, wi_o, wi_v)
+            outer = [b, oo]
+        unrolled = [oi, wi_o]
+        tile_loop = wo
+        vec_loop = wi_v
+    acc = sch.cache_write(conv, 0, "global")  # < 1 KiB: a stack array (cpu_decoded.ACC_MAX_FLOATS)
+    if filters_in_vectors:
+        sch.transform_layout(conv, ("write", 0), _filters_last(nd))
+    # the epilogue reads the sum element-wise: merge it into the tile's write-back
+    for blk in _all_blocks(sch):
+        if any(_same(sch, p, acc) for p in sch.get_producers(blk)) and _same_shape(sch, blk, acc):
+            reverse_inline_safely(sch, blk)  # else it keeps its own pass
+    sch.reverse_compute_at(acc, tile_loop)
+    # the weight with the filters innermost (vectors of filters), or as it is (broadcast)
+    if filters_in_vectors:
+        wsrc = sch.get(conv).reads[_read_index(sch.get(conv), block.reads[w_read].source)].source
+        wprod = next((p for p in sch.get_producers(conv) if sch.get(p).writes[0].source.same_as(wsrc)), None)
+        ndim = len(wsrc.shape)
+        if wprod is None:
+            wprod = sch.cache_read(conv, _read_index(sch.get(conv), wsrc), "global")
+        sch.transform_layout(wprod, ("write", 0), _move_first_last(ndim))
+        _vectorize_inner(sch, _reorder_first_last(sch, wprod), lanes)
+    sch.vectorize(vec_loop)
+    for lp in unrolled:
+        sch.unroll(lp)
+    if rk:
+        sch.unroll(rk[-1])
+    stride = _stride_of_last(sch.get(conv), nd) if not filters_in_vectors else 1
+    if pad is not None and stride > 1 and not filters_in_vectors:
+        # the padded row stored by phase (w % s, w // s): vector loads along the output row
+        # read consecutive elements instead of every s-th one
+        _phase_split(sch, pad, stride, nd)
+    if pad is not None and depthwise:  # each tile's input planes padded right before use
+        sch.compute_at(pad, oo)
+        outer = [b, oo]
+    macs = O * OH * OW * Cg * _prod([_extent(sch, r) for r in rk]) * _extent(sch, b)
+    par = sch.fuse(*outer)
+    if cores > 1 and macs >= 65536 and _extent(sch, par) >= cores:
+        sch.parallel(par)
+    init = sch.decompose_reduction(conv, rc)
+    for blk in (init, acc):
+        _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
+    # an epilogue that could not be merged: its own vectorised pass
+    for blk in _all_blocks(sch):
+        if sch.get(blk).name_hint == sch.get(conv).name_hint or _same(sch, blk, acc):
+            continue
+        if sch.get_producers(blk) and any(_same(sch, p, acc) for p in sch.get_producers(blk)):
+            _schedule_elementwise(sch, blk, lanes, cores)
+    if pad is not None:  # last: decompose_padding rebuilds the loops around the pad block
+        _schedule_pad(sch, pad, conv, lanes, parallel=not depthwise and cores > 1 and macs >= 65536)
+    return sch.mod["main"]
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def _read_index(block, buf) -> int:
+    for i, r in enumerate(block.reads):
+        if r.source.same_as(buf):
+            return i
+    raise ValueError("buffer not read")
+
+
+def _filters_last(nd: int):
+    if nd == 2:
+        return lambda b, o, h, w: (b, h, w, o)
+    return lambda b, o, w: (b, w, o)
+
+
+def _move_first_last(ndim: int):
+    if ndim == 4:
+        return lambda o, c, h, w: (c, h, w, o)
+    if ndim == 3:
+        return lambda o, c, w: (c, w, o)
+    return lambda o, k: (k, o)
+
+
+def _reorder_first_last(sch, blk):
+    """Loops of a layout-transformed copy/decode block: the (new) innermost axis last."""
+    loops = sch.get_loops(blk)
+    if len(loops) >= 2:
+        sch.reorder(*loops[1:], loops[0])
+    return sch.get_loops(blk)[-1]
+
+
+def _schedule_elementwise(sch, blk, lanes: int, cores: int) -> None:
+    loops = sch.get_loops(blk)
+    total = _prod([_extent(sch, lp) for lp in loops])
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    vec = next((v for v in (lanes, 8, 4) if total % v == 0), None)
+    if vec:
+        outer, inner = sch.split(fused, [None, vec])
+        sch.vectorize(inner)
+    else:
+        outer = fused
+    if cores > 1 and total >= 65536:
+        sch.parallel(outer)
+
+
+def _stride_of_last(block, nd: int) -> int:
+    """The stride of the output row's position in the conv input's last index."""
+    from tvm.sym import detect_linear_equation
+
+    ivs = list(block.iter_vars)
+    ow = ivs[1 + nd].var
+    for region in block.reads:
+        if len(region.region) == 2 + nd:
+            try:
+                coeffs = detect_linear_equation(region.region[-1].min, [ow])
+                if len(coeffs) == 2:
+                    return int(coeffs[0])
+            except Exception:  # noqa: BLE001
+                continue
+    return 1
+
+
+def _phase_split(sch, pad, stride: int, nd: int) -> None:
+    from tvm import tirx
+
+    width = int(sch.get(pad).writes[0].source.shape[-1])
+    if width % stride:
+        raise ValueError("padded row not a multiple of the stride")
+    s = tirx.IntImm("int64", stride)
+    if nd == 2:
+        sch.transform_layout(pad, ("write", 0), lambda b, c, h, w: (b, c, h, w % s, w // s))
+    else:
+        sch.transform_layout(pad, ("write", 0), lambda b, c, w: (b, c, w % s, w // s))
+
+
+def _schedule_pad(sch, pad, consumer, lanes: int, parallel: bool) -> None:
+    """The zero-padded input: zeros written once, the interior copied without a test per
+    element (TVM's decompose_padding), both in vectors; rows over the cores when asked."""
+    shared = {id(sch.get(lp)) for lp in []}
+    consumer_loops = [sch.get(lp) for lp in sch.get_loops(consumer)]
+    own = [lp for lp in sch.get_loops(pad) if not any(sch.get(lp).same_as(c) for c in consumer_loops)]
+    del shared
+    if not own:
+        return
+    try:
+        fill = sch.decompose_padding(pad, own[0])
+        _vectorize_inner(sch, sch.get_loops(fill)[-1], lanes)
+    except Exception:  # noqa: BLE001 - keeps the test per element
+        pass
+    _vectorize_inner(sch, sch.get_loops(pad)[-1], lanes)
+    if parallel:
+        pl = sch.get_loops(pad)
+        try:
+            sch.parallel(sch.fuse(*pl[:2]))
+        except Exception:  # noqa: BLE001
+            pass
