@@ -292,10 +292,12 @@ def text_table(head: list[str], rows: list[list[str]], right: set[int]) -> list[
     right-aligned)."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
-    def fmt_row(r):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    def fmt_row(r):  # no trailing spaces after the last column
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
 
-    rule = "-" * len(fmt_row(head))
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     return [fmt_row(head), rule, *map(fmt_row, rows), rule]
 
 

@@ -86,6 +86,7 @@ def test_targets_command_lists_boards_with_flash_and_ram():
     for name in BOARDS:
         assert name in table
     assert "256 KiB" in table and "1 MiB" in table  # nrf52840's RAM and flash
+    assert [line for line in table.splitlines() if line != line.rstrip()] == []  # no trailing spaces
     data = json.loads(ok(cli("targets", "--json")).stdout)
     got = {b["board"]: (b["target"], b["flash_bytes"], b["ram_bytes"]) for b in data["boards"]}
     assert got == {b.name: (b.cpu, b.flash_bytes, b.ram_bytes) for b in BOARDS.values()}

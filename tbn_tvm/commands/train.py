@@ -273,9 +273,8 @@ def run(args) -> int:
         return 0  # torchrun: process 0 reports and writes
     print(table.markdown())
     print(f"wrote {len(table.files)} files to {args.out}:")
-    for rel in sorted(table.files):
-        if rel.endswith((".json", ".md", ".png", ".onnx")):
-            print(f"  {rel}")
+    for rel in sorted(table.files):  # every one of them (checkpoints, reference outputs too)
+        print(f"  {rel}")
     bad = [name for name, check in table.compiler_check.items() if check.get("ok") is False]
     if bad:
         print(f"warning: the compiler does not see the trained format in {', '.join(bad)}", file=sys.stderr)

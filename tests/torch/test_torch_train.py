@@ -156,6 +156,11 @@ def test_cli_train(tmp_path, capsys):
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "| tbn2 | 2 |" in stdout and "onnx/digits-tbn2.onnx" in stdout
+    # "wrote N files" lists all N: the checkpoint and the reference outputs too
+    head, _, listing = stdout.partition(f"files to {out}:\n")
+    listed = [line.strip() for line in listing.splitlines() if line.startswith("  ")]
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert head.endswith(f"wrote {len(written)} ") and listed == written
     proto = onnx.load(str(out / "onnx" / "digits-tbn2.onnx"))
     assert "Expand" not in {n.op_type for n in proto.graph.node}  # dense form
     data = json.loads((out / "results.json").read_text())
