@@ -7,9 +7,12 @@ once, in this order of preference:
 
 1. the PyTorch module name that :func:`tbn_tvm.torch.export_onnx` records in the model's
    metadata (``tbn_tvm.layers`` → ``nodes``);
-2. the ONNX node name;
-3. the weight initializer's name (``fc1.weight`` → ``fc1``);
-4. ``<op>_<node index>``.
+2. the ONNX node name, unless an exporter generated it (``node_Conv_154``, ``node_linear_1``
+   from ``torch.onnx.export``, ``Conv_0``) and the weight initializer has a name of its own;
+3. the weight initializer's name (``features.0.weight`` → ``features.0``), unless generated
+   too (``onnx::Conv_19``, ``val_12``);
+4. a generated node name;
+5. ``<op>_<node index>``.
 
 The same name is used by ``inspect``, the compiler's kernels, the manifest and the C arrays
 (``tbn_<name>_tile``): the importer gives it to the call that computes the layer, and every
@@ -151,6 +154,18 @@ def _attr(node, name: str, default):
     return default
 
 
+#: Initializer names exporters generate (the legacy torch exporter's ``onnx::Conv_19`` for a
+#: folded weight, the dynamo exporter's ``val_12``).
+_GENERATED_WEIGHT = re.compile(r"^(onnx::.*|val_\d+)$")
+
+
+def _generated_node_name(node) -> bool:
+    """A node name an exporter made up: ``node_<anything>`` (``torch.onnx.export``'s
+    ``node_Conv_154``, ``node_linear_1``), the op type alone or with a number (``Conv_0``)."""
+    name = node.name
+    return name.startswith("node_") or re.fullmatch(rf"{re.escape(node.op_type)}(_\d+)?", name) is not None
+
+
 def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
     """Every Gemm/MatMul/Conv/ConvTranspose node with a constant weight, in graph order, named
     as the module docstring says (names made unique with ``_2``, ``_3`` ...)."""
@@ -178,12 +193,15 @@ def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
             continue
         if kind != "matmul" and w.ndim < 3:
             continue
+        own_weight = wname in initializer_names and not _GENERATED_WEIGHT.match(wname)
         if node.name and node.name in from_torch:
             name = from_torch[node.name]
+        elif node.name and not (own_weight and _generated_node_name(node)):
+            name = node.name
+        elif own_weight:
+            name = re.sub(r"\.weight$", "", wname)
         elif node.name:
             name = node.name
-        elif wname in initializer_names:
-            name = re.sub(r"\.weight$", "", wname)
         else:
             name = f"{node.op_type.lower()}_{i}"
         count = used.get(name, 0) + 1
