@@ -18,10 +18,11 @@ from tbn_tvm.formats.codebook import CodebookFormat
 
 
 def snn_weight(rng, O, I, k, n_codewords, groups=1):
-    book = np.where(rng.random((n_codewords, k * k)) < 0.5, -1.0, 1.0)
-    # make the codewords distinct (as SNN's duplicate replacement keeps them)
-    while len({tuple(r) for r in book}) < n_codewords:
-        book = np.where(rng.random((n_codewords, k * k)) < 0.5, -1.0, 1.0)
+    # distinct codewords (as SNN's duplicate replacement keeps them), drawn without replacement
+    # from the 2^(k*k) sign patterns: uniform over the sets, as redrawing until distinct was (that
+    # took ~10^6 tries for 16 of the 16 2x2 patterns: minutes)
+    codes = rng.choice(2 ** (k * k), size=n_codewords, replace=False)
+    book = np.where((codes[:, None] >> np.arange(k * k)) & 1, 1.0, -1.0)
     idx = rng.integers(0, n_codewords, size=(O, I // groups))
     idx.flat[:n_codewords] = np.arange(min(n_codewords, idx.size))  # every codeword used
     alpha = rng.uniform(0.05, 1.0, size=(O, 1, 1, 1))
