@@ -240,17 +240,165 @@ def roi_align(bb, inputs, attrs, opset, node):
     return None
 
 
+def _text(value, default: str) -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+#: Coordinate transformations of nearest-mode Resize computed exactly as ONNX defines them.
+_NEAREST_COORDINATES = frozenset(
+    {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"}
+)
+_NEAREST_MODES = frozenset({"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"})
+
+
+def _nearest_source(y, in_width: int, out_width: int, scale: float, coordinate: str, rounding: str):
+    """The input index nearest-mode Resize reads for output index ``y`` (a TIR int) along one
+    axis, as ONNX's reference computes it (``onnx.reference`` ``op_resize``): the source
+    coordinate in float64 with the reference's operations in its order, then the neighbour its
+    rounding picks, clamped to the axis.  No multiply feeds an add, so no target can contract
+    the arithmetic into a fused multiply-add (which moves exact ties: issue 20)."""
+    from tvm import tirx
+
+    f64 = "float64"
+    yf = tirx.Cast(f64, y)
+
+    def c(v: float):
+        return tirx.const(float(v), f64)
+
+    output_width = scale * in_width  # float, as the reference
+    if coordinate == "align_corners":
+        x = c(0.0) if output_width == 1 else (yf * c(in_width - 1)) / c(output_width - 1)
+    elif coordinate == "asymmetric":
+        x = yf / c(scale)
+    elif coordinate == "pytorch_half_pixel" and output_width == 1:
+        x = c(-0.5)
+    elif coordinate == "half_pixel_symmetric":
+        offset = (in_width / 2) * (1 - out_width / output_width)
+        x = (c(offset) + (yf + c(0.5)) / c(scale)) - c(0.5)
+    else:  # half_pixel, pytorch_half_pixel
+        x = (yf + c(0.5)) / c(scale) - c(0.5)
+    # the reference's neighbours [start - 1, start] (edge-padded by one) and its coefficients
+    xp = x + c(1.0)
+    p = tirx.floor(xp)
+    start = tirx.Select(xp - p == c(0.0), p - c(1.0), p)
+    whole = tirx.floor(x)
+    ratio = tirx.Select(x == whole, c(1.0), x - whole)
+    half = c(0.5)
+    second = {
+        "round_prefer_floor": ratio > half,
+        "round_prefer_ceil": ratio >= half,
+        "floor": ratio == c(1.0),
+        "ceil": tirx.const(True, "bool"),
+    }[rounding]
+    second = tirx.Or(second, ratio == c(1.0))
+    idx = tirx.Select(second, start, start - c(1.0))
+    idx = tirx.Max(tirx.Min(idx, c(in_width - 1)), c(0.0))
+    return tirx.Cast("int64", idx)
+
+
+def _nearest_resize(bb, x, out_shape, scales, coordinate: str, rounding: str):
+    """``x`` resized to ``out_shape`` by nearest-neighbour indexing (one gather kernel)."""
+    from tvm import te
+
+    in_shape = [int(d) for d in x.ty.shape]
+
+    def f(data):
+        def body(*i):
+            src = [
+                i[a]
+                if in_shape[a] == out_shape[a] and abs(scales[a] - 1.0) <= 1e-9
+                else _nearest_source(i[a], in_shape[a], out_shape[a], scales[a], coordinate, rounding)
+                for a in range(len(in_shape))
+            ]
+            return data(*src)
+
+        return te.compute(out_shape, body, name="resize_nearest")
+
+    return bb.emit_te(f, x, primfunc_name_hint="resize_nearest")
+
+
+def _nearest_sizes(in_shape, scales, sizes):
+    """(per-axis scale as the reference uses it, output shape), from constant ``scales`` or
+    ``sizes`` covering every axis; None when neither is usable."""
+    import numpy as np
+
+    if sizes is not None and sizes.size == len(in_shape):
+        out = [int(v) for v in sizes.reshape(-1)]
+        if 0 in in_shape:
+            return None
+        return [out[a] / in_shape[a] for a in range(len(in_shape))], out
+    if scales is not None and scales.size == len(in_shape):
+        s = np.asarray(scales, np.float32).reshape(-1)
+        out = (s * np.array(in_shape)).astype(int)
+        return [float(v) for v in s], [int(v) for v in out]
+    return None
+
+
+@converter("Upsample")
+def upsample(bb, inputs, attrs, opset, node):
+    """Nearest mode with constant whole scales: ``y[i] = x[floor(i / scale)]``, ONNX's
+    definition, as a gather (TVM's converter reads the wrong neighbour)."""
+    import numpy as np
+
+    if _text(attrs.get("mode"), "nearest") != "nearest":
+        return None
+    scales = attrs.get("scales") if opset < 9 else (_constant(inputs[1]) if len(inputs) > 1 else None)
+    if scales is None:
+        return None
+    scales = np.asarray(scales, np.float32).reshape(-1)
+    try:
+        in_shape = [int(d) for d in inputs[0].ty.shape]
+    except (TypeError, ValueError):
+        return None
+    if scales.size != len(in_shape) or not np.all(scales == np.floor(scales)) or np.any(scales < 1):
+        return None
+    out = [int(d * s) for d, s in zip(in_shape, scales.tolist())]
+    return _nearest_resize(bb, inputs[0], out, [float(v) for v in scales], "asymmetric", "floor")
+
+
 @converter("Resize")
 def resize(bb, inputs, attrs, opset, node):
     """Refused where TVM's result differs from ONNX's: ``antialias=1``, and ``scales`` that do
     not give whole output sizes (ONNX maps coordinates with the given scale, TVM with the ratio
-    of the sizes; the two agree only when ``input * scale`` is a whole number)."""
+    of the sizes; the two agree only when ``input * scale`` is a whole number).  Nearest mode
+    (opset 11 on, constant scales or sizes, no ``axes``, ``keep_aspect_ratio_policy`` stretch,
+    any coordinate transformation but ``tf_crop_and_resize``) is computed here, exactly as ONNX
+    defines it (:func:`_nearest_source`): TVM maps coordinates with a float32 reciprocal, which
+    reads the wrong neighbour at ties (2 -> 7, 6 -> 21, 10 -> 35 ...) and, contracted into a
+    fused multiply-add, at others."""
     if int(attrs.get("antialias", 0)):
         refuse(node, "antialias=1 is not supported")
     scales_at = 1 if opset < 11 else 2
     scales = (
         _constant(inputs[scales_at]) if len(inputs) > scales_at and inputs[scales_at] is not None else None
     )
+    if (
+        opset >= 11
+        and _text(attrs.get("mode"), "nearest") == "nearest"
+        and _text(attrs.get("coordinate_transformation_mode"), "half_pixel") in _NEAREST_COORDINATES
+        and _text(attrs.get("nearest_mode"), "round_prefer_floor") in _NEAREST_MODES
+        and attrs.get("axes") is None
+        and _text(attrs.get("keep_aspect_ratio_policy"), "stretch") == "stretch"
+    ):
+        sizes = _constant(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
+        try:
+            in_shape = [int(d) for d in inputs[0].ty.shape]
+        except (TypeError, ValueError):
+            in_shape = None
+        found = None
+        if in_shape is not None:
+            found = _nearest_sizes(in_shape, scales if scales is not None and scales.size else None, sizes)
+        if found is not None and 0 not in found[1]:
+            return _nearest_resize(
+                bb,
+                inputs[0],
+                found[1],
+                found[0],
+                _text(attrs.get("coordinate_transformation_mode"), "half_pixel"),
+                _text(attrs.get("nearest_mode"), "round_prefer_floor"),
+            )
     if scales is not None and scales.size:
         try:
             dims = [int(d) for d in inputs[0].ty.shape]

@@ -6,10 +6,11 @@ compile to ``maxnum``/``fmaxf``: a NaN input silently becomes the other operand 
 0``).  onnxruntime propagates NaN through Relu, Max, Min and Clip, and so does tbn-tvm: each of
 these is lowered with an explicit compare-and-select that keeps a NaN operand.  Everything else
 goes through TVM's own legalization; that of a layer's matmul or convolution keeps the call's
-span, which names the layer (:mod:`tbn_tvm.frontend.identity`).
+span, which names the layer (:mod:`tbn_tvm.frontend.identity`).  On a host CPU an element-wise
+float multiply is fenced against contraction with the operator after it (:func:`_multiply`).
 
 >>> [name for name in sorted(legalize_map()) if "conv" not in name]
-['relax.clip', 'relax.matmul', 'relax.maximum', 'relax.minimum', 'relax.nn.relu']
+['relax.clip', 'relax.matmul', 'relax.maximum', 'relax.minimum', 'relax.multiply', 'relax.nn.relu']
 """
 
 from __future__ import annotations
@@ -55,6 +56,49 @@ def _broadcast_shape(x, y):
     xs = [1] * (nd - x.ndim) + list(x.shape)
     ys = [1] * (nd - y.ndim) + list(y.shape)
     return [a if int(b) == 1 else b for a, b in zip(xs, ys)]
+
+
+def _fence_products() -> bool:
+    """Whether the current target is a host CPU through LLVM (not a Cortex-M, not a GPU).
+
+    TVM 0.27's LLVM back end allows fusing any ``a * b + c`` into a multiply-add
+    (``AllowFPOpFusion::Fast``, not configurable), which on a CPU with FMA spans two ONNX
+    operators -- a Mul and the Add after it -- and skips the rounding ONNX does between them:
+    ``Floor(x * a - 1)`` gives -1 where 0 is right.  The C library for Cortex-M is compiled with
+    ``-ffp-contract=off`` instead."""
+    import tvm
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return not triple.startswith(("thumb", "arm"))
+
+
+def _multiply(bb, call):
+    """Element-wise multiply; on a host CPU each float product passes through
+    ``llvm.arithmetic.fence`` (:func:`_fence_products`), so that no add of another operator is
+    contracted with it.  Products inside an operator (a matmul's, a convolution's) are not
+    affected."""
+    import tvm
+
+    a, b = call.args
+    dtype = str(call.ty.dtype) if hasattr(call.ty, "dtype") else ""
+    if not dtype.startswith("float") or not _fence_products():
+        return tvm.ir.Op.get("relax.multiply").get_attr("FLegalize")(bb, call)
+
+    def f(x, y):
+        from tvm import te, tirx, topi
+
+        def body(*i):
+            xv = x(*[i[len(i) - x.ndim + k] if x.shape[k] != 1 else 0 for k in range(x.ndim)])
+            yv = y(*[i[len(i) - y.ndim + k] if y.shape[k] != 1 else 0 for k in range(y.ndim)])
+            return tirx.call_llvm_pure_intrin(x.dtype, "llvm.arithmetic.fence", xv * yv)
+
+        shape = topi.broadcast_to(x, _broadcast_shape(x, y)).shape if x.ndim or y.ndim else []
+        return te.compute(shape, body, name="multiply")
+
+    return bb.call_te(f, a, b, primfunc_name_hint="multiply")
 
 
 def _clip(bb, call):
@@ -115,6 +159,7 @@ def legalize_map() -> dict:
     return {
         **{name: _keeping_span(name) for name in sorted(LAYER_OPS)},
         "relax.nn.relu": _relu,
+        "relax.multiply": _multiply,
         "relax.maximum": _nan_aware("max"),
         "relax.minimum": _nan_aware("min"),
         "relax.clip": _clip,

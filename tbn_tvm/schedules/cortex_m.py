@@ -86,12 +86,19 @@ def _patch_and_epilogue_per_position(sch, rows) -> None:
 
 
 def schedule_prim_mcu(prim):
-    """Return a scheduled copy of one (possibly fused) PrimFunc."""
+    """Return a scheduled copy of one (possibly fused) PrimFunc.  A kernel without a ``root``
+    block (TVM's scatter and unpool kernels, written as one opaque block; a kernel without any
+    block) has nothing these schedules change: it is returned as it is (the C code generator writes its loops marked
+    parallel as plain loops)."""
     from tvm import s_tir
 
     from tbn_tvm.kernels import rows
 
-    sch = s_tir.Schedule(prim)
+    try:
+        sch = s_tir.Schedule(prim)
+        sch.get_sblock("root")
+    except Exception:  # noqa: BLE001 - s_tir raises ScheduleError: no root block to schedule under
+        return prim
     keep = (  # computed once (per call, or per position), read many times
         "row_words",
         "tbn_code_index",

@@ -380,7 +380,6 @@ class CortexMBackend(Backend):
                 "workspace_bytes": info.workspace_bytes,
                 "stack_bytes": brd.stack_bytes,
                 "library_weight_bytes": info.weight_bytes,
-                "built_constant_bytes": info.weight_bytes,  # the C arrays: what the kernels read
                 "firmware": FIRMWARE,
                 "library": LIB_DIR,
             }
@@ -509,7 +508,9 @@ class CortexMBackend(Backend):
         flat = {"device": port if port else "qemu " + (self.board.qemu_machine or "")}
         ins = stats.get("instructions")
         if ins:
-            flat["instructions_per_inference"] = round(ins["mean"])  # whole instructions (a mean over the samples)
+            flat["instructions_per_inference"] = round(
+                ins["mean"]
+            )  # whole instructions (a mean over the samples)
             flat["instructions_min"] = ins.get("min")
             flat["instructions_max"] = ins.get("max")
         if per_layer:  # per call site, in the order of model.c
@@ -529,14 +530,16 @@ _MAKEFILE = """\
 #   CFLAGS += $(TBN_CFLAGS)    # -I for model.h, for your sources that call tbn_model_run
 #   LDLIBS += $(TBN_LDLIBS)    # -lm: the kernels call libm (expf, sqrtf, ...)
 # The library's objects get your CFLAGS plus TBN_LIB_CFLAGS (generated code: its unused
-# parameters are not warned about, so -Wall -Wextra -Werror in CFLAGS stays usable).
+# parameters are not warned about, so -Wall -Wextra -Werror in CFLAGS stays usable;
+# -ffp-contract=off: each operator rounds its result, as ONNX does, with no fused multiply-add
+# across two of them).
 TBN_LIB_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 TBN_SAVED_GOAL := $(.DEFAULT_GOAL)
 TBN_BUILD_DIR ?= build/tbn_model
 TBN_SRCS := $(sort $(wildcard $(TBN_LIB_DIR)/*.c))
 TBN_OBJS := $(patsubst $(TBN_LIB_DIR)/%.c,$(TBN_BUILD_DIR)/%.o,$(TBN_SRCS))
 TBN_CFLAGS := -I$(TBN_LIB_DIR)
-TBN_LIB_CFLAGS := -std=gnu11 -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee -Wno-unused-parameter
+TBN_LIB_CFLAGS := -std=gnu11 -O2 -ffp-contract=off -ffunction-sections -fdata-sections -mfp16-format=ieee -Wno-unused-parameter
 TBN_LDLIBS := -lm
 
 $(TBN_OBJS): $(TBN_BUILD_DIR)/%.o: $(TBN_LIB_DIR)/%.c $(wildcard $(TBN_LIB_DIR)/*.h)
@@ -557,7 +560,7 @@ cmake_minimum_required(VERSION 3.13)
 file(GLOB TBN_MODEL_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.c)
 add_library(tbn_model STATIC ${TBN_MODEL_SOURCES})
 target_include_directories(tbn_model PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_compile_options(tbn_model PRIVATE -O2 -ffunction-sections -fdata-sections -mfp16-format=ieee
+target_compile_options(tbn_model PRIVATE -O2 -ffp-contract=off -ffunction-sections -fdata-sections -mfp16-format=ieee
                        -Wno-unused-parameter)
 set_property(TARGET tbn_model PROPERTY C_STANDARD 11)
 target_link_libraries(tbn_model PUBLIC m)

@@ -52,6 +52,11 @@ COMMON_CFLAGS: tuple[str, ...] = (
     "-fno-common",
     "-mfp16-format=ieee",  # float16 tensors as _Float16 (see tbn_abi.h)
 )
+#: gcc flags for the model library's sources: no contraction of ``a * b + c`` into a fused
+#: multiply-add (GNU C's default is ``-ffp-contract=fast``).  Each ONNX operator rounds its
+#: result; a multiply-add fused across two of them skips one rounding and moves exact ties in
+#: what is rounded next (a Floor, a Cast, a nearest-neighbour index: issue 20).
+LIB_CFLAGS: tuple[str, ...] = ("-ffp-contract=off",)
 #: Extra warnings for the firmware's own sources (not for generated model code).
 TEMPLATE_WARNINGS: tuple[str, ...] = ("-Wall", "-Wextra")
 
@@ -214,7 +219,7 @@ def build_firmware(
         defines = [f"-DTBN_CPU_HZ={board.cpu_hz}u"]
         if board.uart_base is not None:
             defines.append(f"-DTBN_UART_BASE=0x{board.uart_base:08x}u")
-        jobs_list = [(src, [*base, *extra_cflags]) for src in lib_sources]
+        jobs_list = [(src, [*base, *LIB_CFLAGS, *extra_cflags]) for src in lib_sources]
         jobs_list += [(src, [*base, *TEMPLATE_WARNINGS, *defines]) for src in fw_sources]
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             compiled = list(pool.map(lambda job: _compile(tmp, *job, cache=object_cache), jobs_list))
