@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace, suite: Suite, json_written: Path | None) -> int:
     """Write the markdown and the table, print the per-operator table; the exit status."""
-    from conformance.report import BAD, console_table, markdown, supported_table
+    from conformance.report import BAD, console_table, markdown, merged_table, supported_table
 
     if json_written is None and args.load:
         json_written = Path(args.load)
@@ -180,8 +180,10 @@ def _report(args: argparse.Namespace, suite: Suite, json_written: Path | None) -
         md = Path(args.md)
         md.parent.mkdir(parents=True, exist_ok=True)
         md.write_text(markdown(suite, json_written.as_posix() if json_written else None))
-    if args.write_table:
-        write_json(supported_table(suite), Path(args.write_table), compress_large=False)
+    if args.write_table:  # a Cortex-M run's table goes into the file's cortex_m section
+        path = Path(args.write_table)
+        existing = json.loads(path.read_text()) if path.is_file() else None
+        write_json(merged_table(existing, supported_table(suite)), path, compress_large=False)
     if not args.quiet:
         print(console_table(suite))
         for label, path in (("json", json_written), ("markdown", args.md), ("table", args.write_table)):

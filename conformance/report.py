@@ -494,3 +494,38 @@ def supported_table(suite: Suite) -> dict:
         "ops": ops,
         "failing": failing,
     }
+
+
+def _host_only(host_ops: dict, mcu_table: dict) -> dict[str, list[int]]:
+    """Operator -> the versions the host table lists whose Cortex-M cases fail (a case neither
+    passes nor is refused cleanly, or every case is refused: the version builds for the host
+    only)."""
+    out: dict[str, list[int]] = {}
+    for op, entry in host_ops.items():
+        bad = {int(v) for v in mcu_table.get("failing", {}).get(op, {})}
+        versions = sorted(v for v in entry.get("versions", []) if v in bad)
+        if versions:
+            out[op] = versions
+    return out
+
+
+def merged_table(existing: dict | None, table: dict) -> dict:
+    """The table file after a run: a host run's table (``target`` llvm) replaces the host part
+    and keeps the file's ``cortex_m`` section (its ``host_only`` recomputed); a Cortex-M run's
+    table becomes the ``cortex_m`` section of the file's host table, with ``host_only``: the
+    host's versions whose Cortex-M cases fail (refused for a Cortex-M build)."""
+    existing = existing or {}
+    if not str(table.get("target") or "").startswith("cortex-m"):
+        out = dict(table)
+        if "cortex_m" in existing:
+            section = dict(existing["cortex_m"])
+            section["host_only"] = _host_only(out.get("ops", {}), section)
+            out["cortex_m"] = section
+        return out
+    out = dict(existing)
+    section = {k: table.get(k) for k in ("target", "generated_by", "date", "tbn_tvm_git", "onnx_version")}
+    section["ops"] = table.get("ops", {})
+    section["failing"] = table.get("failing", {})
+    section["host_only"] = _host_only(out.get("ops", {}), table)
+    out["cortex_m"] = section
+    return out

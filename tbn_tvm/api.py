@@ -270,7 +270,8 @@ def compile(  # noqa: A001 - the natural name for users
     from tbn_tvm.report import inspect
 
     progress.stage("import")
-    loaded = load_onnx(model, input_shapes)  # cheap checks first: TVM is imported after them
+    # cheap checks first: TVM is imported after them
+    loaded = load_onnx(model, input_shapes, family=spec.family)
     from tbn_tvm.passes.pipeline import prepare
 
     layer_report = inspect(loaded)
@@ -283,9 +284,7 @@ def compile(  # noqa: A001 - the natural name for users
         forms = read_forms(tuning_db, target_key(_tuning_target(spec)))
         options["tuning_db"] = tuning_db
     progress.stage("passes")
-    prepared = prepare(
-        mod, compress=compress, reuse_rows=reuse_rows, forms=forms, **backend_cls.pass_options
-    )
+    prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, forms=forms, **backend_cls.pass_options)
     report = layer_report.to_dict()
     report.pop("model", None)
     import hashlib
@@ -304,8 +303,6 @@ def compile(  # noqa: A001 - the natural name for users
         report["notes"] = notes
     progress.stage("build")
     backend, extra = backend_cls.create(spec, prepared, loaded.inputs, outputs, **options)
-    if "built_constant_bytes" in extra:  # the constants the lowered kernels read
-        report["total"]["built_constant_bytes"] = extra.pop("built_constant_bytes")
     for layer in report["layers"]:  # the kernels each layer ended up in (its call sites), their flash
         steps = [s for s in extra.get("steps", []) if layer["name"] in s.get("layers", [])]
         if steps:

@@ -215,11 +215,89 @@ _SHAPE_INPUTS = {
 }
 
 
+#: Scalar constants TVM's importer creates from a node's attributes (the build keeps them as
+#: constants like the graph's own): per operator, how many.  A HardSigmoid folded into the
+#: layer before it keeps one (``beta``; ``alpha`` is in the weight).  Checked against the build
+#: on ONNX's node tests of these operators (``tests/test_report_scalars.py``).
+IMPORTER_SCALARS = {
+    "Elu": 2,
+    "GroupNormalization": 8,
+    "HardSigmoid": 2,
+    "HardSwish": 2,
+    "InstanceNormalization": 1,
+    "Reciprocal": 1,
+    "Selu": 3,
+    "Shrink": 8,
+    "Softsign": 1,
+    "ThresholdedRelu": 1,
+}
+
+_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
+
+
+def _importer_scalars(
+    proto: onnx.ModelProto, node, index: int, folded: dict, const_names: set[str]
+) -> OtherConstant | None:
+    """The scalars TVM's importer creates for ``node`` (:data:`IMPORTER_SCALARS`; a Gemm's
+    ``alpha`` != 1, and its ``beta`` != 1 on a bias that is not constant; a PRelu's zero where
+    its slope has several dimensions; a LayerNormalization's 1 and epsilon where its Mean and
+    InvStdDev outputs are asked for), or None."""
+    if node.op_type == "Gemm":
+        bias = node.input[2] if len(node.input) > 2 else ""
+        count = int(float(_attr(node, "alpha", 1.0)) != 1.0)
+        count += int(float(_attr(node, "beta", 1.0)) != 1.0 and bool(bias) and bias not in const_names)
+    elif node.op_type == "PRelu":  # a slope of one value or a vector is TVM's prelu op; else a select
+        shape = _shape(proto, node.input[1])
+        count = int(shape is not None and len(shape) > 1 and any(d != 1 for d in shape))
+    elif node.op_type == "LayerNormalization":  # 1 and epsilon where Mean/InvStdDev are asked for
+        count = 2 if len([o for o in node.output if o]) > 1 else 0
+    else:
+        count = IMPORTER_SCALARS.get(node.op_type, 0)
+        if node.op_type == "HardSigmoid" and index in folded:
+            count -= 1
+    if count <= 0:
+        return None
+    elem = _elem_type(proto, node.input[0])
+    itemsize = _ITEMSIZE.get(elem, 4)
+    dtype = {2: "float16", 8: "float64"}.get(itemsize, "float32")
+    where = f"{node.op_type} '{node.name or f'#{index}'}'"
+    return OtherConstant(f"{node.name or f'#{index}'}.scalars", where, (count,), dtype, count * itemsize)
+
+
+def _elem_type(proto: onnx.ModelProto, name: str) -> int:
+    for vi in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+        if vi.name == name and vi.type.HasField("tensor_type"):
+            return vi.type.tensor_type.elem_type
+    for t in proto.graph.initializer:
+        if t.name == name:
+            return t.data_type
+    return onnx.TensorProto.FLOAT
+
+
+def _shape(proto: onnx.ModelProto, name: str) -> list[int] | None:
+    for t in proto.graph.initializer:
+        if t.name == name:
+            return list(t.dims)
+    for vi in [*proto.graph.input, *proto.graph.value_info]:
+        if vi.name == name and vi.type.HasField("tensor_type"):
+            return [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+    return None
+
+
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
 def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer], affines: dict) -> list[OtherConstant]:
     """Constants consumed by the non-constant part of the graph (outside the inputs TVM turns
     into shapes or attributes), other than layer weights: biases, norm parameters, indices.
     A BatchNormalization with constant parameters is built as ``x · a + b`` (two vectors), or,
-    folded into the layer before it, as the shift ``b`` alone; a folded Mul's factor is gone."""
+    folded into the layer before it, as the shift ``b`` alone; a folded Mul's factor is gone.
+    The scalars TVM's importer makes of some operators' attributes are listed too
+    (:data:`IMPORTER_SCALARS`)."""
     g = proto.graph
     const_names = {t.name for t in g.initializer}
     inputs = {vi.name for vi in g.input} - const_names
@@ -244,6 +322,9 @@ def _other_constants(proto: onnx.ModelProto, layers: list[OnnxLayer], affines: d
                 for p in parts
             ]
             continue
+        scalars = _importer_scalars(proto, node, i, folded, const_names)
+        if scalars is not None:
+            norms.append(scalars)
         if node.op_type == "Mul" and i in folded:
             continue
         skip = _SHAPE_INPUTS.get(node.op_type, set())

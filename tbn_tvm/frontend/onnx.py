@@ -217,11 +217,13 @@ def load_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     static: bool = True,
+    family: str | None = None,
 ) -> LoadedModel:
     """Read, check and describe an ONNX model.
 
     ``input_shapes`` fixes dynamic dimensions (the rank must match).  With ``static=False``
-    (``inspect``) dynamic dimensions are accepted and no shape inference runs."""
+    (``inspect``) dynamic dimensions are accepted and no shape inference runs.  ``family``: the
+    target family the model is built for (its operators are checked for it)."""
     name = _display(model)
     proto = _read(model)
     try:
@@ -230,7 +232,7 @@ def load_onnx(
         raise TBNError(f"{name}: invalid ONNX model: {' '.join(str(e).split())[:300]}") from None
     _check_unique(proto, name)
     opset = _default_opset(proto, name)
-    op_table.check_nodes(proto, opset, name)
+    op_table.check_nodes(proto, opset, name, family)
     initializers = {t.name for t in proto.graph.initializer}
     overrides = _shape_overrides(input_shapes)
     graph_inputs = [vi for vi in proto.graph.input if vi.name not in initializers]

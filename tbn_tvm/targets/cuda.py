@@ -301,7 +301,7 @@ class CudaBackend(Backend):
     # ------------------------------------------------------------------ build
     @classmethod
     def create(cls, spec: TargetSpec, prepared, inputs, outputs, *, arch=None) -> tuple[CudaBackend, dict]:
-        from tbn_tvm.passes.pipeline import call_sites, constant_bytes
+        from tbn_tvm.passes.pipeline import call_sites
 
         if arch is not None:
             spec = _spec(normalize_arch(arch))
@@ -320,7 +320,6 @@ class CudaBackend(Backend):
                 "cubin_bytes": len(cubin),
             },
             "steps": call_sites(scheduled),  # the kernel calls in order, with their layers
-            "built_constant_bytes": constant_bytes(scheduled),
         }
         return backend, extra
 

@@ -89,12 +89,11 @@ def build(
 ):
     """Lower and compile a prepared Relax module (:func:`tbn_tvm.passes.pipeline.lower_host`);
     returns TVM's executable, the kernels tuning records were applied to and those whose record
-    was no faster than the hand schedule.  ``facts`` (a dict) receives what the lowered module
-    says: ``steps``, its kernel calls in order with their layers, and ``built_constant_bytes``,
-    the bytes of the constants its kernels read."""
+    was no faster than the hand schedule.  ``facts`` (a dict) receives ``steps``: the lowered
+    module's kernel calls in order, with their layers."""
     import tvm
 
-    from tbn_tvm.passes.pipeline import call_sites, constant_bytes, lower_host
+    from tbn_tvm.passes.pipeline import call_sites, lower_host
     from tbn_tvm.quiet import captured
 
     target = spec.tvm()
@@ -102,7 +101,7 @@ def build(
         try:
             mod, relax_pipeline, tuned, kept = lower_host(mod, target, database, baselines, hand_schedules)
             if facts is not None:
-                facts.update(steps=call_sites(mod), built_constant_bytes=constant_bytes(mod))
+                facts.update(steps=call_sites(mod))
             return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline), tuned, kept
         except TBNError:
             raise
