@@ -44,6 +44,39 @@ def test_versions_not_verified_are_refused(monkeypatch):
     )
 
 
+def test_versions_built_for_the_host_only_are_refused_for_cortex_m(monkeypatch):
+    monkeypatch.setattr(ops, "supported", lambda: {"Relu": [14], "Abs": [13]})
+    monkeypatch.setattr(ops, "host_only", lambda: {"Abs": [13]})
+    ops.check_nodes(_model(["Relu", "Abs"]), 17, "m")  # the host
+    ops.check_nodes(_model(["Relu", "Abs"]), 17, "m", "host")
+    with pytest.raises(TBNError) as err:
+        ops.check_nodes(_model(["Relu", "Abs"]), 17, "m", "cortex-m")
+    assert "Abs-13 (builds for the host, not for Cortex-M) (node 'n1')" in err.value.render()
+    assert "Relu" not in err.value.render()
+
+
+def test_a_cortex_m_run_is_merged_as_its_section():
+    from conformance.report import merged_table
+
+    host = {
+        "target": "llvm",
+        "ops": {"Abs": {"versions": [6, 13]}, "Relu": {"versions": [14]}},
+        "failing": {},
+    }
+    mcu = {
+        "target": "cortex-m4",
+        "date": "d",
+        "ops": {"Relu": {"versions": [14], "full": [14]}},
+        "failing": {"Abs": {"13": {"float32_cases": 1}}, "Neg": {"13": {}}},
+    }
+    merged = merged_table(host, mcu)
+    assert merged["ops"] == host["ops"] and merged["target"] == "llvm"
+    assert merged["cortex_m"]["host_only"] == {"Abs": [13]}
+    assert merged["cortex_m"]["ops"] == mcu["ops"] and merged["cortex_m"]["target"] == "cortex-m4"
+    again = merged_table(merged, {**host, "ops": {"Abs": {"versions": [6]}}})  # a later host run
+    assert again["cortex_m"]["host_only"] == {} and again["cortex_m"]["ops"] == mcu["ops"]
+
+
 def test_all_ops_switch_keeps_foreign_domains_out(monkeypatch):
     monkeypatch.setattr(ops, "supported", lambda: {})
     monkeypatch.setenv("TBN_TVM_ALL_OPS", "1")
