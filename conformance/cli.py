@@ -170,6 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     return _report(args, suite, json_written)
 
 
+#: Where a full Cortex-M run is kept; the host report sums it up (docs/conformance.md).
+CORTEX_M_RESULTS = ("conformance/results/cortex-m4-full.json", "conformance/results/cortex-m4-full.json.gz")
+CORTEX_M_REPORT = "docs/conformance-cortex-m.md"
+
+
+def _companion(suite: Suite) -> list[str] | None:
+    """For a host run's report: the summary of the saved full Cortex-M run, where there is one."""
+    from conformance.report import companion_summary
+
+    if str(suite.meta.get("target", "")).startswith("cortex-m"):
+        return None
+    for name in CORTEX_M_RESULTS:
+        if Path(name).is_file():
+            return companion_summary(load_suite(name), CORTEX_M_REPORT)
+    return None
+
+
 def _report(args: argparse.Namespace, suite: Suite, json_written: Path | None) -> int:
     """Write the markdown and the table, print the per-operator table; the exit status."""
     from conformance.report import BAD, console_table, markdown, merged_table, supported_table
@@ -179,7 +196,7 @@ def _report(args: argparse.Namespace, suite: Suite, json_written: Path | None) -
     if args.md:
         md = Path(args.md)
         md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(markdown(suite, json_written.as_posix() if json_written else None))
+        md.write_text(markdown(suite, json_written.as_posix() if json_written else None, _companion(suite)))
     if args.write_table:  # a Cortex-M run's table goes into the file's cortex_m section
         path = Path(args.write_table)
         existing = json.loads(path.read_text()) if path.is_file() else None
