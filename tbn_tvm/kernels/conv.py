@@ -14,9 +14,36 @@ from tbn_tvm.kernels import Layer, finish, i64, shape64, widen
 BLOCK_DECODE_WEIGHT = "decode_weight"
 
 
-def conv_inputs(layer: Layer, fmt):
+def computed_width(layer: Layer, width: int) -> int:
+    """Output row positions a conv kernel computes on a SIMD CPU (``layer.simd`` with the
+    host's ``auto``/``decoded`` forms): the row itself when a tile of 4..15 positions divides
+    it, else the row rounded up to a multiple of 8 (the extra positions read zero padding and
+    are dropped by the output block; the register-blocked schedules then need no tail)."""
+    if not layer.simd or layer.form not in ("auto", "decoded") or width <= 15:
+        return width
+    if any(width % t == 0 for t in range(4, 16)):
+        return width
+    return -(-width // 8) * 8
+
+
+def conv_out_spatial(layer: Layer, fmt) -> list[int]:
+    """The output's spatial extents of a conv layer."""
+    _, _, *spatial = layer.x_shape
+    nd = len(spatial)
+    ksize = list(fmt.shape[2:])
+    begin, end = list(layer.padding[:nd]), list(layer.padding[nd:])
+    return [
+        (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * layer.dilation[d] - 1) // layer.strides[d] + 1
+        for d in range(nd)
+    ]
+
+
+def conv_inputs(layer: Layer, fmt, compute_spatial: list[int] | None = None):
     """Placeholders ``X`` and the format's buffers, the zero-padded input ``Xp`` (``X`` itself
-    when there is no padding) and the output's spatial extents, shared by every conv kernel."""
+    when there is no padding) and the output's spatial extents, shared by every conv kernel.
+
+    ``compute_spatial``: output extents the kernel computes when larger than the output's
+    (:func:`computed_width`): ``Xp`` then has the extra zero columns those positions read."""
     from tvm import te, tirx
 
     B, C, *spatial = layer.x_shape
@@ -30,9 +57,14 @@ def conv_inputs(layer: Layer, fmt):
         (spatial[d] + begin[d] + end[d] - (ksize[d] - 1) * dilation[d] - 1) // strides[d] + 1
         for d in range(nd)
     ]
+    extra = [0] * nd
+    if compute_spatial is not None:
+        for d in range(nd):
+            need = (compute_spatial[d] - 1) * strides[d] + (ksize[d] - 1) * dilation[d] + 1
+            extra[d] = max(0, need - (spatial[d] + begin[d] + end[d]))
     X = te.placeholder(shape64(layer.x_shape), layer.dtype, name="x")
     bufs = fmt.placeholders()
-    if not (any(begin) or any(end)):
+    if not (any(begin) or any(end) or any(extra)):
         return X, bufs, X, out_spatial
 
     def pad_body(b, c, *pos):
@@ -42,7 +74,7 @@ def conv_inputs(layer: Layer, fmt):
         src = [pos[d] - i64(begin[d]) for d in range(nd)]
         return tirx.if_then_else(inside, X[(b, c, *src)], tirx.const(0.0, layer.dtype))
 
-    padded = [spatial[d] + begin[d] + end[d] for d in range(nd)]
+    padded = [spatial[d] + begin[d] + end[d] + extra[d] for d in range(nd)]
     return X, bufs, te.compute(shape64([B, C, *padded]), pad_body, name="pad"), out_spatial
 
 
@@ -69,11 +101,7 @@ def conv_te(layer: Layer, fmt) -> list:
     if layer.simd and layer.form in ("auto", "decoded"):
         # a SIMD CPU: the weight decoded to float once per call (O x Cg x k.. values, a small
         # fraction of the multiply-adds), then a plain convolution the schedules vectorise
-        decoded = te.compute(
-            shape64([O, Cg, *ksize]),
-            lambda o, c, *ks: fmt.read(bufs, flat_of(o, c, ks)),
-            name=BLOCK_DECODE_WEIGHT,
-        )
+        decoded = _decoded_weight(layer, fmt, bufs, flat_of)
 
     def body(b, o, *pos):
         cin = rc if layer.groups == 1 else tirx.floordiv(o, i64(og)) * i64(Cg) + rc
@@ -83,3 +111,32 @@ def conv_te(layer: Layer, fmt) -> list:
 
     Y = te.compute(shape64([B, O, *out_spatial]), body, name=f"tbn_conv{nd}d")
     return [X, *bufs.values(), finish(Y, layer, f"tbn_conv{nd}d_cast")]
+
+
+def _decoded_weight(layer: Layer, fmt, bufs, flat_of):
+    """``W[o, c, *k]`` as float, once per call.  A tiled weight whose filters repeat
+    (:func:`tbn_tvm.kernels.rows.row_plan`: ``D < O`` distinct filters, e.g. a depthwise conv
+    at p > 1) decodes only the ``D`` distinct filters' signs from re-aligned words and scales
+    them per filter; other formats read every element (:meth:`WeightFormat.read`)."""
+    from tvm import te
+
+    from tbn_tvm.kernels import rows
+
+    O, Cg, *ksize = fmt.shape
+    plan = rows.row_plan(fmt, O) if hasattr(fmt, "tile_length") else None
+    if plan is not None and plan.reuses and plan.wordwise:
+        signs = rows._decode_rows(plan, bufs["tile"], fmt.num_words, layer.dtype)  # [D, K]
+        A = bufs["scales"]
+        kk = math.prod(ksize)
+
+        def body(o, c, *ks):
+            d, scale = rows._row_scale_and_index(plan, A, o)
+            k = c * i64(kk)
+            for j in range(len(ks)):
+                k = k + ks[j] * i64(math.prod(ksize[j + 1 :]))
+            return scale * signs[d, k]
+
+        return te.compute(shape64([O, Cg, *ksize]), body, name=BLOCK_DECODE_WEIGHT)
+    return te.compute(
+        shape64([O, Cg, *ksize]), lambda o, c, *ks: fmt.read(bufs, flat_of(o, c, ks)), name=BLOCK_DECODE_WEIGHT
+    )

@@ -174,8 +174,9 @@ DECODED_MIN_ROWS = 8
 def auto_form(fmt, layer: Layer) -> str:
     """The form ``form="auto"`` takes (the default of every build; a tuning database overrides
     it per layer with what it timed).  On a SIMD CPU (``layer.simd``): ``decoded`` where its
-    register-blocked schedule (:mod:`tbn_tvm.schedules.cpu_decoded`) applies and pays — 2-D
-    convolutions with 8 | D distinct filters or an output row of stride 1 and 8 | width;
+    register-blocked schedule (:mod:`tbn_tvm.schedules.cpu_decoded`, or the generic one of
+    :mod:`tbn_tvm.schedules.cpu_generic`) applies and pays — 1-D and 2-D convolutions with
+    8 | D distinct filters (filters in vectors) or 4 | output width (positions in vectors);
     matmuls with at least :data:`DECODED_MIN_ROWS` input rows and 8 | D — else ``bitserial``.
     On a scalar MCU always ``bitserial`` (look-up-table kernels where they pay)."""
     if not layer.simd or layer.dtype != "float32":
@@ -187,14 +188,17 @@ def auto_form(fmt, layer: Layer) -> str:
         rows = math.prod(layer.x_shape[:-1])
         ok = plan is not None and rows >= DECODED_MIN_ROWS and plan.distinct % 8 == 0
         return "decoded" if ok else "bitserial"
-    if layer.op == "conv2d" and layer.groups == 1:
+    if layer.op in ("conv1d", "conv2d") and layer.groups == 1:
         plan = row_plan(fmt, fmt.shape[0])
         if plan is None:
             return "bitserial"
-        width = layer.out_shape[-1]
-        stride_one = (layer.strides[-1] if layer.strides else 1) == 1
-        ok = plan.distinct % 8 == 0 or (stride_one and width % 8 == 0)
-        return "decoded" if ok else "bitserial"
+        from tbn_tvm.schedules.cpu_generic import conv_mode
+
+        try:  # decoded where a register-blocked conv schedule applies to the distinct filters
+            conv_mode(plan.distinct, plan.distinct, fmt.shape[1], layer.out_shape[-1], 16)
+        except ValueError:
+            return "bitserial"
+        return "decoded"
     return "bitserial"
 
 
@@ -525,8 +529,12 @@ def conv_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
     """A plain convolution with the ``D`` decoded distinct filters, then scale and gather."""
     from tvm import te
 
+    from tbn_tvm.kernels.conv import computed_width, conv_out_spatial
+
     dtype = layer.dtype
-    X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
+    spatial = conv_out_spatial(layer, fmt)
+    computed = [*spatial[:-1], computed_width(layer, spatial[-1])]
+    X, bufs, Xp, out_spatial = conv_inputs(layer, fmt, computed)
     P, A = bufs["tile"], bufs["scales"]
     B = layer.x_shape[0]
     O, Cg, *ksize = fmt.shape
@@ -545,7 +553,7 @@ def conv_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
         src = [pos[j] * i64(layer.strides[j]) + rk[j] * i64(layer.dilation[j]) for j in range(nd)]
         return te.sum(Xp[(b, rc, *src)] * Wd[d, flat(rc)], axis=[rc, *rk])
 
-    Z = te.compute(shape64([B, plan.distinct, *out_spatial]), conv, name=BLOCK_CONV_GEMM)
+    Z = te.compute(shape64([B, plan.distinct, *computed]), conv, name=BLOCK_CONV_GEMM)
 
     def out(b, o, *pos):
         d, s = _row_scale_and_index(plan, A, o)

@@ -157,7 +157,10 @@ def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
         names = block_names(func)
         try:
             if rows.BLOCK_CONV_GEMM in names:
-                scheduled = cpu_decoded.schedule_conv_gemm(func, lanes, cores, acc_regs)
+                try:
+                    scheduled = cpu_decoded.schedule_conv_gemm(func, lanes, cores, acc_regs)
+                except Exception:  # noqa: BLE001 - 1-D, or a shape it does not tile
+                    scheduled = cpu_generic.schedule_conv(func, lanes, cores)
             elif rows.BLOCK_GEMM in names:
                 scheduled = cpu_decoded.schedule_gemm(func, lanes, cores, acc_regs)
             elif names & {rows.BLOCK_SUM, rows.BLOCK_CONV_SUM}:

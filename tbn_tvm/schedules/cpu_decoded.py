@@ -71,17 +71,11 @@ def _inline_epilogue(sch, keep: tuple[str, ...]) -> None:
 
 
 def _schedule_epilogue(sch, blk, lanes: int, cores: int) -> None:
-    """The element-wise output block: all loops fused, vectors innermost, chunks over cores."""
-    loops = sch.get_loops(blk)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = _extent(sch, fused)
-    if total % lanes == 0 and total >= lanes:
-        outer, inner = sch.split(fused, [None, lanes])
-        sch.vectorize(inner)
-    else:
-        outer = fused
-    if cores > 1 and _extent(sch, outer) >= 2 * cores:
-        sch.parallel(outer)
+    """The element-wise output block: vectors along its innermost axis where a vector width
+    divides it, outer axes over the cores (:func:`tbn_tvm.schedules.cpu_generic.schedule_spatial`)."""
+    from tbn_tvm.schedules.cpu_generic import schedule_spatial
+
+    schedule_spatial(sch, blk, lanes, cores, min_parallel=4096)
 
 
 def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):

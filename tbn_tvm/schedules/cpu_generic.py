@@ -40,6 +40,14 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in _divisors(n) if d <= max(1, at_most))
 
 
+def _tile(n: int, at_most: int) -> int:
+    """A tile size for an axis of ``n`` (unrolled, not vectorised): the largest divisor of ``n``
+    up to ``at_most`` when it is at least 4 (or ``at_most``), else ``at_most`` itself (the last
+    tile is then partial: TVM guards it with a predicate, slower)."""
+    d = _largest_divisor(n, at_most)
+    return d if d >= min(4, at_most) else min(n, at_most)
+
+
 def _blocks(sch):
     root = sch.get_sblock("root")
     return {str(sch.get(b).name_hint): b for b in sch.get_child_blocks(root)}
@@ -190,8 +198,6 @@ def schedule_default(func, lanes: int, cores: int, acc_regs: int):
     """The first default rule that applies to ``func`` (None: none does)."""
     import os
 
-    from tvm.tirx.analysis import verify_well_formed
-
     for rule in (
         lambda: schedule_conv(func, lanes, cores),
         lambda: schedule_matmul(func, lanes, cores, acc_regs),
@@ -199,10 +205,7 @@ def schedule_default(func, lanes: int, cores: int, acc_regs: int):
         lambda: schedule_injective(func, lanes, cores),
     ):
         try:
-            out = rule()
-            if not verify_well_formed(out, assert_mode=False):
-                raise ValueError("the schedule made an ill-formed function")
-            return out
+            return rule()
         except Exception as e:  # noqa: BLE001 - the next rule, else TVM's default loop nest
             if os.environ.get("TBN_SCHED_DEBUG"):
                 import traceback
@@ -219,6 +222,15 @@ def schedule_func(func, target):
     lanes = vector_lanes(target)
     cores = int(target.attrs.get("num-cores", 0) or 0) or _cpu_count()
     return schedule_default(func, lanes, cores, accumulator_registers(lanes))
+
+
+def _plain_reads(block) -> bool:
+    """Every read index of ``block`` is a single iteration variable or a constant."""
+    for region in block.reads:
+        for r in region.region:
+            if len(_vars_of(r.min)) > 1:
+                return False
+    return True
 
 
 def _leading_spatial(block) -> int:
@@ -251,6 +263,8 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
             raise ValueError("opaque iterators")
         if _is_reduction(b) and kinds[kinds.index(2):].count(0):
             raise ValueError("reduction is not over the trailing axes")
+        if _is_reduction(b) and not _plain_reads(b):
+            raise ValueError("a reduction reads through index arithmetic (a convolution?)")
     if lead == 0:
         raise ValueError("no leading spatial axis")
     # r-factor each reduction into vector partial sums first (before compute_at)
@@ -349,23 +363,9 @@ def schedule_injective(func, lanes: int, cores: int):
             pass
     done = False
     for blk in sch.get_child_blocks(root):
-        loops = sch.get_loops(blk)
-        if not loops:
-            continue
-        total = 1
-        for lp in loops:
-            total *= _extent(sch, lp)
-        inner = _extent(sch, loops[-1])
-        vec = next((v for v in (lanes, 8, 4) if inner % v == 0), None)
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        if vec is not None and total >= vec:
-            outer, vi = sch.split(fused, [None, vec])
-            sch.vectorize(vi)
-        else:
-            outer = fused
-        if cores > 1 and total >= 65536 and _extent(sch, outer) >= cores:
-            sch.parallel(outer)
-        done = True
+        if sch.get_loops(blk):
+            schedule_spatial(sch, blk, lanes, cores)
+            done = True
     if not done:
         raise ValueError("nothing to schedule")
     return sch.mod["main"]
@@ -435,9 +435,37 @@ def _is_copy(block) -> bool:
     return isinstance(body, stmt.BufferStore) and type(body.value).__name__ in ("BufferLoad", "TensorLoad")
 
 
+def conv_mode(O: int, Og: int, Cg: int, OW: int, lanes: int) -> str:
+    """How :func:`schedule_conv` vectorises a convolution with ``O`` filters, ``Og`` per group,
+    ``Cg`` input channels per group and output rows of ``OW``:
+
+    * ``filters``: filters in vectors, inputs broadcast (``8 | Og``, not depthwise);
+    * ``channels``: a depthwise conv with channels in vectors, the padded input, weight and
+      accumulators stored channel-innermost (NCHWc inside the kernel) — short rows;
+    * ``positions``: output positions in vectors, weights broadcast (a vector width divides
+      the output row).
+    Raises ValueError when none applies."""
+    depthwise = Cg == 1 and Og == 1
+    if not depthwise and Og % 8 == 0:
+        return "filters"
+    if not depthwise and Og % 4 == 0 and OW % 4 != 0:
+        return "filters"  # in 4-lane vectors
+    row_vec = next((v for v in (lanes, 8) if OW % v == 0), None)
+    if depthwise and O % 8 == 0 and (row_vec is None or OW < 2 * lanes):
+        return "channels"
+    if next((v for v in (lanes, 8, 4) if OW % v == 0), None) is not None:
+        return "positions"
+    if depthwise and O % 8 == 0:
+        return "channels"
+    raise ValueError("no vector axis for this convolution")
+
+
 def schedule_conv(func, lanes: int, cores: int):
     """A register-blocked direct convolution (1-D or 2-D, grouped, depthwise), for TVM's own
-    conv kernels and the project's decode-then-convolve kernels."""
+    conv kernels and the project's decode-then-convolve kernels (:func:`conv_mode` says which
+    axis goes in vectors).  The accumulator tile (< 1 KiB, a stack array LLVM keeps in
+    registers) stays put over the whole reduction; the element-wise epilogue is applied when
+    the tile is written back; tiles over the cores when the layer has enough work."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -450,16 +478,121 @@ def schedule_conv(func, lanes: int, cores: int):
     nd, x_read, w_read = conv_roles(sch.get(conv))
     block = sch.get(conv)
     Og, Cg = _channel_map(block, x_read)
+    x_buf, w_buf = block.reads[x_read].source, block.reads[w_read].source
     # producers: a plain copy of the input is inlined; the zero padding stays its own block
     pad = None
     for p in sch.get_producers(conv):
         pb = sch.get(p)
-        if pb.writes[0].source.same_as(block.reads[x_read].source):
+        if pb.writes[0].source.same_as(x_buf):
             if _is_copy(pb):
                 sch.compute_inline(p)
             else:
                 pad = p
-    # the element-wise epilogue chain becomes one block
+    _merge_epilogue_chain(sch, conv, pad)
+    loops = sch.get_loops(conv)
+    if len(loops) != 2 + nd + 1 + nd:
+        raise ValueError("loop nest is not the block's iteration domain")
+    b, o, *pos = loops[: 2 + nd]
+    rc, *rk = loops[2 + nd :]
+    O, OW = _extent(sch, o), _extent(sch, pos[-1])
+    OH = _extent(sch, pos[0]) if nd == 2 else 1
+    B = _extent(sch, b)
+    macs = B * O * OH * OW * Cg * _prod([_extent(sch, r) for r in rk])
+    mode = conv_mode(O, Og, Cg, OW, lanes)
+    if mode == "filters":
+        vec = next(v for v in (lanes, 8, 4) if Og % v == 0)
+        acc_regs = accumulator_registers(vec)
+        nvo = _largest_divisor(Og // vec, 3 if acc_regs >= 24 else 2)
+        if OW * OH <= 4:  # a GEMV-like layer (1x1 maps): more filters per tile instead
+            nvo = _largest_divisor(Og // vec, max(1, acc_regs // (OW * OH)))
+    elif mode == "channels":
+        vec = lanes if O % lanes == 0 else 8
+        acc_regs = accumulator_registers(vec)
+        nvo = 1
+    else:
+        vec = next(v for v in (lanes, 8, 4) if OW % v == 0)
+        acc_regs = accumulator_registers(vec)
+    if mode in ("filters", "channels"):
+        Ot = nvo * vec
+        Wt = _tile(OW, max(1, acc_regs // nvo))
+        Ht = _tile(OH, max(1, acc_regs // (nvo * Wt))) if nd == 2 else 1
+        oo, oi = sch.split(o, [None, Ot])
+        oi_o, oi_v = sch.split(oi, [None, vec])
+        wo, wi = sch.split(pos[-1], [None, Wt])
+        if nd == 2:
+            ho, hi = sch.split(pos[0], [None, Ht])
+            sch.reorder(b, oo, ho, wo, rc, *rk, hi, wi, oi_o, oi_v)
+            outer, unrolled = [b, oo, ho], [hi, wi, oi_o]
+        else:
+            sch.reorder(b, oo, wo, rc, *rk, wi, oi_o, oi_v)
+            outer, unrolled = [b, oo], [wi, oi_o]
+        vec_loop = oi_v
+    else:
+        nw = _largest_divisor(OW // vec, 2)
+        Wt = nw * vec
+        Ot = _largest_divisor(O if Cg == 1 and Og == 1 else Og, max(1, acc_regs // nw))
+        oo, oi = sch.split(o, [None, Ot])
+        wo, wi = sch.split(pos[-1], [None, Wt])
+        wi_o, wi_v = sch.split(wi, [None, vec])
+        if nd == 2:
+            sch.reorder(b, oo, pos[0], wo, rc, *rk, oi, wi_o, wi_v)
+            outer = [b, oo, pos[0]]
+        else:
+            sch.reorder(b, oo, wo, rc, *rk, oi, wi_o, wi_v)
+            outer = [b, oo]
+        unrolled, vec_loop = [oi, wi_o], wi_v
+    acc = sch.cache_write(conv, 0, "global")  # < 1 KiB: a stack array (cpu_decoded.ACC_MAX_FLOATS)
+    if mode != "positions":
+        sch.transform_layout(conv, ("write", 0), _filters_last(nd))
+    for blk in _all_blocks(sch):  # the epilogue, element-wise on the sum: at the write-back
+        if any(_same(sch, p, acc) for p in sch.get_producers(blk)) and _same_shape(sch, blk, acc):
+            reverse_inline_safely(sch, blk)
+    sch.reverse_compute_at(acc, wo)
+    # the weight: vectors of filters/channels (filters innermost), or as it is (broadcast)
+    if mode != "positions":
+        cur = sch.get(conv)
+        wprod = next((p for p in sch.get_producers(conv) if sch.get(p).writes[0].source.same_as(w_buf)), None)
+        if wprod is None:
+            wprod = sch.cache_read(conv, _read_index(cur, w_buf), "global")
+        _pack_weight(sch, wprod, len(w_buf.shape), vec, lanes, channel_blocks=mode == "channels")
+    stride = _stride_of_last(sch.get(conv), nd)
+    if mode == "positions" and pad is not None and stride > 1:
+        # the padded row stored by phase (w % s, w // s): vector loads along the output row
+        # read consecutive elements instead of every s-th one
+        _phase_split(sch, pad, stride, nd)
+    if mode == "channels":  # the padded input channel-innermost, written once per call
+        if pad is None:
+            pad = sch.cache_read(conv, _read_index(sch.get(conv), x_buf), "global")
+        sch.transform_layout(pad, ("write", 0), _channel_blocks(2 + nd, vec, first=False))
+    sch.vectorize(vec_loop)
+    for lp in unrolled:
+        sch.unroll(lp)
+    if rk and _extent(sch, rk[-1]) <= 8:
+        sch.unroll(rk[-1])
+    if pad is not None and mode == "positions" and Cg == 1 and Og == 1:
+        sch.compute_at(pad, oo)  # each tile's input planes padded right before use
+        outer = [b, oo]
+    par = sch.fuse(*outer)
+    if cores > 1 and macs >= 65536 and _extent(sch, par) >= cores:
+        sch.parallel(par)
+    init = sch.decompose_reduction(conv, rc)
+    for blk in (init, acc):
+        _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
+    for blk in _all_blocks(sch):  # an epilogue that could not be merged: its own pass
+        if _same(sch, blk, acc) or _same(sch, blk, conv):
+            continue
+        if any(_same(sch, p, acc) for p in sch.get_producers(blk)):
+            _schedule_elementwise(sch, blk, lanes, cores)
+    if pad is not None:  # last: decompose_padding rebuilds the loops around the pad block
+        if mode == "channels":
+            _schedule_channel_pack(sch, pad, vec, cores > 1 and macs >= 65536)
+        else:
+            _schedule_pad(sch, pad, conv, lanes, parallel=mode == "filters" and cores > 1 and macs >= 65536)
+    return sch.mod["main"]
+
+
+def _merge_epilogue_chain(sch, conv, pad) -> None:
+    """The element-wise blocks after the conv become one block."""
     changed = True
     while changed:
         changed = False
@@ -470,104 +603,59 @@ def schedule_conv(func, lanes: int, cores: int):
                 if reverse_inline_safely(sch, blk):
                     changed = True
                     break
-    loops = sch.get_loops(conv)
-    if len(loops) != 2 + nd + 1 + nd:
-        raise ValueError("loop nest is not the block's iteration domain")
-    b, o, *pos = loops[: 2 + nd]
-    rc, *rk = loops[2 + nd :]
-    O, OW = _extent(sch, o), _extent(sch, pos[-1])
-    OH = _extent(sch, pos[0]) if nd == 2 else 1
-    depthwise = Cg == 1 and Og < 8
-    filters_in_vectors = not depthwise and Og % 8 == 0
-    if filters_in_vectors:
-        vec = lanes if Og % lanes == 0 else 8
-        acc_regs = accumulator_registers(vec)
-        nvo = _largest_divisor(Og // vec, 3 if acc_regs >= 24 else 2)
-        Ot = nvo * vec
-        Wt = _largest_divisor(OW, max(1, acc_regs // nvo))
-        Ht = _largest_divisor(OH, max(1, acc_regs // (nvo * Wt))) if nd == 2 else 1
-        oo, oi = sch.split(o, [None, Ot])
-        oi_o, oi_v = sch.split(oi, [None, vec])
-        wo, wi = sch.split(pos[-1], [None, Wt])
-        if nd == 2:
-            ho, hi = sch.split(pos[0], [None, Ht])
-            sch.reorder(b, oo, ho, wo, rc, *rk, hi, wi, oi_o, oi_v)
-            outer = [b, oo, ho]
-            unrolled = [hi, wi, oi_o]
-        else:
-            sch.reorder(b, oo, wo, rc, *rk, wi, oi_o, oi_v)
-            outer = [b, oo]
-            unrolled = [wi, oi_o]
-        tile_loop = wo
-        vec_loop = oi_v
+
+
+def _pack_weight(sch, wprod, ndim: int, vec: int, lanes: int, channel_blocks: bool) -> None:
+    """The block producing the conv weight (a decode, or a copy of a parameter) writes it
+    filter-innermost: ``[.., O]`` (filters in vectors) or ``[O / vec, .., vec]`` (channel
+    blocks), its own loops reordered so the stores are whole vectors.  A decode of distinct
+    sign rows feeding it (:data:`tbn_tvm.kernels.rows.BLOCK_DECODE`) is stored ``[K, D]``."""
+    from tbn_tvm.kernels import rows
+
+    if channel_blocks:
+        sch.transform_layout(wprod, ("write", 0), _channel_blocks(ndim, vec, first=True))
+        loops = sch.get_loops(wprod)
+        oo, oi = sch.split(loops[0], [None, vec])
+        sch.reorder(oo, *loops[1:], oi)
+        sch.vectorize(oi)
     else:
-        vec = next((v for v in (lanes, 8, 4) if OW % v == 0), None)
-        if vec is None:
-            raise ValueError("no vector width divides the output row")
-        acc_regs = accumulator_registers(vec)
-        nw = _largest_divisor(OW // vec, 2)
-        Wt = nw * vec
-        Ot = _largest_divisor(O, max(1, acc_regs // nw))
-        if not depthwise:
-            Ot = _largest_divisor(Og, max(1, acc_regs // nw))
-        oo, oi = sch.split(o, [None, Ot])
-        wo, wi = sch.split(pos[-1], [None, Wt])
-        wi_o, wi_v = sch.split(wi, [None, vec])
-        if nd == 2:
-            sch.reorder(b, oo, pos[0], wo, rc, *rk, oi, wi_o, wi_v)
-            outer = [b, oo, pos[0]]
-        else:
-            sch.reorder(b, oo, wo, rc, *rk, oi, wi_o, wi_v)
-            outer = [b, oo]
-        unrolled = [oi, wi_o]
-        tile_loop = wo
-        vec_loop = wi_v
-    acc = sch.cache_write(conv, 0, "global")  # < 1 KiB: a stack array (cpu_decoded.ACC_MAX_FLOATS)
-    if filters_in_vectors:
-        sch.transform_layout(conv, ("write", 0), _filters_last(nd))
-    # the epilogue reads the sum element-wise: merge it into the tile's write-back
-    for blk in _all_blocks(sch):
-        if any(_same(sch, p, acc) for p in sch.get_producers(blk)) and _same_shape(sch, blk, acc):
-            reverse_inline_safely(sch, blk)  # else it keeps its own pass
-    sch.reverse_compute_at(acc, tile_loop)
-    # the weight with the filters innermost (vectors of filters), or as it is (broadcast)
-    if filters_in_vectors:
-        wsrc = sch.get(conv).reads[_read_index(sch.get(conv), block.reads[w_read].source)].source
-        wprod = next((p for p in sch.get_producers(conv) if sch.get(p).writes[0].source.same_as(wsrc)), None)
-        ndim = len(wsrc.shape)
-        if wprod is None:
-            wprod = sch.cache_read(conv, _read_index(sch.get(conv), wsrc), "global")
         sch.transform_layout(wprod, ("write", 0), _move_first_last(ndim))
         _vectorize_inner(sch, _reorder_first_last(sch, wprod), lanes)
-    sch.vectorize(vec_loop)
-    for lp in unrolled:
-        sch.unroll(lp)
-    if rk:
-        sch.unroll(rk[-1])
-    stride = _stride_of_last(sch.get(conv), nd) if not filters_in_vectors else 1
-    if pad is not None and stride > 1 and not filters_in_vectors:
-        # the padded row stored by phase (w % s, w // s): vector loads along the output row
-        # read consecutive elements instead of every s-th one
-        _phase_split(sch, pad, stride, nd)
-    if pad is not None and depthwise:  # each tile's input planes padded right before use
-        sch.compute_at(pad, oo)
-        outer = [b, oo]
-    macs = O * OH * OW * Cg * _prod([_extent(sch, r) for r in rk]) * _extent(sch, b)
-    par = sch.fuse(*outer)
-    if cores > 1 and macs >= 65536 and _extent(sch, par) >= cores:
-        sch.parallel(par)
-    init = sch.decompose_reduction(conv, rc)
-    for blk in (init, acc):
-        _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
-    # an epilogue that could not be merged: its own vectorised pass
-    for blk in _all_blocks(sch):
-        if sch.get(blk).name_hint == sch.get(conv).name_hint or _same(sch, blk, acc):
-            continue
-        if sch.get_producers(blk) and any(_same(sch, p, acc) for p in sch.get_producers(blk)):
-            _schedule_elementwise(sch, blk, lanes, cores)
-    if pad is not None:  # last: decompose_padding rebuilds the loops around the pad block
-        _schedule_pad(sch, pad, conv, lanes, parallel=not depthwise and cores > 1 and macs >= 65536)
-    return sch.mod["main"]
+    for p in sch.get_producers(wprod):
+        if str(sch.get(p).name_hint) == rows.BLOCK_DECODE:
+            try:
+                sch.transform_layout(p, ("write", 0), lambda d, k: (k, d))
+                dl, kl = sch.get_loops(p)[-2:]
+                sch.reorder(kl, dl)
+                _vectorize_inner(sch, sch.get_loops(p)[-1], lanes)
+            except Exception:  # noqa: BLE001 - stays [D, K]
+                pass
+
+
+def _channel_blocks(ndim: int, vec: int, first: bool):
+    """Index map putting axis 0 (``first``: a weight ``[O, ..]``) or axis 1 (data
+    ``[B, C, ..]``) into blocks of ``vec`` with the block's lane innermost."""
+    from tvm import tirx
+
+    v = tirx.IntImm("int64", vec)
+    if first:
+        if ndim == 4:
+            return lambda o, c, h, w: (o // v, c, h, w, o % v)
+        return lambda o, c, w: (o // v, c, w, o % v)
+    if ndim == 4:
+        return lambda b, c, h, w: (b, c // v, h, w, c % v)
+    return lambda b, c, w: (b, c // v, w, c % v)
+
+
+def _schedule_channel_pack(sch, pad, vec: int, parallel: bool) -> None:
+    """The channel-innermost copy of the (padded) input: lanes over ``vec`` channels."""
+    loops = sch.get_loops(pad)
+    b, c, *rest = loops
+    co, ci = sch.split(c, [None, vec])
+    sch.reorder(b, co, *rest, ci)
+    sch.vectorize(ci)
+    if parallel:
+        sch.parallel(sch.fuse(b, co))
 
 
 def _prod(xs) -> int:
@@ -606,18 +694,54 @@ def _reorder_first_last(sch, blk):
     return sch.get_loops(blk)[-1]
 
 
-def _schedule_elementwise(sch, blk, lanes: int, cores: int) -> None:
+def _schedule_elementwise(sch, blk, lanes: int, cores: int, min_parallel: int = 65536) -> None:
+    """A spatial block: vectors along its innermost axis when a vector width divides it (a
+    fused axis with a ragged inner extent would read and write element by element; LLVM
+    vectorises the plain inner loop itself, with a tail), the outer axes fused and spread
+    over the cores when the block is large enough."""
+    schedule_spatial(sch, blk, lanes, cores, min_parallel)
+
+
+def _writes_in_loop_order(sch, blk) -> bool:
+    """The block's write index is its loop variables in loop order (each used once, plain)."""
+    b = sch.get(blk)
+    region = b.writes[0].region
+    ivs = [iv.var for iv in b.iter_vars]
+    idx = [r.min for r in region]
+    if len(idx) != len(ivs):
+        return False
+    for e, v in zip(idx, ivs):
+        if not (isinstance(e, type(v)) and e.same_as(v)):
+            return False
+    binding = sch.get(sch.get_sblock(str(b.name_hint))) if False else None
+    del binding
+    return all(int(sch.get(lp).extent) > 0 for lp in sch.get_loops(blk)) and len(sch.get_loops(blk)) == len(ivs)
+
+
+def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = 65536) -> None:
+    """See :func:`_schedule_elementwise`."""
     loops = sch.get_loops(blk)
+    if not loops:
+        return
     total = _prod([_extent(sch, lp) for lp in loops])
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    vec = next((v for v in (lanes, 8, 4) if total % v == 0), None)
-    if vec:
-        outer, inner = sch.split(fused, [None, vec])
-        sch.vectorize(inner)
+    # short rows (a 4x4 map): the trailing axes fused until a full vector fits, when the block
+    # writes its output in loop order (fusing keeps the stores contiguous)
+    while len(loops) > 1 and _extent(sch, loops[-1]) < lanes and _writes_in_loop_order(sch, blk):
+        loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
+    inner = loops[-1]
+    ext = _extent(sch, inner)
+    vec = next((v for v in (lanes, 8, 4) if ext % v == 0), None)
+    outer_loops = list(loops[:-1])
+    if vec is not None and ext >= vec:
+        io, ii = sch.split(inner, [None, vec])
+        sch.vectorize(ii)
+        outer_loops.append(io)
     else:
-        outer = fused
-    if cores > 1 and total >= 65536:
-        sch.parallel(outer)
+        outer_loops.append(inner) if not outer_loops else None
+    if cores > 1 and total >= min_parallel and outer_loops:
+        par = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+        if _extent(sch, par) >= cores:
+            sch.parallel(par)
 
 
 def _stride_of_last(block, nd: int) -> int:
