@@ -48,10 +48,25 @@ def _tiled_gemm(path: Path, m: int = 4, k: int = 64, n: int = 32, p: int = 4) ->
     return path, w
 
 
-def test_short_run_applied_with_unchanged_numerics(tmp_path):
-    model, w = _tiled_gemm(tmp_path / "m.onnx")
-    db = tmp_path / "db"
-    result = tune(model, "llvm", trials=8, db=db, progress=False)
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """One short tuning run (8 trials) of the tiled GEMM, shared: each test works on a copy of
+    its database."""
+    d = tmp_path_factory.mktemp("tuned")
+    model, w = _tiled_gemm(d / "m.onnx")
+    result = tune(model, "llvm", trials=8, db=d / "db", progress=False)
+    return model, w, d / "db", result
+
+
+def _copy(db: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(db, tmp_path / "db"))
+
+
+def test_short_run_applied_with_unchanged_numerics(tuned, tmp_path):
+    model, w, first_db, result = tuned
+    db = _copy(first_db, tmp_path)
     assert result.trials_run >= 1 and (db / RECORDS_FILE).stat().st_size > 0
     assert any("fc" in t["layers"] for t in result.tasks)
     assert result.curve and result.curve[-1]["trials"] >= result.trials_run
@@ -94,13 +109,17 @@ def test_short_run_applied_with_unchanged_numerics(tmp_path):
     assert again.trials_before >= result.trials_run and again.trials_run == 0
 
 
-def test_records_for_another_shape_are_ignored(tmp_path):
-    model, _ = _tiled_gemm(tmp_path / "m.onnx")
-    db = tmp_path / "db"
-    tune(model, "llvm", trials=4, db=db, progress=False)
+def test_records_for_another_shape_are_ignored(tuned, tmp_path):
+    from tbn_tvm.schedules.tuning import BASELINES_FILE, _tuning_target, _write_forms, target_key
+    from tbn_tvm.targets import resolve_target
+
+    db = _copy(tuned[2], tmp_path)
+    # the decoded form and no hand baselines: a record of the same shape would apply (as the
+    # test above shows), one of another shape must not
+    _write_forms(db, target_key(_tuning_target(resolve_target("llvm"))), {"fc": "decoded"})
+    (db / BASELINES_FILE).unlink(missing_ok=True)
     other, _ = _tiled_gemm(tmp_path / "other.onnx", m=3)
-    tuned = tbn_tvm.compile(other, "llvm", tuning_db=db)
-    assert tuned.report()["tuning"]["kernels"] == []
+    assert tbn_tvm.compile(other, "llvm", tuning_db=db).report()["tuning"]["kernels"] == []
 
 
 def _descendants(pid: int) -> dict[int, str]:
