@@ -223,8 +223,8 @@ def compile(  # noqa: A001 - the natural name for users
     """Compile an ONNX model for ``target``.
 
     ``model``: a path or an ``onnx.ModelProto``.  ``target``: ``"llvm"`` (the default without a
-    ``board``; this machine, portable code: LLVM's generic CPU unless ``mcpu`` names one,
-    ``mcpu="native"`` for every vector unit of this CPU), an LLVM triple
+    ``board``; this machine: its CPU with every vector unit it has, ``mcpu="generic"`` or
+    a CPU name such as ``"x86-64-v3"`` for a portable build), an LLVM triple
     (``"aarch64-linux-gnu"``: a cross-compiled object archive), a TVM target string
     (``"llvm -mcpu=skylake"``), ``"cortex-m4"``, ``"cortex-m7"`` (see
     :func:`tbn_tvm.targets.known_targets`).  ``input_shapes`` fixes dynamic input dimensions

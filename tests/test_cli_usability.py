@@ -103,8 +103,36 @@ def test_manifest_has_versions_hash_and_relative_source(host_art, mlp, work):
     assert m["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert {"tbn_tvm", "tvm", "onnx"} <= set(m["versions"])
     assert str(work) not in (host_art / "manifest.json").read_text()  # no machine path
-    # plain llvm is portable: no CPU pinned (the build machine's would make the .so unportable)
-    assert "mcpu" not in m["target"]["tvm_target"]
+    # plain llvm is this machine: its CPU pinned, its instruction sets recorded
+    from tbn_tvm.targets.host import _native_cpu
+
+    assert m["target"]["tvm_target"]["mcpu"] == _native_cpu()
+    assert m["cpu"] == _native_cpu() and "sse2" in m["cpu_features"]
+
+
+def test_build_refused_on_a_cpu_without_its_instructions(host_art, mlp, work):
+    """A build whose instruction sets this CPU lacks is refused at load time (one error line
+    naming them and the way out), not run into SIGILL; --mcpu generic builds portable code."""
+    import json
+    import shutil
+
+    zm, path = mlp
+    moved = work / "mlp-other-cpu"
+    shutil.copytree(host_art, moved)
+    m = json.loads((moved / "manifest.json").read_text())
+    m["cpu"], m["cpu_features"] = "futurecpu", [*m["cpu_features"], "avx9000"]
+    (moved / "manifest.json").write_text(json.dumps(m))
+    x = zm.sample(seed=1, n=1)["x"]
+    np.save(work / "cpu-x.npy", x)
+    line = user_error(cli("run", moved, "--input", work / "cpu-x.npy"), "futurecpu", "avx9000")
+    assert "--mcpu generic" in line
+    with pytest.raises(TBNError, match="avx9000"):
+        tbn_tvm.load(moved)
+    out = work / "mlp-generic"
+    ok(cli("compile", path, "--mcpu", "generic", "-o", out))
+    g = manifest(out)
+    assert g["target"]["tvm_target"]["mcpu"] == "generic"
+    assert not any(f.startswith("avx") for f in g["cpu_features"])
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 CPU names")

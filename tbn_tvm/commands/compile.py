@@ -32,8 +32,8 @@ def _board_target(board: str | None) -> str:
 @arg(
     "--mcpu",
     default=None,
-    help="CPU to build for: on the host an LLVM CPU name (x86-64-v3, skylake) or 'native' for this machine's "
-    "(default: a portable CPU); cortex-m4 or cortex-m7 for a thumbv7em-none-eabihf triple; for cuda the same "
+    help="CPU to build for: on the host an LLVM CPU name (x86-64-v3, skylake), 'generic' for portable code "
+    "or 'native' (default for llvm: this machine's CPU); cortex-m4 or cortex-m7 for a thumbv7em-none-eabihf triple; for cuda the same "
     "as --arch",
 )
 @arg(

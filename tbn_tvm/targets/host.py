@@ -2,10 +2,12 @@
 Relax VM.  A target triple other than the host's cross-compiles: the artifact is then an
 object-file archive (``model.tar``) to link on the target machine.
 
-Target names: ``llvm`` (this machine's architecture, portable code: LLVM's generic CPU unless
-``--mcpu`` names one; ``--mcpu native`` uses every vector unit of this CPU), an LLVM triple
-(``x86_64-linux-gnu``, ``aarch64-linux-gnu``...), or a TVM target string such as
-``"llvm -mcpu=skylake -num-cores=4"``.
+Target names: ``llvm`` (this machine: its CPU and every vector unit it has, as ``--mcpu
+native``; ``--mcpu generic`` for portable code, or ``--mcpu NAME`` for another CPU), an LLVM
+triple (``x86_64-linux-gnu``, ``aarch64-linux-gnu``...: generic code for that architecture
+unless ``--mcpu`` names a CPU), or a TVM target string such as ``"llvm -mcpu=skylake
+-num-cores=4"``.  The manifest records the build's CPU and instruction sets; loading it on a
+CPU without them is refused (:func:`_check_cpu_features`).
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class HostBackend(Backend):
 
     family = "host"
     target_names = (
-        "llvm [--mcpu native|NAME], an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
+        "llvm (this machine's CPU; --mcpu generic|NAME), an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
     )
     pass_options = {"simd": True, "default_form": "auto"}
     run_options = {
@@ -146,7 +148,11 @@ class HostBackend(Backend):
                 return None
             d = dict(target)
             if mcpu:
-                d["mcpu"] = _native_cpu() if mcpu == "native" else mcpu
+                d["mcpu"] = mcpu
+            if "mcpu" not in d and ("mtriple" not in d or _triple_is_native(str(d["mtriple"]))):
+                d["mcpu"] = "native"  # this machine, as for the target name
+            if d.get("mcpu") == "native":
+                d["mcpu"] = _native_cpu()
             _check_mcpu(d)
             return TargetSpec("host", str(d.get("mtriple", "llvm")), d, d.get("mcpu"))
         words = target.split()
@@ -175,6 +181,8 @@ class HostBackend(Backend):
             name = str(d["mtriple"])
         if mcpu:
             d["mcpu"] = mcpu
+        if "mcpu" not in d and ("mtriple" not in d or _triple_is_native(str(d["mtriple"]))):
+            d["mcpu"] = "native"  # a build for this machine uses every vector unit it has
         if d.get("mcpu") == "native":
             if "mtriple" in d and not _triple_is_native(str(d["mtriple"])):
                 raise TBNError("--mcpu native needs a target that is this machine")
@@ -342,11 +350,12 @@ class HostBackend(Backend):
         name = ARTIFACT_SO if self.runs_here(self.spec) else ARTIFACT_TAR
         with captured():
             self.executable.export_library(str(out_dir / name))
+        features = isa_features(self.spec.tvm_target)
         if name == ARTIFACT_TAR:  # tar headers carry times: rewritten so rebuilds are identical
             from tbn_tvm.outdir import normalize_tar
 
             normalize_tar(out_dir / name)
-        return {"artifact": name}
+        return {"artifact": name, "cpu": self.spec.cpu or "generic", "cpu_features": features}
 
     @classmethod
     def load(cls, spec: TargetSpec, out_dir: Path, manifest: dict) -> HostBackend:
@@ -359,6 +368,7 @@ class HostBackend(Backend):
             raise TBNError(f"{out_dir}: the artifact {path.name} is missing", hint="compile the model again")
         if not cls.runs_here(spec):
             return cls(spec)
+        _check_cpu_features(manifest, out_dir)
         from tbn_tvm.outdir import check_elf
 
         check_elf(path)  # a truncated library would be mapped and then die with SIGBUS
@@ -387,6 +397,47 @@ def _site_layers(kernels: list[str], steps: list[dict]) -> list[list[str]]:
         out.append(list(steps[k].get("layers", [])))
         j = k + 1
     return out
+
+
+#: LLVM feature names that are instruction sets (a build using one dies with SIGILL on a CPU
+#: without it); LLVM's other "features" are tuning hints (fast-*, slow-*, macrofusion, ...).
+_ISA = re.compile(
+    r"^(sse|ssse|avx|fma|f16c|bmi|popcnt|lzcnt|movbe|aes|pclmul|sha|gfni|vaes|vpclmulqdq|adx|amx|"
+    r"neon|sve|dotprod|fullfp16|fp16fml|i8mm|bf16|crc|lse|rcpc|crypto|fp-armv8|v|zb|zfh)"
+)
+
+
+def isa_features(target: dict) -> list[str]:
+    """The instruction-set features LLVM enables for a host target (its ``mcpu``/``mattr``),
+    sorted; empty when LLVM cannot tell."""
+    try:
+        import tvm
+        from tvm.target import codegen
+
+        feats = codegen.llvm_get_cpu_features(tvm.target.Target(dict(target)))
+    except Exception:  # noqa: BLE001 - an LLVM without the query
+        return []
+    return sorted(str(f) for f in feats if _ISA.match(str(f)))
+
+
+def _check_cpu_features(manifest: dict, out_dir: Path) -> None:
+    """Refuse to load a build whose instruction sets this CPU lacks (it would die with an
+    illegal instruction in the first kernel)."""
+    needed = manifest.get("cpu_features") or []
+    if not needed:
+        return
+    have = set(isa_features({"kind": "llvm", "mcpu": _native_cpu()}))
+    if not have:
+        return
+    missing = [f for f in needed if f not in have]
+    if missing:
+        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+        raise TBNError(
+            f"{out_dir}: built for CPU '{manifest.get('cpu', '?')}', whose instructions this machine "
+            f"lacks ({shown})",
+            hint="compile again here, or with --mcpu generic (or the oldest CPU it must run on) "
+            "for a portable build",
+        )
 
 
 def _triple_is_native(triple: str) -> bool:
