@@ -1,7 +1,9 @@
 """``tbn-tvm run OUT_DIR (--input X.npy | --fill random|zeros) [--output Y.npy] [--qemu | --port PORT]``.
 
-Without ``--output`` the outputs go to ``OUT_DIR-outputs.npy`` beside ``OUT_DIR`` (``.npz`` for
-several outputs) and the summary says so.
+The samples follow :mod:`tbn_tvm.batching` (the API's rule).  Every argument is checked against
+the manifest before the build is loaded.  ``--repeat/--number`` measure the model's own figure
+(:func:`_measure`).  Without ``--output`` the outputs go to ``OUT_DIR-outputs.npy`` beside
+``OUT_DIR`` (``.npz`` for several outputs) and the summary says so.
 """
 
 from __future__ import annotations
@@ -128,14 +130,16 @@ def _print_profile(profile: dict) -> None:
     )
 
 
-@command("run", help="Run a compiled model on stacked samples (host, QEMU or a board over UART)")
+@command("run", help="Run a compiled model on samples (host, QEMU or a board over UART)")
 @arg("artifact", metavar="OUT_DIR", help="a directory written by 'tbn-tvm compile'")
 @arg(
     "--input",
     "-i",
     action="append",
     metavar="[NAME=]X.npy",
-    help="samples stacked on a new leading axis: [N, *input_shape]; repeat as NAME=FILE for several inputs",
+    help="the samples: [N, *input_shape[1:]] on the model's batch axis of 1 (e.g. [N, 1, 28, 28] for "
+    "[1, 1, 28, 28]), [N, *input_shape] stacked on a new axis, or input_shape itself (one sample); repeat "
+    "as NAME=FILE for several inputs",
 )
 @arg(
     "--fill",
@@ -237,7 +241,8 @@ def run(args) -> int:
     spec, in_specs, out_specs = read_signature(artifact, read_manifest(artifact))
     if not args.input and not args.fill and in_specs:  # a model without inputs runs once
         raise TBNError(
-            "no samples: pass --input X.npy ([N, *input_shape]) or --fill random|zeros",
+            "no samples: pass --input X.npy (N samples: [N, *input_shape], or [N, *input_shape[1:]] when "
+            "it starts with 1) or --fill random|zeros",
             hint="see 'tbn-tvm run --help'",
         )
     inputs: dict[str, np.ndarray] = {}
