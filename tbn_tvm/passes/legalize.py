@@ -36,8 +36,8 @@ def _nan_aware(kind: str):
 
         def f(x, y):
             def body(*i):
-                xv = x(*[i[len(i) - x.ndim + k] if x.shape[k] != 1 else 0 for k in range(x.ndim)])
-                yv = y(*[i[len(i) - y.ndim + k] if y.shape[k] != 1 else 0 for k in range(y.ndim)])
+                xv = _read(x, i, shape)
+                yv = _read(y, i, shape)
                 if not str(x.dtype).startswith("float"):
                     return tirx.max(xv, yv) if kind == "max" else tirx.min(xv, yv)
                 pick = tirx.Select(xv > yv, xv, yv) if kind == "max" else tirx.Select(xv < yv, xv, yv)
@@ -49,6 +49,19 @@ def _nan_aware(kind: str):
         return bb.call_te(f, a, b, primfunc_name_hint=kind)
 
     return legalize
+
+
+def _read(t, idx, shape):
+    """``t`` at the output index ``idx`` under NumPy broadcasting: a size-1 axis that the
+    output does not have reads index 0; an axis of the output's size reads the output index
+    (so an operand of the output's shape is read element-wise, which AnnotateTIROpPattern
+    classifies as element-wise and FuseOps fuses into a diamond, e.g. a HardSwish after a conv)."""
+    lead = len(idx) - t.ndim
+    out = []
+    for k in range(t.ndim):
+        same = int(t.shape[k]) == int(shape[lead + k]) if shape is not None else False
+        out.append(idx[lead + k] if (same or int(t.shape[k]) != 1) else 0)
+    return t(*out)
 
 
 def _broadcast_shape(x, y):
@@ -91,8 +104,8 @@ def _multiply(bb, call):
         from tvm import te, tirx, topi
 
         def body(*i):
-            xv = x(*[i[len(i) - x.ndim + k] if x.shape[k] != 1 else 0 for k in range(x.ndim)])
-            yv = y(*[i[len(i) - y.ndim + k] if y.shape[k] != 1 else 0 for k in range(y.ndim)])
+            xv = _read(x, i, shape)
+            yv = _read(y, i, shape)
             return tirx.call_llvm_pure_intrin(x.dtype, "llvm.arithmetic.fence", xv * yv)
 
         shape = topi.broadcast_to(x, _broadcast_shape(x, y)).shape if x.ndim or y.ndim else []
