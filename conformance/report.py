@@ -560,13 +560,27 @@ def supported_table(suite: Suite) -> dict:
     }
 
 
+#: What the Cortex-M back end says when it cannot build an operator the host builds.
+MCU_REFUSALS = ("C code generator", "C back end")
+
+
 def _host_only(host_ops: dict, mcu_table: dict) -> dict[str, list[int]]:
-    """Operator -> the versions the host table lists whose Cortex-M cases fail (a case neither
-    passes nor is refused cleanly, or every case is refused: the version builds for the host
-    only)."""
+    """Operator -> the versions the host table lists that do not build right for Cortex-M: a
+    Cortex-M case neither passes nor is refused cleanly (wrong, internal, crash, hang), or the
+    Cortex-M back end refuses it (:data:`MCU_REFUSALS`).  A version whose cases are refused for
+    other reasons (a single-node model whose output is its input, a shape Cortex-M does not
+    take) is not marked: a real model uses the operator between others."""
     out: dict[str, list[int]] = {}
     for op, entry in host_ops.items():
-        bad = {int(v) for v in mcu_table.get("failing", {}).get(op, {})}
+        failing = mcu_table.get("failing", {}).get(op, {})
+        bad = {
+            int(v)
+            for v, info in failing.items()
+            if any(
+                r.get("status") in BAD or any(m in r.get("message", "") for m in MCU_REFUSALS)
+                for r in info.get("reasons", [])
+            )
+        }
         versions = sorted(v for v in entry.get("versions", []) if v in bad)
         if versions:
             out[op] = versions

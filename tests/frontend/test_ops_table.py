@@ -67,11 +67,18 @@ def test_a_cortex_m_run_is_merged_as_its_section():
         "target": "cortex-m4",
         "date": "d",
         "ops": {"Relu": {"versions": [14], "full": [14]}},
-        "failing": {"Abs": {"13": {"float32_cases": 1}}, "Neg": {"13": {}}},
+        "failing": {
+            "Abs": {"13": {"reasons": [{"status": "wrong", "message": "y: 1/4 values differ"}]}},
+            "Relu": {"6": {"reasons": [{"status": "refused", "message": "the model's output is its input"}]}},
+            "Neg": {"13": {"reasons": [{"status": "internal", "message": "boom"}]}},
+            "Erf": {
+                "13": {"reasons": [{"status": "refused", "message": "the C code generator cannot emit it"}]}
+            },
+        },
     }
     merged = merged_table(host, mcu)
     assert merged["ops"] == host["ops"] and merged["target"] == "llvm"
-    assert merged["cortex_m"]["host_only"] == {"Abs": [13]}
+    assert merged["cortex_m"]["host_only"] == {"Abs": [13], "Erf": [13]}  # Neg: not on the host
     assert merged["cortex_m"]["ops"] == mcu["ops"] and merged["cortex_m"]["target"] == "cortex-m4"
     again = merged_table(merged, {**host, "ops": {"Abs": {"versions": [6]}}})  # a later host run
     assert again["cortex_m"]["host_only"] == {} and again["cortex_m"]["ops"] == mcu["ops"]
