@@ -60,7 +60,7 @@ def test_a_cortex_m_run_is_merged_as_its_section():
 
     host = {
         "target": "llvm",
-        "ops": {"Abs": {"versions": [6, 13]}, "Relu": {"versions": [14]}},
+        "ops": {"Abs": {"versions": [6, 13]}, "Relu": {"versions": [6, 14]}, "Erf": {"versions": [13]}},
         "failing": {},
     }
     mcu = {
