@@ -36,6 +36,7 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.harness import Log, Settings, Timer
+from tbn_tvm import TBNError
 
 TBN = "tbn-tvm"
 TBN_TUNED = "tbn-tvm-tuned"
@@ -93,7 +94,13 @@ def real_cases(settings: Settings) -> list:
 
 
 def group_keys(group: str) -> list[str] | None:
-    """The architecture names a ``--cases`` group key stands for (``None``: not a group)."""
+    """The architecture names a ``--cases`` group key stands for (``None``: not a group).  Raises
+    TBNError where the real-architecture cases cannot run (:func:`unavailable`)."""
+    if group not in GROUPS:
+        return None
+    why = unavailable()
+    if why:
+        raise TBNError(f"--cases {group}: the real-architecture cases need {why}")
     from benchmarks import architectures as arch
 
     if group == "real":

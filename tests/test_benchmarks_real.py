@@ -122,6 +122,7 @@ def _row(name: str, batch: int, ratio: float, err: float = 1e-7, trusted: bool =
     }
 
 
+@needs_torch
 def test_geomeans_and_issue_19_figures_on_synthetic_rows():
     rows = [
         _row("heldout_mobilenetv3", 1, 2.0),
@@ -153,6 +154,7 @@ def test_geomeans_and_issue_19_figures_on_synthetic_rows():
     assert real.issue19_figures({"meta": {"quick": True}, "real": rows}) == []
 
 
+@needs_torch
 def test_cases_groups():
     from benchmarks import architectures as arch
 

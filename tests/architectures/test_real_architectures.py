@@ -5,8 +5,8 @@ tiled where p divides it), non-trivial norms, ``export_onnx``; onnxruntime runs 
 ``llvm`` build's outputs equal onnxruntime's within 1e-5 relative (max |diff| / max |ref|); the
 compiler finds each tiled and binary layer ``tbnify`` made.
 
-Marked ``real_architectures``: ``pytest -m real_architectures`` runs just these (about a minute
-and a half on two cores).  The benchmark table of the same networks at full size is
+Marked ``real_architectures``: ``pytest -m real_architectures`` runs just these (one and a half
+to two minutes on two cores).  The benchmark table of the same networks at full size is
 ``python -m benchmarks --cases real``.
 """
 
