@@ -227,24 +227,38 @@ def schedule_gemm(prim, lanes: int, cores: int, acc_regs: int):
     on the decoded distinct rows): ``Mt x Dt`` accumulators, ``Dt`` in vectors (decoded rows
     stored ``[K, D]``, a panel per filter block), ``X`` broadcast."""
     from tbn_tvm.kernels import rows
+    from tbn_tvm.schedules.cpu_generic import matmul_tiles
 
     sch, blocks, gemm, decode, out = _open(prim, rows.BLOCK_GEMM)
+    ivs = sch.get(gemm).iter_vars
+    D = int(ivs[-2].dom.extent)
+    vec = _vector_of(D, lanes)
+    nv = _largest_divisor(D // vec, 2)
+    # only the innermost row axis with more than one row is tiled (a tile across two outer
+    # indices would write back a bounding box it did not compute); padded when nothing divides
+    m_axes = [i for i in range(len(ivs) - 2) if int(ivs[i].dom.extent) > 1] or [len(ivs) - 3]
+    M = int(ivs[m_axes[-1]].dom.extent)
+    _, _, Mt, Mp = matmul_tiles(M, nv * vec, vec, acc_regs)
+    if Mp != M:
+        pad = [1] * len(ivs)
+        pad[m_axes[-1]] = Mt
+        sch.pad_einsum(gemm, pad)
     loops = sch.get_loops(gemm)
     *ms, d, k = loops
-    m = sch.fuse(*ms) if len(ms) > 1 else ms[0]
-    M, D = _extent(sch, m), _extent(sch, d)
-    vec = _vector_of(D, lanes)
-    Dt = vec * _largest_divisor(D // vec, 2)
-    Mt = _largest_divisor(M, acc_regs // (Dt // vec))
+    m = ms[m_axes[-1]]
+    outer_ms = [lp for i, lp in enumerate(ms) if i != m_axes[-1]]
+    Dt = vec * nv
     do, di = sch.split(d, [None, Dt])
     mo, mi = sch.split(m, [None, Mt])
-    sch.reorder(do, mo, k, mi, di)
+    sch.reorder(do, *outer_ms, mo, k, mi, di)
     acc = sch.cache_write(gemm, 0, "global")  # < 1 KiB: a stack array, see ACC_MAX_FLOATS
     sch.reverse_compute_at(acc, mo)
     sch.vectorize(di)
     sch.unroll(mi)
     # the panel of Dt decoded rows ([K, Dt]), decoded right before the row block uses it
     _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=True, at=do)
+    if outer_ms:
+        mo = sch.fuse(*outer_ms, mo)
     if cores > 1 and _extent(sch, do) >= cores:
         sch.parallel(do)
     elif cores > 1 and _extent(sch, mo) >= cores:

@@ -107,8 +107,30 @@ def matmul_roles(block):
     return batch, m, n, k, nt
 
 
+def matmul_tiles(M: int, N: int, lanes: int, acc_regs: int) -> tuple[int, int, int, int]:
+    """(vec, nv, mt, Mp): ``nv`` vectors of ``vec`` columns by ``mt`` rows of accumulators for a
+    GEMM whose innermost row axis has ``M`` rows (GEMV when ``M == 1``) and ``N`` columns; ``Mp``
+    is ``M`` padded so that ``mt`` divides it (equal to ``M`` when a divisor of 4+ rows exists)."""
+    vec = next((v for v in (lanes, 8, 4) if N % v == 0), 8)
+    nvec = -(-N // vec)
+    if M == 1:
+        return vec, _largest_divisor(nvec, acc_regs), 1, 1
+    nv = _largest_divisor(nvec, 2)
+    limit = max(1, acc_regs // nv)
+    mt = _largest_divisor(M, limit)
+    if mt >= min(4, M):
+        return vec, nv, mt, M
+    # no good divisor (17 tokens): pad the rows to a multiple of the tile that wastes least
+    best = min(range(4, limit + 1), key=lambda t: (-(-M // t) * t - M, -t)) if limit >= 4 else 1
+    return vec, nv, best, -(-M // best) * best
+
+
 def schedule_matmul(func, lanes: int, cores: int, acc_regs: int):
-    """A register-blocked GEMM / GEMV for a (fused) matmul-like kernel."""
+    """A register-blocked GEMM / GEMV for a (fused) matmul-like kernel
+    (``C[.., m, n] += A[.., m, k] * B[.., k, n]``): ``mt x nv`` vector accumulators held over
+    the whole reduction, ``A`` broadcast, ``B`` loaded as vectors; only the innermost row axis
+    is tiled (a tile across two outer indices would write back a bounding box it did not
+    compute); rows and columns padded (``pad_einsum``) when nothing divides them."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -121,76 +143,77 @@ def schedule_matmul(func, lanes: int, cores: int, acc_regs: int):
     if roles is None:
         raise ValueError("not matmul-like")
     batch, m_idx, n_idx, k_idx, nt = roles
+    if nt:
+        raise ValueError("B is [.., n, k]: no vector axis along n")
     # the element-wise epilogue: one block after the matmul
     changed = True
     while changed:
         changed = False
-        for name, blk in _blocks(sch).items():
+        for blk in _blocks(sch).values():
             if _same(sch, blk, main) or _is_reduction(sch.get(blk)):
                 continue
             if sch.get_producers(blk) and reverse_inline_safely(sch, blk):
                 changed = True
                 break
-    n_ext = int(sch.get(main).iter_vars[n_idx].dom.extent)
-    if not any(n_ext % v == 0 for v in (lanes, 8)) and not nt:
-        pad = [1] * len(sch.get(main).iter_vars)
-        pad[n_idx] = 8
+    ivs = sch.get(main).iter_vars
+    m_idx = [i for i in m_idx if int(ivs[i].dom.extent) > 1] or m_idx[-1:]  # unit axes stay outer
+    N = int(ivs[n_idx].dom.extent)
+    M = int(ivs[m_idx[-1]].dom.extent) if m_idx else 1
+    rows_outer = _prod([int(ivs[i].dom.extent) for i in m_idx[:-1]])
+    vec, nv, mt, Mp = matmul_tiles(M, N, lanes, acc_regs)
+    pad = [1] * len(ivs)
+    if N % vec:
+        pad[n_idx] = vec
+    if Mp != M:
+        pad[m_idx[-1]] = mt
+    if pad != [1] * len(ivs):
         sch.pad_einsum(main, pad)
     loops = sch.get_loops(main)
-    if len(loops) != len(sch.get(main).iter_vars):
+    if len(loops) != len(ivs):
         raise ValueError("loop nest is not the block's iteration domain")
     bl = [loops[i] for i in batch]
-    ml = [loops[i] for i in m_idx]
+    units = [loops[i] for i in roles[1] if i not in m_idx]
+    mo_l = units + [loops[i] for i in m_idx[:-1]]
+    m = loops[m_idx[-1]] if m_idx else None
     nl, kl = loops[n_idx], loops[k_idx]
-    m = sch.fuse(*ml) if len(ml) > 1 else (ml[0] if ml else None)
-    N = _extent(sch, nl)
-    M = _extent(sch, m) if m is not None else 1
-    vec = next((v for v in (lanes, 8, 4) if N % v == 0), None)
-    if vec is None:
-        vec = 8
-    nvec = -(-N // vec)
-    if M == 1:
-        nv = _largest_divisor(nvec, acc_regs)
-        mt = 1
-    else:
-        nv = _largest_divisor(nvec, 2)
-        mt = _largest_divisor(M, max(1, acc_regs // nv))
     no, ni = sch.split(nl, [None, nv * vec])
-    order = [*bl, no]
     if m is not None:
         mo, mi = sch.split(m, [None, mt])
-        order += [mo, kl, mi, ni]
+        sch.reorder(*bl, *mo_l, no, mo, kl, mi, ni)
+        outer = [*bl, *mo_l, no, mo]
     else:
         mo = None
-        order += [kl, ni]
-    sch.reorder(*order)
+        sch.reorder(*bl, no, kl, ni)
+        outer = [*bl, no]
     acc = sch.cache_write(main, 0, "global")
     # the epilogue reads the product element-wise: merge it into the write-back of the tile
-    for name, blk in _blocks(sch).items():
+    for blk in _blocks(sch).values():
         if _same(sch, blk, main) or _same(sch, blk, acc):
             continue
         if any(_same(sch, p, acc) for p in sch.get_producers(blk)) and _same_shape(sch, blk, acc):
             reverse_inline_safely(sch, blk)  # else it keeps its own pass
-    tile_loop = mo if mo is not None else no
-    sch.reverse_compute_at(acc, tile_loop)
+    sch.reverse_compute_at(acc, mo if mo is not None else no)
     niv, nii = sch.split(ni, [None, vec])
     sch.vectorize(nii)
     sch.unroll(niv)
     if m is not None:
         sch.unroll(mi)
-    outer = [*bl, no] + ([mo] if mo is not None else [])
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    work = M * N * int(sch.get(kl).extent)
+    work = rows_outer * M * N * int(sch.get(kl).extent) * _prod([int(ivs[i].dom.extent) for i in batch])
     if cores > 1 and work >= 32768 and _extent(sch, par) >= 2:
         sch.parallel(par)
     init = sch.decompose_reduction(main, kl)
     for blk in (init, acc):
-        lp = sch.get_loops(blk)[-1]
-        try:
-            o, i = sch.split(lp, [None, vec])
-            sch.vectorize(i)
-        except Exception:  # noqa: BLE001
-            pass
+        _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
+    for blk in _all_blocks(sch):  # pad_einsum's copies and an epilogue left on its own
+        if not _is_reduction(sch.get(blk)) and sch.get_loops(blk) and len(sch.get_loops(blk)) == len(
+            sch.get(blk).iter_vars
+        ):
+            if str(sch.get(blk).name_hint).endswith("_pad"):
+                try:
+                    schedule_spatial(sch, blk, lanes, 1)
+                except Exception:  # noqa: BLE001
+                    pass
     return sch.mod["main"]
 
 
@@ -202,6 +225,7 @@ def schedule_default(func, lanes: int, cores: int, acc_regs: int):
         lambda: schedule_conv(func, lanes, cores),
         lambda: schedule_matmul(func, lanes, cores, acc_regs),
         lambda: schedule_rows_reduction(func, lanes, cores),
+        lambda: schedule_window_reduction(func, lanes, cores),
         lambda: schedule_injective(func, lanes, cores),
     ):
         try:
@@ -795,3 +819,53 @@ def _schedule_pad(sch, pad, consumer, lanes: int, parallel: bool) -> None:
             sch.parallel(sch.fuse(*pl[:2]))
         except Exception:  # noqa: BLE001
             pass
+
+
+# --------------------------------------------------------------------------------- pooling
+def schedule_window_reduction(func, lanes: int, cores: int):
+    """Pooling-like kernels (one reduction over a window of a padded input: MaxPool, AvgPool,
+    LpPool): a channel plane per task, its padding computed right before it, the window loops
+    outside the output row, the row in vectors where a width divides it."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    reds = [b for b in _all_blocks(sch) if _is_reduction(sch.get(b))]
+    if len(reds) != 1:
+        raise ValueError("not a single window reduction")
+    red = reds[0]
+    blk = sch.get(red)
+    kinds = [int(iv.iter_type) for iv in blk.iter_vars]
+    ns = kinds.count(0)
+    if kinds != [0] * ns + [2] * (len(kinds) - ns) or ns < 3:
+        raise ValueError("not (spatial..., window...) iterators")
+    loops = sch.get_loops(red)
+    if len(loops) != len(kinds):
+        raise ValueError("loop nest is not the block's iteration domain")
+    spatial, window = loops[:ns], loops[ns:]
+    pads = [p for p in sch.get_producers(red)]
+    plane = sch.fuse(*spatial[:2])  # batch x channel
+    rows = spatial[2:]
+    sch.reorder(plane, *rows[:-1], *window, rows[-1])
+    ow = rows[-1]
+    OW = _extent(sch, ow)
+    vec = next((v for v in (lanes, 8, 4) if OW % v == 0), None)
+    if vec is not None:
+        _, vi = sch.split(ow, [None, vec])
+        sch.vectorize(vi)
+    for p in pads:
+        try:
+            sch.compute_at(p, plane)
+            _vectorize_inner(sch, sch.get_loops(p)[-1], lanes)
+        except Exception:  # noqa: BLE001 - computed once at the root
+            pass
+    for c in sch.get_consumers(red):
+        try:
+            sch.reverse_compute_at(c, plane)
+            _vectorize_inner(sch, sch.get_loops(c)[-1], lanes)
+        except Exception:  # noqa: BLE001
+            pass
+    total = _prod([int(iv.dom.extent) for iv in blk.iter_vars])
+    if cores > 1 and total >= 65536 and _extent(sch, plane) >= cores:
+        sch.parallel(plane)
+    sch.decompose_reduction(red, window[0])
+    return sch.mod["main"]
