@@ -181,9 +181,11 @@ def _companion(suite: Suite) -> list[str] | None:
 
     if str(suite.meta.get("target", "")).startswith("cortex-m"):
         return None
+    table = Path("tbn_tvm/frontend/supported_ops.json")
+    supported = json.loads(table.read_text()).get("ops", {}) if table.is_file() else None
     for name in CORTEX_M_RESULTS:
         if Path(name).is_file():
-            return companion_summary(load_suite(name), CORTEX_M_REPORT)
+            return companion_summary(load_suite(name), CORTEX_M_REPORT, supported)
     return None
 
 

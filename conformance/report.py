@@ -120,11 +120,20 @@ case with its class and message is in the JSON file named in the run's header.
 """
 
 
-def companion_summary(suite: Suite, report: str | None = None) -> list[str]:
+def companion_summary(suite: Suite, report: str | None = None, supported: dict | None = None) -> list[str]:
     """Markdown lines summing up another target's run (the Cortex-M one, in the host report):
-    its command, date, wall time and totals, and where its own report is."""
+    its command, date, wall time and totals, those of the cases of operator versions the table
+    supports (``supported``: the host table's ``ops``), and where its own report is."""
     meta, totals = suite.meta, suite.totals()
     f32 = [r for r in suite.records if r["float32"] and r["status"] != NOT_CONVERTIBLE]
+    listed = [
+        r
+        for r in f32
+        if supported is not None
+        and not r["expanded"]
+        and not r["domain"]
+        and r["since_version"] in supported.get(r["op"], {}).get("versions", [])
+    ]
     out = [f"## The {meta.get('target')} run\n"]
     info = [
         ("command", f"`{meta.get('command') or 'python -m conformance'}`"),
@@ -139,11 +148,32 @@ def companion_summary(suite: Suite, report: str | None = None) -> list[str]:
         info.append(("its report", f"[{report}]({report.rsplit('/', 1)[-1]})"))
     out += _md_table(["", ""], info)
     out.append("")
-    out += _md_table(
-        ["class", "cases", "float32 cases"],
-        [(k, totals[k], sum(r["status"] == k for r in f32)) for k in CLASSES]
-        + [("**all run**", sum(totals[k] for k in CLASSES), len(f32))],
+    head = ["class", "cases", "float32 cases"] + (["of supported operator versions"] if supported else [])
+    rows = [
+        (
+            k,
+            totals[k],
+            sum(r["status"] == k for r in f32),
+            *([sum(r["status"] == k for r in listed)] if supported else []),
+        )
+        for k in CLASSES
+    ]
+    rows.append(
+        ("**all run**", sum(totals[k] for k in CLASSES), len(f32), *([len(listed)] if supported else []))
     )
+    out += _md_table(head, rows)
+    bad = [r for r in f32 if r["status"] in BAD]
+    if bad:
+        out.append("")
+        out.append(
+            "Not passing: "
+            + "; ".join(
+                f"`{r['name']}` ({r['status']}, {r['op']}-{r['since_version']}"
+                + (", a version the table lists)" if r in listed else ", a version the table does not list)")
+                for r in bad
+            )
+            + "."
+        )
     out.append("")
     return out
 
