@@ -186,7 +186,7 @@ def auto_form(fmt, layer: Layer) -> str:
             return "bitserial"
         plan = row_plan(fmt, layer.out_shape[-1])
         rows = math.prod(layer.x_shape[:-1])
-        ok = plan is not None and rows >= DECODED_MIN_ROWS and plan.distinct % 8 == 0
+        ok = plan is not None and rows >= DECODED_MIN_ROWS and padded_distinct(plan, layer) % 8 == 0
         return "decoded" if ok else "bitserial"
     if layer.op in ("conv1d", "conv2d") and layer.groups == 1:
         plan = row_plan(fmt, fmt.shape[0])
@@ -195,7 +195,8 @@ def auto_form(fmt, layer: Layer) -> str:
         from tbn_tvm.schedules.cpu_generic import conv_mode
 
         try:  # decoded where a register-blocked conv schedule applies to the distinct filters
-            conv_mode(plan.distinct, plan.distinct, fmt.shape[1], layer.out_shape[-1], 16)
+            Dp = padded_distinct(plan, layer)
+            conv_mode(Dp, Dp, fmt.shape[1], layer.out_shape[-1], 16)
         except ValueError:
             return "bitserial"
         return "decoded"
@@ -471,33 +472,53 @@ def conv_rows_te(layer: Layer, fmt, plan: RowPlan, accumulate: str = "signed") -
     return [X, P, A, Y]
 
 
-def _decode_rows(plan: RowPlan, P, num_words: int, dtype: str):
+def padded_distinct(plan: RowPlan, layer: Layer) -> int:
+    """Distinct rows the decoded form computes: ``D``, or on a SIMD CPU ``D`` rounded up to a
+    multiple of 8 when 8 does not divide it (``D = 22`` -> 24: the extra rows decode to zero and
+    no output reads them; the filters then fill whole vectors)."""
+    D = plan.distinct
+    if layer.simd and D > 8 and D % 8:
+        return -(-D // 8) * 8
+    return D
+
+
+def _decode_rows(plan: RowPlan, P, num_words: int, dtype: str, rows: int | None = None):
     """``Wd[d, k]``: the distinct rows as float ±1, ``[D, K]`` (a conv's filter flattened
-    row-major over ``[C/groups, *kernel]``).  Read from the re-aligned row words
-    (:func:`_row_words`: one word per 32 elements, bit ``k & 31`` of word ``k >> 5``, shifts by
-    the loop index that a CPU vectorises) where the plan allows, else bit by bit from the tile."""
+    row-major over ``[C/groups, *kernel]``; ``rows`` > D: rows past D are 0).  Read from the
+    re-aligned row words (:func:`_row_words`: one word per 32 elements, bit ``k & 31`` of word
+    ``k >> 5``, shifts by the loop index that a CPU vectorises) where the plan allows, else bit
+    by bit from the tile."""
     from tvm import te, tirx
 
     one = tirx.const(1.0, dtype)
+    zero = tirx.const(0.0, dtype)
     D, K = plan.distinct, plan.row_length
+    rows = D if rows is None else rows
+
+    def real(d):  # a padding row reads row 0 and is zeroed
+        return d if rows == D else tirx.Select(d < i64(D), d, i64(0))
+
+    def keep(d, v):
+        return v if rows == D else tirx.Select(d < i64(D), v, zero)
+
     if plan.wordwise:
         W = _row_words(plan, P, num_words)
 
         def body(d, k):
-            word = W[d, tirx.shift_right(k, i64(5))]
+            word = W[real(d), tirx.shift_right(k, i64(5))]
             bit = tirx.bitwise_and(
                 tirx.shift_right(word, tirx.Cast("uint32", tirx.bitwise_and(k, i64(31)))),
                 tirx.const(1, "uint32"),
             )
-            return tirx.Select(bit == tirx.const(1, "uint32"), one, -one)
+            return keep(d, tirx.Select(bit == tirx.const(1, "uint32"), one, -one))
 
-        return te.compute(shape64([D, K]), body, name=BLOCK_DECODE)
+        return te.compute(shape64([rows, K]), body, name=BLOCK_DECODE)
 
     def body_bits(d, k):
-        bit = tir_bit(P, tirx.floormod(_start(plan, d) + k, i64(plan.tile_length)))
-        return tirx.Select(bit == tirx.const(1, "uint32"), one, -one)
+        bit = tir_bit(P, tirx.floormod(_start(plan, real(d)) + k, i64(plan.tile_length)))
+        return keep(d, tirx.Select(bit == tirx.const(1, "uint32"), one, -one))
 
-    return te.compute(shape64([D, K]), body_bits, name=BLOCK_DECODE)
+    return te.compute(shape64([rows, K]), body_bits, name=BLOCK_DECODE)
 
 
 def dense_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
@@ -509,10 +530,11 @@ def dense_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
     X = te.placeholder(shape64([*lead, K]), dtype, name="x")
     bufs = fmt.placeholders()
     P, A = bufs["tile"], bufs["scales"]
-    Wd = _decode_rows(plan, P, fmt.num_words, dtype)
+    Dp = padded_distinct(plan, layer)
+    Wd = _decode_rows(plan, P, fmt.num_words, dtype, Dp)
     k = te.reduce_axis((i64(0), i64(K)), name="k")
     Z = te.compute(
-        shape64([*lead, plan.distinct]),
+        shape64([*lead, Dp]),
         lambda *idx: te.sum(X[(*idx[:-1], k)] * Wd[idx[-1], k], axis=k),
         name=BLOCK_GEMM,
     )
@@ -539,7 +561,8 @@ def conv_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
     B = layer.x_shape[0]
     O, Cg, *ksize = fmt.shape
     nd = len(ksize)
-    Wd = _decode_rows(plan, P, fmt.num_words, dtype)
+    Dp = padded_distinct(plan, layer)
+    Wd = _decode_rows(plan, P, fmt.num_words, dtype, Dp)
     rc = te.reduce_axis((i64(0), i64(Cg)), name="rc")
     rk = [te.reduce_axis((i64(0), i64(ksize[d])), name=f"rk{d}") for d in range(nd)]
 
@@ -553,7 +576,7 @@ def conv_rows_gemm_te(layer: Layer, fmt, plan: RowPlan) -> list:
         src = [pos[j] * i64(layer.strides[j]) + rk[j] * i64(layer.dilation[j]) for j in range(nd)]
         return te.sum(Xp[(b, rc, *src)] * Wd[d, flat(rc)], axis=[rc, *rk])
 
-    Z = te.compute(shape64([B, plan.distinct, *computed]), conv, name=BLOCK_CONV_GEMM)
+    Z = te.compute(shape64([B, Dp, *computed]), conv, name=BLOCK_CONV_GEMM)
 
     def out(b, o, *pos):
         d, s = _row_scale_and_index(plan, A, o)

@@ -474,6 +474,8 @@ def conv_mode(O: int, Og: int, Cg: int, OW: int, lanes: int) -> str:
         return "filters"
     if not depthwise and Og % 4 == 0 and OW % 4 != 0:
         return "filters"  # in 4-lane vectors
+    if not depthwise and 2 <= Og <= 2 * lanes and OW % 4 != 0:
+        return "filters"  # a ragged filter count (22): one vector of that many lanes
     row_vec = next((v for v in (lanes, 8) if OW % v == 0), None)
     if depthwise and O % 8 == 0 and (row_vec is None or OW < 2 * lanes):
         return "channels"
@@ -524,7 +526,7 @@ def schedule_conv(func, lanes: int, cores: int):
     macs = B * O * OH * OW * Cg * _prod([_extent(sch, r) for r in rk])
     mode = conv_mode(O, Og, Cg, OW, lanes)
     if mode == "filters":
-        vec = next(v for v in (lanes, 8, 4) if Og % v == 0)
+        vec = next((v for v in (lanes, 8, 4) if Og % v == 0), Og)
         acc_regs = accumulator_registers(vec)
         nvo = _largest_divisor(Og // vec, 3 if acc_regs >= 24 else 2)
         if OW * OH <= 4:  # a GEMV-like layer (1x1 maps): more filters per tile instead
@@ -644,7 +646,11 @@ def _pack_weight(sch, wprod, ndim: int, vec: int, lanes: int, channel_blocks: bo
         sch.vectorize(oi)
     else:
         sch.transform_layout(wprod, ("write", 0), _move_first_last(ndim))
-        _vectorize_inner(sch, _reorder_first_last(sch, wprod), lanes)
+        inner = _reorder_first_last(sch, wprod)
+        if _extent(sch, inner) <= 2 * lanes and not any(_extent(sch, inner) % v == 0 for v in (lanes, 8, 4)):
+            sch.vectorize(inner)  # a ragged filter count (22): one vector of that many lanes
+        else:
+            _vectorize_inner(sch, inner, lanes)
     for p in sch.get_producers(wprod):
         if str(sch.get(p).name_hint) == rows.BLOCK_DECODE:
             try:
@@ -834,6 +840,9 @@ def schedule_window_reduction(func, lanes: int, cores: int):
         raise ValueError("not a single window reduction")
     red = reds[0]
     blk = sch.get(red)
+    sources = {r.source.name for r in blk.reads if not r.source.same_as(blk.writes[0].source)}
+    if len(sources) != 1:
+        raise ValueError("a window reduction reads one tensor (a convolution reads two)")
     kinds = [int(iv.iter_type) for iv in blk.iter_vars]
     ns = kinds.count(0)
     if kinds != [0] * ns + [2] * (len(kinds) - ns) or ns < 3:
