@@ -204,7 +204,8 @@ def schedule_matmul(func, lanes: int, cores: int, acc_regs: int):
         sch.parallel(par)
     init = sch.decompose_reduction(main, kl)
     for blk in (init, acc):
-        _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
+        if vectorizable(sch, blk):
+            _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
     for blk in _all_blocks(sch):  # pad_einsum's copies and an epilogue left on its own
         if not _is_reduction(sch.get(blk)) and sch.get_loops(blk) and len(sch.get_loops(blk)) == len(
             sch.get(blk).iter_vars
@@ -330,7 +331,8 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
         if len(bl) <= 1:
             continue
         if not _is_reduction(b):
-            _vectorize_inner(sch, bl[-1], lanes)
+            if vectorizable(sch, blk):
+                _vectorize_inner(sch, bl[-1], lanes)
         elif str(b.name_hint).endswith("_rf"):
             # loops: rows, ..., vector axis (spatial), reduction: put the vector axis inner
             kinds = [int(iv.iter_type) for iv in b.iter_vars]
@@ -603,7 +605,8 @@ def schedule_conv(func, lanes: int, cores: int):
         sch.parallel(par)
     init = sch.decompose_reduction(conv, rc)
     for blk in (init, acc):
-        _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
+        if vectorizable(sch, blk):
+            _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
     for blk in _all_blocks(sch):  # an epilogue that could not be merged: its own pass
         if _same(sch, blk, acc) or _same(sch, blk, conv):
             continue
@@ -748,11 +751,32 @@ def _writes_in_loop_order(sch, blk) -> bool:
     return all(int(sch.get(lp).extent) > 0 for lp in sch.get_loops(blk)) and len(sch.get_loops(blk)) == len(ivs)
 
 
+#: TIR calls whose vector form TVM 0.27's LLVM back end lowers (others, e.g. ``tirx.cosh``, are
+#: only lowered for scalars: "unknown intrinsic" at build time when vectorised).
+VECTOR_CALLS = frozenset(
+    "Select Cast if_then_else exp exp2 log log2 sqrt rsqrt floor ceil round trunc nearbyint fabs "
+    "abs isnan isinf isfinite max min reinterpret shift_left shift_right bitwise_and bitwise_or "
+    "bitwise_xor bitwise_not call_llvm_pure_intrin likely truncdiv truncmod floordiv floormod "
+    "float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool tanh sigmoid "
+    "erf pow fma Broadcast Ramp".split()
+)
+
+
+def vectorizable(sch, blk) -> bool:
+    """Whether every call in the block's body has a vector lowering (:data:`VECTOR_CALLS`)."""
+    import re
+
+    calls = set(re.findall(r"T\.([A-Za-z_0-9]+)\(", sch.get(blk).body.script()))
+    return calls <= VECTOR_CALLS
+
+
 def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = 65536) -> None:
     """See :func:`_schedule_elementwise`."""
     loops = sch.get_loops(blk)
     if not loops:
         return
+    if not vectorizable(sch, blk):
+        lanes = 1  # scalar calls only: the outer loops still go over the cores
     total = _prod([_extent(sch, lp) for lp in loops])
     # short rows (a 4x4 map): the trailing axes fused until a full vector fits, when the block
     # writes its output in loop order (fusing keeps the stores contiguous)
@@ -760,7 +784,7 @@ def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = 65536
         loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
     inner = loops[-1]
     ext = _extent(sch, inner)
-    vec = next((v for v in (lanes, 8, 4) if ext % v == 0), None)
+    vec = next((v for v in (lanes, 8, 4) if ext % v == 0), None) if lanes > 1 else None
     outer_loops = list(loops[:-1])
     if vec is not None and ext >= vec:
         io, ii = sch.split(inner, [None, vec])
@@ -861,16 +885,23 @@ def schedule_window_reduction(func, lanes: int, cores: int):
     if vec is not None:
         _, vi = sch.split(ow, [None, vec])
         sch.vectorize(vi)
+    def vectorize_own_loop(b) -> None:
+        # a block whose own loops are all unit (a 1x1 output) has the plane loop innermost: that
+        # loop holds the window reduction, vectorised it wrote every channel's sum to one element
+        inner = sch.get_loops(b)[-1]
+        if not sch.get(inner).same_as(sch.get(plane)):
+            _vectorize_inner(sch, inner, lanes)
+
     for p in pads:
         try:
             sch.compute_at(p, plane)
-            _vectorize_inner(sch, sch.get_loops(p)[-1], lanes)
+            vectorize_own_loop(p)
         except Exception:  # noqa: BLE001 - computed once at the root
             pass
     for c in sch.get_consumers(red):
         try:
             sch.reverse_compute_at(c, plane)
-            _vectorize_inner(sch, sch.get_loops(c)[-1], lanes)
+            vectorize_own_loop(c)
         except Exception:  # noqa: BLE001
             pass
     total = _prod([int(iv.dom.extent) for iv in blk.iter_vars])
