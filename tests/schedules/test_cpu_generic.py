@@ -178,7 +178,15 @@ def test_matmul_and_gemm_constant_weights(group):
     check(g)
 
 
-MATMUL_EPILOGUE_SHAPES = [(5, 7, 13), (1, 17, 65), (17, 65, 493), (3, 8, 32), (9, 1, 3)]
+MATMUL_EPILOGUE_SHAPES = [
+    (5, 7, 13),
+    (1, 17, 65),
+    (17, 65, 493),
+    (3, 8, 32),
+    (9, 1, 3),
+    (29, 13, 16),
+    (37, 3, 1),
+]
 
 
 @pytest.mark.parametrize("M,K,N", MATMUL_EPILOGUE_SHAPES, ids=_ids(MATMUL_EPILOGUE_SHAPES))
@@ -211,13 +219,25 @@ def test_matmul_fused_epilogues(M, K, N):
     check(g)
 
 
-ACT_SHAPES = [(2, 5, 13, 17), (3, 1, 7, 1), (2, 7, 1, 3), (1, 16, 8, 16), (4, 3, 17, 65), (2, 8, 32, 16)]
+ACT_SHAPES = [
+    (2, 5, 13, 17),
+    (3, 1, 7, 1),
+    (2, 7, 1, 3),
+    (1, 16, 8, 16),
+    (4, 3, 17, 65),
+    (2, 8, 32, 16),
+    (2, 17, 32, 32),
+    (2, 17, 32, 13),
+    (3, 7, 16, 48),
+]
 
 
-@pytest.mark.parametrize("shapes", _chunks(ACT_SHAPES, 3), ids=["a", "b"])
+@pytest.mark.parametrize("shapes", _chunks(ACT_SHAPES, 3), ids=["a", "b", "c"])
 def test_batched_matmul_activations(shapes):
     """[B, M, K] @ constant [K, N], activation x activation [B, M, K] @ [B, K, N], and the
-    transposed operand as Transpose -> MatMul ([B, N, K] -> [B, K, N])."""
+    transposed operand as Transpose -> MatMul ([B, N, K] -> [B, K, N]).  [2, 17, 32]: a row
+    tile of the batch-fused rows crossed into the next batch row and wrote back a bounding box
+    it had not computed (row (1, 0) wrong; fixed in the GEMM rule)."""
     g = Graph(3)
     for B, M, K, N in shapes:
         p = f"b{B}m{M}k{K}n{N}_"
@@ -637,6 +657,8 @@ POOLS = [
     ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
     ("MaxPool", dict(kernel_shape=[1, 1], strides=[3, 3])),
     ("MaxPool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[2, 2, 2, 2], dilations=[2, 2])),
+    ("LpPool", dict(kernel_shape=[2, 3], strides=[2, 2], pads=[1, 1, 0, 1], p=2)),
+    ("LpPool", dict(kernel_shape=[3, 1], strides=[1, 3], p=1)),
 ]
 
 
@@ -656,6 +678,30 @@ def test_pools(shape):
                 kw["pads"] = [0, kw["pads"][1], 0, kw["pads"][3]]
         g.out(g.node(op, [x], f"{op}{i}", **kw))
     check(g)
+
+
+POOLS_TO_ONE = [
+    ("AveragePool", (1, 8, 3, 3), dict(kernel_shape=[3, 3]), False),
+    ("AveragePool", (2, 16, 7, 7), dict(kernel_shape=[7, 7]), True),
+    ("AveragePool", (1, 3, 3, 3), dict(kernel_shape=[3, 3]), False),
+    ("MaxPool", (1, 8, 3, 3), dict(kernel_shape=[3, 3]), True),
+    ("MaxPool", (1, 12, 5, 4), dict(kernel_shape=[3, 4], pads=[1, 0, 1, 0], strides=[3, 1]), True),
+    ("AveragePool", (1, 4, 5), dict(kernel_shape=[5]), False),
+    ("LpPool", (1, 4, 1), dict(kernel_shape=[1], p=1), False),
+    ("LpPool", (1, 8, 6, 6), dict(kernel_shape=[6, 6], p=2), False),
+]
+
+
+def test_pools_to_one_position():
+    """Pools whose output row is one position (a network's final 7x7 average pool) with an
+    epilogue or an average's division: the window rule's per-channel loop must not be
+    vectorised with the reduction inside (every channel got the last channel's value:
+    AveragePool [1, 8, 3, 3] -> [1, 8, 1, 1], MaxPool + Relu, LpPool [1, 4, 1])."""
+    g = Graph(23)
+    for i, (op, shape, kw, relu) in enumerate(POOLS_TO_ONE):
+        y = g.node(op, [g.input(f"x{i}", g.randn(*shape))], f"{op}{i}", **kw)
+        g.out(g.node("Relu", [y], f"{op}{i}_relu") if relu else y)
+    check(g, opset=18)
 
 
 def test_kernels_large_enough_for_several_cores():
