@@ -583,6 +583,18 @@ def schedule_conv(func, lanes: int, cores: int):
         if wprod is None:
             wprod = sch.cache_read(conv, _read_index(cur, w_buf), "global")
         _pack_weight(sch, wprod, len(w_buf.shape), vec, lanes, channel_blocks=mode == "channels")
+        tiles = B * -(-OH // Ht) * -(-OW // Wt)
+        if mode == "filters" and tiles <= 2 and _is_decode(sch, wprod):
+            # a small map (a deep layer): decoding the whole weight per call costs as much as
+            # the convolution and does not fit in cache; decode each input channel's slice of
+            # the filter tile right before it is used instead (once per tile: 1-2 tiles here)
+            sch.compute_at(wprod, rc)
+            own = sch.get_loops(wprod)[-len(sch.get(wprod).iter_vars) :]
+            try:
+                sch.reorder(*own[1:], own[0])  # the filter axis (stored innermost) in vectors
+            except Exception:  # noqa: BLE001 - a unit loop in between: the order is already right
+                pass
+            _vectorize_inner(sch, sch.get_loops(wprod)[-1], lanes)
     stride = _stride_of_last(sch.get(conv), nd)
     if mode == "positions" and pad is not None and stride > 1:
         # the padded row stored by phase (w % s, w // s): vector loads along the output row
@@ -632,6 +644,14 @@ def _merge_epilogue_chain(sch, conv, pad) -> None:
                 if reverse_inline_safely(sch, blk):
                     changed = True
                     break
+
+
+def _is_decode(sch, blk) -> bool:
+    """A block decoding a compact weight (not a copy of a dense parameter)."""
+    from tbn_tvm.kernels import rows
+    from tbn_tvm.kernels.conv import BLOCK_DECODE_WEIGHT
+
+    return str(sch.get(blk).name_hint) in (rows.BLOCK_DECODE, BLOCK_DECODE_WEIGHT)
 
 
 def _pack_weight(sch, wprod, ndim: int, vec: int, lanes: int, channel_blocks: bool) -> None:
