@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from tbn_tvm.schedules import reverse_inline_safely
 
+#: Work below which a kernel stays on one core (see tbn_tvm.schedules.cpu_generic).
+PARALLEL_MIN_MACS = 1 << 20
+
 #: Vector registers given to accumulators (x86-64 with AVX-512 has 32, AVX2 16; leaving room
 #: for the broadcast operand and the loaded vectors).
 ACC_REGS_AVX512 = 24
@@ -37,6 +40,14 @@ def accumulator_registers(lanes: int) -> int:
     """Vector registers to give to accumulators for a CPU with ``lanes`` float32 lanes (at most
     :data:`ACC_MAX_FLOATS` floats in all)."""
     return min(ACC_REGS_AVX512 if lanes >= 16 else ACC_REGS_AVX2, ACC_MAX_FLOATS // lanes)
+
+
+def _prod_iters(block) -> int:
+    """The iteration count of a block (its multiply-adds for a GEMM/conv block)."""
+    n = 1
+    for iv in block.iter_vars:
+        n *= int(iv.dom.extent)
+    return n
 
 
 def _divisors(n: int) -> list[int]:
@@ -75,7 +86,7 @@ def _schedule_epilogue(sch, blk, lanes: int, cores: int) -> None:
     divides it, outer axes over the cores (:func:`tbn_tvm.schedules.cpu_generic.schedule_spatial`)."""
     from tbn_tvm.schedules.cpu_generic import schedule_spatial
 
-    schedule_spatial(sch, blk, lanes, cores, min_parallel=4096)
+    schedule_spatial(sch, blk, lanes, cores)
 
 
 def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
@@ -124,14 +135,15 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     sch.vectorize(inner_vec)
     sch.unroll(inner_unroll)
     sch.unroll(rk1)
+    macs = _prod_iters(sch.get(conv))
     par = sch.fuse(b, do, oh)
-    if cores > 1:
+    if cores > 1 and macs >= PARALLEL_MIN_MACS:
         sch.parallel(par)
     init = sch.decompose_reduction(conv, rc)
     # the init and write-back of the accumulator tile: vectorise their innermost loop
     for blk in (init, acc):
         _try_vectorize(sch, sch.get_loops(blk)[-1])
-    if "pad" in blocks and cores > 1:  # the zero-padded input: its rows over the cores
+    if "pad" in blocks and cores > 1 and macs >= PARALLEL_MIN_MACS:  # the padded input's rows over the cores
         pl = sch.get_loops(blocks["pad"])
         sch.parallel(sch.fuse(*pl[:-1]))
     _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=not along_row)
@@ -259,9 +271,10 @@ def schedule_gemm(prim, lanes: int, cores: int, acc_regs: int):
     _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=True, at=do)
     if outer_ms:
         mo = sch.fuse(*outer_ms, mo)
-    if cores > 1 and _extent(sch, do) >= cores:
+    macs = _prod_iters(sch.get(gemm))
+    if cores > 1 and macs >= PARALLEL_MIN_MACS and _extent(sch, do) >= cores:
         sch.parallel(do)
-    elif cores > 1 and _extent(sch, mo) >= cores:
+    elif cores > 1 and macs >= PARALLEL_MIN_MACS and _extent(sch, mo) >= cores:
         sch.parallel(mo)
     init = sch.decompose_reduction(gemm, k)
     for blk in (init, acc):

@@ -8,6 +8,12 @@ from __future__ import annotations
 from tbn_tvm.schedules import reverse_inline_safely
 from tbn_tvm.schedules.cpu_decoded import ACC_MAX_FLOATS, ACC_REGS_AVX2, ACC_REGS_AVX512
 
+#: Multiply-adds (or element operations) below which a kernel stays on one core: TVM's thread
+#: pool costs a few microseconds per parallel region (3 us measured for a 4,096-element add
+#: that takes 0.25 us on one core), about what one core does with 10^5-10^6 multiply-adds.
+PARALLEL_MIN_MACS = 1 << 20
+PARALLEL_MIN_ELEMENTS = 1 << 19
+
 
 def accumulator_registers(vec: int, lanes: int = 16) -> int:
     """Vector registers of ``vec`` floats to give to an accumulator tile on a CPU with ``lanes``
@@ -200,7 +206,7 @@ def schedule_matmul(func, lanes: int, cores: int, acc_regs: int):
         sch.unroll(mi)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     work = rows_outer * M * N * int(sch.get(kl).extent) * _prod([int(ivs[i].dom.extent) for i in batch])
-    if cores > 1 and work >= 32768 and _extent(sch, par) >= 2:
+    if cores > 1 and work >= PARALLEL_MIN_MACS and _extent(sch, par) >= 2:
         sch.parallel(par)
     init = sch.decompose_reduction(main, kl)
     for blk in (init, acc):
@@ -322,7 +328,7 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
     inner_work = 1
     for lp in sch.get_loops(last)[1:]:
         inner_work *= _extent(sch, lp)
-    if cores > 1 and n_rows >= cores and n_rows * inner_work >= 16384:
+    if cores > 1 and n_rows >= cores and n_rows * inner_work >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(rows)
     # vectorise: element-wise blocks on their innermost axis; rf blocks on their vector axis
     for blk in sch.get_child_blocks(root) if False else _all_blocks(sch):
@@ -613,7 +619,7 @@ def schedule_conv(func, lanes: int, cores: int):
         sch.compute_at(pad, oo)  # each tile's input planes padded right before use
         outer = [b, oo]
     par = sch.fuse(*outer)
-    if cores > 1 and macs >= 65536 and _extent(sch, par) >= cores:
+    if cores > 1 and macs >= PARALLEL_MIN_MACS and _extent(sch, par) >= cores:
         sch.parallel(par)
     init = sch.decompose_reduction(conv, rc)
     for blk in (init, acc):
@@ -626,9 +632,9 @@ def schedule_conv(func, lanes: int, cores: int):
             _schedule_elementwise(sch, blk, lanes, cores)
     if pad is not None:  # last: decompose_padding rebuilds the loops around the pad block
         if mode == "channels":
-            _schedule_channel_pack(sch, pad, vec, cores > 1 and macs >= 65536)
+            _schedule_channel_pack(sch, pad, vec, cores > 1 and macs >= PARALLEL_MIN_MACS)
         else:
-            _schedule_pad(sch, pad, conv, lanes, parallel=mode == "filters" and cores > 1 and macs >= 65536)
+            _schedule_pad(sch, pad, conv, lanes, parallel=mode == "filters" and cores > 1 and macs >= PARALLEL_MIN_MACS)
     return sch.mod["main"]
 
 
@@ -747,7 +753,7 @@ def _reorder_first_last(sch, blk):
     return sch.get_loops(blk)[-1]
 
 
-def _schedule_elementwise(sch, blk, lanes: int, cores: int, min_parallel: int = 65536) -> None:
+def _schedule_elementwise(sch, blk, lanes: int, cores: int, min_parallel: int = PARALLEL_MIN_ELEMENTS) -> None:
     """A spatial block: vectors along its innermost axis when a vector width divides it (a
     fused axis with a ragged inner extent would read and write element by element; LLVM
     vectorises the plain inner loop itself, with a tail), the outer axes fused and spread
@@ -790,7 +796,7 @@ def vectorizable(sch, blk) -> bool:
     return calls <= VECTOR_CALLS
 
 
-def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = 65536) -> None:
+def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = PARALLEL_MIN_ELEMENTS) -> None:
     """See :func:`_schedule_elementwise`."""
     loops = sch.get_loops(blk)
     if not loops:
@@ -925,7 +931,7 @@ def schedule_window_reduction(func, lanes: int, cores: int):
         except Exception:  # noqa: BLE001
             pass
     total = _prod([int(iv.dom.extent) for iv in blk.iter_vars])
-    if cores > 1 and total >= 65536 and _extent(sch, plane) >= cores:
+    if cores > 1 and total >= PARALLEL_MIN_ELEMENTS and _extent(sch, plane) >= cores:
         sch.parallel(plane)
     sch.decompose_reduction(red, window[0])
     return sch.mod["main"]

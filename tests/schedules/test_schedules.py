@@ -43,17 +43,22 @@ def _run(func, target, x, fmt, out_shape):
     return y.numpy()
 
 
-def test_cpu_rows_schedule_vectorises_and_matches():
+@pytest.mark.parametrize("rows, K, parallel", [(48, 100, False), (2048, 2048, True)])
+def test_cpu_rows_schedule_vectorises_and_matches(rows, K, parallel):
+    """The bit-serial GEMV: bits in vectors; over the cores only with enough work to pay for
+    the thread pool (tbn_tvm.schedules.cpu_decoded.PARALLEL_MIN_MACS)."""
     from tbn_tvm.schedules.cpu import schedule_rows
 
-    w, fmt, kernel = _dense_kernel()
+    w, fmt, kernel = _dense_kernel(rows, K)
     assert kernel.kind == "rows_dense"
     scheduled = schedule_rows(kernel.func, lanes=8, cores=2)
     text = scheduled.script()
-    assert "T.vectorized" in text and "T.parallel" in text
-    x = np.random.default_rng(2).standard_normal((2, 100)).astype(np.float32)
+    assert ("T.parallel" in text) == parallel
+    if K % 32 == 0:
+        assert "T.vectorized" in text
+    x = np.random.default_rng(2).standard_normal((2, K)).astype(np.float32)
     ref = x.astype(np.float64) @ w.T.astype(np.float64)
-    got = _run(scheduled, tvm.target.Target({"kind": "llvm"}), x, fmt, (2, 48))
+    got = _run(scheduled, tvm.target.Target({"kind": "llvm"}), x, fmt, (2, rows))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
@@ -62,7 +67,7 @@ def test_cpu_conv_schedule_matches():
 
     w, fmt, kernel = _conv_kernel()
     scheduled = schedule_rows(kernel.func, lanes=8, cores=2)
-    assert "T.parallel" in scheduled.script()
+    assert "T.parallel" not in scheduled.script()  # 14,400 bit sums: one core (PARALLEL_MIN_MACS)
     x = np.random.default_rng(3).standard_normal((1, 4, 10, 10)).astype(np.float32)
     ref = zoo.np_conv(x.astype(np.float64), w.astype(np.float64), pads=[1, 1, 1, 1])
     got = _run(scheduled, tvm.target.Target({"kind": "llvm"}), x, fmt, (1, 16, 10, 10))
