@@ -75,12 +75,44 @@ class LayerWeight:
         return self.format.compact
 
 
-def detect_weight(weight: np.ndarray, op: str) -> WeightFormat | None:
-    """The cheapest exact compact form of ``weight`` (framework layout) among :data:`FORMATS`."""
-    found = [f for f in (cls.detect(weight, op) for cls in format_classes()) if f is not None]
-    dense_bits = 8 * np.asarray(weight).dtype.itemsize * np.asarray(weight).size
-    found = [f for f in found if f.storage_bits() < dense_bits]
-    return min(found, key=lambda f: f.storage_bits()) if found else None
+def detect_weight(weight: np.ndarray, op: str, below: int | None = None) -> WeightFormat | None:
+    """The cheapest exact compact form of ``weight`` (framework layout) among :data:`FORMATS`.
+
+    Only forms cheaper than the dense weight (and than ``below`` bits, when given) count.  The
+    formats are tried in registry order; one whose :meth:`~WeightFormat.storage_lower_bound`
+    cannot beat the cheapest form found so far is not tried (it could at best tie, and ties go
+    to the earlier format): the exhaustive bit-plane search never runs on a weight already found
+    tiled at a fraction of a bit per weight."""
+    w = np.asarray(weight)
+    best: WeightFormat | None = None
+    best_bits = 8 * w.dtype.itemsize * w.size
+    if below is not None:
+        best_bits = min(best_bits, below)
+    for cls in format_classes():
+        if cls.storage_lower_bound(tuple(int(d) for d in w.shape), op) >= best_bits:
+            continue
+        found = cls.detect(w, op)
+        if found is None:
+            continue
+        bits = found.storage_bits()
+        if bits < best_bits:
+            best, best_bits = found, bits
+    return best
+
+
+#: Detected layer weights by content (see :func:`detect_layer_weight`); ``inspect`` and the
+#: CompressWeights pass of one compile ask about the same weights.
+_DETECTED: dict[tuple, tuple] = {}
+_DETECTED_MAX = 256
+
+
+def _content_key(weight: np.ndarray, op: str) -> tuple:
+    import hashlib
+
+    a = np.ascontiguousarray(weight)
+    h = hashlib.blake2b(f"{a.dtype.str}{a.shape}{op}".encode(), digest_size=20)
+    h.update(memoryview(a).cast("B"))
+    return (h.digest(), a.shape, a.dtype.str, op)
 
 
 def detect_layer_weight(weight: np.ndarray, op: str) -> LayerWeight:
@@ -91,10 +123,35 @@ def detect_layer_weight(weight: np.ndarray, op: str) -> LayerWeight:
     (``[O, I/groups, *kernel]``) or ``"conv_transpose"`` (``[I, O/groups, *kernel]``).  For matmul
     operands both flattening orders are tried (``[out, in]`` first, as a Linear layer stores it),
     and the more compact exact form wins.
+
+    Results are remembered by the weight's content (``inspect`` and the compiler's pass detect
+    the same weights once per compile); a dense result keeps no copy of the weight.
     """
     weight = np.asarray(weight)
     if op not in OPS:
         raise ValueError(f"unknown layer kind {op!r}")
+    key = _content_key(weight, op)
+    hit = _DETECTED.get(key)
+    if hit is not None:
+        fmt, order = hit
+        if fmt is None:  # dense: rebuilt around the caller's array
+            return _dense(weight, op)
+        return LayerWeight(fmt, order)
+    found = _detect_layer_weight(weight, op)
+    if len(_DETECTED) >= _DETECTED_MAX:
+        _DETECTED.pop(next(iter(_DETECTED)))
+    _DETECTED[key] = (found.format if found.compact else None, found.order)
+    return found
+
+
+def _dense(weight: np.ndarray, op: str) -> LayerWeight:
+    if op != "matmul":
+        return LayerWeight(DenseFormat.detect(weight, op), "stored")
+    w = weight[:, None] if weight.ndim == 1 else weight
+    return LayerWeight(DenseFormat.detect(np.ascontiguousarray(w.T), op), "transposed")
+
+
+def _detect_layer_weight(weight: np.ndarray, op: str) -> LayerWeight:
     if op != "matmul":
         fmt = detect_weight(weight, op)
         return LayerWeight(fmt if fmt is not None else DenseFormat.detect(weight, op), "stored")
@@ -102,16 +159,14 @@ def detect_layer_weight(weight: np.ndarray, op: str) -> LayerWeight:
         weight = weight[:, None]
     if weight.ndim != 2:
         raise ValueError(f"a matmul weight must be 1-D or 2-D, got shape {weight.shape}")
-    candidates = []
+    # [out, in] first; the stored order only where it is strictly cheaper (a tie keeps [out, in])
     as_oi = detect_weight(np.ascontiguousarray(weight.T), op)
-    if as_oi is not None:
-        candidates.append(LayerWeight(as_oi, "transposed"))
-    as_io = detect_weight(weight, op)
+    as_io = detect_weight(weight, op, below=as_oi.storage_bits() if as_oi is not None else None)
     if as_io is not None:
-        candidates.append(LayerWeight(as_io, "stored"))
-    if not candidates:
-        return LayerWeight(DenseFormat.detect(np.ascontiguousarray(weight.T), op), "transposed")
-    return min(candidates, key=lambda c: c.format.storage_bits())
+        return LayerWeight(as_io, "stored")
+    if as_oi is not None:
+        return LayerWeight(as_oi, "transposed")
+    return LayerWeight(DenseFormat.detect(np.ascontiguousarray(weight.T), op), "transposed")
 
 
 def fold_keeps_format(before: np.ndarray, after: np.ndarray, op: str) -> bool:

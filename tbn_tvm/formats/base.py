@@ -88,6 +88,13 @@ class WeightFormat(ABC):
         """The exact form of ``weight`` (framework layout, float32 or float16) for a layer of kind
         ``op`` (one of :data:`OPS`), or None.  Never approximate."""
 
+    @classmethod
+    def storage_lower_bound(cls, shape: tuple[int, ...], op: str) -> int:
+        """Bits that any form of this format found in a weight of ``shape`` takes at least (0:
+        no bound).  The registry skips :meth:`detect` where this cannot beat a form already
+        found (speed only; a format need not define it)."""
+        return 0
+
     # --------------------------------------------------------------- run-time buffers
     @abstractmethod
     def buffers(self) -> list[Buffer]:

@@ -104,6 +104,11 @@ class BitplaneFormat(WeightFormat):
     dtype: str = field(default="float32")
 
     @classmethod
+    def storage_lower_bound(cls, shape: tuple[int, ...], op: str) -> int:
+        """At least one bit per weight and one float32 scale."""
+        return int(np.prod(shape, dtype=np.int64)) + 32
+
+    @classmethod
     def detect(cls, weight: np.ndarray, op: str = "matmul") -> BitplaneFormat | None:
         w = as_float(weight)
         if w is None or w.dtype != np.float32:

@@ -51,6 +51,13 @@ class CodebookFormat(WeightFormat):
     dtype: str = field(default="float32")
 
     @classmethod
+    def storage_lower_bound(cls, shape: tuple[int, ...], op: str) -> int:
+        """At least one index bit per ``(out, in)`` kernel and a float32 scale per output channel."""
+        if op != "conv" or len(shape) < 3:
+            return 0
+        return int(shape[0]) * int(shape[1]) + 32 * int(shape[0])
+
+    @classmethod
     def detect(cls, weight: np.ndarray, op: str = "conv") -> CodebookFormat | None:
         if op != "conv":
             return None
