@@ -784,7 +784,7 @@ VECTOR_CALLS = frozenset(
     "abs isnan isinf isfinite max min reinterpret shift_left shift_right bitwise_and bitwise_or "
     "bitwise_xor bitwise_not call_llvm_pure_intrin likely truncdiv truncmod floordiv floormod "
     "float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool tanh sigmoid "
-    "erf pow fma Broadcast Ramp".split()
+    "erf pow fma Broadcast Ramp Buffer handle".split()
 )
 
 

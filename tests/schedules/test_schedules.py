@@ -122,3 +122,27 @@ def test_cpu_pass_schedules_every_kernel():
     prims = {gv.name_hint for gv, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert any(str(kinds.get(name) or "").startswith("rows_") for name in scheduled)
     assert scheduled == prims, f"left unscheduled: {sorted(prims - scheduled)}"
+
+
+def test_tile_on_this_cpu_is_right():
+    """ONNX Tile (``x[i % 2, j % 3, k % 4, l % 5]``) on the default CPU.  Left to LLVM's loop
+    vectorizer, TVM 0.27's LLVM miscompiled this loop nest on AVX-512 CPUs (NaN and 1e28-1e33
+    where x86-64-v3 was exact); the host schedules vectorise element-wise kernels themselves."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import tbn_tvm
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    reps = np.array([7, 6, 4, 2], np.int64)
+    g = helper.make_graph(
+        [helper.make_node("Tile", ["x", "r"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [14, 18, 16, 10])],
+        [numpy_helper.from_array(reps, "r")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(m)
+    cm = tbn_tvm.compile(m, "llvm")
+    np.testing.assert_array_equal(cm.run(x), np.tile(x, reps))
