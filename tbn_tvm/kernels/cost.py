@@ -83,6 +83,36 @@ def compact_estimate(layer, weight_shape, kind: str, plan=None, group: int | Non
     return per * n * k * m
 
 
+#: Kernel kinds :func:`compact_estimate` models itself (the tiled format's row kernels and the
+#: generic decode-in-kernel computes); :func:`built_dense_note` decides only for these.
+ESTIMATED_KINDS = frozenset(
+    (rows.KIND_DENSE, rows.KIND_CONV, rows.KIND_DENSE_LUT, rows.KIND_CONV_LUT, "decode_dense", "decode_conv")
+)
+
+
+def built_dense_note(layer, fmt, kernel) -> str | None:
+    """Issue 22's rule on a Cortex-M: no layer of a compressed build may cost more instructions
+    than the same layer of its ``--no-compress`` build.  When the best compact kernel ``kernel``
+    of ``layer`` is estimated slower than TVM's dense fp32 build (:func:`compact_estimate` vs
+    :func:`dense_estimate`), the layer is built dense (its float weight in flash) and this is
+    the sentence ``compile`` prints (None: keep the compact kernel)."""
+    if kernel.kind not in ESTIMATED_KINDS:  # no estimate of its own here: keep it
+        return None
+    shape = fmt.shape
+    dense = dense_estimate(layer, shape)
+    compact = compact_estimate(layer, shape, kernel.kind, kernel.plan, kernel.info.get("group"))
+    if compact <= dense:
+        return None
+    dense_bytes = math.prod(shape) * 4
+    compact_bytes = fmt.storage_bits() // 8
+    return (
+        f"layer {layer.name}: built dense: its {fmt.label()} kernel ({kernel.kind}) is estimated at "
+        f"{compact:,.0f} instructions, {compact / dense:.1f}x the dense build's {dense:,.0f}, and no "
+        f"layer may be slower than in the --no-compress build; its weight takes {dense_bytes:,} bytes of "
+        f"flash instead of {compact_bytes:,}"
+    )
+
+
 def slower_than_dense_note(layer, fmt, kernel) -> str | None:
     """A sentence for ``compile`` when the compact kernel is estimated slower than the dense
     build (None when it is not): the two estimates and why the compact weight is kept."""

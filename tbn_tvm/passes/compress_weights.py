@@ -24,6 +24,7 @@ Each layer is named by the span of its call (:mod:`tbn_tvm.frontend.identity`), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -151,17 +152,22 @@ class _Compressor(relax.PyExprMutator):
 
     def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer):
         kernel = kernels.build(lw.format, layer)
+        note = None
+        if not layer.simd:  # an MCU: a compact kernel estimated slower than dense is not kept
+            from tbn_tvm.kernels.cost import built_dense_note, slower_than_dense_note
+
+            note = built_dense_note(layer, lw.format, kernel)
+            if note is not None:
+                self.layers.append(RewrittenLayer(layer.name, layer.op, None, lw, note=note))
+                self.owner.const_names.setdefault(hash(call.args[1]), f"{c_identifier(layer.name)}_weight")
+                return call
+            note = slower_than_dense_note(layer, lw.format, kernel)
         sym = self._symbol(layer.name, kernel.kind)
         gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", sym), sym)
-        note = None
-        if not layer.simd:  # an MCU: say when the compact kernel is expected slower than dense
-            from tbn_tvm.kernels.cost import slower_than_dense_note
-
-            note = slower_than_dense_note(layer, lw.format, kernel)
         self.layers.append(RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan, note))
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
         result = with_span(relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty), call.span)
-        if tuple(layer.out_shape) != _shape(call):  # a 1-D weight: drop the unit output axis
+        if tuple(layer.out_shape) != _shape(call):  # a 1-D weight's unit axis, a token matmul's rows
             result = relax.op.reshape(self.builder_.emit(result), _shape(call))
         return result
 
@@ -182,12 +188,17 @@ class _Compressor(relax.PyExprMutator):
         if not lw.compact:
             return self._dense(call, w_expr, name, "matmul", lw)
         w2 = w[:, None] if w.ndim == 1 else w
-        out_shape = (*x_shape[:-1], w2.shape[1])
+        if not self.owner.simd and len(x_shape) > 2:
+            # an MCU's kernels and schedules take the rows of a token matmul (x[1, T, K]) as one
+            # axis: x[T, K] (a reshape is a view of the same bytes, no copy), the output
+            # reshaped back by _emit
+            x = self.builder_.emit(relax.op.reshape(x, (math.prod(x_shape[:-1]), x_shape[-1])))
+            x_shape = _shape(x)
         layer = kernels.Layer(
             name=name,
             op="matmul",
             x_shape=x_shape,
-            out_shape=out_shape,
+            out_shape=(*x_shape[:-1], w2.shape[1]),
             dtype=dtype,
             order=lw.order,
             reuse_rows=self.owner.reuse_rows,

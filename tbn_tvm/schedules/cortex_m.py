@@ -62,6 +62,26 @@ def _conv_lut_per_position(sch, rows) -> bool:
     return True
 
 
+def _dense_lut_per_row(sch, rows) -> None:
+    """For a look-up-table matmul on several input rows (``x[M, K]``, a token matmul): compute
+    the distinct rows' sums of one input row right where the gather ``[M, N]`` reads them (D
+    floats of scratch instead of ``M x D``: 32 KiB for 64 tokens of 128 rows)."""
+    names = {_name(sch, b): b for b in _blocks(sch)}
+    sums = [b for n, b in names.items() if n.startswith((rows.BLOCK_LUT_SUM, rows.BLOCK_LUT_TAIL))]
+    if not sums:
+        return
+    consumers = sch.get_consumers(sums[0])
+    if len(consumers) != 1:
+        return
+    gather = consumers[0]
+    kinds = [int(iv.iter_type) for iv in sch.get(gather).iter_vars]
+    loops = sch.get_loops(gather)
+    if len(loops) != 2 or kinds != [0, 0] or int(sch.get(loops[0]).extent) < 2:
+        return
+    for blk in sums:
+        _try(sch.compute_at, blk, sch.get_loops(gather)[0])
+
+
 def _patch_and_epilogue_per_position(sch, rows) -> None:
     """See step 3b of :func:`schedule_prim_mcu` (after the tables found their loops)."""
     names = {_name(sch, b): b for b in _blocks(sch)}
@@ -120,6 +140,8 @@ def schedule_prim_mcu(prim):
     # 1b. a look-up-table convolution: everything per output position, right where the gather
     #     reads it (the patch's tables and the distinct filters' sums: a few hundred bytes)
     conv_lut = _conv_lut_per_position(sch, rows)
+    if not conv_lut:
+        _dense_lut_per_row(sch, rows)
     # 2. row words under the distinct-row loop of their consumer; unroll the 32 bits of a word
     #    (constant masks and load offsets); chunk a single-axis reduction by 32
     for blk in _blocks(sch):

@@ -1,5 +1,6 @@
 """The Cortex-M cost estimates (tbn_tvm.kernels.cost) against instruction counts measured on
-QEMU per kernel at build time, and the compile note for a compact kernel slower than dense."""
+QEMU per kernel at build time, and the compile note for a compact kernel slower than dense (that
+layer is built dense: issue 22)."""
 
 from __future__ import annotations
 
@@ -81,12 +82,16 @@ def test_estimates_rank_like_measurements(name):
     est_compact = compact_estimate(layer, lw.format.shape, kernel.kind, kernel.plan, kernel.info.get("group"))
     est_dense = dense_estimate(layer, lw.format.shape)
     # within a factor 1.6 of the measured counts (they include the call, the epilogue, ...)
-    assert measured_compact / 1.6 <= est_compact <= measured_compact * 1.6, (est_compact, measured_compact)
     assert measured_dense / 1.6 <= est_dense <= measured_dense * 1.6, (est_dense, measured_dense)
-    # and the same verdict: compact slower than dense or not
-    assert (est_compact > est_dense) == (measured_compact > measured_dense)
     notes = compact.report().get("notes", [])
     assert bool(notes) == (est_compact > est_dense)
-    if notes:
+    if notes:  # issue 22: a compact kernel estimated slower than dense is built dense
         assert "cv" in notes[0] or "fc" in notes[0]
-        assert "--no-compress" in notes[0]
+        assert "built dense" in notes[0] and "--no-compress" in notes[0]
+        assert measured_compact == measured_dense
+    else:
+        assert measured_compact / 1.6 <= est_compact <= measured_compact * 1.6, (
+            est_compact,
+            measured_compact,
+        )
+        assert measured_compact < measured_dense

@@ -116,6 +116,14 @@ def extract(mod, const_names: dict[int, str] | None = None) -> LoweredGraph:
                 prim = mod[gv]
                 if not isinstance(prim, tirx.PrimFunc):
                     raise TBNError(f"the C back end expected a TIR kernel, got {gv.name_hint}")
+                if _is_view(prim, args, var, values):
+                    # a reshape kernel RewriteDataflowReshape left (the function's result): a
+                    # view of its input's bytes, no copy
+                    shape, dtype = ty_of(var)
+                    src = args[0]
+                    values[name] = Value(name, values[src].kind, shape, dtype, alias_of=src)
+                    var_names[var] = name
+                    continue
                 kernels[gv.name_hint] = prim
                 if isinstance(var.ty, relax.TupleType):  # a fused kernel with several outputs
                     outs = []
@@ -176,6 +184,23 @@ def extract(mod, const_names: dict[int, str] | None = None) -> LoweredGraph:
         out = value_of(ret)
         outputs = out[1:-1].split(",") if out.startswith("(") else [out]
     return LoweredGraph(values, steps, outputs, kernels)
+
+
+def _is_view(prim, args: list[str], var, values: dict) -> bool:
+    """Whether a ``call_tir`` is a reshape of its one tensor argument (same dtype, same
+    element count, row-major order kept: :func:`tvm.relax.analysis.has_reshape_pattern`)."""
+    from tvm import relax
+
+    if len(args) != 1 or not isinstance(var.ty, relax.TensorType):
+        return False
+    src = values[args[0]]
+    try:
+        shape = tuple(int(d) for d in var.ty.shape)
+    except (TypeError, ValueError):
+        return False
+    if str(var.ty.dtype) != src.dtype or int(np.prod(shape)) != int(np.prod(src.shape)):
+        return False
+    return bool(relax.analysis.has_reshape_pattern(prim))
 
 
 _INCLUDE = re.compile(r'^#include "tvm/[^"]+"\s*$', re.M)
