@@ -311,6 +311,9 @@ def compile(  # noqa: A001 - the natural name for users
             layer["flash_bytes"] = sum(s["weight_bytes"] + s["code_bytes"] for s in steps)
             if all(s.get("instructions") is not None for s in steps):  # measured at build time
                 layer["instructions"] = sum(s["instructions"] for s in steps)
+                for key in ("estimated_cycles_m4", "estimated_cycles_m7"):
+                    if all(key in s for s in steps):
+                        layer[key] = sum(s[key] for s in steps)
             if all("arena_bytes" in s for s in steps):
                 layer["arena_bytes"] = max(s["arena_bytes"] for s in steps)
     model = CompiledModel(getattr(backend, "spec", spec), loaded.inputs, outputs, report, backend, extra)

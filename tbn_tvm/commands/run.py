@@ -349,6 +349,11 @@ def run(args) -> int:
         line += ")"
         if "instructions_per_inference" in summary:
             line += f", {summary['instructions_per_inference']:,.0f} instructions per inference"
+        if "estimated_cycles_m4_per_inference" in summary:
+            line += (
+                f" (estimated {summary['estimated_cycles_m4_per_inference']:,.0f} Cortex-M4 / "
+                f"{summary['estimated_cycles_m7_per_inference']:,.0f} Cortex-M7 cycles)"
+            )
         if summary.get("cycles"):
             line += f", {summary['cycles']['mean']:,.0f} cycles per inference (DWT)"
         print(line + f"; outputs -> {out_path}")
@@ -361,11 +366,17 @@ def run(args) -> int:
         if "instructions_per_layer" in summary:
             from tbn_tvm.report import text_table
 
+            per_layer = summary["instructions_per_layer"]
+            cycles = all("estimated_cycles_m4" in s for s in per_layer)
             rows = [
                 [s["kernel"], ",".join(s["layers"]) or "-", f"{s['instructions']:,.0f}"]
-                for s in summary["instructions_per_layer"]
+                + ([f"{s['estimated_cycles_m4']:,.0f}", f"{s['estimated_cycles_m7']:,.0f}"] if cycles else [])
+                for s in per_layer
             ]
-            print("\n".join(text_table(["kernel", "layers", "instructions"], rows, {2})))
+            head = ["kernel", "layers", "instructions"] + (
+                ["est. M4 cycles", "est. M7 cycles"] if cycles else []
+            )
+            print("\n".join(text_table(head, rows, set(range(2, len(head))))))
     return 0
 
 

@@ -46,6 +46,8 @@ class LibraryInfo:
     constants: dict[str, int]  # C array name -> bytes
     step_constants: list[list[str]]  # per step: the C arrays it reads
     step_arena: list[int] = None  # per step: arena bytes in use while it runs (high-water mark)
+    step_in_place: list[str | None] = None  # per step: the input whose bytes its output took over
+    tensors: list[dict] = None  # the arena plan: each tensor's bytes, offset, lifetime, buffer shared
 
 
 def _non_finite(f: float, suffix: str) -> str:
@@ -93,6 +95,51 @@ def _dtype_struct(dtype: str) -> str:
     return f"{{{_DL_CODE[dt.kind]}, {dt.itemsize * 8}, 1}}"
 
 
+def _in_place(graph: LoweredGraph, kernels: KernelSource, last_use: dict, out_name: str, in_name: str):
+    """In-place tensors (:mod:`tbn_tvm.targets.clib.inplace`): ``{value: the value whose buffer
+    it takes over}`` (followed to the first owner).  A step's output takes the buffer of an
+    input it may overwrite when that input is an arena tensor of the same size that dies at
+    this step (not the model's input, not a constant); a kernel marked ``tbn.inplace_of`` must
+    get it."""
+    from tbn_tvm.targets.clib.inplace import required_input, writable_inputs
+
+    owner: dict[str, str] = {}
+    for i, step in enumerate(graph.steps):
+        if len(step.outs) != 1:
+            continue
+        out_root = graph.root(step.outs[0])
+        prim = kernels.scheduled.get(step.kernel) or graph.kernels.get(step.kernel)
+        if prim is None:
+            continue
+        required = required_input(prim)
+        candidates = [required] if required is not None else writable_inputs(prim)
+        roots = [graph.root(a) for a in step.args[:-1]]
+        chosen = None
+        for j in candidates:
+            a = roots[j]
+            v = graph.values[a]
+            if (
+                out_root == out_name
+                or v.kind != "tensor"
+                or a in (out_name, in_name)
+                or last_use.get(a) != i
+                or v.nbytes != graph.values[out_root].nbytes
+                or any(r == a and k not in candidates for k, r in enumerate(roots))
+            ):
+                continue
+            chosen = a
+            break
+        if chosen is None:
+            if required is not None:
+                raise TBNError(
+                    f"kernel {step.kernel} must write into its input {required}, which is still needed",
+                    hint="report it with the model",
+                )
+            continue
+        owner[out_root] = owner.get(chosen, chosen)
+    return owner
+
+
 def write_library(
     graph: LoweredGraph, kernels: KernelSource, out: Path, model_name: str = "model"
 ) -> LibraryInfo:
@@ -116,14 +163,26 @@ def write_library(
             first_def.setdefault(graph.root(o), i)
     if out_name == graph.root(inp.name):
         raise TBNError("the model's output is its input; nothing to compile")
+    shares = _in_place(graph, kernels, last_use, out_name, graph.root(inp.name))
+    groups: dict[str, list[str]] = {}  # the value owning a buffer -> the values sharing it
+    for name in first_def:
+        if name != out_name:
+            groups.setdefault(shares.get(name, name), []).append(name)
     intervals = []
-    for name, i in first_def.items():
-        if name == out_name:
-            continue
-        v = graph.values[name]
-        intervals.append(Interval(name, v.nbytes, i, last_use.get(name, i)))
+    for owner, members in groups.items():
+        intervals.append(
+            Interval(
+                owner,
+                max(graph.values[m].nbytes for m in members),
+                min(first_def[m] for m in members),
+                max(last_use.get(m, first_def[m]) for m in members),
+            )
+        )
     offsets, arena = plan(intervals)
     check(intervals, offsets)
+    for owner, members in groups.items():
+        for m in members:
+            offsets[m] = offsets[owner]
     arena = max(arena, 16)
     step_arena = [
         max(
@@ -132,6 +191,32 @@ def write_library(
         )
         for i in range(len(graph.steps))
     ]
+    step_in_place = []
+    for step in graph.steps:
+        out_root = graph.root(step.outs[0]) if len(step.outs) == 1 else None
+        owner = shares.get(out_root) if out_root is not None else None
+        shared = next(
+            (
+                graph.root(a)
+                for a in step.args[:-1]
+                if owner is not None and shares.get(graph.root(a), graph.root(a)) == owner
+            ),
+            None,
+        )
+        step_in_place.append(shared)
+    tensors = [
+        {
+            "name": m,
+            "bytes": graph.values[m].nbytes,
+            "offset": offsets[m],
+            "first_step": first_def[m],
+            "last_step": last_use.get(m, first_def[m]),
+            **({"shares_buffer_of": owner} if owner != m else {}),
+        }
+        for owner, members in groups.items()
+        for m in members
+    ]
+    tensors.sort(key=lambda t: (t["first_step"], t["name"]))
 
     # ---------------------------------------------------------------- C names for values
     cname: dict[str, str] = {}
@@ -287,4 +372,6 @@ def write_library(
         constants,
         step_constants,
         step_arena,
+        step_in_place,
+        tensors,
     )

@@ -212,6 +212,7 @@ class KernelSource:
     code: str
     symbols: dict[str, str]  # kernel name -> C symbol
     workspace_bytes: int  # scratch memory the kernels may ask for at once (bump allocator)
+    scheduled: dict[str, object] = field(default_factory=dict)  # kernel name -> the PrimFunc emitted
 
 
 def kernels_to_c(kernels: dict[str, object], schedule=None) -> KernelSource:
@@ -250,4 +251,4 @@ def kernels_to_c(kernels: dict[str, object], schedule=None) -> KernelSource:
     for chunk in re.split(r"\nTVM_DLL int32_t ", code):
         need = sum((int(n) + 15) // 16 * 16 for n in _WORKSPACE.findall(chunk))
         workspace = max(workspace, need)
-    return KernelSource(code, {n: f"__tvm_ffi_{n}" for n in kernels}, workspace)
+    return KernelSource(code, {n: f"__tvm_ffi_{n}" for n in kernels}, workspace, funcs)

@@ -60,7 +60,10 @@ def _layer_sizes(graph, info, size_report) -> list[dict]:
             "weight_bytes": sum(info.constants[c] for c in first),
             "code_bytes": 0 if step.kernel in kernels_counted else code.get(f"__tvm_ffi_{step.kernel}", 0),
             "arena_bytes": info.step_arena[i],
+            "output_bytes": sum(graph.values[o].nbytes for o in step.outs),
         }
+        if info.step_in_place and info.step_in_place[i] is not None:
+            entry["in_place"] = True  # its output took over the bytes of an input that died here
         if len(first) < len(set(arrays)):
             entry["arrays_counted_before"] = [a for a in dict.fromkeys(arrays) if a not in first]
         kernels_counted.add(step.kernel)
@@ -87,14 +90,16 @@ def per_step_instructions(steps: list[dict], counts: dict) -> list[dict]:
                 f"the instruction counter saw {call['kernel']} where model.c calls {step['kernel']}",
                 hint="report it with the model",
             )
-        out.append(
-            {
-                "kernel": step["kernel"],
-                "layers": step.get("layers", []),
-                "instructions": call["instructions"],
-                "kernel_instructions": call["kernel_instructions"],
-            }
-        )
+        entry = {
+            "kernel": step["kernel"],
+            "layers": step.get("layers", []),
+            "instructions": call["instructions"],
+            "kernel_instructions": call["kernel_instructions"],
+        }
+        for key in ("estimated_cycles_m4", "estimated_cycles_m7"):
+            if key in call:
+                entry[key] = call[key]
+        out.append(entry)
     return out
 
 
@@ -149,12 +154,29 @@ def _measure(lib: Path, board, cpu: str, info, graph, stack_bytes, cache: dict) 
     finally:
         shutil.rmtree(probe_dir, ignore_errors=True)
     ins = stats["instructions"]
-    return {
+    out = {
         "on": f"qemu {qboard.qemu_machine}",
         "stack_peak_bytes": stats["stack_peak_bytes"],
         "instructions_per_inference": int(ins["mean"]),
         "counts": ins,  # per call site: the steps' figures (taken out of the manifest)
     }
+    out.update(cycle_figures(ins))
+    return out
+
+
+def cycle_figures(ins: dict) -> dict:
+    """The estimated cycles per inference of a run's ``instructions`` stats (the QEMU plugin's
+    Cortex-M4 and Cortex-M7 estimates, :data:`~tbn_tvm.targets.cortex_m.qemu.CYCLES_MODEL`):
+    ``estimated_cycles_m4_per_inference``, ``estimated_cycles_m7_per_inference`` (means over
+    the samples, whole cycles) and ``cycles_model``; ``{}`` when the plugin gave none."""
+    from tbn_tvm.targets.cortex_m.qemu import CYCLES_MODEL
+
+    est = ins.get("estimated_cycles")
+    if not est:
+        return {}
+    out = {f"estimated_cycles_{cpu[-2:]}_per_inference": round(v["mean"]) for cpu, v in est.items()}
+    out["cycles_model"] = CYCLES_MODEL
+    return out
 
 
 #: Wall-clock limit of the build-time QEMU measurement (a larger model is built unmeasured).
@@ -377,6 +399,11 @@ class CortexMBackend(Backend):
                 "flash_bytes": size.flash,
                 "ram_bytes": size.ram,
                 "arena_bytes": info.arena_bytes,
+                "arena_plan": {
+                    "planner": "greedy by size over tensor lifetimes (TFLite Micro's GreedyMemoryPlanner), "
+                    "outputs in place of an element-wise input that dies at their step",
+                    "tensors": info.tensors,
+                },
                 "workspace_bytes": info.workspace_bytes,
                 "stack_bytes": brd.stack_bytes,
                 "library_weight_bytes": info.weight_bytes,
@@ -417,14 +444,19 @@ class CortexMBackend(Backend):
                 ):
                     step["instructions"] = got["instructions"]
                     step["kernel_instructions"] = got["kernel_instructions"]
+                    for key in ("estimated_cycles_m4", "estimated_cycles_m7"):
+                        if key in got:
+                            step[key] = got[key]
                 measured["instructions_after_last_call"] = counts["after_last_call"]
+                if counts.get("cycles_after_last_call"):
+                    measured["cycles_after_last_call"] = counts["cycles_after_last_call"]
             if tuning_db is not None:
-                from tbn_tvm.schedules.tuning import _layers_of
+                from tbn_tvm.schedules.records import layers_of
 
                 extra["tuning"] = {
                     "kernels": tuned,
-                    "kept_hand_schedule": kept,
-                    "layers": sorted({n for k in tuned for n in _layers_of(k, prepared.layers)}),
+                    "kept_default": kept,
+                    "layers": sorted({n for k in tuned for n in layers_of(k, prepared.layers)}),
                 }
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -513,9 +545,12 @@ class CortexMBackend(Backend):
             )  # whole instructions (a mean over the samples)
             flat["instructions_min"] = ins.get("min")
             flat["instructions_max"] = ins.get("max")
+            flat.update(cycle_figures(ins))
         if per_layer:  # per call site, in the order of model.c
             flat["instructions_per_layer"] = per_step_instructions(steps, ins)
             flat["instructions_after_last_call"] = ins["after_last_call"]
+            if ins.get("cycles_after_last_call"):
+                flat["cycles_after_last_call"] = ins["cycles_after_last_call"]
         for key in ("stack_peak_bytes", "cycles", "wall_s"):
             if stats.get(key) is not None:
                 flat[key] = stats[key]

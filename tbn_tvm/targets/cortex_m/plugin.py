@@ -22,7 +22,7 @@ from tbn_tvm.errors import TBNError
 from tbn_tvm.targets.cortex_m.toolchain import find_host_cc
 
 PLUGIN_DIR = Path(__file__).parent / "plugin"
-_SOURCES = ("insncount.c", "tbn_qemu_plugin.h")
+_SOURCES = ("insncount.c", "cycles.h", "tbn_qemu_plugin.h")
 _CFLAGS = ("-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall")
 
 

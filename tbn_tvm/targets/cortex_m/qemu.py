@@ -42,6 +42,16 @@ from tbn_tvm.targets.cortex_m.toolchain import find_qemu
 _IN_MAGIC = 0x494E4254  # "TBNI"
 _STAT_MAGIC = 0x534E4254  # "TBNS"
 
+#: The cores whose cycles the plugin estimates (plugin/cycles.h), in the order it writes them.
+CYCLE_CPUS = ("cortex-m4", "cortex-m7")
+#: What an estimated cycle count is, for reports (docs/cortex-m.md, "Estimated cycles").
+CYCLES_MODEL = (
+    "estimated from each executed instruction's class: Cortex-M4 from the cycle tables of ARM's "
+    "Cortex-M4 TRM (DDI 0439B, Tables 3-1 and 7-1), taken branches +2; Cortex-M7 coarser (ARM "
+    "publishes no M7 table: one issue cycle per instruction, dual issue approximated); no flash "
+    "wait states, bus contention or data-dependent stalls"
+)
+
 #: Exit statuses of the semihosting firmware (templates/main_semihost.c).
 EXIT_IO, EXIT_FORMAT, EXIT_MODEL, EXIT_FAULT = 1, 2, 3, 250
 #: Wall-clock limit of each sample of a QEMU run when no limit is given.
@@ -292,28 +302,53 @@ def _read_counts(path: Path, samples: int, kernels: list[str] | None = None) -> 
         raise TBNError("the QEMU instruction-count plugin wrote no result") from None
     fields = dict(ln.split(" ", 1) for ln in lines[:3] if " " in ln)
     runs = [int(v) for v in lines[3:] if v.strip() and v.strip().isdigit()]
-    per_kernel, per_call, tail = {}, [], None
+    cycles: list[tuple[int, int]] = []
+    per_kernel, per_call, tail, tail_cycles = {}, [], None, None
     for ln in lines[3:]:
-        if ln.startswith("kernel "):
+        if ln.startswith("cycles "):
+            _, m4, m7 = ln.split()
+            cycles.append((int(m4), int(m7)))
+        elif ln.startswith("kernel "):
             _, index, _calls, insns = ln.split()
             per_kernel[kernels[int(index)]] = _per_sample(int(insns), samples)
         elif ln.startswith("call "):
-            _, _index, kernel, calls, insns, kernel_insns = ln.split()
-            per_call.append(
-                {
-                    "kernel": kernels[int(kernel)] if int(kernel) >= 0 else None,
-                    "calls": _per_sample(int(calls), samples),
-                    "instructions": _per_sample(int(insns), samples),
-                    "kernel_instructions": _per_sample(int(kernel_insns), samples),
-                }
-            )
+            _, _index, kernel, calls, insns, kernel_insns, *cyc = ln.split()
+            call = {
+                "kernel": kernels[int(kernel)] if int(kernel) >= 0 else None,
+                "calls": _per_sample(int(calls), samples),
+                "instructions": _per_sample(int(insns), samples),
+                "kernel_instructions": _per_sample(int(kernel_insns), samples),
+            }
+            if len(cyc) == 4:
+                call["estimated_cycles_m4"] = _per_sample(int(cyc[0]), samples)
+                call["kernel_estimated_cycles_m4"] = _per_sample(int(cyc[1]), samples)
+                call["estimated_cycles_m7"] = _per_sample(int(cyc[2]), samples)
+                call["kernel_estimated_cycles_m7"] = _per_sample(int(cyc[3]), samples)
+            per_call.append(call)
         elif ln.startswith("tail "):
-            tail = _per_sample(int(ln.split()[1]), samples)
+            _, insns, *cyc = ln.split()
+            tail = _per_sample(int(insns), samples)
+            if len(cyc) == 2:
+                tail_cycles = {
+                    cpu: _per_sample(int(v), samples) for cpu, v in zip(CYCLE_CPUS, cyc, strict=True)
+                }
     if len(runs) != samples or int(fields.get("runs", -1)) != samples:
         raise TBNError(f"the instruction counter saw {len(runs)} complete inferences, expected {samples}")
     extra = {}
     if kernels:
         extra = {"per_kernel": per_kernel, "per_call": per_call, "after_last_call": tail}
+        if tail_cycles is not None:
+            extra["cycles_after_last_call"] = tail_cycles
+    if len(cycles) == samples:
+        extra["estimated_cycles"] = {
+            cpu: {
+                "per_inference": [c[i] for c in cycles],
+                "mean": float(np.mean([c[i] for c in cycles])),
+                "min": min(c[i] for c in cycles),
+                "max": max(c[i] for c in cycles),
+            }
+            for i, cpu in enumerate(CYCLE_CPUS)
+        }
     return {
         "per_inference": runs,
         "mean": float(np.mean(runs)),

@@ -31,12 +31,22 @@
  * (the instructions after the last call up to the end of the inference), the calls' totals add
  * up to exactly the inferences' counts.
  *   call <index> <kernel index> <calls> <instructions with set-up> <kernel instructions>
- *   tail <instructions>
+ *        <M4 cycles with set-up> <M4 kernel cycles> <M7 cycles with set-up> <M7 kernel cycles>
+ *   tail <instructions> <M4 cycles> <M7 cycles>
+ *
+ * Estimated cycles (cycles.h): every instruction also adds its estimated Cortex-M4 and
+ * Cortex-M7 cycles (from its encoding and the instruction before it in its translation block)
+ * to two more counters, inline like the instruction count; a translation block's entry adds
+ * the taken-branch penalty when the block before it ended in a branch and this block does not
+ * start right after it (the branch was taken).  Per inference:
+ *   cycles <M4 cycles> <M7 cycles>
+ * one line per inference, in the order of the instruction counts.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cycles.h"
 #include "tbn_qemu_plugin.h"
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = 1;
@@ -44,6 +54,18 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = 1;
 static uint64_t executed;
 static uint64_t start_addr, end_addr;
 static uint64_t executed_at_start;
+
+/* estimated cycles: [0] Cortex-M4, [1] Cortex-M7 */
+static uint64_t cycles[2];
+static uint64_t cycles_at_start[2], cycles_at_kernel[2], cycles_at_site[2], tail_cycles[2];
+static uint64_t (*run_cycles)[2];
+
+struct tb_info {
+    uint64_t start;       /* the block's first address */
+    uint64_t fallthrough; /* the address after the block's last instruction */
+    int ends_in_branch;
+};
+static const struct tb_info *last_tb;
 static int inside;
 static uint64_t *runs;
 static size_t n_runs, cap_runs;
@@ -62,6 +84,7 @@ static uint64_t executed_at_kernel;
 struct call_site {
     long kernel;
     uint64_t calls, insns, kernel_insns;
+    uint64_t cycles[2], kernel_cycles[2];
 };
 static struct call_site *sites;
 static size_t n_sites, cap_sites, call_index;
@@ -73,6 +96,8 @@ static void on_kernel(unsigned int vcpu, void *udata)
     if (current_kernel >= 0) return; /* inside a call already: a folded stub's branch */
     current_kernel = (long)(uintptr_t)udata;
     executed_at_kernel = executed;
+    cycles_at_kernel[0] = cycles[0];
+    cycles_at_kernel[1] = cycles[1];
 }
 
 static int grow_sites(size_t need)
@@ -102,10 +127,16 @@ static void on_caller(unsigned int vcpu, void *udata)
         s->calls += 1;
         s->insns += executed - executed_at_site;
         s->kernel_insns += executed - executed_at_kernel;
+        for (int c = 0; c < 2; c++) {
+            s->cycles[c] += cycles[c] - cycles_at_site[c];
+            s->kernel_cycles[c] += cycles[c] - cycles_at_kernel[c];
+        }
         if (call_index + 1 > n_sites) n_sites = call_index + 1;
     }
     call_index += 1;
     executed_at_site = executed;
+    cycles_at_site[0] = cycles[0];
+    cycles_at_site[1] = cycles[1];
     current_kernel = -1;
 }
 
@@ -134,6 +165,7 @@ static void on_start(unsigned int vcpu, void *udata)
     call_index = 0;
     executed_at_site = executed;
     current_kernel = -1;
+    for (int c = 0; c < 2; c++) cycles_at_start[c] = cycles_at_site[c] = cycles[c];
 }
 
 static void on_end(unsigned int vcpu, void *udata)
@@ -147,20 +179,63 @@ static void on_end(unsigned int vcpu, void *udata)
         uint64_t *grown = realloc(runs, cap * sizeof *runs);
         if (!grown) return;
         runs = grown;
+        uint64_t(*grown_cycles)[2] = realloc(run_cycles, cap * sizeof *run_cycles);
+        if (!grown_cycles) return;
+        run_cycles = grown_cycles;
         cap_runs = cap;
     }
+    for (int c = 0; c < 2; c++) run_cycles[n_runs][c] = cycles[c] - cycles_at_start[c];
     runs[n_runs++] = executed - executed_at_start;
-    if (n_kernels) tail_insns += executed - executed_at_site;
+    if (n_kernels) {
+        tail_insns += executed - executed_at_site;
+        for (int c = 0; c < 2; c++) tail_cycles[c] += cycles[c] - cycles_at_site[c];
+    }
+}
+
+static void on_tb(unsigned int vcpu, void *udata)
+{
+    (void)vcpu;
+    const struct tb_info *tb = udata;
+    /* the block before ended in a branch and execution did not fall through: it was taken */
+    if (last_tb && last_tb->ends_in_branch && last_tb->fallthrough != tb->start) {
+        cycles[0] += TBN_M4_TAKEN;
+        cycles[1] += TBN_M7_TAKEN;
+    }
+    last_tb = tb;
+}
+
+static struct tbn_insn decode_insn(const struct qemu_plugin_insn *insn)
+{
+    const uint8_t *b = qemu_plugin_insn_data(insn);
+    size_t size = qemu_plugin_insn_size(insn);
+    uint32_t hw1 = size >= 2 ? (uint32_t)b[0] | ((uint32_t)b[1] << 8) : 0;
+    uint32_t hw2 = size >= 4 ? (uint32_t)b[2] | ((uint32_t)b[3] << 8) : 0;
+    return tbn_decode(hw1, hw2);
 }
 
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
     size_t n = qemu_plugin_tb_n_insns(tb);
+    struct tbn_insn prev = {TBN_ALU, 0, 0, 0};
+    int have_prev = 0, paired = 0;
+    struct tb_info *info = calloc(1, sizeof *info);
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         uint64_t pc = qemu_plugin_insn_vaddr(insn);
         qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &executed, 1);
+        struct tbn_insn in = decode_insn(insn);
+        unsigned c4 = tbn_cycles_m4(&in, have_prev ? &prev : NULL);
+        unsigned c7 = tbn_cycles_m7(&in, have_prev ? &prev : NULL, &paired);
+        if (c4) qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &cycles[0], c4);
+        if (c7) qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &cycles[1], c7);
+        if (info) {
+            if (i == 0) info->start = pc;
+            info->fallthrough = pc + qemu_plugin_insn_size(insn);
+            info->ends_in_branch = in.is_branch;
+        }
+        prev = in;
+        have_prev = 1;
         if (pc == start_addr) qemu_plugin_register_vcpu_insn_exec_cb(insn, on_start, QEMU_PLUGIN_CB_NO_REGS, NULL);
         if (pc == end_addr) qemu_plugin_register_vcpu_insn_exec_cb(insn, on_end, QEMU_PLUGIN_CB_NO_REGS, NULL);
         if (!n_kernels) continue;
@@ -170,6 +245,7 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             if (pc == kernel_addr[k])
                 qemu_plugin_register_vcpu_insn_exec_cb(insn, on_kernel, QEMU_PLUGIN_CB_NO_REGS, (void *)(uintptr_t)k);
     }
+    if (info) qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb, QEMU_PLUGIN_CB_NO_REGS, info);
 }
 
 static void report(void)
@@ -183,12 +259,18 @@ static void report(void)
     }
     fprintf(f, "executed %" PRIu64 "\nruns %zu\nunfinished %d\n", executed, n_runs, inside);
     for (size_t i = 0; i < n_runs; i++) fprintf(f, "%" PRIu64 "\n", runs[i]);
+    for (size_t i = 0; i < n_runs; i++)
+        fprintf(f, "cycles %" PRIu64 " %" PRIu64 "\n", run_cycles[i][0], run_cycles[i][1]);
     for (size_t k = 0; k < n_kernels; k++)
         fprintf(f, "kernel %zu %" PRIu64 " %" PRIu64 "\n", k, kernel_calls[k], kernel_insns[k]);
     for (size_t i = 0; i < n_sites; i++)
-        fprintf(f, "call %zu %ld %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", i, sites[i].kernel, sites[i].calls,
-                sites[i].insns, sites[i].kernel_insns);
-    if (n_kernels) fprintf(f, "tail %" PRIu64 "\n", tail_insns);
+        fprintf(f,
+                "call %zu %ld %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+                "\n",
+                i, sites[i].kernel, sites[i].calls, sites[i].insns, sites[i].kernel_insns, sites[i].cycles[0],
+                sites[i].kernel_cycles[0], sites[i].cycles[1], sites[i].kernel_cycles[1]);
+    if (n_kernels)
+        fprintf(f, "tail %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", tail_insns, tail_cycles[0], tail_cycles[1]);
     fclose(f);
 }
 
