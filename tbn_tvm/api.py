@@ -295,9 +295,12 @@ def compile(  # noqa: A001 - the natural name for users
     report["compressed_layers"] = sum(1 for layer in prepared.layers if layer.kernel)
     _mark_built_dense(report, {layer.name for layer in prepared.layers if layer.kernel})
     kinds = {layer.name: layer.kernel_kind for layer in prepared.layers if layer.kernel_kind}
+    whys = {layer.name: layer.why for layer in prepared.layers if layer.why}
     for layer in report["layers"]:  # the kernel form each compact layer was built in
         if layer["name"] in kinds:
             layer["kernel"] = kinds[layer["name"]]
+        if layer["name"] in whys:  # and why the cost model chose it (kernels.cost)
+            layer["kernel_choice"] = whys[layer["name"]]
     notes = [layer.note for layer in prepared.layers if layer.note]
     if notes:
         report["notes"] = notes

@@ -198,6 +198,9 @@ def run(args) -> int:
     if rep.get("firmware_uart"):
         driver = (rep.get("uart_driver") or {}).get("file", "the shipped driver")
         print(f"  UART firmware: {rep['firmware_uart']} (UART driver: {driver}); run it with --port PORT")
+    for layer in layers:  # the cost model's kernel choices (issue 23's look-up kernels)
+        if layer.get("kernel_choice"):
+            print(f"  kernel of {layer['name']}: {layer['kernel_choice']}")
     for note in rep.get("notes", []):
         print(f"  note: {note}")
     return 0

@@ -7,10 +7,12 @@ is a dense constant that is exactly ``α`` times an integer.  This format finds 
 in ``k`` bits (``k ≤ 8``) as two's complement (``−2^(k−1) … 2^(k−1) − 1``) or sign-magnitude
 (``−(2^(k−1) − 1) … 2^(k−1) − 1``), whichever needs fewer bits (ties: two's complement).
 
-Buffers: ``planes`` (the ``k``-bit codes, packed LSB first, :func:`~tbn_tvm.formats.bits.pack_fields`)
-and ``scales`` (float32, one or one per row).  ``inspect`` shows ``bitplane k=…``; an all-zero
-weight (no tiled or binary form: it has no sign) is found here with ``k = 1`` and shown as
-``zero`` (``format``) / ``zero (bitplane k=1)`` (``label``).
+Buffers: ``planes`` (uint32, ``k·⌈n/32⌉ + 1`` words: plane ``b`` holds bit ``b`` of every code,
+packed LSB first in the weight's flat order, :func:`pack_planes`) and ``scales`` (float32, one or one
+per row).  Structure kernel: T-MAC's bit-serial look-up (:mod:`tbn_tvm.kernels.bitplane_lut`).
+``inspect`` shows ``bitplane k=…``; an all-zero weight (no tiled or binary form: it has no
+sign) is found here with ``k = 1`` and shown as ``zero`` (``format``) / ``zero (bitplane k=1)``
+(``label``).
 
 Detection is exact: a weight one ulp off the grid is not bit-plane.
 
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tbn_tvm.formats.base import Buffer, WeightFormat, as_float
-from tbn_tvm.formats.bits import pack_fields, tir_field, unpack_fields
+from tbn_tvm.formats.bits import pack_bits, unpack_bits
 
 MAX_BITS = 8
 #: Largest integer multiple searched when the smallest magnitude is not itself the grid step.
@@ -154,12 +156,12 @@ class BitplaneFormat(WeightFormat):
 
     def buffers(self) -> list[Buffer]:
         return [
-            Buffer("planes", pack_fields(self.codes, self.k)),
+            Buffer("planes", pack_planes(self.codes, self.k)),
             Buffer("scales", self.scales.astype(np.float32)),
         ]
 
     def _q_numpy(self) -> np.ndarray:
-        c = unpack_fields(pack_fields(self.codes, self.k), self.k, self.n)
+        c = unpack_planes(pack_planes(self.codes, self.k), self.n, self.k)
         if self.encoding == "twos":
             return np.where(c >= (1 << (self.k - 1)), c - (1 << self.k), c)
         mag = c & ((1 << (self.k - 1)) - 1)
@@ -176,7 +178,14 @@ class BitplaneFormat(WeightFormat):
 
         from tbn_tvm.kernels import i64
 
-        code = tirx.Cast("int32", tir_field(bufs["planes"], i, self.k))
+        planes = bufs["planes"]
+        word, shift = tirx.shift_right(i, i64(5)), tirx.Cast("uint32", tirx.bitwise_and(i, i64(31)))
+        code = None
+        for b in range(self.k):  # bit b of the code from plane b
+            w = planes[i64(b * plane_words(self.n)) + word]
+            bit = tirx.bitwise_and(tirx.shift_right(w, shift), tirx.const(1, "uint32"))
+            term = tirx.Cast("int32", bit if b == 0 else tirx.shift_left(bit, tirx.const(b, "uint32")))
+            code = term if code is None else tirx.bitwise_or(code, term)
         k = self.k
         if self.encoding == "twos":
             q = tirx.Select(code >= (1 << (k - 1)), code - (1 << k), code)
@@ -211,3 +220,38 @@ class BitplaneFormat(WeightFormat):
 
     def fields(self) -> dict:
         return {"bits": self.k, "encoding": self.encoding}
+
+    def kernel(self, layer):
+        from tbn_tvm.kernels import bitplane_lut
+
+        return bitplane_lut.kernel_for(self, layer)
+
+
+def plane_words(n: int) -> int:
+    """Words of one plane of ``n`` codes."""
+    return -(-n // 32)
+
+
+def pack_planes(codes: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-bit codes as ``k`` planes, one after the other in uint32 words: plane ``b``
+    starts at word ``b·⌈n/32⌉`` and its bit ``i`` (word ``i // 32``, bit ``i % 32``) is bit ``b``
+    of code ``i``; one zero word ends the buffer, so that a kernel may read the word after any
+    bit's word (a row's bits re-aligned into words where rows do not start on a word boundary:
+    bits past a plane's end are never selected)."""
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    if codes.size and (codes.min() < 0 or int(codes.max()) >> k):
+        raise ValueError(f"codes do not fit in {k} bits")
+    words = plane_words(codes.size)
+    out = np.zeros(k * words + 1, np.uint32)
+    for b in range(k):
+        out[b * words : (b + 1) * words] = pack_bits(((codes >> b) & 1).astype(np.uint8))
+    return out
+
+
+def unpack_planes(planes: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Inverse of :func:`pack_planes`: the ``n`` codes (int64)."""
+    words = plane_words(n)
+    codes = np.zeros(n, np.int64)
+    for b in range(k):
+        codes |= unpack_bits(planes[b * words : (b + 1) * words], n).astype(np.int64) << b
+    return codes

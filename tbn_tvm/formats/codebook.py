@@ -143,9 +143,11 @@ class CodebookFormat(WeightFormat):
         return {"tau": self.tau, "codewords": self.num_codewords}
 
     def kernel(self, layer):
-        from tbn_tvm.kernels import lut_conv, rows
+        from tbn_tvm.kernels import codeword_conv, lut_conv, rows
 
-        k = lut_conv.kernel_for(self, layer)
+        k = codeword_conv.kernel_for(self, layer)
+        if k is None and layer.simd:
+            k = lut_conv.kernel_for(self, layer)
         if k is not None or layer.simd or layer.op not in ("conv1d", "conv2d") or layer.groups != 1:
             return k
         if layer.dtype != "float32" or not layer.reuse_rows:
@@ -157,7 +159,12 @@ class CodebookFormat(WeightFormat):
         plan = rows.RowPlan(rows=O, row_length=K, tile_length=O * K, scale_chunk=K, num_scales=O)
         g = rows.lut_group(plan) or 4
         kern = rows.conv_rows_lut_te(layer, self, plan, g, words_of=self._row_words)
-        return rows.make_kernel(rows.KIND_CONV_LUT, kern, plan, group=g)
+        built = rows.make_kernel(rows.KIND_CONV_LUT, kern, plan, group=g)
+        if codeword_conv.applies(self, layer):  # say why the codeword convolution lost
+            from tbn_tvm.kernels.cost import codebook_choice
+
+            built.info["why"] = codebook_choice(layer, self)[1]
+        return built
 
     def _row_words(self, bufs):
         """``W[o, c]``: bits ``32c .. 32c+31`` of filter ``o``'s signs (its ``Cin·k·k``

@@ -68,6 +68,8 @@ def dense_estimate(layer, weight_shape) -> float:
 
 def compact_estimate(layer, weight_shape, kind: str, plan=None, group: int | None = None) -> float:
     """Instructions of the compact kernel ``kind`` (``tbn.kernel``) for ``layer``."""
+    if plan is not None and hasattr(plan, "estimate"):  # issue 23's look-up kernels
+        return plan.estimate(layer)
     n, k = _rows_cols(layer, weight_shape)
     m = _positions(layer)
     gather = MCU_GATHER * n * m
@@ -127,4 +129,88 @@ def slower_than_dense_note(layer, fmt, kernel) -> str | None:
         f"layer {layer.name}: its {fmt.label()} kernel ({kernel.kind}) is estimated at "
         f"{compact:,.0f} instructions, {compact / dense:.1f}x the dense build's {dense:,.0f}; kept "
         f"compact for flash ({compact_bytes:,} bytes vs {dense_bytes:,}); --no-compress builds it dense"
+    )
+
+
+# ------------------------------------------------------------------ bit-plane look-up (T-MAC)
+MCU_BP_LOOKUP = 4.0  # one look-up: field extract, address, load, add
+MCU_BP_ENTRY = 2.5  # one table entry (half-table loads, add, store)
+MCU_BP_WORD = 3.0  # one plane word per row and chunk (load; re-aligned: +5)
+
+
+def bitplane_estimate(layer, weight_shape, bits: int, g: int) -> float:
+    """Instructions of the bit-plane look-up kernel with groups of ``g`` inputs
+    (:mod:`tbn_tvm.kernels.bitplane_lut`) for a ``bits``-bit weight: per input vector
+    ``⌈K/32⌉·32/g`` tables of ``2^g`` entries, then ``bits`` look-ups per ``g`` weights of
+    every row."""
+    from tbn_tvm.kernels.bitplane_lut import fields_per_word
+
+    n, k = _rows_cols(layer, weight_shape)
+    m = _positions(layer)
+    chunks = -(-k // 32)
+    fields = fields_per_word(k, g)
+    word = MCU_BP_WORD + (5.0 if k % 32 else 0.0)
+    tables = chunks * fields * ((1 << g) + (1 << (g // 2 + 1))) * MCU_BP_ENTRY
+    rows_ = n * chunks * bits * (word + fields * MCU_BP_LOOKUP)
+    patch = 0.0 if layer.op == "matmul" else chunks * fields * g * MCU_PATCH_TAP
+    return m * (tables + rows_ + patch) + MCU_GATHER * n * m
+
+
+def bitplane_group(layer, fmt) -> int | None:
+    """The group size whose look-up kernel is estimated cheapest on a Cortex-M, or None when
+    decoding in the kernel is estimated cheaper."""
+    from tbn_tvm.kernels.bitplane_lut import GROUPS
+
+    best = min(GROUPS, key=lambda g: bitplane_estimate(layer, fmt.shape, fmt.k, g))
+    decode = compact_estimate(layer, fmt.shape, "decode")
+    return best if bitplane_estimate(layer, fmt.shape, fmt.k, best) < decode else None
+
+
+# ------------------------------------------------------------------ SNN codeword convolution
+MCU_CW_ENTRY = 0.22  # per segment-table entry and tap, per channel and position (taps, adds, stores)
+MCU_CW_RESP = 4.2  # one segment look-up of a codeword response (address, load, add; the store amortised)
+MCU_CW_GATHER = 2.5  # one gathered response per filter, channel and position (load, add)
+MCU_CW_INDEX = 8.75  # one filter and channel per position tile (index byte, response address, loop)
+
+
+def codeword_estimate(layer, plan) -> float:
+    """Instructions of the codeword convolution (:mod:`tbn_tvm.kernels.codeword_conv`): per
+    output position, each input channel's segment tables and its ``C`` codeword responses,
+    then ``O·I_g`` gathered adds (the index and address once per tile of positions)."""
+    from tbn_tvm.kernels.codeword_conv import position_tile, segments
+
+    O, Ig, *ksize = plan.shape
+    m = _positions(layer)
+    cin = layer.x_shape[1]
+    segs = segments(tuple(ksize))
+    tile = position_tile(layer.out_shape[-1], cin, plan.codewords)
+    entries = sum((1 << length) * (length + 1) for _, _, length in segs)
+    per_channel = entries * MCU_CW_ENTRY + plan.codewords * len(segs) * MCU_CW_RESP
+    gather = O * Ig * (MCU_CW_GATHER + MCU_CW_INDEX / tile)
+    return m * (cin * per_channel + gather + MCU_GATHER * O) + 10.0 * O * Ig
+
+
+def codebook_choice(layer, fmt) -> tuple[str, str]:
+    """The kernel a codebook conv takes on a Cortex-M: the codeword convolution or the filters
+    as sign rows with look-up tables, by estimated instructions; and a sentence saying why (the
+    compile summary prints it)."""
+    from tbn_tvm.kernels import codeword_conv
+
+    cw = codeword_estimate(layer, codeword_conv.plan_for(fmt))
+    O, K = fmt.shape[0], fmt.n // fmt.shape[0]
+    if layer.groups == 1:
+        plan = rows.RowPlan(rows=O, row_length=K, tile_length=O * K, scale_chunk=K, num_scales=O)
+        g = rows.lut_group(plan) or 4
+        other, other_kind = compact_estimate(layer, fmt.shape, rows.KIND_CONV_LUT, plan, g), "sign rows"
+    else:
+        other, other_kind = compact_estimate(layer, fmt.shape, "decode"), "decoding in the kernel"
+    C, cin = fmt.num_codewords, layer.x_shape[1]
+    if cw < other:
+        return codeword_conv.KIND, (
+            f"codeword convolution: {C} codewords x {cin} channels then {O}x{fmt.shape[1]} gathered "
+            f"adds per position, estimated {cw:,.0f} instructions vs {other:,.0f} for {other_kind}"
+        )
+    return rows.KIND_CONV_LUT, (
+        f"{other_kind}: estimated {other:,.0f} instructions vs {cw:,.0f} for the codeword "
+        f"convolution ({C} codewords for {O} filters)"
     )

@@ -49,6 +49,7 @@ class RewrittenLayer:
     kernel_kind: str | None = None  # the kernel's tbn.kernel kind
     plan: object | None = None  # the format's structure plan (e.g. RowPlan), when used
     note: str | None = None  # said by compile: e.g. a compact kernel estimated slower than dense
+    why: str | None = None  # why the cost model picked this kernel (kernels.cost), when it chose
 
     @property
     def rows(self):
@@ -164,7 +165,9 @@ class _Compressor(relax.PyExprMutator):
             note = slower_than_dense_note(layer, lw.format, kernel)
         sym = self._symbol(layer.name, kernel.kind)
         gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", sym), sym)
-        self.layers.append(RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan, note))
+        self.layers.append(
+            RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan, note, kernel.info.get("why"))
+        )
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
         result = with_span(relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty), call.span)
         if tuple(layer.out_shape) != _shape(call):  # a 1-D weight's unit axis, a token matmul's rows

@@ -119,6 +119,10 @@ def schedule_prim_mcu(prim):
         sch.get_sblock("root")
     except Exception:  # noqa: BLE001 - s_tir raises ScheduleError: no root block to schedule under
         return prim
+    from tbn_tvm.schedules import cortex_m_lut
+
+    if cortex_m_lut.handles({_name(sch, b) for b in _blocks(sch)}):  # issue 23's look-up kernels
+        return cortex_m_lut.schedule(prim)
     keep = (  # computed once (per call, or per position), read many times
         "row_words",
         "tbn_code_index",

@@ -92,11 +92,14 @@ CASES = {
     "wide_3x3_lut": lambda rng: snn_weight(rng, 64, 16, 3, 16),
     "narrow_3x3_direct": lambda rng: snn_weight(rng, 8, 4, 3, 4),
     "pointwise": lambda rng: snn_weight(rng, 32, 16, 1, 1),
-    # filters as sign rows on an MCU (as many codewords as filters): rows of 45 and 20 bits
-    # (codewords straddle the 32-bit words); 5x5 kernels (25-bit codewords)
-    "rows_3x3_odd": lambda rng: snn_weight(rng, 16, 5, 3, 16),
-    "rows_2x2": lambda rng: snn_weight(rng, 12, 5, 2, 12),
+    # as many codewords as filters: the codeword convolution on an MCU (rows of 45 and 20 bits
+    # for the sign-row kernel); 5x5 kernels (25-bit codewords, segments of 3 and 2 taps)
+    "odd_3x3": lambda rng: snn_weight(rng, 16, 5, 3, 16),
+    "odd_2x2": lambda rng: snn_weight(rng, 12, 5, 2, 12),
     "kernel_5x5": lambda rng: snn_weight(rng, 8, 3, 5, 8),
+    # few filters, 64 codewords (each used once): the filters as sign rows on an MCU (rows of
+    # 576 bits, codewords straddling the 32-bit words)
+    "rows_many_codewords": lambda rng: snn_weight(rng, 4, 64, 3, 64),
 }
 
 
@@ -111,7 +114,8 @@ def test_compiled_matches_onnxruntime(target, case):
     x = rng.standard_normal((1, w.shape[1], 8, 8)).astype(np.float32)
     ref = reports.ort(m, {"x": x})[0]
     compiled = tbn_tvm.compile(m, target)
-    if case.startswith("rows") and target == "cortex-m4":
+    if target == "cortex-m4" and compiled.report()["layers"][0]["label"].startswith("codebook"):
         kernels = [step["kernel"] for step in compiled.report()["steps"]]
-        assert any(k.endswith("rows_conv_lut") for k in kernels), kernels
+        want = "rows_conv_lut" if case.startswith("rows") else "codeword_conv"
+        assert any(k.endswith(want) for k in kernels), kernels
     np.testing.assert_allclose(compiled.run(x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -1,0 +1,267 @@
+"""Bit-plane look-up kernels: T-MAC's bit-serial table look-up, in float32.
+
+A bit-plane weight (:mod:`tbn_tvm.formats.bitplane`) is ``w[n, j] = α_n · q[n, j]`` with ``q`` a
+``k``-bit two's-complement integer, ``q = Σ_{b<k-1} 2^b·bit_b − 2^(k−1)·bit_{k−1}``, stored as
+``k`` packed planes.  T-MAC (Wei et al., "T-MAC: CPU Renaissance via Table Lookup for Low-Bit LLM
+Deployment on Edge", EuroSys 2025) computes such a GEMV without multiplies: cut the input into
+groups of ``g``, build each group's ``2^g`` partial sums once per input vector, and let every
+plane of every row read one entry per group::
+
+    T[grp, e] = Σ_{t < g, bit t of e set} x[grp·g + t]                 (2^g subset sums per group)
+    y[n]      = α_n · Σ_b c_b · Σ_grp T[grp, field_b(n, grp)]           (c_b = 2^b, −2^(k−1) on top)
+
+where ``field_b(n, grp)`` is the ``g``-bit field of plane ``b`` over the group's inputs in row
+``n``.  The tables cost ``2^g`` entries per ``g`` inputs, once per input vector (per output
+position of a convolution, from its im2col patch), shared by all ``k`` planes and all ``N`` rows;
+the rows then take ``k`` look-ups per ``g`` weights instead of ``g`` multiply-adds.  T-MAC
+quantises its tables to int8; here they stay float32 subset sums of the inputs (no
+quantisation, no cancelling offset): the result differs from a plain dot product only in the
+order of the additions.
+
+Tables are built per 32-input chunk (one plane word holds ``32/g`` fields) from two half tables
+of ``2^(g/2)`` entries (one add per entry).  A row whose bits do not start on a word boundary
+(``K`` not a multiple of 32) gets each chunk's word re-aligned from two plane words (a funnel
+shift); inputs past ``K`` read as zero, so the next row's bits in a row's last word select
+nothing.
+
+Blocks (for the schedules): ``tbn_bp_half`` / ``tbn_bp_table`` (the tables, indexed
+``[*lead, group, ...]``), ``tbn_bp_sum`` (``[*lead, n]``, reduction over the 32-input chunks),
+``tbn_bp_scale`` (``α`` and the output), and for a convolution the im2col patch
+:data:`tbn_tvm.kernels.rows.BLOCK_PATCH`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tbn_tvm.formats.bitplane import plane_words
+from tbn_tvm.kernels import Kernel, Layer, i64, make_kernel, shape64
+
+KIND_DENSE = "bitplane_lut"
+KIND_CONV = "bitplane_conv_lut"
+KINDS = (KIND_DENSE, KIND_CONV)
+BLOCK_HALF = "tbn_bp_half"
+BLOCK_TABLE = "tbn_bp_table"
+BLOCK_SUM = "tbn_bp_sum"
+BLOCK_SCALE = "tbn_bp_scale"
+
+#: Group sizes the kernel builds tables for (a group's field never straddles a plane word).
+GROUPS = (2, 4, 8)
+
+
+def fields_per_word(K: int, g: int) -> int:
+    """Groups of ``g`` inputs per 32-input chunk: ``32/g``, fewer when the whole row is shorter
+    than a word (``⌈K/g⌉``)."""
+    return min(32 // g, -(-K // g))
+
+
+def coefficients(fmt) -> list[float]:
+    """``c_b``: the weight of plane ``b`` in ``q`` (two's complement: ``2^b``, the top ``−2^(k−1)``)."""
+    k = fmt.k
+    return [float(1 << b) for b in range(k - 1)] + [-float(1 << (k - 1))]
+
+
+def applies(fmt, layer: Layer) -> bool:
+    """Whether the look-up kernel can compute ``layer`` from ``fmt``: float32, two's-complement
+    codes, rows contiguous in the weight (a Linear ``[out, in]`` weight, an ungrouped conv)."""
+    if layer.dtype != "float32" or fmt.encoding != "twos" or not layer.reuse_rows:
+        return False
+    if layer.op == "matmul":
+        rows = fmt.shape[0] if len(fmt.shape) > 1 else 1
+        return layer.order == "transposed" and rows == layer.out_shape[-1]
+    return layer.op in ("conv1d", "conv2d") and layer.groups == 1
+
+
+def _field_words(P, K: int, plane: int):
+    """``word(b, n, kc)``: bits ``32·kc .. 32·kc+31`` of row ``n`` in plane ``b`` (``plane``
+    words each) as one word (bit ``j`` = input ``32·kc + j``).  Bits past the row's end belong
+    to the next row (or plane): the inputs they would select are zero."""
+    from tvm import tirx
+
+    one = tirx.const(1, "uint32")
+
+    def word(b, n, kc):
+        base = b * i64(plane)
+        if K % 32 == 0:
+            return P[base + n * i64(K // 32) + kc]
+        pos = n * i64(K) + kc * i64(32)
+        w = base + tirx.shift_right(pos, i64(5))
+        s = tirx.Cast("uint32", tirx.bitwise_and(pos, i64(31)))
+        lo = tirx.shift_right(P[w], s)
+        # (x << (31 - s)) << 1: the next word's low bits, 0 when s == 0 (no shift by 32)
+        hi = tirx.shift_left(tirx.shift_left(P[w + i64(1)], tirx.const(31, "uint32") - s), one)
+        return tirx.bitwise_or(lo, hi)
+
+    return word
+
+
+def _tables(lead: list, chunks: int, per_word: int, x_at, g: int, dtype: str):
+    """``T[*lead, kc, e, f]``: the ``2^g`` subset sums of group ``f`` (inputs ``32·kc + g·f ..``,
+    read by ``x_at(m, k)``) of each 32-input chunk ``kc``, from two half tables
+    ``H[*lead, kc, f, part, e']`` of ``2^(g/2)`` entries.  The group is the innermost axis, so a
+    look-up's address is one shift-add of its field plus a constant offset per group."""
+    from tvm import te, tirx
+
+    h = g // 2
+    one = tirx.const(1, "uint32")
+    zero = tirx.const(0.0, dtype)
+
+    def half(*idx):
+        *m, kc, f, part, e = idx
+        s = None
+        for t in range(h):
+            v = x_at(m, kc * i64(32) + f * i64(g) + part * i64(h) + i64(t))
+            bit = tirx.bitwise_and(tirx.shift_right(tirx.Cast("uint32", e), tirx.const(t, "uint32")), one)
+            term = tirx.Select(bit == one, v, zero)
+            s = term if s is None else s + term
+        return s
+
+    H = te.compute(shape64([*lead, chunks, per_word, 2, 1 << h]), half, name=BLOCK_HALF)
+    size = i64(1 << h)
+    return te.compute(
+        shape64([*lead, chunks, 1 << g, per_word]),
+        lambda *idx: (
+            H[(*idx[:-3], idx[-3], idx[-1], i64(0), tirx.floormod(idx[-2], size))]
+            + H[(*idx[:-3], idx[-3], idx[-1], i64(1), tirx.floordiv(idx[-2], size))]
+        ),
+        name=BLOCK_TABLE,
+    )
+
+
+def _sums(lead: list, K: int, x_at, fmt, P, rows: int, g: int, dtype: str):
+    """``Z[*lead, n] = Σ_b c_b Σ_grp T[*lead, grp, field_b(n, grp)]`` (before ``α``)."""
+    from tvm import te, tirx
+
+    chunks = -(-K // 32)
+    per_word = fields_per_word(K, g)
+    T = _tables(lead, chunks, per_word, x_at, g, dtype)
+    word = _field_words(P, K, plane_words(fmt.n))
+    coef = coefficients(fmt)
+    mask = tirx.const((1 << g) - 1, "uint32")
+    kc = te.reduce_axis((i64(0), i64(chunks)), name="kc")
+
+    def body(*idx):
+        *m, n = idx
+        total = None
+        for b, c in enumerate(coef):
+            w = word(i64(b), n, kc)
+            s = None
+            for f in range(per_word):
+                e = tirx.bitwise_and(tirx.shift_right(w, tirx.const(g * f, "uint32")), mask)
+                v = T[(*m, kc, tirx.Cast("int64", e), i64(f))]
+                s = v if s is None else s + v
+            term = s if c == 1.0 else tirx.const(c, dtype) * s
+            total = term if total is None else total + term
+        return te.sum(total, axis=kc)
+
+    return te.compute(shape64([*lead, rows]), body, name=BLOCK_SUM)
+
+
+def dense_te(layer: Layer, fmt, g: int) -> list:
+    """``y[..., n] = α_n Σ_j x[..., j] q[n, j]`` by table look-up: ``[x, planes, scales, y]``."""
+    from tvm import te, tirx
+
+    *lead, K = layer.x_shape
+    N = layer.out_shape[-1]
+    X = te.placeholder(shape64([*lead, K]), layer.dtype, name="x")
+    bufs = fmt.placeholders()
+    P, A = bufs["planes"], bufs["scales"]
+    zero = tirx.const(0.0, layer.dtype)
+
+    def x_at(m, k):
+        if K % 32 == 0 or (K < 32 and K % g == 0):
+            return X[(*m, k)]
+        return tirx.if_then_else(k < i64(K), X[(*m, tirx.min(k, i64(K - 1)))], zero)
+
+    Z = _sums(lead, K, x_at, fmt, P, N, g, layer.dtype)
+
+    def out(*idx):
+        s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
+        return s * Z[idx]
+
+    return [X, P, A, te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)]
+
+
+def conv_te(layer: Layer, fmt, g: int) -> list:
+    """The same per output position of an ungrouped 1-D/2-D convolution, its im2col patch
+    (``C·kh·kw`` inputs in the filter's flat order, zero padding resolved) as the input vector:
+    ``[x, planes, scales, y]``."""
+    from tvm import te, tirx
+
+    from tbn_tvm.kernels import rows
+    from tbn_tvm.kernels.conv import conv_inputs
+
+    X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
+    P, A = bufs["planes"], bufs["scales"]
+    B = layer.x_shape[0]
+    O, Cg, *ksize = fmt.shape
+    nd = len(ksize)
+    ksz = math.prod(ksize)
+    K = Cg * ksz
+
+    def patch(m, k):
+        b, pos = m[0], m[1:]
+        c = tirx.floordiv(k, i64(ksz))
+        r = tirx.floormod(k, i64(ksz))
+        src = []
+        for d in range(nd):
+            off = tirx.floormod(tirx.floordiv(r, i64(math.prod(ksize[d + 1 :]))), i64(ksize[d]))
+            src.append(pos[d] * i64(layer.strides[d]) + off * i64(layer.dilation[d]))
+        return Xp[(b, c, *src)]
+
+    lead = [B, *out_spatial]
+    width = 32 if K > 32 else fields_per_word(K, g) * g
+    im2col, _ = rows.patch_block(lead, K, patch, layer.dtype, width)  # zeros past K
+    Z = _sums(lead, K, lambda m, k: im2col[(*m, k)], fmt, P, O, g, layer.dtype)
+
+    def out(b, o, *pos):
+        s = A[i64(0)] if fmt.num_scales == 1 else A[o]
+        return s * Z[(b, *pos, o)]
+
+    return [X, P, A, te.compute(shape64([B, O, *out_spatial]), out, name=BLOCK_SCALE)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a bit-plane look-up kernel computes: ``bits`` planes, groups of ``group`` inputs."""
+
+    shape: tuple[int, ...]  # the weight's framework shape
+    bits: int
+    group: int
+
+    def estimate(self, layer: Layer) -> float:
+        """Cortex-M instructions (:func:`tbn_tvm.kernels.cost.bitplane_estimate`)."""
+        from tbn_tvm.kernels import cost
+
+        return cost.bitplane_estimate(layer, self.shape, self.bits, self.group)
+
+
+def kernel(fmt, layer: Layer, g: int) -> Kernel:
+    """The look-up kernel with groups of ``g`` inputs (``g`` in :data:`GROUPS`)."""
+    if g not in GROUPS:
+        raise ValueError(f"group size must be one of {GROUPS}, got {g}")
+    plan = Plan(tuple(fmt.shape), fmt.k, g)
+    if layer.op == "matmul":
+        return make_kernel(KIND_DENSE, dense_te(layer, fmt, g), plan, group=g)
+    return make_kernel(KIND_CONV, conv_te(layer, fmt, g), plan, group=g)
+
+
+def kernel_for(fmt, layer: Layer) -> Kernel | None:
+    """The look-up kernel for a bit-plane layer where it applies and is estimated cheaper than
+    decoding the weight inside the reduction (on a Cortex-M: :func:`tbn_tvm.kernels.cost.bitplane_choice`),
+    else None (the generic decode-in-kernel compute)."""
+    if not applies(fmt, layer) or layer.simd:
+        return None
+    from tbn_tvm.kernels import cost
+
+    g = cost.bitplane_group(layer, fmt)
+    if not g:
+        return None
+    built = kernel(fmt, layer, g)
+    est = cost.bitplane_estimate(layer, fmt.shape, fmt.k, g)
+    built.info["why"] = (
+        f"bit-plane look-up (T-MAC), tables of {g} inputs shared by {fmt.k} planes: estimated "
+        f"{est:,.0f} instructions vs {cost.dense_estimate(layer, fmt.shape):,.0f} dense"
+    )
+    return built
