@@ -45,20 +45,41 @@ def _pow2(n):
     return tirx.reinterpret("float32", bits)
 
 
-def exp(x):
-    """``e^x`` of a float32 TIR expression, vectorisable (see the module docstring)."""
+def _let(value, body, name: str = "v"):
+    """``body(v)`` with ``v`` bound once to ``value`` (``tirx.Let``): an argument used many
+    times is not copied into every use (a chain Exp -> Exp inlined by the schedules would
+    otherwise grow the expression by a factor of ~27 per link)."""
     from tvm import tirx
 
+    if isinstance(value, (tirx.Var, tirx.FloatImm, tirx.IntImm)):
+        return body(value)
+    v = tirx.Var(name, str(value.ty))  # PrimExpr.ty is its dtype in TVM 0.27
+    return tirx.Let(v, value, body(v))
+
+
+def exp(x):
+    """``e^x`` of a float32 TIR expression, vectorisable (see the module docstring)."""
+    return _let(x, _exp)
+
+
+def _exp(x):
+    from tvm import tirx
+
+    def reduced(n):
+        def poly(r):
+            p = _f(EXP_P[0])
+            for c in EXP_P[1:]:
+                p = p * r + _f(c)
+            return p * r * r + r + _f(1.0)
+
+        xc = tirx.max(tirx.min(x, _f(EXP_HI)), _f(EXP_LO))
+        y = _let(xc - n * _f(LN2_C1) - n * _f(LN2_C2), poly, "r")
+        ni = tirx.Cast("int32", n)
+        half = tirx.shift_right(ni, tirx.const(1, "int32"))  # floor(n / 2), n in [-150, 128]
+        return _let(half, lambda h: y * _pow2(h) * _pow2(ni - h), "h")
+
     xc = tirx.max(tirx.min(x, _f(EXP_HI)), _f(EXP_LO))
-    n = tirx.floor(xc * _f(LOG2E) + _f(0.5))
-    r = xc - n * _f(LN2_C1) - n * _f(LN2_C2)
-    p = _f(EXP_P[0])
-    for c in EXP_P[1:]:
-        p = p * r + _f(c)
-    y = p * r * r + r + _f(1.0)
-    ni = tirx.Cast("int32", n)
-    half = tirx.shift_right(ni, tirx.const(1, "int32"))  # floor(n / 2), n in [-150, 128]
-    y = y * _pow2(half) * _pow2(ni - half)
+    y = _let(tirx.floor(xc * _f(LOG2E) + _f(0.5)), reduced, "n")
     y = tirx.Select(x > _f(EXP_HI), _f(float("inf")), y)
     y = tirx.Select(x < _f(EXP_LO), _f(0.0), y)
     return tirx.Select(tirx.isnan(x), x, y)
@@ -86,28 +107,32 @@ def _horner(coeffs, t):
 def _odd_rational(x, bound: float, num, den):
     from tvm import tirx
 
-    xc = tirx.max(tirx.min(x, _f(bound)), _f(-bound))
-    x2 = xc * xc
-    # x times the ratio (not (x P) / Q: x P of a denormal x kept ~10 bits, erf(1e-40) was 36 ulp
-    # off); the result clamped to [-1, 1] (the rationals reach 1 + 2^-23 near the clamp bound:
-    # erf on [3.69, 4), tanh on [8.2, 9))
-    y = xc * (_horner(num, x2) / _horner(den, x2))
-    return tirx.max(tirx.min(y, _f(1.0)), _f(-1.0))
+    def ratio(xc):
+        # x times the ratio (not (x P) / Q: x P of a denormal x kept ~10 bits, erf(1e-40) was 36
+        # ulp off); the result clamped to [-1, 1] (the rationals reach 1 + 2^-23 near the clamp
+        # bound: erf on [3.69, 4), tanh on [8.2, 9))
+        y = _let(xc * xc, lambda x2: xc * (_horner(num, x2) / _horner(den, x2)), "x2")
+        return tirx.max(tirx.min(y, _f(1.0)), _f(-1.0))
+
+    return _let(tirx.max(tirx.min(x, _f(bound)), _f(-bound)), ratio, "xc")
 
 
 def erf(x):
     """``erf(x)`` of a float32 TIR expression, vectorisable; NaN in, NaN out."""
     from tvm import tirx
 
-    return tirx.Select(tirx.isnan(x), x, _odd_rational(x, 4.0, ERF_P, ERF_Q))
+    return _let(x, lambda v: tirx.Select(tirx.isnan(v), v, _odd_rational(v, 4.0, ERF_P, ERF_Q)))
 
 
 def tanh(x):
     """``tanh(x)`` of a float32 TIR expression, vectorisable; NaN in, NaN out."""
     from tvm import tirx
 
-    y = tirx.Select(tirx.abs(x) < _f(0.0004), x, _odd_rational(x, 9.0, TANH_P, TANH_Q))
-    return tirx.Select(tirx.isnan(x), x, y)
+    def body(v):
+        y = tirx.Select(tirx.abs(v) < _f(0.0004), v, _odd_rational(v, 9.0, TANH_P, TANH_Q))
+        return tirx.Select(tirx.isnan(v), v, y)
+
+    return _let(x, body)
 
 
 def sigmoid(x):

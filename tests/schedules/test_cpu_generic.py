@@ -1065,16 +1065,11 @@ def _scheduled_kernel_sizes(g: Graph) -> dict[str, int]:
     return {name: len(text) for name, text in _scheduled_kernel_scripts(g).items()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compile time/memory exponential in chained vector-math ops: the injective rule inlines each "
-    "vmath block into the next, and exp/erf/tanh/sigmoid use their argument ~5-27 times, so Exp->Exp "
-    "prints 161,581 characters of TIR against 6,025 for one Exp, Exp->Exp->Exp 4,982,924; tbn_tvm.compile "
-    "of x[1, 6, 7, 4] -> Exp x4 takes 48 s and > 8 GB (0.5 s unscheduled), Sigmoid->Erf->Tanh 25 s. "
-    "Binding the argument once (tirx.Let in vector_math's legalizations) made Exp x4 0.9 s in a trial",
-)
 def test_chained_vector_math_stays_linear():
-    """Exp(Exp(x)) fused into one kernel is about twice one Exp's code, not its square."""
+    """Exp(Exp(x)) fused into one kernel is about twice one Exp's code, not its square (the
+    injective rule inlines each vmath block into the next; before vmath bound its argument
+    once with tirx.Let, Exp->Exp printed 161,581 characters of TIR against 6,025 for one Exp
+    and Exp x4 on x[1, 6, 7, 4] took 48 s and > 8 GB to compile)."""
 
     def chain(n: int) -> int:
         g = Graph(24)
