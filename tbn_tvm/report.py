@@ -382,6 +382,29 @@ def text_table(head: list[str], rows: list[list[str]], right: set[int]) -> list[
     return [fmt_row(head), rule, *map(fmt_row, rows), rule]
 
 
+def patchwise_line(patch: dict) -> str:
+    """One sentence on a patch-wise stage (issue 22): which layers, the tiles, the arena it
+    saves and the instructions it costs (measured against the layer-by-layer build where the
+    build ran on QEMU)."""
+    out = "x".join(str(d) for d in patch["stage_output"][1:])
+    th, tw = patch["tile"]
+    text = (
+        f"patch-wise: {', '.join(patch['layers'])} run over {patch['tiles']} tiles "
+        f"({patch['grid'][0]}x{patch['grid'][1]}, up to {th}x{tw} of the {out} output); arena "
+        f"{patch['arena_bytes']:,} bytes instead of {patch['layer_by_layer_arena_bytes']:,}"
+    )
+    if "recompute_overhead_instructions" in patch:
+        base = patch["layer_by_layer_instructions"]
+        over = patch["recompute_overhead_instructions"]
+        text += (
+            f"; recompute overhead {over:,} instructions ({100 * over / max(base, 1):.0f} % over the "
+            f"layer-by-layer build's {base:,})"
+        )
+    else:
+        text += f"; about {100 * patch['estimated_recompute']:.0f} % more multiply-adds (not measured)"
+    return text
+
+
 def artifact_table(manifest: dict) -> str:
     """The per-layer table of a built artifact (``tbn-tvm inspect OUT_DIR``): format, weight
     bytes, and where the target reports them flash bytes (weights + kernel code), the arena in
@@ -390,14 +413,15 @@ def artifact_table(manifest: dict) -> str:
     layers, instructions and arena, and the memory totals (stack: the measured peak and what
     was reserved)."""
     layers = manifest.get("layers", [])
-    keys = ("flash_bytes", "arena_bytes", "instructions", "seconds")
+    keys = ("flash_bytes", "arena_bytes", "instructions", "estimated_cycles_m4", "seconds")
     has = {key: any(key in layer for layer in layers) for key in keys}
     head = ["layer", "op", "format", "bytes"]
-    head += [label for key, label in zip(keys, ("flash", "arena", "instructions", "ms")) if has[key]]
+    labels = ("flash", "arena", "instructions", "est. M4 cycles", "ms")
+    head += [label for key, label in zip(keys, labels, strict=True) if has[key]]
     rows = []
     for layer in layers:
         row = [layer["name"], layer["op"], layer.get("label", layer["format"]), f"{layer['bytes']:,}"]
-        for key in keys[:3]:
+        for key in keys[:4]:
             if has[key]:
                 row.append(f"{layer[key]:,}" if key in layer else "-")
         if has["seconds"]:
@@ -438,6 +462,8 @@ def artifact_table(manifest: dict) -> str:
     ]
     if facts:
         lines.append(", ".join(facts))
+    if manifest.get("patchwise"):
+        lines.append(patchwise_line(manifest["patchwise"]))
     measured = manifest.get("measured", {})
     if measured.get("skipped"):
         lines.append(f"not measured: {measured['skipped']}")
@@ -445,12 +471,19 @@ def artifact_table(manifest: dict) -> str:
         parts = []
         if "instructions_per_inference" in measured:
             parts.append(f"{measured['instructions_per_inference']:,} instructions per inference")
+        if "estimated_cycles_m4_per_inference" in measured:
+            parts.append(
+                f"estimated {measured['estimated_cycles_m4_per_inference']:,} Cortex-M4 / "
+                f"{measured['estimated_cycles_m7_per_inference']:,} Cortex-M7 cycles"
+            )
         if measured.get("stack_peak_bytes") is not None:
             parts.append(f"stack peak {measured['stack_peak_bytes']:,} bytes")
         parts += [
             f"{k} {v}"
             for k, v in measured.items()
-            if k not in ("instructions_per_inference", "stack_peak_bytes", "stack_bytes", "on")
+            if k
+            not in ("instructions_per_inference", "stack_peak_bytes", "stack_bytes", "on", "cycles_model")
+            and "cycles" not in k
             and not isinstance(v, dict | list)
         ]
         lines.append(f"measured on {measured.get('on', '?')}: " + ", ".join(parts))

@@ -195,6 +195,17 @@ def run(args) -> int:
             f"  {measured['instructions_per_inference']:,} instructions per inference on {measured['on']} "
             f"(per layer: tbn-tvm inspect {out})"
         )
+        if "estimated_cycles_m4_per_inference" in measured:
+            print(
+                f"  estimated {measured['estimated_cycles_m4_per_inference']:,} Cortex-M4 / "
+                f"{measured['estimated_cycles_m7_per_inference']:,} Cortex-M7 cycles per inference "
+                "(from ARM's instruction timings; no flash wait states or bus contention)"
+            )
+    patch = rep.get("patchwise")
+    if patch:
+        from tbn_tvm.report import patchwise_line
+
+        print(f"  {patchwise_line(patch)}")
     if rep.get("firmware_uart"):
         driver = (rep.get("uart_driver") or {}).get("file", "the shipped driver")
         print(f"  UART firmware: {rep['firmware_uart']} (UART driver: {driver}); run it with --port PORT")

@@ -50,6 +50,7 @@ class RewrittenLayer:
     plan: object | None = None  # the format's structure plan (e.g. RowPlan), when used
     note: str | None = None  # said by compile: e.g. a compact kernel estimated slower than dense
     why: str | None = None  # why the cost model picked this kernel (kernels.cost), when it chose
+    spec: object | None = None  # the kernels.Layer its kernel was built for (patch-wise tiles rebuild it)
 
     @property
     def rows(self):
@@ -166,7 +167,17 @@ class _Compressor(relax.PyExprMutator):
         sym = self._symbol(layer.name, kernel.kind)
         gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", sym), sym)
         self.layers.append(
-            RewrittenLayer(layer.name, layer.op, sym, lw, kernel.kind, kernel.plan, note, kernel.info.get("why"))
+            RewrittenLayer(
+                layer.name,
+                layer.op,
+                sym,
+                lw,
+                kernel.kind,
+                kernel.plan,
+                note,
+                kernel.info.get("why"),
+                spec=layer,
+            )
         )
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
         result = with_span(relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty), call.span)

@@ -95,7 +95,7 @@ def _dtype_struct(dtype: str) -> str:
     return f"{{{_DL_CODE[dt.kind]}, {dt.itemsize * 8}, 1}}"
 
 
-def _in_place(graph: LoweredGraph, kernels: KernelSource, last_use: dict, out_name: str, in_name: str):
+def _in_place(graph: LoweredGraph, scheduled: dict, last_use: dict, out_name: str, in_name: str):
     """In-place tensors (:mod:`tbn_tvm.targets.clib.inplace`): ``{value: the value whose buffer
     it takes over}`` (followed to the first owner).  A step's output takes the buffer of an
     input it may overwrite when that input is an arena tensor of the same size that dies at
@@ -108,7 +108,7 @@ def _in_place(graph: LoweredGraph, kernels: KernelSource, last_use: dict, out_na
         if len(step.outs) != 1:
             continue
         out_root = graph.root(step.outs[0])
-        prim = kernels.scheduled.get(step.kernel) or graph.kernels.get(step.kernel)
+        prim = scheduled.get(step.kernel) or graph.kernels.get(step.kernel)
         if prim is None:
             continue
         required = required_input(prim)
@@ -140,20 +140,28 @@ def _in_place(graph: LoweredGraph, kernels: KernelSource, last_use: dict, out_na
     return owner
 
 
-def write_library(
-    graph: LoweredGraph, kernels: KernelSource, out: Path, model_name: str = "model"
-) -> LibraryInfo:
-    """Write the library files into ``out`` (an existing directory)."""
+@dataclass
+class ArenaPlan:
+    """Where every arena tensor lives (:func:`arena_plan`)."""
+
+    offsets: dict[str, int]  # value -> byte offset in the arena
+    arena: int  # bytes
+    intervals: list[Interval]  # one per buffer (its owner's name)
+    groups: dict[str, list[str]]  # buffer owner -> the values sharing the buffer
+    shares: dict[str, str]  # value -> the owner whose buffer it took over (in place)
+    first_def: dict[str, int]
+    last_use: dict[str, int]
+
+
+def arena_plan(graph: LoweredGraph, scheduled: dict | None = None) -> ArenaPlan:
+    """The static arena of ``graph``: each intermediate tensor's lifetime (from the step that
+    writes it to the last that reads it), outputs in place of a dying input where the kernel
+    allows it (``scheduled``: kernel name -> the PrimFunc emitted, else the graph's own), then
+    TFLite Micro's greedy placement by size (:mod:`tbn_tvm.targets.clib.memory_plan`)."""
     if len(graph.outputs) != 1 or sum(1 for v in graph.values.values() if v.kind == "input") != 1:
         raise TBNError("the Cortex-M back end supports models with exactly one input and one output")
     inp = next(v for v in graph.values.values() if v.kind == "input")
     out_name = graph.root(graph.outputs[0])
-    out_val = graph.values[graph.outputs[0]]
-    for v in (inp, out_val):
-        if v.dtype != "float32":
-            raise TBNError(f"the Cortex-M back end needs float32 inputs and outputs, got {v.dtype}")
-
-    # ---------------------------------------------------------------- lifetimes and memory plan
     last_use: dict[str, int] = {}
     first_def: dict[str, int] = {}
     for i, step in enumerate(graph.steps):
@@ -163,7 +171,7 @@ def write_library(
             first_def.setdefault(graph.root(o), i)
     if out_name == graph.root(inp.name):
         raise TBNError("the model's output is its input; nothing to compile")
-    shares = _in_place(graph, kernels, last_use, out_name, graph.root(inp.name))
+    shares = _in_place(graph, scheduled or {}, last_use, out_name, graph.root(inp.name))
     groups: dict[str, list[str]] = {}  # the value owning a buffer -> the values sharing it
     for name in first_def:
         if name != out_name:
@@ -184,6 +192,25 @@ def write_library(
         for m in members:
             offsets[m] = offsets[owner]
     arena = max(arena, 16)
+    return ArenaPlan(offsets, max(arena, 16), intervals, groups, shares, first_def, last_use)
+
+
+def write_library(
+    graph: LoweredGraph, kernels: KernelSource, out: Path, model_name: str = "model"
+) -> LibraryInfo:
+    """Write the library files into ``out`` (an existing directory)."""
+    if len(graph.outputs) != 1 or sum(1 for v in graph.values.values() if v.kind == "input") != 1:
+        raise TBNError("the Cortex-M back end supports models with exactly one input and one output")
+    inp = next(v for v in graph.values.values() if v.kind == "input")
+    out_name = graph.root(graph.outputs[0])
+    out_val = graph.values[graph.outputs[0]]
+    for v in (inp, out_val):
+        if v.dtype != "float32":
+            raise TBNError(f"the Cortex-M back end needs float32 inputs and outputs, got {v.dtype}")
+
+    ap = arena_plan(graph, kernels.scheduled)
+    offsets, arena, intervals, groups, shares = ap.offsets, ap.arena, ap.intervals, ap.groups, ap.shares
+    first_def, last_use = ap.first_def, ap.last_use
     step_arena = [
         max(
             (offsets[iv.name] + iv.size for iv in intervals if iv.first <= i <= iv.last),

@@ -179,6 +179,156 @@ def cycle_figures(ins: dict) -> dict:
     return out
 
 
+#: Builds tried when the firmware does not fit the RAM: each gives up the arena bytes it
+#: missed by (the stack, measured after the first, is only estimated before it).
+FIT_ATTEMPTS = 3
+#: RAM the firmware needs besides the arena, the input and output buffers and the stack
+#: (newlib-nano's data, the firmware's statistics and messages), an upper estimate in bytes.
+FIRMWARE_RAM = 512
+#: The stack the activation plan reserves before QEMU measured it (bytes).
+STACK_ESTIMATE = 2048
+
+
+def _board_for_limits(name, limits: dict, measure: bool):
+    """The board with the user's limits.  A RAM limit below the profile's default stack (16
+    KiB on the QEMU boards) is fine when the build measures its stack: the board takes a
+    provisional stack of a quarter of the RAM until QEMU measured the real one."""
+    from tbn_tvm.targets.cortex_m import get_board
+
+    try:
+        return get_board(name, **limits)
+    except TBNError:
+        ram = limits.get("ram_bytes")
+        if not measure or ram is None or limits.get("stack_bytes") is not None:
+            raise
+        return get_board(name, **{**limits, "stack_bytes": max(256, ram // 4 // 8 * 8)})
+
+
+def _ram_overflow(message: str) -> int | None:
+    """Bytes of RAM a 'does not fit' error says the firmware lacks (None: another error)."""
+    m = re.search(r"and (?:about )?([\d,]+) bytes of RAM \(available ([\d,]+)", message)
+    if not m or "does not fit" not in message:
+        return None
+    need, have = int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+    return need - have if need > have else None
+
+
+def _can_patch(prepared) -> bool:
+    from tbn_tvm.targets.clib import patchwise
+
+    return bool(patchwise.find_stages(prepared.mod, prepared.layers))
+
+
+def _fit_activations(prepared, brd, limits: dict, measure: bool, shrink: int):
+    """The lowered graph to build: layer by layer when its arena fits the RAM the board leaves
+    for it, else the cheapest patch-wise plan whose arena does (:mod:`tbn_tvm.targets.clib.
+    patchwise`).  Returns ``(graph, patch)`` with ``patch`` the manifest's description of the
+    plan (None: layer by layer) and the layer-by-layer graph.  Raises TBNError when no plan
+    fits."""
+    from tbn_tvm import progress
+    from tbn_tvm.passes.pipeline import lower_mcu
+    from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
+    from tbn_tvm.targets.clib import patchwise
+    from tbn_tvm.targets.clib.driver import arena_plan
+    from tbn_tvm.targets.clib.lower import extract, kernels_to_c
+
+    graph = extract(lower_mcu(prepared.mod), prepared.const_names)
+    ins = [v for v in graph.values.values() if v.kind == "input"]
+    io = sum(v.nbytes for v in ins) + sum(graph.values[o].nbytes for o in graph.outputs)
+    stack = limits.get("stack_bytes") or (STACK_ESTIMATE if measure else brd.stack_bytes)
+    budget = brd.ram_bytes - io - stack - FIRMWARE_RAM - shrink
+    if arena_plan(graph).arena <= budget:
+        return graph, None, graph
+
+    def scheduled(g):
+        return {k: schedule_prim_mcu(f) for k, f in g.kernels.items()}
+
+    whole = arena_plan(graph, scheduled(graph)).arena
+    if whole <= budget:
+        return graph, None, graph
+    progress.stage("patch-wise plan")
+    # the kernels' scratch memory is static RAM too (the layer-by-layer build's: tiles ask no more)
+    budget -= kernels_to_c(graph.kernels, schedule_prim_mcu).workspace_bytes
+    stages = patchwise.find_stages(prepared.mod, prepared.layers)
+    rest = {st.output.name: patchwise.rest_arena(prepared.mod, st) for st in stages}
+    plans = patchwise.candidates(stages, rest, budget)
+    tried = []
+    for p in plans[:PATCH_TRIES]:
+        g = extract(lower_mcu(patchwise.apply(prepared.mod, p)), prepared.const_names)
+        arena = arena_plan(g, scheduled(g)).arena
+        tried.append(arena)
+        if arena <= budget:
+            desc = p.describe()
+            places = [i for i, st in enumerate(g.steps) if st.kernel.startswith("tbn_place")]
+            desc["stage_steps"] = places[-1] + 1
+            desc.update(
+                {
+                    "arena_bytes": arena,
+                    "layer_by_layer_arena_bytes": whole,
+                    "arena_budget_bytes": budget,
+                    "estimated_macs": p.macs,
+                    "layer_by_layer_macs": p.full_macs,
+                }
+            )
+            return g, desc, graph
+    smallest = min(
+        (
+            patchwise.estimate(st, (st.output.shape[2], st.output.shape[3]), rest[st.output.name])
+            for st in stages
+        ),
+        key=lambda p: p.arena_estimate,
+        default=None,
+    )
+    raise patchwise.describe_error(stages, budget, smallest, whole, min(tried, default=None))
+
+
+#: Patch-wise plans whose real arena is checked (best estimates first) before giving up.
+PATCH_TRIES = 6
+
+
+def _recompute_overhead(patch: dict, steps: list[dict]) -> dict:
+    """The measured instructions of a patch-wise stage's steps, and of those that only copy
+    (tiles sliced for a consumer, tiles placed into the stage's output)."""
+    stage = steps[: patch.get("stage_steps", 0)]
+    copies = sum(
+        s.get("instructions") or 0
+        for s in stage
+        if s["kernel"].startswith(("tbn_place", "strided_slice")) and not s["layers"]
+    )
+    return {"stage_instructions": sum(s.get("instructions") or 0 for s in stage), "copy_instructions": copies}
+
+
+def _layer_by_layer_figures(graph, schedule, brd, cpu: str, measured: dict) -> dict:
+    """The layer-by-layer build of a model built patch-wise, measured on QEMU like the build
+    (its library is written and run once, never kept): its instructions and estimated cycles
+    per inference, and what the patch-wise build spends over them (halos recomputed, tiles
+    sliced and placed)."""
+    from tbn_tvm.targets.clib.driver import write_library
+    from tbn_tvm.targets.clib.lower import kernels_to_c
+
+    tmp = Path(tempfile.mkdtemp(prefix="tbn-lbl-"))
+    try:
+        lib = tmp / LIB_DIR
+        lib.mkdir()
+        info = write_library(graph, kernels_to_c(graph.kernels, schedule), lib)
+        _write_build_files(lib)
+        whole = _measure(lib, brd, cpu, info, graph, None, {})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if whole.get("skipped") or "instructions_per_inference" not in measured:
+        return {}
+    out = {
+        "layer_by_layer_instructions": whole["instructions_per_inference"],
+        "recompute_overhead_instructions": measured["instructions_per_inference"]
+        - whole["instructions_per_inference"],
+    }
+    for key in ("estimated_cycles_m4_per_inference", "estimated_cycles_m7_per_inference"):
+        if key in whole and key in measured:
+            out[f"layer_by_layer_{key}"] = whole[key]
+            out[f"recompute_overhead_{key.replace('_per_inference', '')}"] = measured[key] - whole[key]
+    return out
+
+
 #: Wall-clock limit of the build-time QEMU measurement (a larger model is built unmeasured).
 MEASURE_TIMEOUT_S = 120.0
 
@@ -341,10 +491,9 @@ class CortexMBackend(Backend):
         uart_driver=None,
     ) -> tuple[CortexMBackend, dict]:
         from tbn_tvm import progress
-        from tbn_tvm.passes.pipeline import lower_mcu
         from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
         from tbn_tvm.targets.clib.driver import write_library
-        from tbn_tvm.targets.clib.lower import extract, kernels_to_c
+        from tbn_tvm.targets.clib.lower import kernels_to_c
         from tbn_tvm.targets.cortex_m import build_firmware, ensure_toolchain, get_board
 
         if len(inputs) != 1 or len(outputs) != 1:
@@ -361,7 +510,7 @@ class CortexMBackend(Backend):
             "ram_bytes": parse_size(ram_size),
             "stack_bytes": parse_size(stack_size),
         }
-        brd = get_board(board or spec.cpu, **limits)
+        brd = _board_for_limits(board or spec.cpu, limits, measure)
         if brd.cpu != spec.cpu:
             raise TBNError(f"board {brd.name} has a {brd.cpu}, but the target is {spec.cpu}")
         if uart_driver is not None:
@@ -370,28 +519,46 @@ class CortexMBackend(Backend):
             uart_driver = _uart_hal(brd, "uart", uart_driver)  # a readable .c file, checked first
         ensure_toolchain(install=False, need_qemu=False)
         progress.stage("C code")
-        graph = extract(lower_mcu(prepared.mod), prepared.const_names)
-        schedule, tuned, kept = schedule_prim_mcu, [], []
-        if tuning_db is not None:
-            schedule, tuned, kept = _tuned_schedule(spec, tuning_db, graph.kernels)
-        kernels = kernels_to_c(graph.kernels, schedule)
-        staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
+        stack_given = limits["stack_bytes"]
+        shrink = 0  # arena bytes to give up after a firmware that did not fit the RAM
+        for attempt in range(FIT_ATTEMPTS):
+            graph, patch, whole_graph = _fit_activations(prepared, brd, limits, measure, shrink)
+            schedule, tuned, kept = schedule_prim_mcu, [], []
+            if tuning_db is not None:
+                schedule, tuned, kept = _tuned_schedule(spec, tuning_db, graph.kernels)
+            kernels = kernels_to_c(graph.kernels, schedule)
+            staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
+            try:
+                lib = staging / LIB_DIR
+                lib.mkdir()
+                info = write_library(graph, kernels, lib)
+                _write_build_files(lib)
+                cache: dict = {}
+                measured = None
+                limits["stack_bytes"] = stack_given
+                brd = _board_for_limits(board or spec.cpu, limits, measure)
+                if measure:
+                    progress.stage("measure")
+                    measured = _measure(lib, brd, spec.cpu, info, graph, limits["stack_bytes"], cache)
+                    if limits["stack_bytes"] is None and "stack_peak_bytes" in measured:
+                        limits["stack_bytes"] = sized_stack(measured["stack_peak_bytes"])
+                        brd = get_board(board or spec.cpu, **limits)
+                        measured["stack_bytes"] = limits["stack_bytes"]
+                progress.stage("firmware")
+                size = build_firmware(
+                    lib, brd, staging / FIRMWARE, mode="semihost", object_cache=cache, **limits
+                )
+                break
+            except TBNError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                over = _ram_overflow(str(e))
+                if over is None or attempt == FIT_ATTEMPTS - 1 or not _can_patch(prepared):
+                    raise
+                shrink += over + 256
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         try:
-            lib = staging / LIB_DIR
-            lib.mkdir()
-            info = write_library(graph, kernels, lib)
-            _write_build_files(lib)
-            cache: dict = {}
-            measured = None
-            if measure:
-                progress.stage("measure")
-                measured = _measure(lib, brd, spec.cpu, info, graph, limits["stack_bytes"], cache)
-                if limits["stack_bytes"] is None and "stack_peak_bytes" in measured:
-                    limits["stack_bytes"] = sized_stack(measured["stack_peak_bytes"])
-                    brd = get_board(board or spec.cpu, **limits)
-                    measured["stack_bytes"] = limits["stack_bytes"]
-            progress.stage("firmware")
-            size = build_firmware(lib, brd, staging / FIRMWARE, mode="semihost", object_cache=cache, **limits)
             extra = {
                 "board": brd.name,
                 "qemu_machine": brd.qemu_machine,
@@ -412,6 +579,8 @@ class CortexMBackend(Backend):
             }
             if measured:
                 extra["measured"] = measured
+            if patch is not None:
+                extra["patchwise"] = patch
             if uart_driver is not None or (brd.qemu_machine is not None and brd.uart_driver is not None):
                 build_firmware(
                     lib,
@@ -450,6 +619,9 @@ class CortexMBackend(Backend):
                 measured["instructions_after_last_call"] = counts["after_last_call"]
                 if counts.get("cycles_after_last_call"):
                     measured["cycles_after_last_call"] = counts["cycles_after_last_call"]
+                if patch is not None:
+                    patch.update(_recompute_overhead(patch, extra["steps"]))
+                    patch.update(_layer_by_layer_figures(whole_graph, schedule, brd, spec.cpu, measured))
             if tuning_db is not None:
                 from tbn_tvm.schedules.records import layers_of
 
