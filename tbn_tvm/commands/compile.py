@@ -86,6 +86,20 @@ def _board_target(board: str | None) -> str:
 )
 @arg("--no-row-reuse", action="store_true", help="compute every output row (no distinct-row reuse)")
 @arg(
+    "--activations",
+    choices=("float32", "float16"),
+    default=None,
+    help="Cortex-M: how the arena stores activations: float32 (default, exact) or float16 (IEEE half: half the "
+    "RAM, computed in float32; the summary reports the accuracy cost)",
+)
+@arg(
+    "--calibration",
+    metavar="X.npy",
+    default=None,
+    help="with --activations float16: samples [N, *input shape] on which to measure the accuracy cost "
+    "(default: 8 random inputs)",
+)
+@arg(
     "--tuning-db", metavar="DIR", default=None, help="apply the records of 'tbn-tvm tune' from this database"
 )
 @arg("--json", action="store_true", help="print the manifest summary as JSON")
@@ -96,7 +110,7 @@ def run(args) -> int:
     from tbn_tvm.targets import backend_class, resolve_target
 
     options = {}
-    for key in ("board", "flash_size", "ram_size", "stack_size", "uart_driver"):
+    for key in ("board", "flash_size", "ram_size", "stack_size", "uart_driver", "activations", "calibration"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -200,6 +214,17 @@ def run(args) -> int:
                 f"  estimated {measured['estimated_cycles_m4_per_inference']:,} Cortex-M4 / "
                 f"{measured['estimated_cycles_m7_per_inference']:,} Cortex-M7 cycles per inference "
                 "(from ARM's instruction timings; no flash wait states or bus contention)"
+            )
+    acc = rep.get("activation_accuracy")
+    if rep.get("activations") == "float16" and acc:
+        if acc.get("skipped"):
+            print(f"  activations: float16 (computed in float32); accuracy not measured: {acc['skipped']}")
+        else:
+            where = acc.get("inputs", f"{acc['samples']} samples")
+            print(
+                f"  activations: float16 in the arena, computed in float32: max relative error "
+                f"{acc['max_rel_error']:.2e}, top-1 agreement {100 * acc['top1_agreement']:.1f} % against the "
+                f"float32 build on {where}"
             )
     patch = rep.get("patchwise")
     if patch:

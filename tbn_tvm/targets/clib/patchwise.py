@@ -644,11 +644,12 @@ def _tile_call(node: Node, args: list, r: Region, pads, tbn_kernel):
     return relax.Call(node.call.op, args, node.call.attrs, node.call.ty_args)
 
 
-def rest_arena(mod, stage: Stage) -> int:
+def rest_arena(mod, stage: Stage, act_bytes: int = 4) -> int:
     """The estimated layer-by-layer arena of the bindings after ``stage`` (bytes): the most
     bytes alive at once, each tensor from its binding to its last reader, the stage output
     from the start; an element-wise operator on a same-shaped tensor that dies there writes in
-    place (as fusion and the in-place planner make it) and a reshape is a view."""
+    place (as fusion and the in-place planner make it) and a reshape is a view.  Activations of
+    ``act_bytes`` bytes (2: float16 storage); the model's output counts as float32 too."""
     from tvm import relax
 
     func = mod["main"]
@@ -657,7 +658,7 @@ def rest_arena(mod, stage: Stage) -> int:
 
     def size_of(var) -> int:
         shape = _tensor_shape(var)
-        return 0 if shape is None else math.prod(shape) * (2 if str(var.ty.dtype) == "float16" else 4)
+        return 0 if shape is None else math.prod(shape) * (2 if str(var.ty.dtype) == "float16" else act_bytes)
 
     last: dict[object, int] = {}
     for i, b in enumerate(bindings):

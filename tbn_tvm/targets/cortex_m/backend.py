@@ -219,7 +219,7 @@ def _can_patch(prepared) -> bool:
     return bool(patchwise.find_stages(prepared.mod, prepared.layers))
 
 
-def _fit_activations(prepared, brd, limits: dict, measure: bool, shrink: int):
+def _fit_activations(prepared, brd, limits: dict, measure: bool, shrink: int, half: bool = False):
     """The lowered graph to build: layer by layer when its arena fits the RAM the board leaves
     for it, else the cheapest patch-wise plan whose arena does (:mod:`tbn_tvm.targets.clib.
     patchwise`).  Returns ``(graph, patch)`` with ``patch`` the manifest's description of the
@@ -232,29 +232,39 @@ def _fit_activations(prepared, brd, limits: dict, measure: bool, shrink: int):
     from tbn_tvm.targets.clib.driver import arena_plan
     from tbn_tvm.targets.clib.lower import extract, kernels_to_c
 
-    graph = extract(lower_mcu(prepared.mod), prepared.const_names)
+    def lowered(mod):
+        g = extract(lower_mcu(mod), prepared.const_names)
+        if half:  # the arena's tensors as float16 (tbn_tvm.targets.clib.half)
+            from tbn_tvm.targets.clib.half import half_values, with_half_values
+
+            g = with_half_values(g, half_values(g))
+        return g
+
+    fp32 = extract(lower_mcu(prepared.mod), prepared.const_names)
+    graph = lowered(prepared.mod) if half else fp32
     ins = [v for v in graph.values.values() if v.kind == "input"]
     io = sum(v.nbytes for v in ins) + sum(graph.values[o].nbytes for o in graph.outputs)
     stack = limits.get("stack_bytes") or (STACK_ESTIMATE if measure else brd.stack_bytes)
     budget = brd.ram_bytes - io - stack - FIRMWARE_RAM - shrink
     if arena_plan(graph).arena <= budget:
-        return graph, None, graph
+        return graph, None, graph, fp32
 
     def scheduled(g):
         return {k: schedule_prim_mcu(f) for k, f in g.kernels.items()}
 
     whole = arena_plan(graph, scheduled(graph)).arena
     if whole <= budget:
-        return graph, None, graph
+        return graph, None, graph, fp32
     progress.stage("patch-wise plan")
     # the kernels' scratch memory is static RAM too (the layer-by-layer build's: tiles ask no more)
     budget -= kernels_to_c(graph.kernels, schedule_prim_mcu).workspace_bytes
+    act = 2 if half else 4
     stages = patchwise.find_stages(prepared.mod, prepared.layers)
-    rest = {st.output.name: patchwise.rest_arena(prepared.mod, st) for st in stages}
-    plans = patchwise.candidates(stages, rest, budget)
+    rest = {st.output.name: patchwise.rest_arena(prepared.mod, st, act) for st in stages}
+    plans = patchwise.candidates(stages, rest, budget, act)
     tried = []
     for p in plans[:PATCH_TRIES]:
-        g = extract(lower_mcu(patchwise.apply(prepared.mod, p)), prepared.const_names)
+        g = lowered(patchwise.apply(prepared.mod, p))
         arena = arena_plan(g, scheduled(g)).arena
         tried.append(arena)
         if arena <= budget:
@@ -270,10 +280,10 @@ def _fit_activations(prepared, brd, limits: dict, measure: bool, shrink: int):
                     "layer_by_layer_macs": p.full_macs,
                 }
             )
-            return g, desc, graph
+            return g, desc, graph, fp32
     smallest = min(
         (
-            patchwise.estimate(st, (st.output.shape[2], st.output.shape[3]), rest[st.output.name])
+            patchwise.estimate(st, (st.output.shape[2], st.output.shape[3]), rest[st.output.name], act)
             for st in stages
         ),
         key=lambda p: p.arena_estimate,
@@ -298,6 +308,88 @@ def _recompute_overhead(patch: dict, steps: list[dict]) -> dict:
     return {"stage_instructions": sum(s.get("instructions") or 0 for s in stage), "copy_instructions": copies}
 
 
+#: Random samples the float16 accuracy is measured on when no calibration is given.
+CALIBRATION_SAMPLES = 8
+#: The most samples of a calibration file used (the first ones).
+CALIBRATION_MAX = 256
+
+
+def _calibration_samples(calibration, inp, half: bool):
+    """The ``[N, input size]`` float32 samples of ``calibration`` (a ``.npy`` path or an array
+    of ``[N, *input shape]``, ``[N, *input shape[1:]]`` or one sample), at most
+    :data:`CALIBRATION_MAX`; random N(0, 1) ones (seed 0) when None.  Raises TBNError for a
+    file that cannot be read, the wrong size or non-finite values, and for calibration without
+    float16 activations."""
+    size = int(np.prod(inp.shape))
+    if calibration is None:
+        return np.random.default_rng(0).standard_normal((CALIBRATION_SAMPLES, size)).astype(np.float32)
+    if not half:
+        raise TBNError("calibration samples measure float16 activations", hint="add --activations float16")
+    if isinstance(calibration, str | Path):
+        path = Path(calibration)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise TBNError(
+                f"cannot read the calibration file {path.name}: {' '.join(str(e).split())}"
+            ) from None
+    else:
+        arr = np.asarray(calibration)
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.size == 0 or arr.size % size:
+        raise TBNError(
+            f"calibration samples must be numbers, [N, {', '.join(map(str, inp.shape))}]; got "
+            f"{getattr(arr, 'dtype', type(arr))}{list(getattr(arr, 'shape', []))}"
+        )
+    x = arr.astype(np.float32).reshape(-1, size)[:CALIBRATION_MAX]
+    if not np.isfinite(x).all():
+        raise TBNError("the calibration samples hold NaN or infinite values")
+    return x
+
+
+def _qemu_outputs(lib: Path, cpu: str, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Run the library ``lib`` on the QEMU board of ``cpu`` over the samples ``x``, counting
+    instructions: its outputs ``[N, outputs]`` and the run's statistics."""
+    from tbn_tvm.targets.cortex_m import build_firmware, get_board, run_qemu
+
+    qboard = get_board(cpu)
+    tmp = Path(tempfile.mkdtemp(prefix="tbn-ref-"))
+    try:
+        elf = tmp / FIRMWARE
+        build_firmware(lib, qboard, elf, mode="semihost")
+        return run_qemu(elf, qboard, x, count_instructions=True, timeout_per_sample=MEASURE_TIMEOUT_S)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _half_accuracy(lib: Path, fp32_graph, schedule, cpu: str, x: np.ndarray, output) -> dict:
+    """The accuracy cost of a float16-activation library ``lib``: its outputs on ``x`` against
+    those of the same model's float32 layer-by-layer build (the exact ones: a patch-wise
+    float32 build computes the same sums), both on QEMU (:func:`tbn_tvm.targets.clib.half.
+    accuracy`).  ``{"skipped": why}`` where QEMU is missing."""
+    from tbn_tvm.targets.clib.driver import write_library
+    from tbn_tvm.targets.clib.half import accuracy
+    from tbn_tvm.targets.clib.lower import kernels_to_c
+    from tbn_tvm.targets.cortex_m.toolchain import find_qemu
+
+    try:
+        find_qemu()
+    except TBNError:
+        return {"skipped": "qemu-system-arm not found: the float16 accuracy is not measured"}
+    y16, _ = _qemu_outputs(lib, cpu, x)
+    tmp = Path(tempfile.mkdtemp(prefix="tbn-fp32-"))
+    try:
+        ref = tmp / LIB_DIR
+        ref.mkdir()
+        write_library(fp32_graph, kernels_to_c(fp32_graph.kernels, schedule), ref)
+        y32, _ = _qemu_outputs(ref, cpu, x)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shape = tuple(output.shape)
+    out = accuracy(y16, y32, int(shape[-1]) if shape else 1)
+    out["against"] = "the float32 build's outputs on QEMU"
+    return out
+
+
 def _layer_by_layer_figures(graph, schedule, brd, cpu: str, measured: dict) -> dict:
     """The layer-by-layer build of a model built patch-wise, measured on QEMU like the build
     (its library is written and run once, never kept): its instructions and estimated cycles
@@ -310,7 +402,14 @@ def _layer_by_layer_figures(graph, schedule, brd, cpu: str, measured: dict) -> d
     try:
         lib = tmp / LIB_DIR
         lib.mkdir()
-        info = write_library(graph, kernels_to_c(graph.kernels, schedule), lib)
+        if any(v.dtype == "float16" and v.kind == "tensor" for v in graph.values.values()):
+            from tbn_tvm.targets.clib.half import half_kernels
+
+            graph, funcs = half_kernels(graph, {k: schedule(f) for k, f in graph.kernels.items()})
+            source = kernels_to_c(funcs, None)
+        else:
+            source = kernels_to_c(graph.kernels, schedule)
+        info = write_library(graph, source, lib)
         _write_build_files(lib)
         whole = _measure(lib, brd, cpu, info, graph, None, {})
     finally:
@@ -416,6 +515,16 @@ class CortexMBackend(Backend):
             "a C file implementing tbn_uart_init/tbn_uart_putc/tbn_uart_getc for the board's UART: "
             "also build firmware_uart.elf with it (boards without a shipped driver)",
         ),
+        "activations": Option(
+            "float32",
+            "how the arena stores activations: float32 (default, exact) or float16 (IEEE half, half the "
+            "RAM; kernels still compute in float32; the build reports the accuracy cost)",
+        ),
+        "calibration": Option(
+            None,
+            "float16 activations: samples (a .npy file or an array, [N, *input shape]) on which the build "
+            "measures the accuracy cost against float32 (default: 8 random N(0, 1) inputs)",
+        ),
     }
     run_options = {
         "qemu": Option(True, "run the firmware on QEMU (the default when no port is given)"),
@@ -489,6 +598,8 @@ class CortexMBackend(Backend):
         tuning_db=None,
         measure=True,
         uart_driver=None,
+        activations="float32",
+        calibration=None,
     ) -> tuple[CortexMBackend, dict]:
         from tbn_tvm import progress
         from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
@@ -505,6 +616,10 @@ class CortexMBackend(Backend):
                     "the Cortex-M back end builds tensors of at least one element",
                     hint="re-export the model with every dimension at least 1",
                 )
+        if activations not in ("float32", "float16"):
+            raise TBNError(f"unknown activations '{activations}'", hint="use float32 or float16")
+        half = activations == "float16"
+        samples = _calibration_samples(calibration, inputs[0], half)
         limits = {
             "flash_bytes": parse_size(flash_size),
             "ram_bytes": parse_size(ram_size),
@@ -522,11 +637,19 @@ class CortexMBackend(Backend):
         stack_given = limits["stack_bytes"]
         shrink = 0  # arena bytes to give up after a firmware that did not fit the RAM
         for attempt in range(FIT_ATTEMPTS):
-            graph, patch, whole_graph = _fit_activations(prepared, brd, limits, measure, shrink)
+            graph, patch, whole_graph, fp32_graph = _fit_activations(
+                prepared, brd, limits, measure, shrink, half
+            )
             schedule, tuned, kept = schedule_prim_mcu, [], []
             if tuning_db is not None:
                 schedule, tuned, kept = _tuned_schedule(spec, tuning_db, graph.kernels)
-            kernels = kernels_to_c(graph.kernels, schedule)
+            if half:  # kernels scheduled, then their float16 arguments widened / rounded
+                from tbn_tvm.targets.clib.half import half_kernels
+
+                graph, funcs = half_kernels(graph, {k: schedule(f) for k, f in graph.kernels.items()})
+                kernels = kernels_to_c(funcs, None)
+            else:
+                kernels = kernels_to_c(graph.kernels, schedule)
             staging = Path(tempfile.mkdtemp(prefix="tbn-cm-"))
             try:
                 lib = staging / LIB_DIR
@@ -581,6 +704,16 @@ class CortexMBackend(Backend):
                 extra["measured"] = measured
             if patch is not None:
                 extra["patchwise"] = patch
+            extra["activations"] = activations
+            if half:
+                acc = _half_accuracy(lib, fp32_graph, schedule, spec.cpu, samples, outputs[0])
+                if calibration is None:
+                    acc["inputs"] = f"{len(samples)} random N(0, 1) inputs"
+                elif isinstance(calibration, str | Path):
+                    acc["inputs"] = f"{len(samples)} samples of {Path(calibration).name}"
+                else:
+                    acc["inputs"] = f"{len(samples)} given samples"
+                extra["activation_accuracy"] = acc
             if uart_driver is not None or (brd.qemu_machine is not None and brd.uart_driver is not None):
                 build_firmware(
                     lib,
