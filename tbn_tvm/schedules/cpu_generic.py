@@ -1,6 +1,24 @@
-"""Default host CPU schedules for every kernel the project's hand schedules do not cover.
+"""Default host CPU schedules for every kernel the project's hand schedules do not cover: TVM's
+own kernels (dense layers left fp32, attention's activation matmuls, depthwise/grouped convs,
+pooling, softmax/layer norm, element-wise and layout chains) and the project's decode-then-
+compute kernels.  :func:`schedule_default` tries the rules in order; the first that applies
+schedules the kernel, else it keeps TVM's loop nest (correct, slower).  See docs/host.md.
 
-Work in progress (issue 19): a matmul rule first.
+Each rule is the classic CPU recipe for its kind, written as TVM 0.27 ``s_tir.Schedule``
+primitives (no search: the same kernel always gets the same schedule):
+
+* :func:`schedule_conv` -- direct convolution, 1-D/2-D, grouped, depthwise: an accumulator tile
+  (< 1 KiB, registers) held over the whole reduction, in one of three vector layouts
+  (:func:`conv_mode`), the element-wise epilogue applied at the tile's write-back;
+* :func:`schedule_matmul` -- GEMM/GEMV: ``rows x vectors`` accumulators, ``A`` broadcast, ``B``
+  loaded as vectors, padded (``pad_einsum``) where nothing divides an extent;
+* :func:`schedule_rows_reduction` -- reductions over the innermost axes, r-factored into vector
+  partial sums, rows over the cores;
+* :func:`schedule_window_reduction` -- pooling;
+* :func:`schedule_injective` -- element-wise and layout kernels.
+
+Kernels go over the cores only with enough work (:data:`PARALLEL_MIN_MACS`); blocks whose calls
+have no vector lowering stay scalar (:func:`vectorizable`).
 """
 
 from __future__ import annotations
@@ -246,15 +264,6 @@ def schedule_default(func, lanes: int, cores: int, acc_regs: int):
     return None
 
 
-def schedule_func(func, target):
-    from tbn_tvm.schedules.cpu import _cpu_count, vector_lanes
-    from tbn_tvm.schedules.cpu_decoded import accumulator_registers
-
-    lanes = vector_lanes(target)
-    cores = int(target.attrs.get("num-cores", 0) or 0) or _cpu_count()
-    return schedule_default(func, lanes, cores, accumulator_registers(lanes))
-
-
 def _plain_reads(block) -> bool:
     """Every read index of ``block`` is a single iteration variable or a constant."""
     for region in block.reads:
@@ -281,7 +290,6 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
 
     sch = s_tir.Schedule(func)
     root = sch.get_sblock("root")
-    # inline element-wise producers that are not the inputs' last readers... keep it simple:
     blocks = list(sch.get_child_blocks(root))
     infos = [sch.get(b) for b in blocks]
     if not any(_is_reduction(b) for b in infos) or _is_reduction(infos[-1]):
@@ -298,8 +306,8 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
             raise ValueError("a reduction reads through index arithmetic (a convolution?)")
     if lead == 0:
         raise ValueError("no leading spatial axis")
-    # r-factor each reduction into vector partial sums first (before compute_at)
-    rf_blocks = {}
+    # r-factor each reduction into vector partial sums first (before compute_at: rfactor needs
+    # the reduction loop to be its block's own)
     for blk in blocks:
         b = sch.get(blk)
         if not _is_reduction(b):
@@ -312,11 +320,10 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
         vec = next((v for v in (lanes, 8, 4) if ext % v == 0 and ext >= 2 * v), None)
         if vec is None:
             continue
-        ro, ri = sch.split(r, [None, vec])
+        _, ri = sch.split(r, [None, vec])
         try:
-            rf = sch.rfactor(ri, nsp)
-            rf_blocks[str(sch.get(blk).name_hint)] = rf
-        except Exception:  # noqa: BLE001 - not a reduction rfactor understands (max with init?)
+            sch.rfactor(ri, nsp)
+        except Exception:  # noqa: BLE001 - a reduction rfactor does not understand: stays scalar
             pass
     blocks = list(sch.get_child_blocks(root))
     last = blocks[-1]
@@ -331,7 +338,7 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
     if cores > 1 and n_rows >= cores and n_rows * inner_work >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(rows)
     # vectorise: element-wise blocks on their innermost axis; rf blocks on their vector axis
-    for blk in sch.get_child_blocks(root) if False else _all_blocks(sch):
+    for blk in _all_blocks(sch):
         b = sch.get(blk)
         bl = sch.get_loops(blk)
         if len(bl) <= 1:
@@ -341,13 +348,11 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
                 _vectorize_inner(sch, bl[-1], lanes)
         elif str(b.name_hint).endswith("_rf"):
             # loops: rows, ..., vector axis (spatial), reduction: put the vector axis inner
-            kinds = [int(iv.iter_type) for iv in b.iter_vars]
-            if len(bl) >= 2:
-                try:
-                    sch.reorder(bl[-1], bl[-2])
-                    sch.vectorize(sch.get_loops(blk)[-1])
-                except Exception:  # noqa: BLE001
-                    pass
+            try:
+                sch.reorder(bl[-1], bl[-2])
+                sch.vectorize(sch.get_loops(blk)[-1])
+            except Exception:  # noqa: BLE001 - stays scalar
+                pass
     return sch.mod["main"]
 
 
@@ -777,9 +782,7 @@ def _writes_in_loop_order(sch, blk) -> bool:
     for e, v in zip(idx, ivs):
         if not (isinstance(e, type(v)) and e.same_as(v)):
             return False
-    binding = sch.get(sch.get_sblock(str(b.name_hint))) if False else None
-    del binding
-    return all(int(sch.get(lp).extent) > 0 for lp in sch.get_loops(blk)) and len(sch.get_loops(blk)) == len(ivs)
+    return len(sch.get_loops(blk)) == len(ivs)  # still one loop per iterator (not yet fused)
 
 
 #: TIR calls whose vector form TVM 0.27's LLVM back end lowers (others, e.g. ``tirx.cosh``, are
@@ -862,10 +865,8 @@ def _phase_split(sch, pad, stride: int, nd: int) -> None:
 def _schedule_pad(sch, pad, consumer, lanes: int, parallel: bool) -> None:
     """The zero-padded input: zeros written once, the interior copied without a test per
     element (TVM's decompose_padding), both in vectors; rows over the cores when asked."""
-    shared = {id(sch.get(lp)) for lp in []}
     consumer_loops = [sch.get(lp) for lp in sch.get_loops(consumer)]
     own = [lp for lp in sch.get_loops(pad) if not any(sch.get(lp).same_as(c) for c in consumer_loops)]
-    del shared
     if not own:
         return
     try:
