@@ -24,6 +24,12 @@ of ``2^(g/2)`` entries (one add per entry).  A row whose bits do not start on a 
 shift); inputs past ``K`` read as zero, so the next row's bits in a row's last word select
 nothing.
 
+Non-finite inputs: a table entry adds 0 for each finite input it leaves out and NaN for a
+non-finite one (what ``x·0`` would give), so a NaN input makes
+every output of its vector NaN, as the direct product does (``NaN·w``); an infinite input makes
+them NaN too, where the direct product gives ``±inf`` for a nonzero weight (the planes' signed
+coefficients would add ``+inf`` and ``−inf``).  Finite inputs are unaffected (``x·0 = 0``).
+
 Blocks (for the schedules): ``tbn_bp_half`` / ``tbn_bp_table`` (the tables, indexed
 ``[*lead, group, ...]``), ``tbn_bp_sum`` (``[*lead, n]``, reduction over the 32-input chunks),
 ``tbn_bp_scale`` (``α`` and the output), and for a convolution the im2col patch
@@ -105,7 +111,9 @@ def _tables(lead: list, chunks: int, per_word: int, x_at, g: int, dtype: str):
 
     h = g // 2
     one = tirx.const(1, "uint32")
-    zero = tirx.const(0.0, dtype)
+    # -0.0 as bits (x + -0.0 = x): TVM's simplifier folds v·0.0 to 0, wrong for ±inf and NaN,
+    # and its LLVM code generator takes a reinterpreted 0 for a null pointer
+    zero_bits = tirx.reinterpret(dtype, tirx.const(0x80000000, "uint32"))
 
     def half(*idx):
         *m, kc, f, part, e = idx
@@ -113,7 +121,9 @@ def _tables(lead: list, chunks: int, per_word: int, x_at, g: int, dtype: str):
         for t in range(h):
             v = x_at(m, kc * i64(32) + f * i64(g) + part * i64(h) + i64(t))
             bit = tirx.bitwise_and(tirx.shift_right(tirx.Cast("uint32", e), tirx.const(t, "uint32")), one)
-            term = tirx.Select(bit == one, v, zero)
+            # an input left out adds v·0: 0 if it is finite, else NaN (the module docstring: a
+            # non-finite input reaches every row, zero weights included)
+            term = tirx.Select(bit == one, v, v * zero_bits)
             s = term if s is None else s + term
         return s
 
@@ -222,6 +232,121 @@ def conv_te(layer: Layer, fmt, g: int) -> list:
     return [X, P, A, te.compute(shape64([B, O, *out_spatial]), out, name=BLOCK_SCALE)]
 
 
+KIND_GEMV = "bitplane_gemv"
+BLOCK_GEMV = "tbn_bp_gemv"
+BLOCK_GEMV_TAIL = "tbn_bp_gemv_tail"
+
+
+def gemv_te(layer: Layer, fmt) -> list:
+    """The SIMD-CPU form for few input rows: each 32-input chunk's integers rebuilt in vector
+    lanes from the plane words (``q = Σ_b c_b·bit_b``, one word per plane and chunk broadcast,
+    shifted by the lane's position) and multiplied with the inputs, the sum r-factored over
+    the lanes (:mod:`tbn_tvm.schedules.cpu_lut`); ``y = α·Σ x·q``.  The weight is read as
+    ``k/32`` words per weight, never decoded to memory.  ``[x, planes, scales, y]``."""
+    from tvm import te, tirx
+
+    *lead, K = layer.x_shape
+    N = layer.out_shape[-1]
+    X = te.placeholder(shape64([*lead, K]), layer.dtype, name="x")
+    bufs = fmt.placeholders()
+    P, A = bufs["planes"], bufs["scales"]
+    word = _field_words(P, K, plane_words(fmt.n))
+    coef = [int(c) for c in coefficients(fmt)]
+    one = tirx.const(1, "uint32")
+
+    def q(n, kc, kb):
+        total = None
+        for b, c in enumerate(coef):
+            bit = tirx.Cast(
+                "int32", tirx.bitwise_and(tirx.shift_right(word(i64(b), n, kc), tirx.Cast("uint32", kb)), one)
+            )
+            term = bit if c == 1 else bit * tirx.const(c, "int32")
+            total = term if total is None else total + term
+        return tirx.Cast(layer.dtype, total)
+
+    full, tail = divmod(K, 32)
+    parts = []
+    if full:
+        kc = te.reduce_axis((i64(0), i64(full)), name="kc")
+        kb = te.reduce_axis((i64(0), i64(32)), name="kb")
+        parts.append(
+            te.compute(
+                shape64([*lead, N]),
+                lambda *idx: te.sum(X[(*idx[:-1], kc * i64(32) + kb)] * q(idx[-1], kc, kb), axis=[kc, kb]),
+                name=BLOCK_GEMV,
+            )
+        )
+    if tail:
+        kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
+        parts.append(
+            te.compute(
+                shape64([*lead, N]),
+                lambda *idx: te.sum(X[(*idx[:-1], i64(32 * full) + kt)] * q(idx[-1], i64(full), kt), axis=kt),
+                name=BLOCK_GEMV_TAIL,
+            )
+        )
+
+    def out(*idx):
+        z = parts[0][idx]
+        for extra in parts[1:]:
+            z = z + extra[idx]
+        s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
+        return s * z
+
+    return [X, P, A, te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)]
+
+
+KIND_DECODED = "bitplane_gemm"
+
+
+def decoded_te(layer: Layer, fmt) -> list:
+    """The SIMD-CPU form for many input rows: the integers ``q`` decoded to float once per call
+    (``[N', K]``, ``N'`` the rows rounded up to a multiple of 8, extra rows zero), a plain GEMM
+    on them, then ``y = α·z``.  Block names as the tiled format's decoded form
+    (:data:`tbn_tvm.kernels.rows.BLOCK_DECODE`, :data:`~tbn_tvm.kernels.rows.BLOCK_GEMM`), so the
+    same register-blocked schedule applies.  ``[x, planes, scales, y]``."""
+    from tvm import te, tirx
+
+    from tbn_tvm.kernels import rows
+
+    *lead, K = layer.x_shape
+    N = layer.out_shape[-1]
+    Np = N if N <= 8 or N % 8 == 0 else -(-N // 8) * 8
+    X = te.placeholder(shape64([*lead, K]), layer.dtype, name="x")
+    bufs = fmt.placeholders()
+    P, A = bufs["planes"], bufs["scales"]
+    plane = plane_words(fmt.n)
+    coef = [int(c) for c in coefficients(fmt)]
+    one = tirx.const(1, "uint32")
+
+    def decode(n, k):
+        nn = n if Np == N else tirx.min(n, i64(N - 1))
+        i = nn * i64(K) + k
+        # floordiv/floormod (not shifts) so that a vector of 16 lanes along k reads one word
+        w, sh = tirx.floordiv(i, i64(32)), tirx.Cast("uint32", tirx.floormod(i, i64(32)))
+        total = None
+        for b, c in enumerate(coef):
+            bit = tirx.Cast("int32", tirx.bitwise_and(tirx.shift_right(P[i64(b * plane) + w], sh), one))
+            term = bit if c == 1 else bit * tirx.const(c, "int32")
+            total = term if total is None else total + term
+        q = tirx.Cast(layer.dtype, total)
+        return q if Np == N else tirx.Select(n < i64(N), q, tirx.const(0.0, layer.dtype))
+
+    Wd = te.compute(shape64([Np, K]), decode, name=rows.BLOCK_DECODE)
+    k = te.reduce_axis((i64(0), i64(K)), name="k")
+    Z = te.compute(
+        shape64([*lead, Np]),
+        lambda *idx: te.sum(X[(*idx[:-1], k)] * Wd[idx[-1], k], axis=k),
+        name=rows.BLOCK_GEMM,
+    )
+
+    def out(*idx):
+        s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
+        return s * Z[idx]
+
+    return [X, P, A, te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)]
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a bit-plane look-up kernel computes: ``bits`` planes, groups of ``group`` inputs."""
@@ -248,11 +373,28 @@ def kernel(fmt, layer: Layer, g: int) -> Kernel:
 
 
 def kernel_for(fmt, layer: Layer) -> Kernel | None:
-    """The look-up kernel for a bit-plane layer where it applies and is estimated cheaper than
-    decoding the weight inside the reduction (on a Cortex-M: :func:`tbn_tvm.kernels.cost.bitplane_choice`),
-    else None (the generic decode-in-kernel compute)."""
-    if not applies(fmt, layer) or layer.simd:
+    """The kernel of a bit-plane layer, or None for the generic decode-in-kernel compute.
+
+    On a Cortex-M: the look-up kernel with the group size :func:`tbn_tvm.kernels.cost.bitplane_group`
+    picks, where it is estimated cheaper than decoding in the kernel and than the dense build.
+    On a SIMD CPU (matmuls; convolutions decode their weight once per call,
+    :mod:`tbn_tvm.kernels.conv`), by the layer's form: ``auto`` takes the GEMV with the
+    integers rebuilt in vector lanes (:func:`gemv_te`) for fewer than
+    :data:`~tbn_tvm.kernels.rows.DECODED_MIN_ROWS` input rows, else the weight decoded once
+    per call and a GEMM (:func:`decoded_te`); ``lut`` the look-up kernel (g = 4)."""
+    if not applies(fmt, layer):
         return None
+    if layer.simd:
+        if layer.op != "matmul":
+            return None
+        if layer.form == "lut":
+            return kernel(fmt, layer, 4)
+        from tbn_tvm.kernels.rows import DECODED_MIN_ROWS
+
+        many = math.prod(layer.x_shape[:-1]) >= DECODED_MIN_ROWS
+        if layer.form == "decoded" or (layer.form == "auto" and many):
+            return make_kernel(KIND_DECODED, decoded_te(layer, fmt), None)
+        return make_kernel(KIND_GEMV, gemv_te(layer, fmt), None)
     from tbn_tvm.kernels import cost
 
     g = cost.bitplane_group(layer, fmt)

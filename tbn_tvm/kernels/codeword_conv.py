@@ -76,12 +76,18 @@ def codeword_conv_te(layer: Layer, fmt) -> list:
     """TE tensors ``[X, codebook, indices, scales, Y]`` (see the module docstring)."""
     from tvm import te, tirx
 
-    from tbn_tvm.kernels.conv import conv_inputs
+    from tbn_tvm.kernels.conv import conv_inputs, conv_out_spatial
 
-    X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
-    book, indices, scales = bufs["codebook"], bufs["indices"], bufs["scales"]
     B, cin = layer.x_shape[0], layer.x_shape[1]
     O, Ig, *ksize = fmt.shape
+    out_spatial = conv_out_spatial(layer, fmt)
+    computed = list(out_spatial)
+    if not layer.simd:  # a Cortex-M computes whole tiles of positions (position_tile)
+        computed[-1] = position_tile(out_spatial[-1], cin, fmt.num_codewords)[1]
+    else:  # a SIMD CPU: rows of whole vectors (the extra positions read zeros, are dropped)
+        computed[-1] = host_width(out_spatial[-1])
+    X, bufs, Xp, _ = conv_inputs(layer, fmt, computed)
+    book, indices, scales = bufs["codebook"], bufs["indices"], bufs["scales"]
     nd = len(ksize)
     kk = math.prod(ksize)
     kw = ksize[-1]
@@ -137,7 +143,7 @@ def codeword_conv_te(layer: Layer, fmt) -> list:
     if layer.simd:  # one table per segment (each vectorises along the positions)
         H = [
             te.compute(
-                shape64([B, cin, 1 << length, *out_spatial]),
+                shape64([B, cin, 1 << length, *computed]),
                 table(first, row, length),
                 name=f"{BLOCK_TABLE}_{k}",
             )
@@ -158,7 +164,7 @@ def codeword_conv_te(layer: Layer, fmt) -> list:
             return out
 
         Hs = te.compute(
-            shape64([B, cin, len(segs), 1 << width, *out_spatial]), stacked, name=f"{BLOCK_TABLE}_all"
+            shape64([B, cin, len(segs), 1 << width, *computed]), stacked, name=f"{BLOCK_TABLE}_all"
         )
 
         def lookup(k, b, ci, e, pos):
@@ -174,7 +180,7 @@ def codeword_conv_te(layer: Layer, fmt) -> list:
             r = v if r is None else r + v
         return r
 
-    R = te.compute(shape64([B, cin, C, *out_spatial]), response, name=BLOCK_RESP)
+    R = te.compute(shape64([B, cin, C, *computed]), response, name=BLOCK_RESP)
     ri = te.reduce_axis((i64(0), i64(Ig)), name="ri")
 
     def gathered(b, o, *pos):
@@ -184,7 +190,7 @@ def codeword_conv_te(layer: Layer, fmt) -> list:
         c = tirx.floormod(tirx.Cast("int64", E[o, ri]), i64(C))
         return te.sum(R[(b, ci, c, *pos)], axis=ri)
 
-    Z = te.compute(shape64([B, O, *out_spatial]), gathered, name=BLOCK_GATHER)
+    Z = te.compute(shape64([B, O, *computed]), gathered, name=BLOCK_GATHER)
     Y = te.compute(
         shape64([B, O, *out_spatial]), lambda b, o, *pos: scales[o] * Z[(b, o, *pos)], name=BLOCK_SCALE
     )
@@ -193,16 +199,26 @@ def codeword_conv_te(layer: Layer, fmt) -> list:
 
 #: Bytes of codeword responses a Cortex-M keeps at once (``Cin·C·tile`` floats): the position
 #: tile of the Cortex-M schedule (:mod:`tbn_tvm.schedules.cortex_m_lut`) is the largest that fits.
-RESPONSE_BYTES = 48 * 1024
+RESPONSE_BYTES = 64 * 1024
 #: Output positions whose accumulators stay in registers (the FPU has 32 single registers).
 MAX_TILE = 12
 
 
-def position_tile(width: int, cin: int, codewords: int) -> int:
-    """Output positions of one row computed together: the largest divisor of the row's width
-    up to :data:`MAX_TILE` whose responses fit in :data:`RESPONSE_BYTES` (at least 1)."""
+def position_tile(width: int, cin: int, codewords: int) -> tuple[int, int]:
+    """``(tile, computed width)``: output positions of one row computed together, at most
+    :data:`MAX_TILE` and with their responses in :data:`RESPONSE_BYTES`, and the row's width
+    rounded up to a multiple of it (the extra positions read zero padding and are dropped).
+    The tile minimises the estimated gather work per row, ``computed · (1 + 3.5 / tile)``
+    (an indexed response row costs about 3.5 gathered adds: :mod:`tbn_tvm.kernels.cost`);
+    ties go to the tile that divides the width."""
     fits = max(1, min(MAX_TILE, RESPONSE_BYTES // (4 * cin * codewords)))
-    return max(d for d in range(1, width + 1) if width % d == 0 and d <= fits)
+
+    def cost(t: int) -> tuple[float, int]:
+        computed = -(-width // t) * t
+        return computed * (1 + 3.5 / t), computed
+
+    best = min(range(1, fits + 1), key=lambda t: (cost(t)[0], cost(t)[1], -t))
+    return best, cost(best)[1]
 
 
 @dataclass(frozen=True)
@@ -230,6 +246,29 @@ def kernel(fmt, layer: Layer) -> Kernel:
     return make_kernel(KIND, codeword_conv_te(layer, fmt), plan_for(fmt), codewords=fmt.num_codewords)
 
 
+def host_width(width: int) -> int:
+    """Output positions of a row a SIMD CPU computes: the row when 4 divides it, else the row
+    rounded up to a multiple of 8 (whole vectors of 8 or 16 lanes for blocks of rows)."""
+    return width if width % 4 == 0 else -(-width // 8) * 8
+
+
+#: On a SIMD CPU the codeword convolution's additions (gathered rows of responses, tables)
+#: run at about half the rate of the decoded convolution's fused multiply-adds.
+HOST_ADD_COST = 2.0
+
+
+def host_pays(fmt, layer: Layer) -> bool:
+    """Whether a SIMD CPU should take the codeword convolution rather than the weight decoded
+    once per call and a dense convolution: its additions per output position, each input
+    channel's segment tables and ``C`` responses plus ``O·I_g`` gathered adds, at
+    :data:`HOST_ADD_COST` each, against ``O·I_g·kh·kw`` multiply-adds."""
+    O, Ig = fmt.shape[0], fmt.shape[1]
+    segs = segments(tuple(fmt.shape[2:]))
+    per_channel = sum((1 << length) * length for _, _, length in segs) + fmt.num_codewords * len(segs)
+    adds = layer.x_shape[1] * per_channel + O * Ig
+    return HOST_ADD_COST * adds < O * Ig * fmt.kernel_size
+
+
 def kernel_for(fmt, layer: Layer) -> Kernel | None:
     """The codeword convolution where it applies and, on a Cortex-M, is estimated cheaper than
     the filters as sign rows with look-up tables (:func:`tbn_tvm.kernels.cost.codebook_choice`);
@@ -237,12 +276,12 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
     if not applies(fmt, layer):
         return None
     if layer.simd:
-        return None
+        return kernel(fmt, layer) if host_pays(fmt, layer) else None
     from tbn_tvm.kernels import cost
 
     choice, why = cost.codebook_choice(layer, fmt)
-    if choice != KIND:
-        return None
+    if choice != KIND or cost.codeword_estimate(layer, plan_for(fmt)) > cost.dense_estimate(layer, fmt.shape):
+        return None  # the sign rows (which the dense rule of kernels.cost covers)
     k = kernel(fmt, layer)
     k.info["why"] = why
     return k

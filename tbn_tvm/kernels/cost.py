@@ -158,12 +158,13 @@ def bitplane_estimate(layer, weight_shape, bits: int, g: int) -> float:
 
 def bitplane_group(layer, fmt) -> int | None:
     """The group size whose look-up kernel is estimated cheapest on a Cortex-M, or None when
-    decoding in the kernel is estimated cheaper."""
+    decoding in the kernel or the dense build is estimated cheaper (the layer then takes the
+    decode-in-kernel compute, which :func:`built_dense_note` may build dense)."""
     from tbn_tvm.kernels.bitplane_lut import GROUPS
 
     best = min(GROUPS, key=lambda g: bitplane_estimate(layer, fmt.shape, fmt.k, g))
-    decode = compact_estimate(layer, fmt.shape, "decode")
-    return best if bitplane_estimate(layer, fmt.shape, fmt.k, best) < decode else None
+    others = min(compact_estimate(layer, fmt.shape, "decode"), dense_estimate(layer, fmt.shape))
+    return best if bitplane_estimate(layer, fmt.shape, fmt.k, best) < others else None
 
 
 # ------------------------------------------------------------------ SNN codeword convolution
@@ -183,7 +184,8 @@ def codeword_estimate(layer, plan) -> float:
     m = _positions(layer)
     cin = layer.x_shape[1]
     segs = segments(tuple(ksize))
-    tile = position_tile(layer.out_shape[-1], cin, plan.codewords)
+    tile, computed = position_tile(layer.out_shape[-1], cin, plan.codewords)
+    m = m * computed // layer.out_shape[-1]
     entries = sum((1 << length) * (length + 1) for _, _, length in segs)
     per_channel = entries * MCU_CW_ENTRY + plan.codewords * len(segs) * MCU_CW_RESP
     gather = O * Ig * (MCU_CW_GATHER + MCU_CW_INDEX / tile)

@@ -103,7 +103,9 @@ def schedule_codeword(sch) -> None:
     b, o, *pos, ri = sch.get_loops(z)
     cin, codewords = (int(sch.get(lp).extent) for lp in sch.get_loops(r)[1:3])
     width = int(sch.get(pos[-1]).extent)
-    tile = cw.position_tile(width, cin, codewords)
+    tile = cw.position_tile(width, cin, codewords)[0]
+    if width % tile:  # the kernel computed a padded width of whole tiles of position_tile's
+        tile = max(d for d in range(1, tile + 1) if width % d == 0)
     xo, xi = sch.split(pos[-1], [None, tile])
     sch.reorder(b, *pos[:-1], xo, o, ri, xi)
     consumers = sch.get_consumers(z)

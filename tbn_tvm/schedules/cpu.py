@@ -156,7 +156,7 @@ def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
     from tvm import tirx
 
     from tbn_tvm.kernels import rows
-    from tbn_tvm.schedules import cpu_decoded, cpu_generic
+    from tbn_tvm.schedules import cpu_decoded, cpu_generic, cpu_lut
 
     lanes = vector_lanes(target)
     acc_regs = cpu_decoded.accumulator_registers(lanes)
@@ -167,7 +167,9 @@ def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
             continue
         names = block_names(func)
         try:
-            if rows.BLOCK_CONV_GEMM in names:
+            if cpu_lut.handles(names):  # issue 23's look-up kernels
+                scheduled = cpu_lut.schedule(func, lanes, cores)
+            elif rows.BLOCK_CONV_GEMM in names:
                 scheduled = _schedule_conv_gemm(func, lanes, cores, acc_regs)
             elif rows.BLOCK_GEMM in names:
                 scheduled = cpu_decoded.schedule_gemm(func, lanes, cores, acc_regs)

@@ -107,20 +107,25 @@ class BasicBlock(nn.Module):
 
 
 def resnet_tiny(
-    in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 32), blocks: int = 1
+    in_channels: int = 1,
+    num_classes: int = 10,
+    widths: tuple[int, ...] = (16, 32, 32),
+    blocks: int = 1,
+    stem_stride: int = 1,
 ) -> nn.Sequential:
     """A small ResNet-style CNN, input ``[N, in_channels, H, W]`` (e.g. MNIST as
     ``[N, 1, 28, 28]``): stem conv 3×3 → BN → ReLU, then ``blocks`` :class:`BasicBlock` per
     width (the first stage at stride 1, the others at stride 2), global average pool, linear.
     The defaults have 38,864 weights: stem 144, six 3×3 block convs (36,864), two 1×1 shortcuts
-    (1,536), fc 320.
+    (1,536), fc 320.  ``stem_stride=2`` halves the input first (a wide model on MNIST: widths
+    64/128/128 on 14x14, 7x7 and 4x4 maps, ``examples/snn4-wide-resnet-mnist.onnx``).
 
     >>> import torch
     >>> resnet_tiny()(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 10])
     """
     layers: list[tuple[str, nn.Module]] = [
-        ("stem", nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)),
+        ("stem", nn.Conv2d(in_channels, widths[0], 3, stride=stem_stride, padding=1, bias=False)),
         ("bn", nn.BatchNorm2d(widths[0])),
         ("relu", nn.ReLU()),
     ]

@@ -1,0 +1,191 @@
+"""Host CPU schedules of issue 23's kernels: the bit-plane GEMV (:func:`tbn_tvm.kernels.bitplane_lut.gemv_te`)
+and the SNN codeword convolution (:mod:`tbn_tvm.kernels.codeword_conv`).
+:func:`tbn_tvm.schedules.cpu.schedule_cpu` hands a kernel holding their blocks to
+:func:`schedule`; without it they still build and are right (the generic rules of
+:mod:`tbn_tvm.schedules.cpu_generic`, or TVM's default loop nest), only slower.
+
+Bit-plane GEMV: per output row, each 32-input chunk's integers rebuilt in vector lanes (one plane
+word broadcast per plane, shifted by the lane index), multiplied with the inputs and summed in
+``lanes`` partial sums (r-factored), the rows over the cores when the layer is large enough.
+
+Codeword convolution: per block of output rows (a few dozen positions, contiguous in memory),
+each input channel's segment tables and codeword responses in vectors along the positions,
+then every filter adds the response rows its indices pick into accumulators that stay in
+registers; the blocks of rows over the cores when the layer is large enough.
+"""
+
+from __future__ import annotations
+
+#: Output positions a codeword block's accumulators hold (vector registers: 128 floats = 8
+#: AVX-512 or 16 AVX2 registers).
+MAX_BLOCK_POSITIONS = 64
+
+
+def _name(sch, block) -> str:
+    return str(sch.get(block).name_hint)
+
+
+def _blocks(sch) -> dict:
+    return {_name(sch, b): b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - the primitive does not apply; keep the block as it is
+        return None
+
+
+def handles(names: set[str]) -> bool:
+    """Whether a kernel with blocks ``names`` is one of this module's."""
+    from tbn_tvm.kernels import bitplane_lut, codeword_conv
+
+    return (
+        bitplane_lut.BLOCK_GEMV in names
+        or bitplane_lut.BLOCK_GEMV_TAIL in names
+        or codeword_conv.BLOCK_GATHER in names
+    )
+
+
+def _inline_rest(sch, keep: tuple[str, ...]) -> None:
+    from tbn_tvm.schedules import reverse_inline_safely
+
+    changed = True
+    while changed:
+        changed = False
+        for name, blk in _blocks(sch).items():
+            if name.startswith(keep):
+                continue
+            if _try(sch.compute_inline, blk) is not None or reverse_inline_safely(sch, blk):
+                changed = True
+                break
+
+
+def _macs(block) -> int:
+    n = 1
+    for iv in block.iter_vars:
+        n *= int(iv.dom.extent)
+    return n
+
+
+def schedule_bitplane_gemv(sch, lanes: int, cores: int) -> None:
+    from tbn_tvm.kernels import bitplane_lut as bp
+    from tbn_tvm.schedules.cpu_generic import PARALLEL_MIN_MACS
+
+    _inline_rest(sch, (bp.BLOCK_GEMV, bp.BLOCK_GEMV_TAIL))
+    names = _blocks(sch)
+    main = names.get(bp.BLOCK_GEMV)
+    work = sum(_macs(sch.get(b)) for n, b in names.items() if n.startswith(bp.BLOCK_GEMV))
+    parallel = cores > 1 and work >= PARALLEL_MIN_MACS
+    if main is not None and 32 % lanes == 0:
+        loops = sch.get_loops(main)
+        n_spatial = len(loops) - 2
+        kb = loops[-1]
+        _, kbi = sch.split(kb, [None, lanes])
+        rf = sch.rfactor(kbi, n_spatial)
+        rf_loops = sch.get_loops(rf)  # [*lead, n, kc, kbo, lane]: the lanes in vectors
+        sch.vectorize(rf_loops[-1])
+        sch.decompose_reduction(rf, rf_loops[n_spatial])
+        spatial = sch.get_loops(rf)[:n_spatial]
+        outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        if parallel:
+            sch.parallel(outer)
+        # the lane sums and the scale (with any fused epilogue) right after each row
+        main = _blocks(sch)[bp.BLOCK_GEMV]
+        _try(sch.compute_at, main, outer)
+    elif parallel and main is not None:
+        sch.parallel(sch.get_loops(main)[0])
+
+
+def block_rows(height: int, width: int) -> int:
+    """Output rows per codeword block: the fewest rows (a divisor of the height) giving at least
+    64 positions, at most :data:`MAX_BLOCK_POSITIONS` (one row when a row alone is longer)."""
+    fits = [r for r in range(1, height + 1) if height % r == 0 and r * width <= MAX_BLOCK_POSITIONS]
+    if not fits:
+        return 1
+    enough = [r for r in fits if r * width >= 32]
+    return enough[0] if enough else fits[-1]
+
+
+def schedule_codeword(sch, lanes: int, cores: int) -> None:
+    from tbn_tvm.kernels import codeword_conv as cw
+    from tbn_tvm.schedules.cpu_generic import PARALLEL_MIN_MACS
+
+    # the zero-padded input stays a buffer (once per call): the tables read whole vectors
+    _inline_rest(sch, ("pad", cw.BLOCK_WORDS, cw.BLOCK_INDEX, cw.BLOCK_TABLE, cw.BLOCK_RESP, cw.BLOCK_GATHER))
+    names = _blocks(sch)
+    if "pad" in names:
+        _try(sch.vectorize, sch.get_loops(names["pad"])[-1])
+    z, r = names[cw.BLOCK_GATHER], names[cw.BLOCK_RESP]
+    # additions: the gathers, the responses and their tables (about as many each, for a 3x3 layer)
+    work = _macs(sch.get(z)) + 2 * _macs(sch.get(r))
+    b, o, *pos, ri = sch.get_loops(z)
+    width = _extent(sch, pos[-1])
+    if len(pos) == 2:
+        rows = block_rows(_extent(sch, pos[0]), width)
+        yo, yi = sch.split(pos[0], [None, rows])
+        xo = None
+        if width > MAX_BLOCK_POSITIONS:  # long rows: blocks of one row's positions
+            per = max(d for d in range(1, MAX_BLOCK_POSITIONS + 1) if width % d == 0)
+            xo, xi = sch.split(pos[1], [None, per])
+            inner = [yi, xi]
+            outer = [yo, xo]
+        else:
+            inner = [yi, pos[1]]
+            outer = [yo]
+    else:
+        per = max(d for d in range(1, MAX_BLOCK_POSITIONS + 1) if width % d == 0)
+        xo, xi = sch.split(pos[0], [None, per])
+        inner, outer = [xi], [xo]
+    sch.reorder(b, *outer, o, ri, *inner)
+    block = sch.fuse(b, *outer)
+    if cores > 1 and work >= PARALLEL_MIN_MACS and _extent(sch, block) >= cores:
+        sch.parallel(block)  # (before decompose_reduction: parallel needs whole reductions)
+    sch.compute_at(r, block)
+    # one filter's sums of the block's positions in a local buffer (registers), written once
+    z = _blocks(sch)[cw.BLOCK_GATHER]
+    copy = sch.cache_write(z, 0, "local")
+    sch.reverse_compute_at(copy, o)
+    for consumer in sch.get_consumers(copy):
+        _try(sch.reverse_compute_at, consumer, o)
+    z = _blocks(sch)[cw.BLOCK_GATHER]
+
+    def vector_rows(blk) -> None:
+        """The row's positions in a vector, the block's rows unrolled (contiguous loads)."""
+        loops = sch.get_loops(blk)
+        _try(sch.vectorize, loops[-1])
+        if len(inner) > 1:
+            _try(sch.unroll, loops[-2])
+
+    for blk in (z, copy, *sch.get_consumers(copy)):
+        vector_rows(blk)
+    init = sch.decompose_reduction(z, sch.get_loops(z)[-1 - len(inner)])
+    vector_rows(init)
+    # the responses and their tables: per input channel, positions in vectors
+    r = _blocks(sch)[cw.BLOCK_RESP]
+    rl = sch.get_loops(r)
+    ci = rl[1]
+    for name, blk in _blocks(sch).items():
+        if name.startswith(cw.BLOCK_TABLE):
+            sch.compute_at(blk, ci)
+            vector_rows(blk)
+            _try(sch.unroll, sch.get_loops(blk)[-1 - len(inner)])  # the 2^len entries: taps loaded once
+    vector_rows(r)
+
+
+def schedule(func, lanes: int, cores: int):
+    """A scheduled copy of ``func`` (a kernel :func:`handles` says is this module's)."""
+    from tvm import s_tir
+
+    from tbn_tvm.kernels import codeword_conv
+
+    sch = s_tir.Schedule(func)
+    if codeword_conv.BLOCK_GATHER in _blocks(sch):
+        schedule_codeword(sch, lanes, cores)
+    else:
+        schedule_bitplane_gemv(sch, lanes, cores)
+    return sch.mod["main"]
