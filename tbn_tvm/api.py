@@ -274,14 +274,16 @@ def compile(  # noqa: A001 - the natural name for users
     loaded = load_onnx(model, input_shapes, family=spec.family)
     from tbn_tvm.passes.pipeline import prepare
 
+    progress.stage("weight formats")
     layer_report = inspect(loaded)
+    progress.stage("to Relax")
     mod = to_relax(loaded, [lr.layer for lr in layer_report.layers])
     outputs = output_specs(mod, loaded)
     forms: dict[str, str] = {}
     if tuning_db is not None:
-        from tbn_tvm.schedules.tuning import _tuning_target, read_forms, target_key
+        from tbn_tvm.schedules.records import read_forms, target_key, tuning_target
 
-        forms = read_forms(tuning_db, target_key(_tuning_target(spec)))
+        forms = read_forms(tuning_db, target_key(tuning_target(spec)))
         options["tuning_db"] = tuning_db
     progress.stage("passes")
     prepared = prepare(mod, compress=compress, reuse_rows=reuse_rows, forms=forms, **backend_cls.pass_options)

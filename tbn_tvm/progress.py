@@ -25,6 +25,7 @@ DELAY_S = 2.0
 
 _ENABLED: ContextVar[bool] = ContextVar("tbn_tvm_progress", default=False)
 _STAGES: ContextVar[Callable[[str], None] | None] = ContextVar("tbn_tvm_stages", default=None)
+_TIMES: ContextVar[list | None] = ContextVar("tbn_tvm_stage_times", default=None)
 
 
 @contextlib.contextmanager
@@ -100,7 +101,35 @@ def stages(desc: str) -> Iterator[None]:
 
 
 def stage(name: str) -> None:
-    """Announce that the step ``name`` starts (shown inside a :func:`stages` block only)."""
+    """Announce that the step ``name`` starts (shown inside a :func:`stages` block, timed inside a
+    :func:`timed` block; nothing otherwise)."""
+    times = _TIMES.get()
+    if times is not None:
+        now = time.perf_counter()
+        if times and times[-1][2] is None:
+            times[-1][2] = now
+        times.append([name, now, None])
     announce = _STAGES.get()
     if announce is not None:
         announce(name)
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[list[tuple[str, float]]]:
+    """Time the stages :func:`stage` announces within this block: yields a list that holds
+    ``(name, seconds)`` per stage, in order, once the block ends (a stage announced twice
+    counts twice; time before the first stage is ``start``)."""
+    times: list = [["start", time.perf_counter(), None]]
+    result: list[tuple[str, float]] = []
+    token = _TIMES.set(times)
+    try:
+        yield result
+    finally:
+        _TIMES.reset(token)
+        end = time.perf_counter()
+        for entry in times:
+            if entry[2] is None:
+                entry[2] = end
+        result.extend(
+            (name, stop - begin) for name, begin, stop in times if name != "start" or stop - begin > 0.05
+        )

@@ -133,6 +133,21 @@ def test_compile_manifest(mlp_artifact):
     assert len(list(out.iterdir())) >= 2  # the library beside the manifest
 
 
+def test_compile_verbose_times_each_stage(work, mlp):
+    """``compile -v`` prints the seconds of each stage (issue 21: where a compile's time goes)."""
+    _, path = mlp
+    text = ok(cli("compile", path, "--target", "llvm", "-o", work / "mlp-verbose", "-v")).stdout
+    stages = text[text.index("stages (") :].splitlines()[1:]
+    names = [line.split()[0] for line in stages if line.strip()]
+    for name in ("import", "weight", "passes", "fuse", "schedules", "Relax", "TIR", "save"):
+        assert name in names, text
+    assert all(line.rstrip().endswith(" s") for line in stages if line.strip()), text
+    d = json.loads(
+        ok(cli("compile", path, "--target", "llvm", "-o", work / "mlp-verbose", "-v", "--json")).stdout
+    )
+    assert [n for n, _ in d["stage_seconds"]][-1] == "save" and all(s >= 0 for _, s in d["stage_seconds"])
+
+
 def test_run_json(work, mlp_artifact):
     zm, out = mlp_artifact
     xs = zm.sample(seed=3, n=5)["x"]

@@ -103,6 +103,12 @@ def _board_target(board: str | None) -> str:
     "--tuning-db", metavar="DIR", default=None, help="apply the records of 'tbn-tvm tune' from this database"
 )
 @arg("--json", action="store_true", help="print the manifest summary as JSON")
+@arg(
+    "--verbose",
+    "-v",
+    action="store_true",
+    help="also print the seconds each stage took (import, weight formats, passes, schedules, LLVM, ...)",
+)
 def run(args) -> int:
     from tbn_tvm import progress
     from tbn_tvm.api import compile as tbn_compile
@@ -137,7 +143,7 @@ def run(args) -> int:
             f"{flags} {'does' if len(unknown) == 1 else 'do'} not apply to a {spec.family} build ({spec.name})",
             hint="they are for Cortex-M builds: --target cortex-m4|cortex-m7, or --board NAME alone",
         )
-    with progress.stages("compile"):
+    with progress.stages("compile"), progress.timed() as stage_seconds:
         model = tbn_compile(
             args.model,
             spec,
@@ -147,13 +153,19 @@ def run(args) -> int:
             tuning_db=args.tuning_db,
             **options,
         )
-    try:
-        out = model.save(args.output, force=args.force)
-    finally:
-        model.close()
+        progress.stage("save")
+        try:
+            out = model.save(args.output, force=args.force)
+        finally:
+            model.close()
     rep = model.report()
     if args.json:
-        print(json.dumps({"output": str(out), **rep}))
+        extra = (
+            {"stage_seconds": [[name, round(secs, 3)] for name, secs in stage_seconds]}
+            if args.verbose
+            else {}
+        )
+        print(json.dumps({"output": str(out), **rep, **extra}))
         return 0
     total = rep["total"]
     layers = rep["layers"]
@@ -181,15 +193,15 @@ def run(args) -> int:
             + (f" (layers {', '.join(tuning['layers'])})" if tuning["layers"] else "")
             + (
                 ""
-                if n or tuning.get("kept_hand_schedule")
+                if n or tuning.get("kept_default")
                 else "; none matched these kernels (records are per target, kernel form and shape)"
             )
         )
-        kept = tuning.get("kept_hand_schedule") or []
+        kept = tuning.get("kept_default") or []
         if kept:
             print(
-                f"  {len(kept)} kernel{'s' * (len(kept) != 1)} kept the hand schedule: the tuning record "
-                f"was no faster ({', '.join(kept)})"
+                f"  {len(kept)} kernel{'s' * (len(kept) != 1)} kept the default schedule: no record was "
+                f"measured faster than it ({', '.join(kept)})"
             )
     if "flash_bytes" in rep:
         print(f"  flash: {rep['flash_bytes']:,} bytes")
@@ -239,4 +251,9 @@ def run(args) -> int:
             print(f"  kernel of {layer['name']}: {layer['kernel_choice']}")
     for note in rep.get("notes", []):
         print(f"  note: {note}")
+    if args.verbose:
+        total_s = sum(secs for _, secs in stage_seconds)
+        print(f"  stages ({total_s:.1f} s in all, the process's start and imports before them not counted):")
+        for name, secs in stage_seconds:
+            print(f"    {name:<16} {secs:8.2f} s")
     return 0

@@ -74,17 +74,22 @@ def run(args) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM ended the search: a record cut short is dropped
         import contextlib
 
-        from tbn_tvm.schedules.tuning import RECORDS_FILE, WORKLOADS_FILE, _repair_jsonl
+        from tbn_tvm.schedules.records import RECORDS_FILE, WORKLOADS_FILE, repair_jsonl
 
         with contextlib.suppress(OSError):
             for name in (WORKLOADS_FILE, RECORDS_FILE):
-                _repair_jsonl(Path(args.db) / name)
+                repair_jsonl(Path(args.db) / name)
         raise
     result = TuneResult(**{**found, "db": Path(found["db"])})
     print(result.table())
+    for warning in result.warnings:  # said before the search too; repeated under the table
+        print(f"warning: {warning}")
     plot = Path(args.plot) if args.plot else Path(args.db) / "tuning_curve.png"
-    if plot_curve(result.curve, plot):
+    why_not = plot_curve(result.curve, plot)
+    if why_not is None:
         print(f"tuning curve -> {plot}")
+    else:
+        print(f"no tuning curve plot: {why_not}")
     print(
         f"{result.trials_run} trials in {result.seconds:.0f} s ({result.trials_before} were already in {args.db}); "
         f"apply with: tbn-tvm compile {args.model} --target {args.target} --tuning-db {args.db} -o OUT_DIR"

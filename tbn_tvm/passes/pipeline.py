@@ -14,11 +14,13 @@ Phase 1, the project's passes, every target (:func:`prepare`)
 Phase 2, lowering, per target family
     host (:func:`lower_host`): :func:`fuse` (Legalize with NaN-keeping lowerings,
     AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR) -> MetaScheduleApplyDatabase (tuning
-    records, when a database is given; a record no faster than the kernel's hand schedule is
-    dropped, :func:`keep_faster_hand_schedules`) -> hand schedules of the project's kernels not
-    tuned (:mod:`tbn_tvm.schedules.cpu`: bit-serial and decoded forms,
-    :mod:`tbn_tvm.schedules.cpu_decoded`) -> TVM's CPU library dispatch, dataflow lowering and
-    finalisation (memory planning, VM code) -> LLVM.
+    records, when a database is given; a record not measured faster than the kernel's default
+    schedule is dropped, :func:`tbn_tvm.schedules.records.keep_records_that_beat_default`) ->
+    default schedules of every kernel not tuned (:func:`tbn_tvm.schedules.cpu.schedule_cpu`:
+    the project's bit-serial and decoded forms, :mod:`tbn_tvm.schedules.cpu_generic` for the
+    rest) -> TVM's CPU library dispatch, dataflow lowering and finalisation (memory planning,
+    VM code) -> LLVM.  The pipeline reads a tuning database through the low-level
+    :mod:`tbn_tvm.schedules.records` only, never the tuning driver.
 
     cortex-m (:func:`lower_mcu`): :func:`fuse` -> RewriteDataflowReshape (reshapes become views
     of their input, no copy kernel) -> DeadCodeElimination; then the C back end
@@ -32,7 +34,7 @@ Phase 2, lowering, per target family
     dataflow lowering and finalisation -> nvcc (PTX and cubin).
 
 Phase 1 also takes the per-layer kernel forms a tuning database chose
-(:mod:`tbn_tvm.schedules.tuning`; ``auto`` for the others: decoded where its host schedule pays,
+(:func:`tbn_tvm.schedules.records.read_forms`; ``auto`` for the others: decoded where its host schedule pays,
 :func:`tbn_tvm.kernels.rows.auto_form`); the Cortex-M build then runs one inference on QEMU to size the
 stack and count instructions per layer (:mod:`tbn_tvm.targets.cortex_m.backend`).
 """
@@ -196,50 +198,36 @@ def apply_database(mod: tvm.IRModule, target, database) -> tuple[tvm.IRModule, l
     return mod, sorted(scheduled_kernels(mod) - before)
 
 
-def keep_faster_hand_schedules(
-    before: tvm.IRModule, after: tvm.IRModule, tuned: list[str], database, baselines: dict
-) -> tuple[tvm.IRModule, list[str], list[str]]:
-    """Undo the records of ``tuned`` kernels that are no faster than their hand schedule
-    (``baselines``: seconds of the hand-scheduled kernel by workload, written by tuning);
-    returns the module, the kernels still tuned and those that keep the hand schedule."""
-    from tbn_tvm.schedules.tuning import kernel_workload_key, record_seconds
-
-    kept = []
-    for name in tuned:
-        gv = before.get_global_var(name)
-        base = baselines.get(kernel_workload_key(before[gv]))
-        if base is None:
-            continue
-        secs = record_seconds(database, before[gv])
-        if secs is None or secs >= base:
-            after[gv] = before[gv]
-            kept.append(name)
-    return after, [t for t in tuned if t not in kept], kept
-
-
 def lower_host(
     mod: tvm.IRModule, target, database=None, baselines: dict | None = None, hand_schedules: bool = True
 ) -> tuple[tvm.IRModule, tvm.transform.Pass, list[str], list[str]]:
     """Host lowering: returns the fused, scheduled module, the rest of the Relax pipeline
     ``tvm.compile`` runs on it, the kernels tuning records were applied to, and the kernels
-    whose record was no faster than their hand schedule (``baselines``, from tuning), which
-    keep it.  Records from ``database`` (a MetaSchedule database) come first; the project's
-    kernels they do not cover get their hand schedules (unless ``hand_schedules=False``: TVM's
-    default loop nests, a baseline for tuning figures)."""
+    that keep their default schedule although the database has records for them (a record is
+    applied only where it was measured faster than the kernel's default schedule:
+    :func:`tbn_tvm.schedules.records.record_beats_default` on ``baselines``, written by tuning).
+    Records from ``database`` (a MetaSchedule database) come first; the kernels they do not
+    cover get the default schedules (:func:`tbn_tvm.schedules.cpu.schedule_cpu`; with
+    ``hand_schedules=False`` TVM's default loop nests, a baseline for tuning figures).  Each
+    step is a :func:`tbn_tvm.progress.stage` (``compile -v`` times them)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from tbn_tvm import progress
     from tbn_tvm.schedules.cpu import schedule_cpu
+    from tbn_tvm.schedules.records import keep_records_that_beat_default
 
     tuned: list[str] = []
     kept: list[str] = []
     with target:
+        progress.stage("fuse")
         mod = fuse(vector_math=True)(mod)
         if database is not None:
+            progress.stage("tuning records")
             before = mod
             mod, tuned = apply_database(mod, target, database)
-            if baselines:
-                mod, tuned, kept = keep_faster_hand_schedules(before, mod, tuned, database, baselines)
+            mod, tuned, kept = keep_records_that_beat_default(before, mod, tuned, database, baselines or {})
         if hand_schedules:
+            progress.stage("schedules")
             mod = schedule_cpu(mod, target)
     rest = (
         cpu.library_dispatch_passes(target) + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
@@ -247,8 +235,11 @@ def lower_host(
 
     @tvm.transform.module_pass(opt_level=0, name="tbn_host_finish")
     def finish(m, _ctx):
+        progress.stage("Relax lowering")
         with target:
-            return tvm.transform.Sequential(rest)(m)
+            m = tvm.transform.Sequential(rest)(m)
+        progress.stage("TIR + LLVM")  # what tvm.compile does after the Relax pipeline
+        return m
 
     return mod, finish, tuned, kept
 

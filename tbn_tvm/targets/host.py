@@ -202,20 +202,20 @@ class HostBackend(Backend):
     ) -> tuple[HostBackend, dict]:
         database, baselines = None, None
         if tuning_db is not None:
-            from tbn_tvm.schedules.tuning import _tuning_target, open_database, read_baselines, target_key
+            from tbn_tvm.schedules.records import open_database, read_baselines, target_key, tuning_target
 
             database = open_database(tuning_db, create=False)
-            baselines = read_baselines(tuning_db, target_key(_tuning_target(spec)))
+            baselines = read_baselines(tuning_db, target_key(tuning_target(spec)))
         facts: dict = {}
         executable, tuned, kept = build(prepared.mod, spec, database, baselines, bool(hand_schedules), facts)
         extra = dict(facts)
         if tuning_db is not None:
-            from tbn_tvm.schedules.tuning import _layers_of
+            from tbn_tvm.schedules.records import layers_of
 
             extra["tuning"] = {
                 "kernels": tuned,
-                "layers": sorted({name for k in tuned for name in _layers_of(k, prepared.layers)}),
-                "kept_hand_schedule": kept,
+                "layers": sorted({name for k in tuned for name in layers_of(k, prepared.layers)}),
+                "kept_default": kept,
             }
         backend = cls(spec, executable=executable)
         backend.steps = facts["steps"]

@@ -50,8 +50,8 @@ def _tiled_gemm(path: Path, m: int = 4, k: int = 64, n: int = 32, p: int = 4) ->
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One short tuning run (8 trials) of the tiled GEMM, shared: each test works on a copy of
-    its database."""
+    """One short tuning run (8 trials: 4 around the default schedule, 4 by MetaSchedule) of the
+    tiled GEMM, shared: each test works on a copy of its database."""
     d = tmp_path_factory.mktemp("tuned")
     model, w = _tiled_gemm(d / "m.onnx")
     result = tune(model, "llvm", trials=8, db=d / "db", progress=False)
@@ -64,62 +64,258 @@ def _copy(db: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(db, tmp_path / "db"))
 
 
+def _key():
+    from tbn_tvm.schedules.records import target_key, tuning_target
+    from tbn_tvm.targets import resolve_target
+
+    return target_key(tuning_target(resolve_target("llvm")))
+
+
+def _jsons(db: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(db.glob("*.json"))}
+
+
 def test_short_run_applied_with_unchanged_numerics(tuned, tmp_path):
+    """A short tune changes no output, the curve is written from the default build on, and a
+    record is applied exactly where its verdict says so."""
+    from tbn_tvm.schedules.records import (
+        BASELINES_FILE,
+        CURVE_FILE,
+        best_record,
+        kernel_workload_key,
+        read_baselines,
+        record_id,
+        workload_of,
+        write_baselines,
+        write_forms,
+    )
+    from tbn_tvm.schedules.tuning import plot_curve
+
     model, w, first_db, result = tuned
     db = _copy(first_db, tmp_path)
     assert result.trials_run >= 1 and (db / RECORDS_FILE).stat().st_size > 0
     assert any("fc" in t["layers"] for t in result.tasks)
-    assert result.curve and result.curve[-1]["trials"] >= result.trials_run
+    # every task's default schedule was measured first, and the curve starts there
+    assert all(t["default_s"] for t in result.tasks), result.tasks
+    curve = json.loads((db / CURVE_FILE).read_text())
+    assert curve[0]["trials"] == 0 and curve[0]["model_estimate_s"] > 0
+    assert curve[-1]["trials"] >= result.trials_run
+    assert plot_curve(curve, tmp_path / "curve.png") is None and (tmp_path / "curve.png").stat().st_size > 0
+    assert plot_curve([], tmp_path / "none.png") is not None  # why not, instead of a silent nothing
     x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
     ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64), 0)
-    plain = tbn_tvm.compile(model, "llvm").run(x)
-    # the layer keeps whichever of its kernels was timed fastest: hand bit-serial, hand decoded or
-    # tuned decoded; a decoded layer then has either its record applied or its hand schedule kept
-    assert set(result.forms.values()) <= {"decoded", "bitserial"}, result.forms
+    plain = tbn_tvm.compile(model, "llvm")
     as_chosen = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert set(result.forms.values()) <= {"decoded", "bitserial"}, result.forms
     info = as_chosen.report()["tuning"]
-    assert bool(info["kernels"] or info["kept_hand_schedule"]) == (result.forms.get("fc") == "decoded")
-    from tbn_tvm.schedules.tuning import (
-        BASELINES_FILE,
-        _tuning_target,
-        _write_forms,
-        _write_host_baselines,
-        target_key,
-        time_hand_kernels,
-    )
+    verdicts = read_baselines(db, _key())
+    applied = [e for e in verdicts.values() if e.get("apply")]
+    assert len(info["kernels"]) == (len(applied) if result.forms.get("fc") == "decoded" else 0)
+    y_plain, y_tuned = plain.run(x), as_chosen.run(x)
+    np.testing.assert_allclose(y_tuned, y_plain, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    # the decoded form with a verdict for its best record applies that record ...
+    import tvm
+
+    from tbn_tvm.schedules.tuning import prepare_for_tuning
     from tbn_tvm.targets import resolve_target
 
-    spec = resolve_target("llvm")
-    key = target_key(_tuning_target(spec))
-    _write_forms(db, key, {"fc": "decoded"})
-    # without hand baselines every matching record applies: the records are found
-    (db / BASELINES_FILE).unlink(missing_ok=True)
-    tuned = tbn_tvm.compile(model, "llvm", tuning_db=db)
-    assert tuned.report()["tuning"]["kernels"], "records must be found and applied"
-    # a hand schedule timed faster than the record keeps it, and the manifest says so
-    _, by_workload = time_hand_kernels(model, spec, None, "decoded")
-    assert by_workload
-    _write_host_baselines(db, key, {w: 1e-12 for w in by_workload})
-    kept = tbn_tvm.compile(model, "llvm", tuning_db=db)
-    assert not kept.report()["tuning"]["kernels"] and kept.report()["tuning"]["kept_hand_schedule"]
-    for got in (plain, as_chosen.run(x), tuned.run(x), kept.run(x)):
+    write_forms(db, _key(), {"fc": "decoded"})
+    _, prepared, fused = prepare_for_tuning(model, resolve_target("llvm"), None, {"fc": "decoded"})
+    kernel = next(
+        f for gv, f in fused.functions_items() if "fc" in gv.name_hint and isinstance(f, tvm.tirx.PrimFunc)
+    )
+    database = open_database(db, create=False)
+    record = best_record(database, workload_of(kernel))
+    wk = kernel_workload_key(kernel)
+    write_baselines(db, _key(), {wk: {"apply": True, "record": record_id(record)}})
+    forced = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert forced.report()["tuning"]["kernels"], "a record with a verdict to apply it is applied"
+    # ... but not another record (new trials since the verdict), nor one without a verdict
+    write_baselines(db, _key(), {wk: {"apply": True, "record": "another record"}})
+    stale = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert not stale.report()["tuning"]["kernels"] and stale.report()["tuning"]["kept_default"]
+    (db / BASELINES_FILE).unlink()
+    unverified = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert not unverified.report()["tuning"]["kernels"] and unverified.report()["tuning"]["kept_default"]
+    for got in (y_plain, y_tuned, forced.run(x), stale.run(x)):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-    # a second run resumes: nothing left to do for the same budget
+
+
+def test_rerun_without_new_trials_changes_nothing(tuned, tmp_path, monkeypatch):
+    """A second tune with the same --trials measures nothing, times nothing (so noise cannot
+    flip a form), rewrites no file and builds the same library."""
+    from tbn_tvm.schedules import tuning
+
+    model, _, first_db, result = tuned
+    db = _copy(first_db, tmp_path)
+    files = _jsons(db)
+    lib = tbn_tvm.compile(model, "llvm", tuning_db=db)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a re-run without new records timed kernels again")
+
+    monkeypatch.setattr(tuning, "time_alternated", no_timing)
     again = tune(model, "llvm", trials=8, db=db, progress=False)
     assert again.trials_before >= result.trials_run and again.trials_run == 0
+    assert again.forms == result.forms
+    assert _jsons(db) == files
+    rebuilt = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert rebuilt.report()["tuning"] == lib.report()["tuning"]
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    lib.save(out_a)
+    rebuilt.save(out_b)
+    assert (out_a / "model.so").read_bytes() == (out_b / "model.so").read_bytes()
+
+
+def _mean_model(path: Path) -> Path:
+    g = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["y"], keepdims=1, axes=[1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 1])],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_record_slower_than_default_is_not_applied_tvm_kernel(tmp_path):
+    """A record for TVM's own ``mean`` kernel that MetaSchedule measured "fast" (here: a claimed
+    1 ns) but that is TVM's loop nest, slower than the default schedule: the verdict (timed
+    alternately against the default) does not apply it, and the build keeps the default."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tbn_tvm.schedules.records import read_baselines
+    from tbn_tvm.schedules.tuning import extract_tasks, prepare_for_tuning, tuning_target, unscheduled_trace
+    from tbn_tvm.targets import resolve_target
+
+    model = _mean_model(tmp_path / "mean.onnx")
+    db = tmp_path / "db"
+    spec = resolve_target("llvm")
+    target = tuning_target(spec)
+    _, prepared, fused = prepare_for_tuning(model, spec)
+    (task,) = [t for t in extract_tasks(fused, target, prepared.layers) if "mean" in t.name]
+    database = open_database(db)
+    unscheduled = unscheduled_trace(task.mod)  # TVM's loop nest, as it is
+    database.commit_tuning_record(
+        ms.database.TuningRecord(
+            unscheduled,
+            database.commit_workload(task.mod),
+            [1e-9],
+            target,
+            ms.arg_info.ArgInfo.from_prim_func(task.mod["main"]),
+        )
+    )
+    result = tune(model, "llvm", trials=1, db=db, progress=False)  # the one record: no new trial
+    assert result.trials_run == 0, result.tasks
+    (row,) = [t for t in result.tasks if "mean" in t["name"]]
+    assert row["applied"] is False, row
+    (verdict,) = [v for v in read_baselines(db, _key()).values() if "timed_record_s" in v]
+    assert verdict["timed_record_s"] > verdict["timed_default_s"] * 0.9, verdict
+    built = tbn_tvm.compile(model, "llvm", tuning_db=db)
+    assert built.report()["tuning"]["kernels"] == []
+    assert any("mean" in k for k in built.report()["tuning"]["kept_default"])
+    x = np.random.default_rng(0).standard_normal((64, 4096)).astype(np.float32)
+    np.testing.assert_allclose(built.run(x), x.mean(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
 
 
 def test_records_for_another_shape_are_ignored(tuned, tmp_path):
-    from tbn_tvm.schedules.tuning import BASELINES_FILE, _tuning_target, _write_forms, target_key
-    from tbn_tvm.targets import resolve_target
+    from tbn_tvm.schedules.records import read_baselines, write_baselines, write_forms
 
     db = _copy(tuned[2], tmp_path)
-    # the decoded form and no hand baselines: a record of the same shape would apply (as the
-    # test above shows), one of another shape must not
-    _write_forms(db, target_key(_tuning_target(resolve_target("llvm"))), {"fc": "decoded"})
-    (db / BASELINES_FILE).unlink(missing_ok=True)
+    # the decoded form and every verdict forced to apply: a record of the same shape would
+    # apply (as the test above shows), one of another shape must not
+    write_forms(db, _key(), {"fc": "decoded"})
+    write_baselines(db, _key(), {k: {**v, "apply": True} for k, v in read_baselines(db, _key()).items()})
     other, _ = _tiled_gemm(tmp_path / "other.onnx", m=3)
     assert tbn_tvm.compile(other, "llvm", tuning_db=db).report()["tuning"]["kernels"] == []
+
+
+def test_reach_warning_and_bar_total():
+    """Trials that cannot give every task a round are said, largest tasks named first; the
+    bar's total grows when MetaSchedule measures past it (it once showed "17trial")."""
+    from types import SimpleNamespace
+
+    from tbn_tvm.schedules.tuning import _Curve, plan_visits, reach_warning, trials_to_reach_all
+
+    tasks = [SimpleNamespace(name=f"k{i}", weight=1) for i in range(10)]
+    costs = [42, 14, 9, 8, 7, 5, 3, 1, 1, 0.5]  # shares of the model's time, largest first
+    plan = plan_visits(costs, 24, 4)
+    assert plan == [0, 1, 0, 2, 3, 4], plan  # the largest first and most, then the next ones
+    needed = trials_to_reach_all(costs)
+    assert (
+        len(set(plan_visits(costs, needed // 2, 4))) == 10 > len(set(plan_visits(costs, needed // 2 - 4, 4)))
+    )
+    w = reach_warning(len(set(plan)), tasks, needed + 3, 24)
+    assert w and "reach only the 5 largest of 10 kernels" in w and "k5" in w and f"--trials {needed + 3}" in w
+    assert reach_warning(10, tasks, needed, 300) is None
+
+    class Bar:
+        total, n = 16, 0
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, _):
+            pass
+
+    bar = Bar()
+    curve = _Curve(bar, tasks, 0.0, {0: 1e-3})
+    curve.measured(0, 12, [[5e-4]])
+    curve.measured(1, 8, [None])
+    assert bar.n == 20 and bar.total == 20
+    assert curve.history[0]["model_estimate_s"] == 5e-4 and curve.history[-1]["trials"] == 20
+
+
+def test_default_trace_is_tunable_and_replays():
+    """The default schedule's trace is captured, made tunable (sampled tiles with the default's
+    decisions) and fixed again, each replaying to the default schedule; its tile moves are
+    different schedules."""
+    import tvm_ffi
+    from tvm import s_tir, te
+
+    from tbn_tvm.schedules.records import tuning_target, workload_of
+    from tbn_tvm.schedules.tuning import default_schedule, fixed_trace, neighbour_traces, tunable_trace
+    from tbn_tvm.targets import resolve_target
+
+    a = te.placeholder((64, 256), name="a")
+    b = te.placeholder((256, 128), name="b")
+    k = te.reduce_axis((0, 256), name="k")
+    c = te.compute((64, 128), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="c")
+    func = te.create_prim_func([a, b, c])
+    target = tuning_target(resolve_target("llvm"))
+    scheduled, trace = default_schedule(func, target)
+    assert trace is not None and scheduled.attrs.get("tirx.is_scheduled")
+    mod = workload_of(func)
+
+    def replay(tr):
+        sch = s_tir.Schedule(mod)
+        tr.apply_to_schedule(sch, remove_postproc=False)
+        return sch.mod["main"]
+
+    tunable = tunable_trace(trace, mod)
+    assert any(i.kind.name == "SamplePerfectTile" for i in tunable.insts)
+    assert tvm_ffi.structural_equal(replay(tunable), replay(trace))
+    assert tvm_ffi.structural_equal(replay(fixed_trace(tunable)), replay(trace))
+    moves = neighbour_traces(tunable)
+    assert moves
+    other = [m for m in moves[:4] if not tvm_ffi.structural_equal(replay(fixed_trace(m)), replay(trace))]
+    assert other, "a tile move changes the schedule"
+
+
+def test_pipeline_does_not_import_the_tuning_driver(tuned, tmp_path):
+    """A build with a tuning database reads it through schedules.records; the passes never
+    import the tuning driver (it imports the frontend and the passes: an import cycle)."""
+    code = (
+        "import sys, tbn_tvm\n"
+        f"tbn_tvm.compile({str(tuned[0])!r}, 'llvm', tuning_db={str(tuned[2])!r})\n"
+        "assert 'tbn_tvm.schedules.tuning' not in sys.modules, 'the build imported the tuning driver'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    source = (REPO / "tbn_tvm" / "passes" / "pipeline.py").read_text()
+    assert "schedules.tuning" not in source
 
 
 def _descendants(pid: int) -> dict[int, str]:
@@ -368,13 +564,17 @@ def test_qemu_artifacts_live_in_a_directory_of_their_own():
         shutil.rmtree(path.parent)
 
 
-def test_hand_kernels_are_timed_for_the_form_choice():
-    """choose_forms compares each tuned layer with its hand-scheduled kernel; an untimed hand
-    kernel once counted as infinitely slow, so the tuned form always won (and was slower)."""
-    from tbn_tvm.schedules.tuning import time_bitserial_kernels
+def test_both_forms_are_timed_for_the_form_choice(tmp_path):
+    """choose_forms times each layer's bit-serial and decoded kernels (alternately, default
+    schedules); an untimed kernel once counted as infinitely slow, so the other form always
+    won (and was slower)."""
+    from tbn_tvm.schedules.tuning import choose_forms
     from tbn_tvm.targets import resolve_target
 
-    model = Path(__file__).resolve().parents[2] / "examples" / "tbn-mnist-mlp.onnx"
-    times = time_bitserial_kernels(model, resolve_target("llvm"))
-    assert set(times) == {"fc1", "fc2"}, times
-    assert all(0 < t < 0.1 for t in times.values()), times
+    model = REPO / "examples" / "tbn-mnist-mlp.onnx"
+    chosen = choose_forms(model, resolve_target("llvm"), None, open_database(tmp_path / "db"), {}, {})
+    assert set(chosen) == {"fc1", "fc2"}, chosen
+    for c in chosen.values():
+        assert set(c["seconds"]) == {"bitserial", "decoded"}, c
+        assert all(0 < t < 0.1 for t in c["seconds"].values()), c
+        assert c["form"] == c["default"] or c["ratio"] < 1 - c["spread"], c

@@ -440,16 +440,17 @@ def _tuned_schedule(spec: TargetSpec, tuning_db, kernels: dict):
 
     from tbn_tvm.schedules.cortex_m import schedule_prim_mcu
     from tbn_tvm.schedules.qemu_runner import INSTRUCTIONS_PER_SECOND
-    from tbn_tvm.schedules.tuning import (
-        _tuning_target,
+    from tbn_tvm.schedules.records import (
         open_database,
         read_baselines,
+        record_beats_default,
         target_key,
+        tuning_target,
         workload_key,
     )
 
     db = open_database(tuning_db, create=False)
-    target = _tuning_target(spec)
+    target = tuning_target(spec)
     baselines = read_baselines(tuning_db, target_key(target))
     chosen: dict[int, object] = {}
     tuned: list[str] = []
@@ -463,10 +464,10 @@ def _tuned_schedule(spec: TargetSpec, tuning_db, kernels: dict):
             record, sch = None, None
         if sch is None or not record.run_secs:
             continue
-        instructions = float(np.median([float(x) for x in record.run_secs])) * INSTRUCTIONS_PER_SECOND
-        base = baselines.get(workload_key(mod))
-        if base is not None and instructions >= base:
-            kept.append(name)  # a record, but no better than the hand schedule
+        # instruction counts are exact: a record is applied where it takes fewer than the
+        # default schedule (a kernel without a counted default keeps it)
+        if not record_beats_default(baselines.get(workload_key(mod)), record, INSTRUCTIONS_PER_SECOND):
+            kept.append(name)
             continue
         chosen[id(prim)] = sch.mod["main"]
         tuned.append(name)
