@@ -88,3 +88,47 @@ def initializer(m: onnx.ModelProto, name: str) -> np.ndarray:
     from onnx import numpy_helper
 
     return next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == name)
+
+
+def built_dense_layers(report: dict) -> set[str]:
+    """Layers a Cortex-M build made dense because their compact kernel was estimated slower
+    than the dense one (issue 22: no layer slower than in the ``--no-compress`` build); each is
+    named by a ``built dense`` note of the compile summary."""
+    import re
+
+    named = set()
+    for note in report.get("notes", []):
+        m = re.match(r"layer (.+?): built dense: ", note)
+        if m:
+            named.add(m.group(1))
+    return named
+
+
+def check_layers_against_inspect(report: dict, inspected: dict) -> set[str]:
+    """Every built layer as ``inspect`` found it, except the layers built dense with a note
+    (reported ``dense`` with ``found`` = what inspect found, their fp32 bytes); the build's
+    constant bytes are inspect's plus what those layers' dense weights add.  Returns the
+    layers built dense."""
+    found = {layer["name"]: layer for layer in inspected["layers"]}
+    built = {layer["name"]: layer for layer in report["layers"]}
+    assert set(built) == set(found) and len(built) == len(report["layers"])
+    dense = built_dense_layers(report)
+    extra = 0
+    for name, layer in built.items():
+        if name in dense:
+            assert layer["format"] == "dense" and layer["found"] == found[name]["label"], (name, layer)
+            assert layer["bytes"] == layer["fp32_bytes"]
+            extra += layer["bytes"] - found[name]["bytes"]
+            continue
+        assert "found" not in layer, (
+            f"{name} reported {layer['format']} (found: {layer['found']}) without a note"
+        )
+        for key in ("format", "label", "bytes"):
+            assert layer[key] == found[name][key], (name, key, layer[key], found[name][key])
+    total = report["total"]
+    assert (
+        total["constant_bytes"]
+        == total["built_constant_bytes"]
+        == inspected["total"]["constant_bytes"] + extra
+    )
+    return dense

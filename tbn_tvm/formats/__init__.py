@@ -111,7 +111,7 @@ def _content_key(weight: np.ndarray, op: str) -> tuple:
 
     a = np.ascontiguousarray(weight)
     h = hashlib.blake2b(f"{a.dtype.str}{a.shape}{op}".encode(), digest_size=20)
-    h.update(memoryview(a).cast("B"))
+    h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
     return (h.digest(), a.shape, a.dtype.str, op)
 
 

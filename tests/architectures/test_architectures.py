@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reports
 import torch
 from torch import nn
 
@@ -243,6 +244,6 @@ def test_inspect_constant_bytes_equal_the_build(zoo, case):
 @pytest.mark.qemu
 @pytest.mark.parametrize("case", CONSTANT_CASES, ids=case_id)
 def test_inspect_constant_bytes_equal_the_cortex_m4_build(zoo, case):
-    counted = zoo.inspect(*case)["total"]["constant_bytes"]
-    built = zoo.build(*case, "cortex-m4").report()["total"]["built_constant_bytes"]
-    assert counted == built
+    """Equal, up to the layers the Cortex-M build made dense (each with its note: issue 22's
+    rule that no layer is slower than in the --no-compress build)."""
+    reports.check_layers_against_inspect(zoo.build(*case, "cortex-m4").report(), zoo.inspect(*case))

@@ -117,7 +117,11 @@ def test_cortex_m4(name):
     m, shape = factory()
     x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
     compiled = tbn_tvm.compile(m, "cortex-m4")
-    assert compiled.report()["library_weight_bytes"] == weight_bytes  # a shared weight stored once
+    report = compiled.report()
+    if reports.built_dense_layers(report):  # too small for its compact kernel to beat dense (issue 22)
+        (w,) = (i for i in m.graph.initializer if i.name == "W")
+        weight_bytes = len(w.raw_data) or np.prod(w.dims) * 4
+    assert report["library_weight_bytes"] == weight_bytes  # a shared weight stored once
     ref = reports.ort(m, {"x": x})[0]
     tol = 2e-3 if name == "float16_tiled" else 1e-5
     np.testing.assert_allclose(compiled.run(x), ref, rtol=tol, atol=tol * np.abs(ref).max())
