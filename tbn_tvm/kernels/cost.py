@@ -81,14 +81,63 @@ def compact_estimate(layer, weight_shape, kind: str, plan=None, group: int | Non
         return m * (build + plan.distinct * groups * rows.MCU_COST_LOOKUP) + gather
     if plan is not None and kind in (rows.KIND_DENSE, rows.KIND_CONV):
         return m * rows.MCU_COST_BITSERIAL * plan.distinct * plan.row_length + gather
+    if plan is not None and kind == "rows_conv_signs":
+        return small_k_estimate(layer, plan)
     per = MCU_DECODE_GEMM if layer.op == "matmul" else MCU_DECODE_CONV
     return per * n * k * m
+
+
+# ------------------------------------------------------------------ small-K convolutions (issue 22)
+# fitted (relative least squares) to QEMU counts of five convs: 16x1x3x3 at 28x28 (141,776),
+# 8x6x3x3 p=2 at 10x10 (51,924), 16x3x3x3 at 32x32 (560,981), 32x3x3x3 p=4 at 16x16 (178,529),
+# 16x8x3x3 p=4 at 8x8 (48,137); the estimates are 0.68-1.21x of those counts
+MCU_SIGNS_TAP = 7.5  # one patch tap per position (address, padding test, load, store)
+MCU_SIGNS_TERM = 0.5  # one signed term of a distinct filter's sum (an add or a sub)
+MCU_SIGNS_OUT = 5.0  # one output: its sum, scale, epilogue, store, loop
+
+
+def small_k_estimate(layer, plan) -> float:
+    """Instructions of the signs-in-code convolution (:mod:`tbn_tvm.kernels.small_k`): per
+    output position ``K`` patch taps, ``D x K`` signed terms and ``N`` outputs."""
+    m = _positions(layer)
+    return m * (
+        MCU_SIGNS_TAP * plan.row_length
+        + MCU_SIGNS_TERM * plan.distinct * plan.row_length
+        + MCU_SIGNS_OUT * plan.rows
+    )
+
+
+def small_k_choice(layer, weight_shape, plan, group: int | None) -> tuple[bool, str]:
+    """Whether a small convolution (the first layer of an image model: K = C x kh x kw of 9 or
+    27) takes the signs-in-code kernel, by estimated instructions against the look-up-table
+    (``group``) or bit-serial kernel and the dense build; and the sentence the compile summary
+    prints."""
+    signs = small_k_estimate(layer, plan)
+    kind = rows.KIND_CONV_LUT if group else rows.KIND_CONV
+    other = compact_estimate(layer, weight_shape, kind, plan, group)
+    dense = dense_estimate(layer, weight_shape)
+    name = f"look-up tables (g={group})" if group else "bit-serial sums"
+    k, d = plan.row_length, plan.distinct
+    if signs < other:
+        return True, (
+            f"signs in the code (K = {k} taps, {d} distinct filters: {d * k} adds/subtracts per position), "
+            f"estimated {signs:,.0f} instructions vs {other:,.0f} for {name} and {dense:,.0f} dense"
+        )
+    return False, f"{name}: estimated {other:,.0f} instructions vs {signs:,.0f} with the signs in the code"
 
 
 #: Kernel kinds :func:`compact_estimate` models itself (the tiled format's row kernels and the
 #: generic decode-in-kernel computes); :func:`built_dense_note` decides only for these.
 ESTIMATED_KINDS = frozenset(
-    (rows.KIND_DENSE, rows.KIND_CONV, rows.KIND_DENSE_LUT, rows.KIND_CONV_LUT, "decode_dense", "decode_conv")
+    (
+        rows.KIND_DENSE,
+        rows.KIND_CONV,
+        rows.KIND_DENSE_LUT,
+        rows.KIND_CONV_LUT,
+        "decode_dense",
+        "decode_conv",
+        "rows_conv_signs",
+    )
 )
 
 

@@ -159,9 +159,23 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
         )
         if layer.form == "lut" and g is None and plan.wordwise:
             g = 4
+        why = None
+        if layer.form == "bitserial" and not layer.simd:  # a small first layer: signs in the code?
+            from tbn_tvm.kernels import small_k
+
+            if small_k.applies(layer, fmt, plan):
+                from tbn_tvm.kernels.cost import small_k_choice
+
+                signs, why = small_k_choice(layer, fmt.shape, plan, g)
+                if signs:
+                    return small_k.kernel(layer, fmt, plan, why)
         if g is not None:
-            return make_kernel(KIND_CONV_LUT, conv_rows_lut_te(layer, fmt, plan, g), plan, group=g)
-        return make_kernel(KIND_CONV, conv_rows_te(layer, fmt, plan), plan)
+            k = make_kernel(KIND_CONV_LUT, conv_rows_lut_te(layer, fmt, plan, g), plan, group=g)
+        else:
+            k = make_kernel(KIND_CONV, conv_rows_te(layer, fmt, plan), plan)
+        if why:
+            k.info["why"] = why
+        return k
     return None
 
 

@@ -105,6 +105,35 @@ def _patch_and_epilogue_per_position(sch, rows) -> None:
         _try(sch.reverse_compute_at, epilogue, sch.get_loops(gather)[spatial - 1])
 
 
+def _schedule_signs(sch, small_k) -> None:
+    """The signs-in-code convolution (:mod:`tbn_tvm.kernels.small_k`): per output position its
+    patch (the taps, padding resolved) then every distinct filter's sum, the filter loop and
+    the taps unrolled (each sign a constant add or subtract), right before the position's
+    outputs are scaled and written (with their fused epilogue)."""
+    for _ in range(8):  # inline the padding into the patch, the epilogue into the output
+        changed = False
+        for blk in _blocks(sch):
+            if _name(sch, blk).startswith((small_k.BLOCK_PATCH, small_k.BLOCK_SUMS)):
+                continue
+            if _try(sch.compute_inline, blk) or reverse_inline_safely(sch, blk):
+                changed = True
+                break
+        if not changed:
+            break
+    names = {_name(sch, b): b for b in _blocks(sch)}
+    sums = names[small_k.BLOCK_SUMS]
+    patch = names[small_k.BLOCK_PATCH]
+    gathers = sch.get_consumers(sums)
+    if gathers:  # distinct filters shared by several outputs: all of them per position, then the outputs
+        b, o, y, x = sch.get_loops(gathers[0])
+        sch.reorder(b, y, x, o)
+        sch.compute_at(sums, x)
+    # (one filter per output: the outputs and their epilogue were inlined into the sums' block)
+    sch.compute_at(patch, sch.get_loops(sums)[-2])
+    sch.unroll(sch.get_loops(sums)[-1])
+    sch.unroll(sch.get_loops(patch)[-1])
+
+
 def schedule_prim_mcu(prim):
     """Return a scheduled copy of one (possibly fused) PrimFunc.  A kernel without a ``root``
     block (TVM's scatter and unpool kernels, written as one opaque block; a kernel without any
@@ -123,6 +152,14 @@ def schedule_prim_mcu(prim):
 
     if cortex_m_lut.handles({_name(sch, b) for b in _blocks(sch)}):  # issue 23's look-up kernels
         return cortex_m_lut.schedule(prim)
+    from tbn_tvm.kernels import small_k
+
+    if any(_name(sch, b) == small_k.BLOCK_SUMS for b in _blocks(sch)):
+        try:
+            _schedule_signs(sch, small_k)
+            return sch.mod["main"]
+        except Exception:  # noqa: BLE001 - an unexpected fused form: the default loops below
+            sch = s_tir.Schedule(prim)
     keep = (  # computed once (per call, or per position), read many times
         "row_words",
         "tbn_code_index",
