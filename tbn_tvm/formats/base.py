@@ -170,6 +170,28 @@ class WeightFormat(ABC):
         return None
 
 
+#: What ``inspect`` says of a weight whose decode is not bit for bit the stored one but within
+#: one float32 rounding of it (:func:`within_rounding`).
+ROUNDED = "exact to float32 rounding"
+
+
+def within_rounding(decoded: np.ndarray, stored: np.ndarray) -> bool:
+    """Whether every decoded value is the stored float32 value or one of its two neighbours.
+
+    A weight written as ``fl32(α·m)`` from a float64 product (numpy-built or BatchNorm-folded
+    exports) is the rounding of the real ``α·m``; a format decodes ``fl32(fl32(α)·m)``, the
+    rounding of ``α·m`` up to ``α``'s own rounding (2^-24 relative).  Two roundings of
+    products that close are the same float32 value or neighbours: a deviation of at most one
+    float32 spacing is below the rounding the product went through anyway.  Zeros must stay
+    exact zeros."""
+    d = np.asarray(decoded, np.float32)
+    v = np.asarray(stored, np.float32)
+    if d.shape != v.shape or not np.array_equal(d == 0, v == 0):
+        return False
+    gap = np.abs(d.astype(np.float64) - v.astype(np.float64))
+    return bool(np.all(gap <= np.spacing(np.abs(v)).astype(np.float64)))
+
+
 def as_float(weight: np.ndarray) -> np.ndarray | None:
     """``weight`` if it is a float32/float16 array of finite values with at least two elements
     (what every compact format needs), else None."""

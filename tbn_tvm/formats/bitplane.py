@@ -14,7 +14,12 @@ per row).  Structure kernel: T-MAC's bit-serial look-up (:mod:`tbn_tvm.kernels.b
 sign) is found here with ``k = 1`` and shown as ``zero`` (``format``) / ``zero (bitplane k=1)``
 (``label``).
 
-Detection is exact: a weight one ulp off the grid is not bit-plane.
+Detection is exact, or exact to float32 rounding: a weight that is ``fl32(α'·q)`` for a real
+``α'`` (a float64 product cast to float32, as numpy-built and BatchNorm-folded exports write
+it) is found with ``α = fl32(α')`` or a neighbour when every decoded ``fl32(α·q)`` is the
+stored value or a neighbouring float32 (:func:`~tbn_tvm.formats.base.within_rounding`), and
+``inspect`` says so (``bitplane k=…, exact to float32 rounding``); a weight off the grid by
+more than that (two ulps) is not bit-plane.
 
 >>> import numpy as np
 >>> q = np.array([[3, -2, 0, 1], [-4, 2, 1, -1]], np.float32)
@@ -31,12 +36,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tbn_tvm.formats.base import Buffer, WeightFormat, as_float
+from tbn_tvm.formats.base import ROUNDED, Buffer, WeightFormat, as_float, within_rounding
 from tbn_tvm.formats.bits import pack_bits, unpack_bits
 
 MAX_BITS = 8
 #: Largest integer multiple searched when the smallest magnitude is not itself the grid step.
 _MAX_STEP_DIVISOR = 1 << (MAX_BITS - 1)
+_SAMPLE = 4096  # values a rounded grid is first tried on (:func:`_grid_rounded`)
 
 
 def _grid(values: np.ndarray) -> tuple[np.float32, np.ndarray] | None:
@@ -63,6 +69,53 @@ def _grid(values: np.ndarray) -> tuple[np.float32, np.ndarray] | None:
         for alpha in _step_candidates(v, q):
             if np.array_equal((q.astype(np.float32) * alpha).astype(np.float32), v):
                 return alpha, q.astype(np.int64)
+    return None
+
+
+def _grid_rounded(values: np.ndarray) -> tuple[np.float32, np.ndarray] | None:
+    """``(α, q)`` with ``fl32(q·α)`` within one float32 rounding of every value
+    (:func:`~tbn_tvm.formats.base.within_rounding`): the values are ``fl32(α'·q)`` for a real
+    ``α'`` (a float64 product cast to float32), ``α = fl32(α')`` or a neighbour; None when
+    there is none.  Tried only where :func:`_grid` finds no exact grid."""
+    v = values.astype(np.float32)
+    v64 = v.astype(np.float64)
+    nz = np.abs(v64[v != 0])
+    if nz.size == 0:
+        return None
+    smallest, largest = nz.min(), nz.max()
+    # a sample (with the extremes) must pass each step's tests before the whole tensor is tried:
+    # the tests are per element or over ranges, so a step the sample fails, the tensor fails
+    sample = v64
+    if v64.size > 4 * _SAMPLE:
+        pick = np.random.default_rng(0).choice(v64.size, _SAMPLE, replace=False)
+        sample = np.concatenate([v64[pick], [smallest, largest]])
+    for m in range(1, _MAX_STEP_DIVISOR + 1):
+        approx = smallest / m
+        if largest / approx > (1 << MAX_BITS) + 1:
+            return None
+        qs = np.rint(sample / approx)
+        nzs = qs != 0
+        if np.abs(qs).max() >= (1 << MAX_BITS) or not np.array_equal(nzs, sample != 0):
+            continue
+        rs = sample[nzs] / qs[nzs]
+        if rs.size and rs.max() - rs.min() > 2.0**-22 * np.abs(rs).max():
+            continue
+        q = np.rint(v64 / approx)
+        if np.abs(q).max() >= (1 << MAX_BITS) or not np.array_equal(q != 0, v != 0):
+            continue
+        ratio = v64[q != 0] / q[q != 0]  # α'(1 + ε), |ε| <= 2^-24, on a grid
+        if ratio.max() - ratio.min() > 2.0**-22 * np.abs(ratio).max():
+            continue
+        a = np.float32(abs(np.median(ratio)))
+        up, down = [a], [a]
+        for _ in range(2):  # α' rounds to a; the best α may be a neighbour or two away
+            up.append(np.nextafter(up[-1], np.float32(np.inf)))
+            down.append(np.nextafter(down[-1], np.float32(0)))
+        cands = [a, up[1], down[1], up[2], down[2]]
+        qf = q.astype(np.float32)
+        for alpha in cands:
+            if alpha > 0 and within_rounding((qf * alpha).astype(np.float32), v):
+                return np.float32(alpha), q.astype(np.int64)
     return None
 
 
@@ -104,6 +157,7 @@ class BitplaneFormat(WeightFormat):
     k: int
     encoding: str  # "twos" | "sign"
     dtype: str = field(default="float32")
+    rounded: bool = False  # decode within one float32 rounding of the weight, not bit for bit
 
     @classmethod
     def storage_lower_bound(cls, shape: tuple[int, ...], op: str) -> int:
@@ -115,21 +169,18 @@ class BitplaneFormat(WeightFormat):
         w = as_float(weight)
         if w is None or w.dtype != np.float32:
             return None
-        found = []
-        layer = _grid(w.reshape(-1))
-        if layer is not None:
-            found.append((np.array([layer[0]], np.float32), layer[1]))
-        if w.ndim > 1 and w.shape[0] > 1:
-            rows = []
-            for r in w.reshape(w.shape[0], -1):  # stop at the first row without a grid
-                g = _grid(r)
-                if g is None:
-                    break
-                rows.append(g)
-            if len(rows) == w.shape[0]:
-                found.append(
-                    (np.array([r[0] for r in rows], np.float32), np.concatenate([r[1] for r in rows]))
-                )
+        best = cls._best(w, cls._grids(w, _grid), rounded=False)
+        # no exact grid, or one whose step divides every value several times (a float64
+        # product cast to float32 can be an exact multiple of a tiny α, needing 8+ bits):
+        # look for one up to float32 rounding; the cheaper wins, the exact one on a tie
+        if best is None or np.abs(best.codes_q()[best.codes_q() != 0]).min(initial=1) > 1:
+            other = cls._best(w, cls._grids(w, _grid_rounded), rounded=True)
+            if other is not None and (best is None or other.storage_bits() < best.storage_bits()):
+                best = other
+        return best
+
+    @classmethod
+    def _best(cls, w: np.ndarray, found, rounded: bool) -> BitplaneFormat | None:
         best = None
         for scales, q in found:
             kb = _bits(q)
@@ -140,10 +191,31 @@ class BitplaneFormat(WeightFormat):
                 codes = np.where(q < 0, q + (1 << k), q)
             else:
                 codes = np.where(q < 0, (1 << (k - 1)) | -q, q)
-            fmt = cls(tuple(int(d) for d in w.shape), codes.astype(np.int64), scales, k, enc)
+            fmt = cls(tuple(int(d) for d in w.shape), codes.astype(np.int64), scales, k, enc, rounded=rounded)
             if best is None or fmt.storage_bits() < best.storage_bits():
                 best = fmt
         return best
+
+    @staticmethod
+    def _grids(w: np.ndarray, grid) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(scales, q)`` of one grid for the whole weight and of one per row, where ``grid``
+        (:func:`_grid` or :func:`_grid_rounded`) finds them."""
+        found = []
+        layer = grid(w.reshape(-1))
+        if layer is not None:
+            found.append((np.array([layer[0]], np.float32), layer[1]))
+        if w.ndim > 1 and w.shape[0] > 1:
+            rows = []
+            for r in w.reshape(w.shape[0], -1):  # stop at the first row without a grid
+                g = grid(r)
+                if g is None:
+                    break
+                rows.append(g)
+            if len(rows) == w.shape[0]:
+                found.append(
+                    (np.array([r[0] for r in rows], np.float32), np.concatenate([r[1] for r in rows]))
+                )
+        return found
 
     # ------------------------------------------------------------------ contract
     @property
@@ -159,6 +231,14 @@ class BitplaneFormat(WeightFormat):
             Buffer("planes", pack_planes(self.codes, self.k)),
             Buffer("scales", self.scales.astype(np.float32)),
         ]
+
+    def codes_q(self) -> np.ndarray:
+        """The integers ``q`` (flat), from the codes as detected."""
+        k = self.k
+        if self.encoding == "twos":
+            return np.where(self.codes >= (1 << (k - 1)), self.codes - (1 << k), self.codes)
+        mag = self.codes & ((1 << (k - 1)) - 1)
+        return np.where(self.codes >> (k - 1), -mag, mag)
 
     def _q_numpy(self) -> np.ndarray:
         c = unpack_planes(pack_planes(self.codes, self.k), self.n, self.k)
@@ -210,16 +290,17 @@ class BitplaneFormat(WeightFormat):
     def label(self) -> str:
         if self.kind == "zero":
             return f"zero (bitplane k={self.k})"
-        return f"bitplane k={self.k}"
+        return f"bitplane k={self.k}" + (f", {ROUNDED}" if self.rounded else "")
 
     def describe(self) -> str:
         if self.kind == "zero":
             return f"zero: every weight is 0 (stored as bitplane k={self.k})"
         enc = "two's complement" if self.encoding == "twos" else "sign-magnitude"
-        return f"bitplane k={self.k} ({enc}, {self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
+        scales = f"{self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)}"
+        return f"bitplane k={self.k} ({enc}, {scales}" + (f"; {ROUNDED})" if self.rounded else ")")
 
     def fields(self) -> dict:
-        return {"bits": self.k, "encoding": self.encoding}
+        return {"bits": self.k, "encoding": self.encoding, **({"exact": ROUNDED} if self.rounded else {})}
 
     def kernel(self, layer):
         from tbn_tvm.kernels import bitplane_lut

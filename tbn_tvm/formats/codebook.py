@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tbn_tvm.formats.base import Buffer, WeightFormat, as_float
+from tbn_tvm.formats.base import ROUNDED, Buffer, WeightFormat, as_float, within_rounding
 from tbn_tvm.formats.bits import pack_bits, pack_fields, tir_bit, tir_field, unpack_bits, unpack_fields
 
 
@@ -49,6 +49,7 @@ class CodebookFormat(WeightFormat):
     scales: np.ndarray  # float32, [O]
     tau: int
     dtype: str = field(default="float32")
+    rounded: bool = False  # decode within one float32 rounding of the weight, not bit for bit
 
     @classmethod
     def storage_lower_bound(cls, shape: tuple[int, ...], op: str) -> int:
@@ -69,7 +70,16 @@ class CodebookFormat(WeightFormat):
         rows = w.reshape(O, -1)
         mags = np.abs(rows)
         scales = mags[:, 0].copy()
-        if not np.all(scales > 0) or not np.all(mags == scales[:, None]):
+        rounded = False
+        if not np.all(mags == scales[:, None]):
+            # one scale per filter only up to float32 rounding (a float64 product cast per
+            # element): the filter's median magnitude, every value within a rounding of it
+            scales = np.median(mags, axis=1).astype(np.float32)
+            signs = np.where(rows > 0, np.float32(1), np.float32(-1))
+            if not within_rounding(signs * scales[:, None], rows):
+                return None
+            rounded = True
+        if not np.all(scales > 0):
             return None
         signs = (rows > 0).reshape(O * Ig, kk).astype(np.uint8)
         packed = np.packbits(signs, axis=1)
@@ -80,7 +90,12 @@ class CodebookFormat(WeightFormat):
             return None
         codewords = np.unpackbits(uniq, axis=1)[:, :kk].astype(np.uint8)
         return cls(
-            tuple(int(d) for d in w.shape), codewords, inverse.reshape(-1).astype(np.int64), scales, tau
+            tuple(int(d) for d in w.shape),
+            codewords,
+            inverse.reshape(-1).astype(np.int64),
+            scales,
+            tau,
+            rounded=rounded,
         )
 
     # ------------------------------------------------------------------ facts
@@ -131,16 +146,20 @@ class CodebookFormat(WeightFormat):
         return tirx.Select(bit == tirx.const(1, "uint32"), s, -s)
 
     def label(self) -> str:
-        return f"codebook τ={self.tau}"
+        return f"codebook τ={self.tau}" + (f", {ROUNDED}" if self.rounded else "")
 
     def describe(self) -> str:
         return (
             f"codebook τ={self.tau} ({self.num_codewords} codewords of {self.kernel_size} signs, "
-            f"{self.num_scales} per-channel scales)"
+            f"{self.num_scales} per-channel scales" + (f"; {ROUNDED})" if self.rounded else ")")
         )
 
     def fields(self) -> dict:
-        return {"tau": self.tau, "codewords": self.num_codewords}
+        return {
+            "tau": self.tau,
+            "codewords": self.num_codewords,
+            **({"exact": ROUNDED} if self.rounded else {}),
+        }
 
     def kernel(self, layer):
         from tbn_tvm.kernels import codeword_conv, lut_conv, rows

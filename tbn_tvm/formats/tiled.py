@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tbn_tvm.formats.base import Buffer, WeightFormat, as_float
+from tbn_tvm.formats.base import ROUNDED, Buffer, WeightFormat, as_float, within_rounding
 from tbn_tvm.formats.bits import pack_bits, tir_bit, unpack_bits
 
 __all__ = ["TiledFormat", "detect", "pack_bits", "unpack_bits", "smallest_period"]
@@ -67,6 +67,7 @@ class TiledFormat(WeightFormat):
     scales: np.ndarray  # length ceil(n / S), any sign, never zero
     scale_chunk: int  # S
     dtype: str = field(default="float32")
+    rounded: bool = False  # decode within one float32 rounding of the weight, not bit for bit
 
     # ----------------------------------------------------------------- derived facts
     @property
@@ -136,19 +137,24 @@ class TiledFormat(WeightFormat):
         return (self.scales.astype(self.dtype)[i // self.scale_chunk] * signs).reshape(self.shape)
 
     def label(self) -> str:
+        rounding = f", {ROUNDED}" if self.rounded else ""
         if self.kind == "binary":
-            return "binary"
+            return "binary" + rounding
         p = self.p
         ptxt = f"{p:g}" if float(p).is_integer() else f"{p:.2f}"
-        return f"tiled p={ptxt} L={self.tile_length}"
+        return f"tiled p={ptxt} L={self.tile_length}" + rounding
 
     def describe(self) -> str:
+        scales = f"{self.alpha_kind} scale{'s' * (self.num_scales > 1)}"
+        rounding = f"; {ROUNDED}" if self.rounded else ""
         if self.kind == "binary":
-            return f"binary ({self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
-        return f"{self.label()} ({self.num_scales} {self.alpha_kind} scale{'s' * (self.num_scales > 1)})"
+            return f"binary ({scales}{rounding})"
+        p = self.p
+        ptxt = f"{p:g}" if float(p).is_integer() else f"{p:.2f}"
+        return f"tiled p={ptxt} L={self.tile_length} ({self.num_scales} {scales}{rounding})"
 
     def fields(self) -> dict:
-        return {"tile_length": self.tile_length}
+        return {"tile_length": self.tile_length, **({"exact": ROUNDED} if self.rounded else {})}
 
     def kernel(self, layer):
         from tbn_tvm.kernels import rows
@@ -271,10 +277,22 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
         return None
     n = flat.size
     elem_bits = 8 * w.dtype.itemsize
-    # scales: |w| is constant on chunks of S elements, S = gcd of n and every change point
-    change = np.flatnonzero(mags[1:] != mags[:-1]) + 1
-    chunk = int(np.gcd.reduce(np.concatenate([[n], change]).astype(np.int64)))
-    scales = mags[::chunk]
+    # scales: |w| is constant on chunks of S elements, S = gcd of every change point (the last
+    # chunk may be cut short: a weight ending in a partial copy with its own α)
+    chunk, scales = _chunks(mags, mags[1:] != mags[:-1])
+    rounded = False
+    if elem_bits * scales.size >= (elem_bits - 1) * n and w.dtype == np.float32:
+        # magnitudes that differ only by float32 rounding (a scale product cast from float64
+        # per element): chunks of neighbouring float32 values, each chunk's median its scale
+        gap = np.abs(np.diff(mags.astype(np.float64)))
+        chunk, scales = _chunks(mags, gap > np.spacing(np.maximum(mags[1:], mags[:-1])).astype(np.float64))
+        if elem_bits * scales.size < (elem_bits - 1) * n:  # few enough: each chunk's median
+            whole = n // chunk * chunk
+            scales = np.median(mags[:whole].reshape(-1, chunk), axis=1)
+            if whole < n:
+                scales = np.append(scales, np.median(mags[whole:]))
+            scales = scales.astype(np.float32)
+        rounded = True
     if elem_bits * scales.size >= (elem_bits - 1) * n:  # the scales alone cost about as much as the weight
         return None
     bits = (flat > 0).astype(np.uint8)
@@ -294,7 +312,18 @@ def detect(weight: np.ndarray) -> TiledFormat | None:
         scales=scales.astype(w.dtype),
         scale_chunk=chunk,
         dtype=str(w.dtype),
+        rounded=rounded,
     )
     if fmt.storage_bits() >= elem_bits * n:
         return None
+    if rounded and not within_rounding(fmt.decode(), w):
+        return None
     return fmt
+
+
+def _chunks(mags: np.ndarray, changed: np.ndarray) -> tuple[int, np.ndarray]:
+    """``(S, scales)``: ``S`` the gcd of the change points (``changed[i]``: ``mags[i + 1]``
+    starts a new value; ``n`` without any), the scales every ``S`` elements."""
+    change = np.flatnonzero(changed) + 1
+    chunk = int(np.gcd.reduce(change.astype(np.int64))) if change.size else int(mags.size)
+    return chunk, mags[::chunk]

@@ -46,12 +46,18 @@ def test_roundtrip_from_the_definition(rows, cols, k, per_channel, signmag, seed
     assert fmt.storage_bits() <= fmt.k * w.size + 32 * (rows + 1) + 32 * fmt.k
 
 
-def test_one_ulp_off_and_non_grid_weights_are_not_bitplane():
+def test_ulps_off_and_non_grid_weights_are_not_bitplane():
+    """One ulp off the grid is within a float32 rounding (found, and said so: see
+    test_float64_products_are_found_exact_to_float32_rounding); many ulps are not."""
     rng = np.random.default_rng(0)
     w, _ = bitwise_weight(rng, (16, 32), 6)
     off = w.copy()
     off[3, 5] = np.nextafter(off[3, 5], np.float32(np.inf))
-    assert BitplaneFormat.detect(w) is not None and BitplaneFormat.detect(off) is None
+    assert BitplaneFormat.detect(w) is not None and not BitplaneFormat.detect(w).rounded
+    one = BitplaneFormat.detect(off)
+    assert one is not None and one.rounded and one.label().endswith("exact to float32 rounding")
+    off[3, 5] *= np.float32(1 + 2.0**-18)  # 32 ulps: no α makes it a rounding of α·q
+    assert BitplaneFormat.detect(off) is None
     assert BitplaneFormat.detect(rng.standard_normal((8, 8)).astype(np.float32)) is None
     big = np.arange(-300, 300, dtype=np.float32).reshape(20, 30) * np.float32(0.5)  # needs 10 bits
     assert BitplaneFormat.detect(big) is None
@@ -101,3 +107,25 @@ def test_compiled_matches_onnxruntime(target, layer):
     ref = reports.ort(m, {"x": x})[0]
     got = tbn_tvm.compile(m, target).run(x)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("k", [2, 4, 7])
+def test_float64_products_are_found_exact_to_float32_rounding(k, per_row):
+    """``w = fl32(α·q)`` from a float64 product (numpy, BatchNorm folds): not bit-exact for any
+    float32 ``α``, found with every decoded value the stored one or a float32 neighbour, and
+    ``inspect`` says so."""
+    rng = np.random.default_rng(k)
+    q = rng.integers(-(1 << (k - 1)), 1 << (k - 1), (24, 40))
+    q[:, 0] = (1 << (k - 1)) - 1  # every row reaches the top of the range
+    alpha = rng.uniform(0.01, 1.0, (24, 1)) if per_row else np.float64(0.1234567891234)
+    w = (q * alpha).astype(np.float32)  # float64 product, then rounded
+    fmt = BitplaneFormat.detect(w)
+    assert fmt is not None and fmt.k <= k
+    assert np.array_equal(fmt.codes_q().reshape(q.shape) * (1 if fmt.k == k else 1), q) or fmt.k < k
+    d = fmt.decode()
+    assert np.all(np.abs(d.astype(np.float64) - w) <= np.spacing(np.abs(w)))
+    if not np.array_equal(d, w):
+        assert fmt.rounded and "exact to float32 rounding" in fmt.label()
+        lw = detect_layer_weight(np.ascontiguousarray(w.T), "matmul")
+        assert lw.format.fields().get("exact") == "exact to float32 rounding"
