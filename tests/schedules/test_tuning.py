@@ -578,3 +578,19 @@ def test_both_forms_are_timed_for_the_form_choice(tmp_path):
         assert set(c["seconds"]) == {"bitserial", "decoded"}, c
         assert all(0 < t < 0.1 for t in c["seconds"].values()), c
         assert c["form"] == c["default"] or c["ratio"] < 1 - c["spread"], c
+
+
+def test_kernels_with_a_let_are_kept_from_the_search():
+    """MetaSchedule's features cannot read ``Let`` ("Do not have a default for prim.Let" ended
+    the whole search): such kernels (vector-math GELU, softmax) are tuned around their default
+    only; a plain kernel is searched."""
+    from tvm import te, tirx
+
+    from tbn_tvm.schedules.tuning import _has_let
+
+    a = te.placeholder((4,), "float32", name="A")
+    v = tirx.Var("v", "float32")
+    with_let = te.compute((4,), lambda i: tirx.Let(v, a[i] * 2.0, v * v), name="B")
+    plain = te.compute((4,), lambda i: a[i] * a[i], name="C")
+    assert _has_let(te.create_prim_func([a, with_let]))
+    assert not _has_let(te.create_prim_func([a, plain]))
