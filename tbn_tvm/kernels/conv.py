@@ -138,5 +138,7 @@ def _decoded_weight(layer: Layer, fmt, bufs, flat_of):
 
         return te.compute(shape64([O, Cg, *ksize]), body, name=BLOCK_DECODE_WEIGHT)
     return te.compute(
-        shape64([O, Cg, *ksize]), lambda o, c, *ks: fmt.read(bufs, flat_of(o, c, ks)), name=BLOCK_DECODE_WEIGHT
+        shape64([O, Cg, *ksize]),
+        lambda o, c, *ks: fmt.read(bufs, flat_of(o, c, ks)),
+        name=BLOCK_DECODE_WEIGHT,
     )

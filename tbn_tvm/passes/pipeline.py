@@ -12,7 +12,8 @@ Phase 1, the project's passes, every target (:func:`prepare`)
     ``reuse_rows``).
 
 Phase 2, lowering, per target family
-    host (:func:`lower_host`): :func:`fuse` (Legalize with NaN-keeping lowerings,
+    host (:func:`lower_host`): :func:`fuse` (Legalize with NaN-keeping lowerings and
+    vectorisable float32 exp/erf/tanh/sigmoid/softmax, :mod:`tbn_tvm.passes.vector_math`;
     AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR) -> MetaScheduleApplyDatabase (tuning
     records, when a database is given; a record not measured faster than the kernel's default
     schedule is dropped, :func:`tbn_tvm.schedules.records.keep_records_that_beat_default`) ->

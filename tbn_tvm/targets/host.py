@@ -118,9 +118,7 @@ class HostBackend(Backend):
     """Runs a host build through the Relax VM (only when the target matches this machine)."""
 
     family = "host"
-    target_names = (
-        "llvm (this machine's CPU; --mcpu generic|NAME), an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
-    )
+    target_names = "llvm (this machine's CPU; --mcpu generic|NAME), an LLVM triple (x86_64-linux-gnu, aarch64-linux-gnu), 'llvm -mcpu=...'"
     pass_options = {"simd": True, "default_form": "auto"}
     run_options = {
         "profile": Option(
