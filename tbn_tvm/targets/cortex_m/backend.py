@@ -870,8 +870,8 @@ _MAKEFILE = """\
 #   OBJS   += $(TBN_OBJS)      # the library's objects, built into $(TBN_BUILD_DIR)
 #   CFLAGS += $(TBN_CFLAGS)    # -I for model.h, for your sources that call tbn_model_run
 #   LDLIBS += $(TBN_LDLIBS)    # -lm: the kernels call libm (expf, sqrtf, ...)
-# The library's objects get your CFLAGS plus TBN_LIB_CFLAGS (generated code: its unused
-# parameters are not warned about, so -Wall -Wextra -Werror in CFLAGS stays usable;
+# The library's objects get your CFLAGS plus TBN_LIB_CFLAGS (every generated source builds
+# warning-free under -Wall -Wextra -Werror on its own, so those stay usable in CFLAGS;
 # -ffp-contract=off: each operator rounds its result, as ONNX does, with no fused multiply-add
 # across two of them).
 TBN_LIB_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
@@ -880,7 +880,7 @@ TBN_BUILD_DIR ?= build/tbn_model
 TBN_SRCS := $(sort $(wildcard $(TBN_LIB_DIR)/*.c))
 TBN_OBJS := $(patsubst $(TBN_LIB_DIR)/%.c,$(TBN_BUILD_DIR)/%.o,$(TBN_SRCS))
 TBN_CFLAGS := -I$(TBN_LIB_DIR)
-TBN_LIB_CFLAGS := -std=gnu11 -O2 -ffp-contract=off -ffunction-sections -fdata-sections -mfp16-format=ieee -Wno-unused-parameter
+TBN_LIB_CFLAGS := -std=gnu11 -O2 -ffp-contract=off -ffunction-sections -fdata-sections -mfp16-format=ieee
 TBN_LDLIBS := -lm
 
 $(TBN_OBJS): $(TBN_BUILD_DIR)/%.o: $(TBN_LIB_DIR)/%.c $(wildcard $(TBN_LIB_DIR)/*.h)
@@ -895,14 +895,13 @@ _CMAKE = """\
 # arm-none-eabi toolchain file).  In your CMakeLists.txt:
 #   add_subdirectory(path/to/OUT_DIR/lib tbn_model)
 #   target_link_libraries(your_firmware PRIVATE tbn_model)
-# This links libm too (the kernels call expf, sqrtf, ...).  The generated sources are built
-# without unused-parameter warnings, so -Wall -Wextra -Werror in your flags stays usable.
+# This links libm too (the kernels call expf, sqrtf, ...).  Every generated source builds
+# warning-free under -Wall -Wextra -Werror, so those stay usable in your flags.
 cmake_minimum_required(VERSION 3.13)
 file(GLOB TBN_MODEL_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.c)
 add_library(tbn_model STATIC ${TBN_MODEL_SOURCES})
 target_include_directories(tbn_model PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_compile_options(tbn_model PRIVATE -O2 -ffp-contract=off -ffunction-sections -fdata-sections -mfp16-format=ieee
-                       -Wno-unused-parameter)
+target_compile_options(tbn_model PRIVATE -O2 -ffp-contract=off -ffunction-sections -fdata-sections -mfp16-format=ieee)
 set_property(TARGET tbn_model PROPERTY C_STANDARD 11)
 target_link_libraries(tbn_model PUBLIC m)
 """
