@@ -153,7 +153,9 @@ class ModelReport:
                     d["name"] + shared,
                     d["op"],
                     "x".join(map(str, d["weight_shape"])),
-                    d["label"] + ("" if d["dtype"] == "float32" else f" {d['dtype']}"),
+                    d["label"]
+                    + ("" if d["dtype"] == "float32" else f" {d['dtype']}")
+                    + (" (BatchNorm/scale folded)" if "folded" in d else ""),
                     alpha,
                     f"{d['bits_per_weight']:.4f}",
                     f"{d['bytes']:,}",

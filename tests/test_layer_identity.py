@@ -112,6 +112,12 @@ def test_squeeze_excite_layers_are_reported_compact_under_torch_names(mobilenet)
     inspected = tbn_tvm.inspect(path).to_dict()
     assert {layer["name"] for layer in inspected["layers"]} == names
     assert all(layer["format"] != "dense" for layer in inspected["layers"])
+    folded = [layer["name"] for layer in inspected["layers"] if "folded" in layer]
+    assert folded, "the SE gates' HardSigmoid and the BatchNorms are folded into weights"
+    table = tbn_tvm.inspect(path).table()
+    assert all(
+        "(BatchNorm/scale folded)" in line for line in table.splitlines() if line.split(" ")[0] in folded
+    )
     model = tbn_tvm.compile(path, "llvm")
     report = model.report()
     _assert_agrees_with_inspect(report, inspected)
