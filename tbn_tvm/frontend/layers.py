@@ -55,7 +55,9 @@ class OnnxLayer:
     ``transB=1``; for MatMul and Gemm without it, the stored ``[in, out]`` operand (the
     detector tries both orders); ``[O, I/g, *k]`` for Conv; ``[I, O/g, *k]`` for ConvTranspose.
     ``stored`` is the array as the graph holds it.  ``shared_by`` lists other layers (names)
-    using the same weight value."""
+    using the same weight value.  ``weight_input`` is the node input holding the weight: 1
+    (``x · W``, Gemm's ``transA`` then transposes ``x`` only), or 0 for a weight as operand A
+    (``MatMul(W, x)``, ``Gemm(W, x)`` with ``trans_a``: ``W · x``, computed as ``(xᵀ · Wᵀ)ᵀ``)."""
 
     name: str
     op_type: str
@@ -67,10 +69,16 @@ class OnnxLayer:
     trans_b: bool = False
     shared_by: tuple[str, ...] = ()
     output: str = ""  # the node's output: the importer names the layer's call after it
+    weight_input: int = 1
+    trans_a: bool = False
 
     @property
     def matmul_operand(self) -> np.ndarray:
-        """The ``[in, out]`` operand of ``x @ W`` (matmul layers), as TVM folds it."""
+        """The ``[in, out]`` operand of ``x @ W`` (matmul layers), as TVM folds it; for a weight
+        as operand A (``W · x`` with ``W`` ``[out, in]`` once ``transA`` is applied), ``Wᵀ``:
+        the operand of ``xᵀ · Wᵀ``, what the compiler builds."""
+        if self.weight_input == 0:
+            return self.stored if self.trans_a else np.ascontiguousarray(self.stored.T)
         return np.ascontiguousarray(self.stored.T) if self.trans_b else self.stored
 
 
@@ -168,23 +176,33 @@ def _generated_node_name(node) -> bool:
 
 def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
     """Every Gemm/MatMul/Conv/ConvTranspose node with a constant weight, in graph order, named
-    as the module docstring says (names made unique with ``_2``, ``_3`` ...)."""
+    as the module docstring says (names made unique with ``_2``, ``_3`` ...).  The weight is
+    input 1; for Gemm and MatMul whose input 1 is not a constant, a constant input 0 (the
+    weight as operand A, ``W · x``)."""
     g = proto.graph
     candidates = []
     for i, node in enumerate(g.node):
         if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
-        if node.op_type == "Gemm" and _attr(node, "transA", 0):
-            continue
         candidates.append((i, node))
     values = constant_values(proto, {node.input[1] for _, node in candidates})
+    first = [  # the weight as operand A: looked for only where operand B is not a constant
+        (i, node)
+        for i, node in candidates
+        if WEIGHTED_OPS[node.op_type] == "matmul" and node.input[1] not in values and node.input[0]
+    ]
+    values.update(constant_values(proto, {node.input[0] for _, node in first}))
+    first_ids = {i for i, _ in first}
     from_torch = metadata_names(proto)
     initializer_names = {t.name for t in g.initializer}
     layers: list[OnnxLayer] = []
     used: dict[str, int] = {}
     by_value: dict[str, OnnxLayer] = {}
     for i, node in candidates:
-        wname = node.input[1]
+        weight_input = 1
+        if i in first_ids and node.input[0] in values:
+            weight_input = 0
+        wname = node.input[weight_input]
         w = values.get(wname)
         if w is None or w.dtype.kind != "f":
             continue
@@ -209,7 +227,20 @@ def weighted_layers(proto: onnx.ModelProto) -> list[OnnxLayer]:
         if count > 1:
             name = f"{name}_{count}"
         trans_b = bool(_attr(node, "transB", 0)) if node.op_type == "Gemm" else False
-        layer = OnnxLayer(name, node.op_type, kind, node.name, i, wname, w, trans_b, output=node.output[0])
+        trans_a = bool(_attr(node, "transA", 0)) if node.op_type == "Gemm" else False
+        layer = OnnxLayer(
+            name,
+            node.op_type,
+            kind,
+            node.name,
+            i,
+            wname,
+            w,
+            trans_b,
+            output=node.output[0],
+            weight_input=weight_input,
+            trans_a=trans_a,
+        )
         key = fingerprint(w)
         if key in by_value:
             first = by_value[key]
@@ -262,6 +293,8 @@ def folded_affines(proto: onnx.ModelProto, layers: list[OnnxLayer]) -> dict[int,
     out: dict[int, Affine] = {}
     for li, layer in enumerate(layers):
         node = g.node[layer.node_index]
+        if layer.weight_input == 0:  # W · x: its output channels are rows; FoldAffine leaves it
+            continue
         if layer.op_type == "Gemm" and (_attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0):
             continue
         channels = (

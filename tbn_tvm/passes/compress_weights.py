@@ -10,8 +10,9 @@ After::
     # tile: uint32[784] (the 25,088-bit tile), scales: float32[4]
 
 Handled: ``relax.matmul`` with a constant right operand (ONNX MatMul and Gemm, whichever layout
-the weight was stored in, 1-D weights included), ``relax.nn.conv1d`` / ``conv2d`` (NCW/NCHW data,
-OIW/OIHW kernel) and ``conv1d_transpose`` / ``conv2d_transpose`` (IOW/IOHW kernel) with any
+the weight was stored in, 1-D weights included) or a constant left one (``W · x``: computed as
+``(xᵀ · Wᵀ)ᵀ``, the transposes reshapes where an axis is 1), ``relax.nn.conv1d`` / ``conv2d``
+(NCW/NCHW data, OIW/OIHW kernel) and ``conv1d_transpose`` / ``conv2d_transpose`` (IOW/IOHW kernel) with any
 strides, padding, dilation and groups, in float32 or float16.  The pass never names a format: it
 asks the registry (:func:`tbn_tvm.formats.detect_layer_weight`) for the cheapest exact form and
 that form for its buffers and kernel (:func:`tbn_tvm.kernels.build`).  Bias adds and
@@ -152,7 +153,11 @@ class _Compressor(relax.PyExprMutator):
         forms = self.owner.forms
         return forms if isinstance(forms, str) else forms.get(name, self.owner.default_form)
 
-    def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer):
+    def _emit(self, call, x, w: np.ndarray, lw: LayerWeight, layer: kernels.Layer, w_expr=None, finish=None):
+        """The layer's kernel call in place of ``call`` (or ``call`` itself where an MCU's compact
+        kernel is estimated slower than dense); ``finish`` turns the kernel's output (bound)
+        into the call's result (a weight as operand A: the transpose back)."""
+        w_expr = call.args[1] if w_expr is None else w_expr
         kernel = kernels.build(lw.format, layer)
         note = None
         if not layer.simd:  # an MCU: a compact kernel estimated slower than dense is not kept
@@ -161,7 +166,7 @@ class _Compressor(relax.PyExprMutator):
             note = built_dense_note(layer, lw.format, kernel)
             if note is not None:
                 self.layers.append(RewrittenLayer(layer.name, layer.op, None, lw, note=note))
-                self.owner.const_names.setdefault(hash(call.args[1]), f"{c_identifier(layer.name)}_weight")
+                self.owner.const_names.setdefault(hash(w_expr), f"{c_identifier(layer.name)}_weight")
                 return call
             note = slower_than_dense_note(layer, lw.format, kernel)
         sym = self._symbol(layer.name, kernel.kind)
@@ -181,6 +186,8 @@ class _Compressor(relax.PyExprMutator):
         )
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
         result = with_span(relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty), call.span)
+        if finish is not None:
+            return finish(self.builder_.emit(result))
         if tuple(layer.out_shape) != _shape(call):  # a 1-D weight's unit axis, a token matmul's rows
             result = relax.op.reshape(self.builder_.emit(result), _shape(call))
         return result
@@ -189,6 +196,8 @@ class _Compressor(relax.PyExprMutator):
     def _matmul(self, call):
         x, w_expr = call.args
         w = _const_value(w_expr)
+        if w is None and _const_value(x) is not None:
+            return self._weight_first(call)
         dtype = _dtype(x)
         if w is None or w.ndim not in (1, 2) or dtype not in FLOAT_DTYPES:
             return call
@@ -220,6 +229,70 @@ class _Compressor(relax.PyExprMutator):
             form=self._form(name),
         )
         return self._emit(call, x, w, lw, layer)
+
+    def _weight_first(self, call):
+        """``W · x`` (ONNX ``MatMul(W, x)``, ``Gemm(W, x)``; ``transA`` is folded into the
+        constant by then): computed as ``(xᵀ · Wᵀ)ᵀ`` with the compact kernel of the ``[in,
+        out]`` operand ``Wᵀ``.  ``x`` ``[..., K, N]`` is transposed to ``[..., N, K]`` (a reshape
+        when ``N = 1``: the same bytes), the kernel's ``[..., N, M]`` transposed back (a reshape
+        when ``N`` or ``M`` is 1); a 1-D ``x`` is one row, a 1-D ``W`` one output column."""
+        w_expr, x = call.args
+        a = _const_value(w_expr)
+        dtype = _dtype(x)
+        if (
+            a.ndim not in (1, 2)
+            or dtype not in FLOAT_DTYPES
+            or str(a.dtype) != dtype
+            or _dtype(call) != dtype
+        ):
+            return call
+        x_shape, out = _shape(x), _shape(call)
+        k = a.shape[-1]
+        if x_shape[-2 if len(x_shape) > 1 else -1] != k or 0 in x_shape or 0 in out or a.size == 0:
+            return call
+        w = np.ascontiguousarray(a.T)  # [K, M] (a 1-D W: [K], one output column)
+        name = self._name(call, "matmul")
+        lw = detect_layer_weight(w, "matmul")
+        if not lw.compact:
+            return self._dense(call, w_expr, name, "matmul", lw)
+        m = a.shape[0] if a.ndim == 2 else 1
+        if len(x_shape) == 1:
+            xt_shape = (1, k)
+        else:
+            xt_shape = (*x_shape[:-2], x_shape[-1], k)
+        n = xt_shape[-2]
+        if n == 1:
+            xt = self.builder_.emit(relax.op.reshape(x, xt_shape))
+        else:
+            axes = list(range(len(x_shape)))
+            axes[-2], axes[-1] = axes[-1], axes[-2]
+            xt = self.builder_.emit(relax.op.permute_dims(x, axes))
+        kernel_out = (*xt_shape[:-1], m)
+        if not self.owner.simd and len(xt_shape) > 2:  # an MCU's kernels take the rows as one axis
+            xt = self.builder_.emit(relax.op.reshape(xt, (math.prod(xt_shape[:-1]), k)))
+            xt_shape = _shape(xt)
+
+        def finish(y):
+            if tuple(_shape(y)) != kernel_out:
+                y = self.builder_.emit(relax.op.reshape(y, kernel_out))
+            if len(kernel_out) >= 2 and n > 1 and m > 1 and a.ndim == 2:
+                axes = list(range(len(kernel_out)))
+                axes[-2], axes[-1] = axes[-1], axes[-2]
+                return relax.op.permute_dims(y, axes)
+            return relax.op.reshape(y, out) if tuple(_shape(y)) != out else y
+
+        layer = kernels.Layer(
+            name=name,
+            op="matmul",
+            x_shape=xt_shape,
+            out_shape=(*xt_shape[:-1], m),
+            dtype=dtype,
+            order=lw.order,
+            reuse_rows=self.owner.reuse_rows,
+            simd=self.owner.simd,
+            form=self._form(name),
+        )
+        return self._emit(call, xt, w, lw, layer, w_expr=w_expr, finish=finish)
 
     def _conv(self, call, op: str, kind: str, layouts: tuple[str, str]):
         x, w_expr = call.args
