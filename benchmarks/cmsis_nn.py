@@ -255,7 +255,7 @@ def run(source: Path, images: np.ndarray, labels: np.ndarray, log=lambda msg: No
 
     from tbn_tvm import zoo
     from tbn_tvm.datasets import load_mnist_test
-    from tbn_tvm.targets.cortex_m.backend import sized_stack
+    from tbn_tvm.targets.cortex_m.backend import cycle_figures, sized_stack
     from tbn_tvm.targets.cortex_m.firmware import build_firmware
     from tbn_tvm.targets.cortex_m.qemu import run_qemu
 
@@ -291,6 +291,9 @@ def run(source: Path, images: np.ndarray, labels: np.ndarray, log=lambda msg: No
         "instructions_min": ins["min"],
         "instructions_max": ins["max"],
         "instructions_in_fully_connected": ins.get("per_kernel", {}).get("cmsis_fc"),
+        # the same plugin's cycle estimate as tbn-tvm's rows (SMLAD: 1 cycle, ARM DDI 0439B Table 3-1)
+        "estimated_cycles_m4_per_inference": None,
+        "estimated_cycles_m7_per_inference": None,
         "flash_bytes": size.flash,
         "ram_bytes": size.ram,
         "weight_bytes": weight_bytes,
@@ -309,8 +312,17 @@ def run(source: Path, images: np.ndarray, labels: np.ndarray, log=lambda msg: No
         "compile_s": round(compile_s, 2),
         "qemu_s": round(stats["wall_s"], 2),
     }
+    cycles = cycle_figures(ins)
+    for key in ("estimated_cycles_m4_per_inference", "estimated_cycles_m7_per_inference"):
+        fig[key] = cycles.get(key)
+    fc_calls = [c for c in ins.get("per_call", []) if c.get("kernel") == "cmsis_fc"]
+    if fc_calls and all("kernel_estimated_cycles_m4" in c for c in fc_calls):
+        fig["estimated_cycles_m4_in_fully_connected"] = sum(c["kernel_estimated_cycles_m4"] for c in fc_calls)
+    est = fig["estimated_cycles_m4_per_inference"]
     log(
-        f"cortex-m4 authors_mnist_mlp cmsis-nn-int8: {ins['mean']:,.0f} instructions per inference, "
+        f"cortex-m4 authors_mnist_mlp cmsis-nn-int8: {ins['mean']:,.0f} instructions per inference"
+        + (f" (estimated {est:,} Cortex-M4 cycles)" if est is not None else "")
+        + ", "
         f"flash {size.flash:,} B, RAM {size.ram:,} B, accuracy {fig['accuracy']:.2%} on {len(images):,} images"
     )
     return fig

@@ -30,6 +30,8 @@ from benchmarks.suite import (
     TBN_NO_REUSE,
     TBN_TUNED,
     TVM_FP32,
+    build_tolerance,
+    cycles_vs_cmsis_text,
 )
 
 
@@ -233,10 +235,10 @@ def _issue_figures(report: dict, cmd: str) -> list[str]:
     if not items:
         return []
     lines = [
-        "## Figures of issues 13 and 10",
+        "## Figures of issues 13, 22 and 10",
         "",
-        f"Produced by `{cmd}`; this run's figures next to the thresholds of issue 13 (Cortex-M) and "
-        "issue 10 (tuned host builds; rows only when the run tuned). A report, not a CI test; "
+        f"Produced by `{cmd}`; this run's figures next to the thresholds of issues 13 and 22 (Cortex-M) "
+        "and issue 10 (tuned host builds; rows only when the run tuned). A report, not a CI test; "
         "'–' where the run did not measure the figure in the issue's configuration.",
         "",
         "| issue | criterion | required | measured | met |",
@@ -510,53 +512,71 @@ def real_tbnify() -> dict:
     return dict(TBNIFY)
 
 
+def _cycles(b: dict, key: str) -> str:
+    v = b.get(f"estimated_cycles_{key}_per_inference")
+    return _int(v) if v is not None else "–"
+
+
+def _cortex_m_row(model_title: str, build_title: str, b: dict, err: str | None = None) -> str:
+    """One row of the Cortex-M table (a build that failed: its reason in the figures' place)."""
+    if b.get("status") != "ok":
+        why = b.get("reason", b.get("status"))
+        if b.get("status") == "skipped" or "CMSIS" in build_title:
+            why = f"{b.get('status')}: {b.get('reason', '')}"
+        return f"| {model_title} | {build_title} | {why} | – | – | – | – | – | – | – |"
+    if err is None:
+        err = f"{b.get('rel_err_vs_onnxruntime', float('nan')):.1e}"
+    return (
+        f"| {model_title} | {build_title} | {_int(b['instructions_per_inference'])} | {_cycles(b, 'm4')} | "
+        f"{_cycles(b, 'm7')} | {_int(b['flash_bytes'])} | {_int(b['ram_bytes'])} | "
+        f"{_int(b['weight_bytes'])} | {b['samples']:,} | {err} |"
+    )
+
+
 def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
     first = next((b for r in report["cortex_m"] for b in r["builds"].values() if b.get("status") == "ok"), {})
+    cycles_model = report.get("cycles_model")
     lines = [
-        "## Cortex-M4 on QEMU: instructions per inference, flash and RAM",
+        "## Cortex-M4 on QEMU: instructions, estimated cycles, flash and RAM per inference",
         "",
-        f'Produced by `{cmd}`: `tbn_tvm.compile(model, "cortex-m4"[, compress=False])`, '
-        f"`run(x, count_instructions=True)` on QEMU "
+        f'Produced by `{cmd}`: `tbn_tvm.compile(model, "cortex-m4"[, compress=False | ram_size=... | '
+        f'activations="float16"])`, `run(x, count_instructions=True)` on QEMU '
         f"`{first.get('qemu_machine', '?')}` (board `{first.get('board', '?')}`); QEMU counts executed "
-        "instructions exactly (not cycles). Flash and RAM are the firmware's (RAM includes the stack); "
-        "weight bytes are the model's constant arrays in flash.",
+        "instructions exactly. The estimated cycles come from the same instruction-count plugin, which "
+        "adds each executed instruction's cycles"
+        + (f" ({cycles_model})" if cycles_model else "")
+        + "; an estimate, not a measurement on a board. Flash and RAM are the firmware's (RAM includes "
+        "the stack); weight bytes are the model's constant arrays in flash. A `ram_size` build is the "
+        "same model for a board with that much RAM (patch-wise execution where the activations do not "
+        "fit).",
         "",
-        "| model | build | instructions / inference | flash bytes | RAM bytes | weight bytes | samples "
-        "| max rel. err vs onnxruntime |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | build | instructions / inference | est. Cortex-M4 cycles | est. Cortex-M7 cycles "
+        "| flash bytes | RAM bytes | weight bytes | samples | max rel. err vs onnxruntime |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["cortex_m"]:
-        for name in (TBN, TVM_FP32):
+        mt = titles[r["model"]]
+        variants = [k for k in r["builds"] if k not in (TBN, TVM_FP32, CMSIS_INT8)]
+        for name in (TBN, *variants, TVM_FP32):
             b = r["builds"].get(name)
             if b is None:
                 continue
-            title = "tbn-tvm" if name == TBN else "dense fp32, same path (`compress=False`)"
-            if b.get("status") != "ok":
-                lines.append(
-                    f"| {titles[r['model']]} | {title} | {b.get('reason', b.get('status'))} | – | – | – | – | – |"
-                )
-                continue
-            lines.append(
-                f"| {titles[r['model']]} | {title} | {_int(b['instructions_per_inference'])} | "
-                f"{_int(b['flash_bytes'])} | {_int(b['ram_bytes'])} | {_int(b['weight_bytes'])} | "
-                f"{b['samples']:,} | {b.get('rel_err_vs_onnxruntime', float('nan')):.1e} |"
+            title = (
+                "tbn-tvm"
+                if name == TBN
+                else "dense fp32, same path (`compress=False`)"
+                if name == TVM_FP32
+                else b.get("title", name)
             )
+            lines.append(_cortex_m_row(mt, title, b))
         c = r["builds"].get(CMSIS_INT8)
-        if c is not None and c.get("status") != "ok":
-            lines.append(
-                f"| {titles[r['model']]} | CMSIS-NN int8 | {c.get('status')}: {c.get('reason', '')} "
-                "| – | – | – | – | – |"
-            )
-        elif c is not None:
-            lines.append(
-                f"| {titles[r['model']]} | {CMSIS_TITLE} | {_int(c['instructions_per_inference'])} | "
-                f"{_int(c['flash_bytes'])} | {_int(c['ram_bytes'])} | {_int(c['weight_bytes'])} | "
-                f"{c['samples']:,} | int8 (not compared) |"
-            )
+        if c is not None:
+            title = CMSIS_TITLE if c.get("status") == "ok" else "CMSIS-NN int8"
+            lines.append(_cortex_m_row(mt, title, c, err="int8 (not compared)"))
         if "authors_instructions_per_inference" in r:
             lines.append(
-                f"| {titles[r['model']]} | the authors' float C loop (their figure from issue 4; gcc 12 -O2, "
-                f"QEMU M4; not run here) | {r['authors_instructions_per_inference']:,} | – | – | – | – | – |"
+                f"| {mt} | the authors' float C loop (their figure from issue 4; gcc 12 -O2, "
+                f"QEMU M4; not run here) | {r['authors_instructions_per_inference']:,} | – | – | – | – | – | – | – |"
             )
     lines.append("")
     ratios = []
@@ -577,6 +597,22 @@ def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
                 f"{_int(c.get('instructions_in_fully_connected'))} of CMSIS-NN's inside its two "
                 "`arm_fully_connected_s8` calls, the rest quantizing the input and dequantizing the logits)"
             )
+            if "fewer_estimated_m4_cycles_than_cmsis_nn" in r:
+                inside = c.get("estimated_cycles_m4_in_fully_connected")
+                ratios.append(
+                    f"**{titles[r['model']]} against CMSIS-NN int8 in estimated Cortex-M4 cycles (issue 22's "
+                    f"bar: 3×): {cycles_vs_cmsis_text(r['fewer_estimated_m4_cycles_than_cmsis_nn'])}** "
+                    f"({_cycles(tbn, 'm4')} vs {_cycles(c, 'm4')}"
+                    + (f"; {_int(inside)} of CMSIS-NN's inside `arm_fully_connected_s8`" if inside else "")
+                    + "; SMLAD, two 16-bit multiply-accumulates, credited 1 cycle as the Cortex-M4 TRM gives "
+                    "it). Estimated Cortex-M7 cycles: "
+                    + (
+                        f"{_ratio(r['fewer_estimated_m7_cycles_than_cmsis_nn'])} fewer "
+                        f"({_cycles(tbn, 'm7')} vs {_cycles(c, 'm7')})"
+                        if "fewer_estimated_m7_cycles_than_cmsis_nn" in r
+                        else "–"
+                    )
+                )
             ratios.append(
                 f"CMSIS-NN int8 on the same {c['samples']:,} MNIST test images: accuracy "
                 f"{c['accuracy'] * 100:.2f} %"
@@ -586,6 +622,12 @@ def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
                 "quantization: "
                 + "; ".join(f"{k} {v}" for k, v in c["quantization"].items() if isinstance(v, str))
             )
+        for key, b in r["builds"].items():
+            if key in (TBN, TVM_FP32, CMSIS_INT8) or b.get("status") != "ok":
+                continue
+            ratios.append(
+                f"{titles[r['model']]}, {b.get('title', key)}: {_variant_text(b, r['builds'].get(TBN))}"
+            )
         if "fewer_instructions_than_authors" in r:
             ratios.append(
                 f"{titles[r['model']]}: {_ratio(r['fewer_instructions_than_authors'])} fewer "
@@ -593,7 +635,8 @@ def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
             )
         if r.get("outputs_within_tolerance") is False:
             ratios.append(
-                f"**{titles[r['model']]}: outputs differ from onnxruntime by more than {REL_TOLERANCE:g}**"
+                f"**{titles[r['model']]}: outputs differ from onnxruntime by more than {REL_TOLERANCE:g} "
+                "(1e-2 for float16 activations)**"
             )
     lines += [f"- {s}" for s in ratios]
     mn = next((r["mnist"] for r in report["cortex_m"] if "mnist" in r), None)
@@ -606,6 +649,48 @@ def _cortex_m(report: dict, cmd: str, titles: dict) -> list[str]:
         ]
     lines.append("")
     return lines
+
+
+def _variant_text(b: dict, base: dict | None) -> str:
+    """What a ``ram_size`` / float16 build did: the RAM limit, the patch-wise stage, the float16
+    accuracy against the float32 build, and its cost against the default build."""
+    parts = []
+    limit = (b.get("memory") or {}).get("ram", {}).get("limit")
+    if limit:
+        parts.append(f"RAM {_int(b['ram_bytes'])} of {_int(limit)} B (arena {_int(b.get('arena_bytes'))} B)")
+    patch = b.get("patchwise")
+    if patch:
+        layers = patch.get("layers") or []
+        grid = patch.get("grid")
+        over = patch.get("recompute_overhead_instructions")
+        parts.append(
+            f"patch-wise stage of {len(layers)} layer{'s' if len(layers) != 1 else ''}"
+            + (f" ({layers[0]} … {layers[-1]})" if len(layers) > 1 else f" ({layers[0]})" if layers else "")
+            + (f" in {'x'.join(map(str, grid))} tiles" if grid else "")
+            + (
+                f", {_int(over)} instructions of recompute over layer by layer"
+                if isinstance(over, int | float)
+                else ""
+            )
+        )
+    acc = b.get("activation_accuracy")
+    if acc and "max_rel_error" in acc:
+        agree = acc.get("top1_agreement")
+        parts.append(
+            f"float16 activations: max rel. err {acc['max_rel_error']:.1e} against the float32 build"
+            + (f", top-1 agreement {agree * 100:.0f} %" if isinstance(agree, int | float) else "")
+            + (f" on {acc['inputs']}" if acc.get("inputs") else "")
+        )
+    elif acc and acc.get("skipped"):
+        parts.append(f"float16 accuracy not measured: {acc['skipped']}")
+    if base and base.get("status") == "ok":
+        parts.append(
+            f"{b['instructions_per_inference'] / base['instructions_per_inference']:.2f}× the default build's "
+            f"instructions, {b['ram_bytes'] / base['ram_bytes']:.2f}× its RAM ({_int(base['ram_bytes'])} B)"
+        )
+    if b.get("rel_err_vs_onnxruntime", 0.0) > build_tolerance(b):
+        parts.append(f"**outputs off onnxruntime by {b['rel_err_vs_onnxruntime']:.1e}**")
+    return "; ".join(parts) or "built"
 
 
 def _shape(m: dict) -> str:
@@ -688,7 +773,13 @@ def _method(report: dict, suite: bool) -> list[str]:
             lines.append(
                 f"- Cortex-M: the authors' MLP runs {s['mnist_samples']:,} MNIST test images through tbn-tvm "
                 f"and {s['mnist_dense_samples']:,} through the dense build; other models {s['mcu_samples']} "
-                "random input(s) each. Instruction counts are per inference (mean; min and max in the JSON)."
+                "random input(s) each. Instruction counts are per inference (mean; min and max in the JSON). "
+                "Estimated cycles: the QEMU plugin's Cortex-M4 and Cortex-M7 estimates per inference "
+                "(`tbn_tvm.targets.cortex_m.qemu.CYCLES_MODEL`), the same for every row, CMSIS-NN's included. "
+                'The ResNet-style CNN 16/32/64 is built three times (the board\'s RAM, `ram_size="128K"`, '
+                '`ram_size="64K", activations="float16"`) and the conv-BN CNN (dense weights) also '
+                'with `ram_size="24K"` (issue 22); a float16 build is held to 1e-2 of onnxruntime, every '
+                "other to 1e-5."
             )
             lines.append(
                 "- CMSIS-NN int8 (`benchmarks/cmsis_nn.py`): built from CMSIS-NN's public source at the pinned "
@@ -778,8 +869,13 @@ def render_summary(report: dict) -> str:
         b = r["builds"][TBN]
         if b.get("status") == "ok":
             line = (
-                f"{r['model']:<18} cortex-m4: {_int(b['instructions_per_inference'])} instructions, "
-                f"flash {_int(b['flash_bytes'])} B, RAM {_int(b['ram_bytes'])} B"
+                f"{r['model']:<18} cortex-m4: {_int(b['instructions_per_inference'])} instructions"
+                + (
+                    f" ({_cycles(b, 'm4')} est. M4 cycles)"
+                    if b.get("estimated_cycles_m4_per_inference") is not None
+                    else ""
+                )
+                + f", flash {_int(b['flash_bytes'])} B, RAM {_int(b['ram_bytes'])} B"
             )
             if "fewer_instructions_than_dense" in r:
                 line += (
@@ -788,6 +884,20 @@ def render_summary(report: dict) -> str:
             lines.append(line)
         else:
             lines.append(f"{r['model']:<18} cortex-m4: tbn-tvm {b.get('status')}: {b.get('reason', '')}")
+        for key, v in r["builds"].items():
+            if key not in (TBN, TVM_FP32, CMSIS_INT8) and v.get("status") == "ok":
+                lines.append(
+                    f"{'':<18} {key}: {_int(v['instructions_per_inference'])} instructions "
+                    f"({_cycles(v, 'm4')} est. M4 cycles), RAM {_int(v['ram_bytes'])} B, "
+                    f"max rel. err {v.get('rel_err_vs_onnxruntime', float('nan')):.1e}"
+                )
+            elif key not in (TBN, TVM_FP32, CMSIS_INT8):
+                lines.append(f"{'':<18} {key}: {v.get('status')}: {v.get('reason', '')}")
+        if "fewer_estimated_m4_cycles_than_cmsis_nn" in r:
+            lines.append(
+                f"{'':<18} vs CMSIS-NN int8 in estimated M4 cycles: "
+                f"{cycles_vs_cmsis_text(r['fewer_estimated_m4_cycles_than_cmsis_nn'])}"
+            )
         if r.get("outputs_within_tolerance") is False:
             lines.append(f"{'':<18} outputs differ from onnxruntime by more than {REL_TOLERANCE:g}")
     for r in report["cortex_m"]:

@@ -8,9 +8,11 @@ A run measures, on the same ONNX files, as ratios:
   (``compress=False``, same pipeline, same ``mcpu``), plus tbn-tvm without row reuse
   (``reuse_rows=False``) at the ablation batch sizes; every output is checked against
   onnxruntime (max relative error, see :func:`benchmarks.harness.rel_err`);
-* Cortex-M4 on QEMU: instructions per inference, flash and RAM bytes of tbn-tvm against the dense
-  fp32 model compiled by the same path (where its weights fit the board's flash), and the
-  authors' MNIST MLP on the MNIST test images.
+* Cortex-M4 on QEMU: instructions and estimated Cortex-M4/M7 cycles per inference (the QEMU
+  plugin's estimate), flash and RAM bytes of tbn-tvm against the dense fp32 model compiled by
+  the same path (where its weights fit the board's flash), the authors' MNIST MLP on the MNIST
+  test images (and against CMSIS-NN int8), and issue 22's builds for small boards (a
+  ``ram_size`` limit, float16 activations: :attr:`Case.mcu_variants`).
 
 The cases are the default suite (:func:`default_cases`, models from ``benchmarks/models.py``) or
 one ONNX file of the user's (:func:`model_case`, ``python -m benchmarks --model FILE``).  Only
@@ -51,6 +53,8 @@ ACCEPT_REL_ERR = 1e-5  # max |y - y_ort| / max |y_ort|
 
 #: The tolerance the outputs of every build are checked against (relative to onnxruntime's).
 REL_TOLERANCE = 1e-5
+#: ... and a Cortex-M build with ``activations="float16"`` (issue 22: within 1e-2 relative)
+REL_TOLERANCE_FLOAT16 = 1e-2
 
 TBN = "tbn-tvm"
 TBN_NO_REUSE = "tbn-tvm-no-row-reuse"
@@ -90,6 +94,17 @@ class Case:
     ablation: bool = True  # also time tbn-tvm without row reuse (at the settings' ablation batches)
     classifier: bool = True  # one output of class scores: compare predictions (argmax) too
     family: str = "suite"  # "real": a real-architecture case (benchmarks/real.py), its own table
+    #: more tbn-tvm builds on QEMU Cortex-M4 beside the default one: (build key, title, options of
+    #: ``tbn_tvm.compile``), e.g. a RAM limit (``ram_size="64K"``) and float16 activations
+    mcu_variants: tuple[tuple[str, str, dict], ...] = ()
+
+
+#: Issue 22's ResNet-style CNN: widths 16/32/64 at 3x32x32 (stem 16), built for a 128 KiB board
+#: (fp32 activations) and a 64 KiB one (float16 activations), see :func:`default_cases`.
+RESNET16_STAGES = ((16, 1, 4), (32, 2, 4), (64, 2, 8))
+TBN_128K = "tbn-tvm-ram-128K"
+TBN_64K_FP16 = "tbn-tvm-ram-64K-fp16"
+TBN_24K = "tbn-tvm-ram-24K"
 
 
 def _sampler(models: ModuleType, kind: str) -> Callable[[object, int], Feeds]:
@@ -163,6 +178,26 @@ def default_cases(models: ModuleType, settings: Settings) -> list[Case]:
             short="ResNet CNN",
         )
     )
+    cases.append(
+        Case(
+            "tiled_resnet_16",
+            "ResNet-style CNN 3x32x32, widths 16/32/64 (p=4,4,8)",
+            lambda n: models.tiled_resnet(n, stem=16, stages=RESNET16_STAGES),
+            _sampler(models, "tiled_resnet"),
+            (1,),
+            host=False,  # issue 22's RAM rows: Cortex-M only
+            generator="models.tiled_resnet(batch, stem=16, stages=((16,1,4),(32,2,4),(64,2,8)))",
+            short="ResNet CNN 16",
+            mcu_variants=(
+                (TBN_128K, 'tbn-tvm, `ram_size="128K"` (fp32 activations)', {"ram_size": "128K"}),
+                (
+                    TBN_64K_FP16,
+                    'tbn-tvm, `ram_size="64K", activations="float16"`',
+                    {"ram_size": "64K", "activations": "float16"},
+                ),
+            ),
+        )
+    )
     cases += conv_bn_cases(models, b)
     if real.unavailable() is None:  # issue 19's real-architecture table (needs torch + onnxscript)
         cases += real.real_cases(settings)
@@ -211,6 +246,10 @@ def conv_bn_cases(models: ModuleType, batches: tuple[int, ...]) -> list[Case]:
             batches,
             generator=f'models.conv_bn_cnn("{form}", batch)',
             short=f"conv-BN CNN {form}",
+            # issue 22: the dense-weight form also built for a 24 KiB board (patch-wise stage)
+            mcu_variants=((TBN_24K, 'tbn-tvm, `ram_size="24K"`', {"ram_size": "24K"}),)
+            if form == "dense"
+            else (),
         )
         for form, title in (("dense", "dense weights"), ("tile", "tile + Tile/Expand form"))
     ]
@@ -508,17 +547,18 @@ def _board():
 
 
 def _mcu_build(
-    model, compress: bool, feeds: Feeds, case: Case, log: Log, label: str
+    model, compress: bool, feeds: Feeds, case: Case, log: Log, label: str, options: dict | None = None
 ) -> tuple[dict, list[np.ndarray] | None]:
-    """Compile for cortex-m4, run the stacked ``feeds`` (name -> ``[N, *input_shape]``) on QEMU
-    counting instructions.  Returns the figures and the outputs (each ``[N, *output_shape]``;
-    ``None`` when the build failed)."""
+    """Compile for cortex-m4 (``options``: more keywords of ``tbn_tvm.compile``, e.g.
+    ``ram_size``), run the stacked ``feeds`` (name -> ``[N, *input_shape]``) on QEMU counting
+    instructions and estimated cycles.  Returns the figures and the outputs (each
+    ``[N, *output_shape]``; ``None`` when the build failed)."""
     import tbn_tvm
 
     n = len(next(iter(feeds.values())))
     t0 = time.perf_counter()
     try:
-        cm = tbn_tvm.compile(model, "cortex-m4", compress=compress, **_compile_opts(case))
+        cm = tbn_tvm.compile(model, "cortex-m4", compress=compress, **_compile_opts(case), **(options or {}))
     except TBNError as e:
         log(f"{label}: not built: {e}")
         return {"status": "not built", "reason": " ".join(str(e).split())}, None
@@ -536,6 +576,9 @@ def _mcu_build(
         "instructions_per_inference": stats.get("instructions_per_inference"),
         "instructions_min": stats.get("instructions_min"),
         "instructions_max": stats.get("instructions_max"),
+        # the QEMU plugin's estimate from the Cortex-M4 / M7 Technical Reference Manuals' timings
+        "estimated_cycles_m4_per_inference": stats.get("estimated_cycles_m4_per_inference"),
+        "estimated_cycles_m7_per_inference": stats.get("estimated_cycles_m7_per_inference"),
         "flash_bytes": rep["flash_bytes"],
         "ram_bytes": rep["ram_bytes"],
         "weight_bytes": rep["library_weight_bytes"],
@@ -545,10 +588,17 @@ def _mcu_build(
         "compile_s": round(compile_s, 2),
         "qemu_s": round(stats["seconds"], 2),
     }
-    ins = fig["instructions_per_inference"]
+    if options:
+        fig["compile_options"] = dict(options)
+        for key in ("memory", "activations", "activation_accuracy", "patchwise"):
+            if rep.get(key) is not None:
+                fig[key] = rep[key]
+    ins, cyc = fig["instructions_per_inference"], fig["estimated_cycles_m4_per_inference"]
     log(
-        f"{label}: {ins:,.0f} instructions per inference, flash {fig['flash_bytes']:,} B, RAM "
-        f"{fig['ram_bytes']:,} B ({n} samples, {stats['seconds']:.1f} s on QEMU)"
+        f"{label}: {ins:,.0f} instructions per inference"
+        + (f" (estimated {cyc:,} Cortex-M4 cycles)" if cyc is not None else "")
+        + f", flash {fig['flash_bytes']:,} B, RAM {fig['ram_bytes']:,} B ({n} samples, "
+        f"{stats['seconds']:.1f} s on QEMU)"
     )
     return fig, _outputs(y)
 
@@ -620,6 +670,11 @@ def run_cortex_m(
     if y is not None:
         _check(fig, y, ref, case)
     out["builds"][TBN] = fig
+    for key, title, options in case.mcu_variants:  # the same model under a RAM limit, float16 ...
+        vfig, vy = _mcu_build(model, True, feeds, case, log, f"cortex-m4 {case.key} {key}", options)
+        if vy is not None:
+            _check(vfig, vy, ref, case)
+        out["builds"][key] = {"title": title, **vfig}
     if mnist and y is not None:
         pred = y[0].reshape(len(images), -1).argmax(1)
         numpy_ref = zoo.authors_mnist_mlp_reference(images)
@@ -656,20 +711,42 @@ def run_cortex_m(
                     cm["instructions_per_inference"] / tbn["instructions_per_inference"]
                 )
                 out["smaller_flash_than_cmsis_nn"] = cm["flash_bytes"] / tbn["flash_bytes"]
+                c4, t4 = (
+                    cm.get("estimated_cycles_m4_per_inference"),
+                    tbn.get("estimated_cycles_m4_per_inference"),
+                )
+                if c4 and t4:
+                    out["fewer_estimated_m4_cycles_than_cmsis_nn"] = c4 / t4
+                c7, t7 = (
+                    cm.get("estimated_cycles_m7_per_inference"),
+                    tbn.get("estimated_cycles_m7_per_inference"),
+                )
+                if c7 and t7:
+                    out["fewer_estimated_m7_cycles_than_cmsis_nn"] = c7 / t7
     if tbn.get("status") == "ok" and dense.get("status") == "ok":
         out["fewer_instructions_than_dense"] = (
             dense["instructions_per_inference"] / tbn["instructions_per_inference"]
         )
         out["smaller_flash_than_dense"] = dense["flash_bytes"] / tbn["flash_bytes"]
+        if dense.get("estimated_cycles_m4_per_inference") and tbn.get("estimated_cycles_m4_per_inference"):
+            out["fewer_estimated_m4_cycles_than_dense"] = (
+                dense["estimated_cycles_m4_per_inference"] / tbn["estimated_cycles_m4_per_inference"]
+            )
     if mnist and tbn.get("status") == "ok":
         out["authors_instructions_per_inference"] = AUTHORS_INSTRUCTIONS
         out["authors_source"] = AUTHORS_SOURCE
         out["fewer_instructions_than_authors"] = AUTHORS_INSTRUCTIONS / tbn["instructions_per_inference"]
     out["outputs_within_tolerance"] = all(
-        b.get("rel_err_vs_onnxruntime", 0.0) <= REL_TOLERANCE for b in out["builds"].values()
+        b.get("rel_err_vs_onnxruntime", 0.0) <= build_tolerance(b) for b in out["builds"].values()
     )
     gc.collect()
     return out
+
+
+def build_tolerance(build: dict) -> float:
+    """The error against onnxruntime a Cortex-M build is held to: :data:`REL_TOLERANCE`, or
+    :data:`REL_TOLERANCE_FLOAT16` for a build that stores its activations as float16."""
+    return REL_TOLERANCE_FLOAT16 if build.get("activations") == "float16" else REL_TOLERANCE
 
 
 # ------------------------------------------------------------------------------------ verdicts
@@ -752,6 +829,35 @@ ISSUE13_MCU_INSTRUCTIONS = 60_000
 ISSUE13_VS_CMSIS = 3.3
 ISSUE13_CNN_RATIO = 0.5  # compressed build's instructions / the dense build's
 ISSUE10_TUNED_VS_ORT = {("tiled_resnet", 1): 1.5, ("tiled_resnet", 32): 1.0, ("wide_mlp_p8", 32): 5.0}
+# Issue 22's
+ISSUE22_VS_CMSIS_CYCLES = 3.0  # CMSIS-NN int8's estimated M4 cycles / the authors' MLP's
+ISSUE22_RAM = (  # (model, build key, title, RAM limit in bytes, max rel. error vs onnxruntime)
+    ("tiled_resnet_16", TBN_128K, "ResNet-style CNN 16/32/64, fp32 activations", 128 * 1024, 1e-5),
+    (
+        "tiled_resnet_16",
+        TBN_64K_FP16,
+        "ResNet-style CNN 16/32/64, float16 activations",
+        64 * 1024,
+        REL_TOLERANCE_FLOAT16,
+    ),
+    ("conv_bn_cnn_dense", TBN_24K, "conv-BN-ReLU-pool CNN, fp32 activations", 24 * 1024, 1e-5),
+)
+
+
+def cycles_vs_cmsis_text(ratio: float, need: float = ISSUE22_VS_CMSIS_CYCLES) -> str:
+    """How the authors' MLP's estimated cycles compare with CMSIS-NN's, said plainly.
+
+    >>> cycles_vs_cmsis_text(3.6)
+    '3.60x fewer (the 3x bar met)'
+    >>> cycles_vs_cmsis_text(2.4)
+    '2.40x fewer: the 3x bar is not met, short by 0.60x (CMSIS-NN would need 1.25x more cycles)'
+    """
+    if ratio >= need:
+        return f"{ratio:.2f}x fewer (the {need:g}x bar met)"
+    return (
+        f"{ratio:.2f}x fewer: the {need:g}x bar is not met, short by {need - ratio:.2f}x "
+        f"(CMSIS-NN would need {need / ratio:.2f}x more cycles)"
+    )
 
 
 def issue_figures(report: dict) -> list[dict]:
@@ -841,6 +947,7 @@ def issue_figures(report: dict) -> list[dict]:
                     "pass": err <= REL_TOLERANCE,
                 }
             )
+    items += _issue22_figures(mcu)
     rows = {(r["model"], r["batch"]): r for r in report["host"]}
     for (model, batch), need in ISSUE10_TUNED_VS_ORT.items():
         r = rows.get((model, batch))
@@ -857,6 +964,67 @@ def issue_figures(report: dict) -> list[dict]:
                 "required": f">= {need:g}x",
                 "measured": f"{ratio:.2f}x" + ("" if trusted else " (not measured enough)"),
                 "pass": trusted and ratio >= need,
+            }
+        )
+    return items
+
+
+def _issue22_figures(mcu: dict[str, dict]) -> list[dict]:
+    """Issue 22: the authors' MLP against CMSIS-NN int8 in estimated Cortex-M4 cycles (same
+    harness, same plugin); the ResNet-style CNN 16/32/64 for a 128 KiB and a 64 KiB board, the
+    conv-BN CNN for a 24 KiB one."""
+    items: list[dict] = []
+    mlp = mcu.get("authors_mnist_mlp")
+    if mlp and mlp["builds"][TBN].get("status") == "ok":
+        tbn, c = mlp["builds"][TBN], mlp["builds"].get(CMSIS_INT8, {})
+        crit = "authors' MNIST MLP: fewer estimated Cortex-M4 cycles than CMSIS-NN int8 (same harness)"
+        need = f">= {ISSUE22_VS_CMSIS_CYCLES:g}x"
+        t4, c4 = tbn.get("estimated_cycles_m4_per_inference"), c.get("estimated_cycles_m4_per_inference")
+        if c.get("status") == "ok" and t4 and c4:
+            r = c4 / t4
+            items.append(
+                {
+                    "issue": 22,
+                    "criterion": crit,
+                    "required": need,
+                    "measured": f"{cycles_vs_cmsis_text(r)} ({c4:,.0f} / {t4:,.0f})",
+                    "pass": r >= ISSUE22_VS_CMSIS_CYCLES,
+                }
+            )
+        else:
+            why = (
+                "no cycle estimate from the QEMU plugin"
+                if c.get("status") == "ok"
+                else f"CMSIS-NN row {c.get('status', 'absent')}: {c.get('reason', '')}"
+            )
+            items.append({"issue": 22, "criterion": crit, "required": need, "measured": why, "pass": None})
+    for model, key, title, limit, tol in ISSUE22_RAM:
+        if model not in mcu:
+            continue
+        b = mcu[model]["builds"].get(key, {})
+        crit = (
+            f"{title}, built for a {limit // 1024} KiB board: RAM and max rel. error vs onnxruntime (QEMU M4)"
+        )
+        need = f"RAM <= {limit:,} B, error <= {tol:g}"
+        if b.get("status") != "ok":
+            items.append(
+                {
+                    "issue": 22,
+                    "criterion": crit,
+                    "required": need,
+                    "measured": f"{b.get('status', 'absent')}: {b.get('reason', '')}",
+                    "pass": False,
+                }
+            )
+            continue
+        err = b.get("rel_err_vs_onnxruntime", float("inf"))
+        items.append(
+            {
+                "issue": 22,
+                "criterion": crit,
+                "required": need,
+                "measured": f"RAM {b['ram_bytes']:,} B, error {err:.1e}",
+                "pass": b["ram_bytes"] <= limit and err <= tol,
             }
         )
     return items
@@ -982,6 +1150,10 @@ def run_cases(
         if case.cortex_m and not skip_cortex_m:
             report["cortex_m"].append(run_cortex_m(case, settings, threads, log, cmsis_nn))
     report["host_target"] = report["host"][0].get("target") if report["host"] else None
+    if report["cortex_m"]:
+        from tbn_tvm.targets.cortex_m.qemu import CYCLES_MODEL
+
+        report["cycles_model"] = CYCLES_MODEL  # what the estimated cycles of the Cortex-M rows are
     report["meta"]["wall_s"] = round(time.perf_counter() - log.t0, 1)
     report["meta"]["load_average_end"] = harness.load_average()
     report["acceptance"] = acceptance(report) if kind == "suite" else []

@@ -202,6 +202,9 @@ def test_cortex_m_and_acceptance(quick):
         assert b["status"] == "ok"
         assert b["instructions_min"] == b["instructions_max"] == b["instructions_per_inference"] > 0
         assert 0 < b["weight_bytes"] < b["flash_bytes"] and b["ram_bytes"] > 0
+        # issue 22: estimated cycles beside instructions on every Cortex-M row
+        assert b["estimated_cycles_m4_per_inference"] >= b["instructions_per_inference"]
+        assert b["estimated_cycles_m7_per_inference"] > 0
         assert b["rel_err_vs_onnxruntime"] <= 1e-5 and b["predictions_equal_onnxruntime"] == 1.0
     assert (
         tbn["weight_bytes"] == 3316
@@ -222,6 +225,11 @@ def test_cortex_m_and_acceptance(quick):
         assert mlp["fewer_instructions_than_cmsis_nn"] == pytest.approx(
             cmsis["instructions_per_inference"] / tbn["instructions_per_inference"]
         )
+        assert mlp["fewer_estimated_m4_cycles_than_cmsis_nn"] == pytest.approx(
+            cmsis["estimated_cycles_m4_per_inference"] / tbn["estimated_cycles_m4_per_inference"]
+        )
+        issue22 = [f for f in report["issue_figures"] if f["issue"] == 22]
+        assert issue22 and "CMSIS-NN" in issue22[0]["criterion"] and issue22[0]["pass"] is not None
     else:
         assert cmsis["status"] == "skipped" and "TBN_BENCH_CMSIS_NN" in cmsis["reason"]
     cnn = mcu["conv_bn_cnn_tile"]
@@ -323,6 +331,86 @@ def test_untrusted_ratio_rendering_and_acceptance():
     assert "10.0×" not in summary and "NOT met (not measured enough)" in summary
     md = report_mod._acceptance(report, "cmd")
     assert any("not measured enough (5 rounds" in line and "10.0×" not in line for line in md)
+
+
+def test_cortex_m_cycles_ram_rows_and_issue22_figures():
+    """Issue 22's Cortex-M report on a synthetic report: estimated cycles in every row, the
+    ``ram_size`` / float16 builds as their own rows with their RAM, the MLP-vs-CMSIS-NN cycle
+    ratio said plainly when it misses the 3x bar, and the RAM limits checked."""
+    report_mod, suite = _bench_module("report"), _bench_module("suite")
+
+    def build(ins, cyc, ram, err=1e-7, **extra):
+        return {
+            "status": "ok",
+            "board": "mps2-an386",
+            "qemu_machine": "mps2-an386",
+            "instructions_per_inference": ins,
+            "estimated_cycles_m4_per_inference": cyc,
+            "estimated_cycles_m7_per_inference": cyc // 2,
+            "flash_bytes": 30_000,
+            "ram_bytes": ram,
+            "weight_bytes": 10_000,
+            "samples": 2,
+            "rel_err_vs_onnxruntime": err,
+            **extra,
+        }
+
+    mlp = {
+        "model": "authors_mnist_mlp",
+        "builds": {
+            suite.TBN: build(53_574, 70_000, 5_592),
+            suite.CMSIS_INT8: {
+                **build(213_546, 175_000, 5_384),
+                "instructions_in_fully_connected": 197_702,
+                "estimated_cycles_m4_in_fully_connected": 150_000,
+            },
+        },
+        "fewer_instructions_than_cmsis_nn": 213_546 / 53_574,
+        "smaller_flash_than_cmsis_nn": 1.0,
+        "fewer_estimated_m4_cycles_than_cmsis_nn": 2.5,
+        "fewer_estimated_m7_cycles_than_cmsis_nn": 2.5,
+    }
+    mlp["builds"][suite.CMSIS_INT8].update(
+        accuracy=0.9587, outputs_equal_numpy_int8_reference=2, quantization={"weights": "int8"}
+    )
+    resnet = {
+        "model": "tiled_resnet_16",
+        "builds": {
+            suite.TBN: build(15_000_000, 20_000_000, 215_000),
+            suite.TBN_128K: build(
+                16_000_000,
+                21_000_000,
+                126_928,
+                title='tbn-tvm, `ram_size="128K"`',
+                memory={"ram": {"used": 126_928, "limit": 131_072}},
+                patchwise={"layers": ["stem", "block2.conv2"], "grid": [2, 2]},
+            ),
+            suite.TBN_64K_FP16: build(
+                17_000_000,
+                22_000_000,
+                70_000,  # over 64 KiB: the figure says not met
+                err=1.4e-4,
+                title="tbn-tvm, float16",
+                activations="float16",
+                activation_accuracy={"max_rel_error": 1.4e-4, "top1_agreement": 1.0, "inputs": "8 inputs"},
+            ),
+        },
+    }
+    report = {"meta": {"quick": False, "kind": "suite"}, "host": [], "cortex_m": [mlp, resnet]}
+    titles = {"authors_mnist_mlp": "MLP", "tiled_resnet_16": "ResNet 16"}
+    figs = {f["criterion"]: f for f in suite.issue_figures(report) if f["issue"] == 22}
+    cyc = next(f for c, f in figs.items() if "CMSIS-NN" in c)
+    assert cyc["pass"] is False and "not met, short by 0.50x" in cyc["measured"]
+    ram = [f for c, f in figs.items() if "ResNet" in c]
+    assert [f["pass"] for f in ram] == [True, False] and "RAM 70,000 B" in ram[1]["measured"]
+    md = "\n".join(report_mod._cortex_m({**report, "cycles_model": "per class"}, "cmd", titles))
+    assert "est. Cortex-M4 cycles" in md and "| 70,000 | 35,000 |" in md and "| 175,000 |" in md
+    assert 'tbn-tvm, `ram_size="128K"`' in md and "patch-wise stage of 2 layers" in md
+    assert "in 2x2 tiles" in md and "RAM 126,928 of 131,072 B" in md and "top-1 agreement 100 %" in md
+    assert "the 3x bar is not met, short by 0.50x" in md
+    assert "outputs differ" not in md  # 1.4e-4 is within a float16 build's 1e-2
+    summary = report_mod.render_summary({**report, "acceptance": [], "real": []})
+    assert "tbn-tvm-ram-64K-fp16: 17,000,000 instructions" in summary and "short by 0.50x" in summary
 
 
 # ------------------------------------------------------------------------------------ --model
@@ -547,6 +635,11 @@ def test_cmsis_nn_firmware_when_the_source_is_there():
     assert fig["status"] == "ok" and fig["weight_bytes"] == 101_632
     assert fig["outputs_equal_numpy_int8_reference"] == 20 == fig["samples"]
     assert 0 < fig["instructions_in_fully_connected"] < fig["instructions_per_inference"]
+    # issue 22: the same plugin's cycle estimate as tbn-tvm's rows (an SMLAD loop: fewer
+    # estimated M4 cycles inside the CMSIS-NN calls than cycles per instruction would suggest)
+    assert fig["estimated_cycles_m4_per_inference"] > fig["instructions_per_inference"] / 2
+    assert 0 < fig["estimated_cycles_m4_in_fully_connected"] < fig["estimated_cycles_m4_per_inference"]
+    assert fig["estimated_cycles_m7_per_inference"] > 0
 
 
 def test_conv_bn_cnn_forms_compute_the_same_function():

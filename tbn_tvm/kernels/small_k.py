@@ -110,8 +110,12 @@ def conv_signs_te(layer: Layer, fmt, plan) -> list:
 
 
 def kernel(layer: Layer, fmt, plan, why: str | None = None):
-    """The built kernel (kind :data:`KIND`)."""
+    """The built kernel (kind :data:`KIND`).  Marked ``op_pattern`` 4 (out-element-wise
+    fusable, as TVM marks a convolution): its TE has no reduction axis, so Relax would take it
+    for an injective op and fuse two of these convolutions in a row into one kernel, which the
+    per-position schedule cannot place (the stem and block convs of a ResNet 16/32/64)."""
     k = make_kernel(KIND, conv_signs_te(layer, fmt, plan), plan)
+    k.func = k.func.with_attr("op_pattern", 4)
     if why:
         k.info["why"] = why
     return k

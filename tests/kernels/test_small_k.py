@@ -70,3 +70,29 @@ def test_signs_in_code_matches_onnxruntime_and_beats_dense(name):
     mine = compiled.report()["measured"]["instructions_per_inference"]
     theirs = dense.report()["measured"]["instructions_per_inference"]
     assert mine < theirs, (mine, theirs)
+
+
+def test_two_signs_convolutions_in_a_row_stay_two_kernels():
+    """Two signs-in-code convs back to back (a ResNet 16/32/64's stem and block1.conv1, K = 27
+    and 144): each its own kernel (``op_pattern`` out-element-wise fusable, as a convolution),
+    not fused as injective ops into one kernel whose per-position schedule fails (its fallback
+    inlined the sums and did not finish); exact on QEMU."""
+    rng = np.random.default_rng(3)
+    w1, w2 = _weight((16, 3, 3, 3), 1, rng, False), _weight((16, 16, 3, 3), 4, rng, False)
+    nodes = [
+        h.make_node("Conv", ["x", "W1"], ["c1"], pads=[1] * 4, name="stem"),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1] * 4, name="conv1"),
+        h.make_node("Add", ["c2", "r1"], ["y"]),
+    ]
+    model = reports.model(
+        nodes, [("x", T.FLOAT, [1, 3, 16, 16])], [("y", T.FLOAT, [1, 16, 16, 16])], [("W1", w1), ("W2", w2)]
+    )
+    compiled = tbn_tvm.compile(model, "cortex-m4")
+    rep = compiled.report()
+    kinds = {la["name"]: la.get("kernel") for la in rep["layers"]}
+    assert kinds == {"stem": "rows_conv_signs", "conv1": "rows_conv_signs"}, kinds
+    assert not any({"stem", "conv1"} <= set(s["layers"]) for s in rep["steps"]), rep["steps"]
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    (ref,) = reports.ort(model, {"x": x})
+    np.testing.assert_allclose(compiled.run(x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
