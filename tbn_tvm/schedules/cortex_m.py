@@ -166,6 +166,8 @@ def schedule_prim_mcu(prim):
         rows.BLOCK_LUT_HALF,
         rows.BLOCK_LUT_TABLE,
         rows.BLOCK_PATCH,
+        small_k.BLOCK_PATCH,  # a signs-in-code kernel whose own schedule failed: its sums
+        small_k.BLOCK_SUMS,  # inlined would repeat every filter's whole line per output
     )
     # 1. inline producers (pad, decode) and consumers (bias add, relu) except the row words and
     #    the look-up tables
