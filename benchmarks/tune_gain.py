@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     log(f"load average {os.getloadavg()}; output in {out}")
-    results = [check_model(n, out, args.trials, args.rounds, args.number, log) for n in args.models.split(",")]
+    results = [
+        check_model(n, out, args.trials, args.rounds, args.number, log) for n in args.models.split(",")
+    ]
     (out / "tune_gain.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     print("| model | trials | default ms | tuned ms | untuned/tuned (median, IQR) | re-run unchanged |")
     print("|---|---|---|---|---|---|")
