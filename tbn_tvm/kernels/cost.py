@@ -141,6 +141,17 @@ ESTIMATED_KINDS = frozenset(
 )
 
 
+def _slower_than_dense(layer, fmt, kernel) -> tuple[float, float, int, int] | None:
+    """``(compact, dense, compact_bytes, dense_bytes)`` when ``kernel`` is estimated to cost
+    more instructions than TVM's dense fp32 build of ``layer``; None when it is not."""
+    shape = fmt.shape
+    dense = dense_estimate(layer, shape)
+    compact = compact_estimate(layer, shape, kernel.kind, kernel.plan, kernel.info.get("group"))
+    if compact <= dense:
+        return None
+    return compact, dense, fmt.storage_bits() // 8, math.prod(shape) * 4
+
+
 def built_dense_note(layer, fmt, kernel) -> str | None:
     """Issue 22's rule on a Cortex-M: no layer of a compressed build may cost more instructions
     than the same layer of its ``--no-compress`` build.  When the best compact kernel ``kernel``
@@ -149,13 +160,10 @@ def built_dense_note(layer, fmt, kernel) -> str | None:
     the sentence ``compile`` prints (None: keep the compact kernel)."""
     if kernel.kind not in ESTIMATED_KINDS:  # no estimate of its own here: keep it
         return None
-    shape = fmt.shape
-    dense = dense_estimate(layer, shape)
-    compact = compact_estimate(layer, shape, kernel.kind, kernel.plan, kernel.info.get("group"))
-    if compact <= dense:
+    slower = _slower_than_dense(layer, fmt, kernel)
+    if slower is None:
         return None
-    dense_bytes = math.prod(shape) * 4
-    compact_bytes = fmt.storage_bits() // 8
+    compact, dense, compact_bytes, dense_bytes = slower
     return (
         f"layer {layer.name}: built dense: its {fmt.label()} kernel ({kernel.kind}) is estimated at "
         f"{compact:,.0f} instructions, {compact / dense:.1f}x the dense build's {dense:,.0f}, and no "
@@ -167,13 +175,10 @@ def built_dense_note(layer, fmt, kernel) -> str | None:
 def slower_than_dense_note(layer, fmt, kernel) -> str | None:
     """A sentence for ``compile`` when the compact kernel is estimated slower than the dense
     build (None when it is not): the two estimates and why the compact weight is kept."""
-    shape = fmt.shape
-    dense = dense_estimate(layer, shape)
-    compact = compact_estimate(layer, shape, kernel.kind, kernel.plan, kernel.info.get("group"))
-    if compact <= dense:
+    slower = _slower_than_dense(layer, fmt, kernel)
+    if slower is None:
         return None
-    dense_bytes = math.prod(shape) * 4
-    compact_bytes = fmt.storage_bits() // 8
+    compact, dense, compact_bytes, dense_bytes = slower
     return (
         f"layer {layer.name}: its {fmt.label()} kernel ({kernel.kind}) is estimated at "
         f"{compact:,.0f} instructions, {compact / dense:.1f}x the dense build's {dense:,.0f}; kept "
