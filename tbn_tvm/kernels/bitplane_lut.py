@@ -197,28 +197,19 @@ def conv_te(layer: Layer, fmt, g: int) -> list:
     """The same per output position of an ungrouped 1-D/2-D convolution, its im2col patch
     (``C·kh·kw`` inputs in the filter's flat order, zero padding resolved) as the input vector:
     ``[x, planes, scales, y]``."""
-    from tvm import te, tirx
+    from tvm import te
 
     from tbn_tvm.kernels import rows
-    from tbn_tvm.kernels.conv import conv_inputs
+    from tbn_tvm.kernels.conv import conv_inputs, im2col_tap
 
     X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
     P, A = bufs["planes"], bufs["scales"]
     B = layer.x_shape[0]
     O, Cg, *ksize = fmt.shape
-    nd = len(ksize)
     ksz = math.prod(ksize)
     K = Cg * ksz
 
-    def patch(m, k):
-        b, pos = m[0], m[1:]
-        c = tirx.floordiv(k, i64(ksz))
-        r = tirx.floormod(k, i64(ksz))
-        src = []
-        for d in range(nd):
-            off = tirx.floormod(tirx.floordiv(r, i64(math.prod(ksize[d + 1 :]))), i64(ksize[d]))
-            src.append(pos[d] * i64(layer.strides[d]) + off * i64(layer.dilation[d]))
-        return Xp[(b, c, *src)]
+    patch = im2col_tap(layer, Xp, ksize)
 
     lead = [B, *out_spatial]
     width = 32 if K > 32 else fields_per_word(K, g) * g

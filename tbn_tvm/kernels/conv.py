@@ -78,6 +78,28 @@ def conv_inputs(layer: Layer, fmt, compute_spatial: list[int] | None = None):
     return X, bufs, te.compute(shape64([B, C, *padded]), pad_body, name="pad"), out_spatial
 
 
+def im2col_tap(layer: Layer, Xp, ksize) -> callable:
+    """``tap(m, k)``: the (padded) input ``Xp`` at im2col index ``k`` of the output position
+    ``m = (b, *pos)``, ``k`` in the filter's flat order ``(c, *kernel offsets)`` over a kernel of
+    ``ksize``, with the layer's strides and dilation."""
+    from tvm import tirx
+
+    nd = len(ksize)
+    ksz = math.prod(ksize)
+
+    def tap(m, k):
+        b, pos = m[0], m[1:]
+        c = tirx.floordiv(k, i64(ksz))
+        r = tirx.floormod(k, i64(ksz))
+        src = []
+        for d in range(nd):
+            off = tirx.floormod(tirx.floordiv(r, i64(math.prod(ksize[d + 1 :]))), i64(ksize[d]))
+            src.append(pos[d] * i64(layer.strides[d]) + off * i64(layer.dilation[d]))
+        return Xp[(b, c, *src)]
+
+    return tap
+
+
 def conv_te(layer: Layer, fmt) -> list:
     """TE tensors ``[X, *buffers, Y]`` for an N-d (N = 1 or 2) grouped convolution."""
     from tvm import te, tirx

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from tbn_tvm.formats.bits import tir_bit
 from tbn_tvm.kernels import Kernel, Layer, i64, make_kernel, shape64
-from tbn_tvm.kernels.conv import conv_inputs
+from tbn_tvm.kernels.conv import conv_inputs, im2col_tap
 
 #: Block names of the row-reuse kernels, for the schedules (one place).
 BLOCK_ROW_WORDS = "row_words"
@@ -795,7 +795,7 @@ def conv_rows_lut_te(layer: Layer, fmt, plan: RowPlan, g: int = 4, words_of=None
     :func:`dense_rows_lut_te`; only the distinct filters are summed, then scaled and gathered.
     ``words_of(bufs)``: the filters' sign words ``[D, ceil(K/32)]`` from the format's buffers,
     for a format without a ``tile`` (the codebook format); default: re-aligned tile words."""
-    from tvm import te, tirx
+    from tvm import te
 
     X, bufs, Xp, out_spatial = conv_inputs(layer, fmt)
     P, A = bufs.get("tile"), bufs["scales"]
@@ -806,16 +806,7 @@ def conv_rows_lut_te(layer: Layer, fmt, plan: RowPlan, g: int = 4, words_of=None
     ksz = math.prod(ksize)
     K = Cg * ksz
 
-    def patch(m, k):
-        b, pos = m[0], m[1:]
-        c = tirx.floordiv(k, i64(ksz))
-        r = tirx.floormod(k, i64(ksz))
-        offs = []
-        for d in range(nd):
-            inner = math.prod(ksize[d + 1 :])
-            offs.append(tirx.floormod(tirx.floordiv(r, i64(inner)), i64(ksize[d])))
-        src = [pos[d] * i64(layer.strides[d]) + offs[d] * i64(layer.dilation[d]) for d in range(nd)]
-        return Xp[(b, c, *src)]
+    patch = im2col_tap(layer, Xp, ksize)
 
     lead = [B, *out_spatial]
     im2col, k_pad = patch_block(lead, K, patch, layer.dtype, g)  # zeros past K: any sign bits do

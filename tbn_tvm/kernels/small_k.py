@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from tbn_tvm.kernels import Layer, i64, make_kernel, shape64
-from tbn_tvm.kernels.conv import conv_inputs
+from tbn_tvm.kernels.conv import conv_inputs, im2col_tap
 
 KIND = "rows_conv_signs"
 BLOCK_PATCH = "tbn_signs_patch"
@@ -71,17 +71,10 @@ def conv_signs_te(layer: Layer, fmt, plan) -> list:
     B = layer.x_shape[0]
     O, C, kh, kw = fmt.shape
     K = C * kh * kw
-    sh, sw = layer.strides
-    dh, dw = layer.dilation
     signs = distinct_signs(fmt, plan)
 
-    def tap(b, y, x, k):
-        c = tirx.floordiv(k, i64(kh * kw))
-        r = tirx.floormod(k, i64(kh * kw))
-        ky, kx = tirx.floordiv(r, i64(kw)), tirx.floormod(r, i64(kw))
-        return Xp[b, c, y * i64(sh) + ky * i64(dh), x * i64(sw) + kx * i64(dw)]
-
-    patch = te.compute(shape64([B, *out_spatial, K]), tap, name=BLOCK_PATCH)
+    tap = im2col_tap(layer, Xp, (kh, kw))
+    patch = te.compute(shape64([B, *out_spatial, K]), lambda b, y, x, k: tap((b, y, x), k), name=BLOCK_PATCH)
 
     def sums(b, y, x, d):
         exprs = []
