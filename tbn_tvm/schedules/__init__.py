@@ -20,3 +20,26 @@ def reverse_inline_safely(sch, block) -> bool:
         return True
     except Exception:  # noqa: BLE001 - the primitive does not apply to this block
         return False
+
+
+def inline_all_except(sch, keep: tuple[str, ...], producers: bool = True) -> None:
+    """Inline every block of the root whose name does not start with one of ``keep``: into its
+    consumers (``compute_inline``: padding, decode; only with ``producers``) or into its
+    producer (:func:`reverse_inline_safely`: scale, bias, residual add, ReLU), until nothing
+    more inlines."""
+    changed = True
+    while changed:
+        changed = False
+        for blk in sch.get_child_blocks(sch.get_sblock("root")):
+            if sch.get(blk).name_hint.startswith(keep):
+                continue
+            if producers:
+                try:
+                    sch.compute_inline(blk)
+                    changed = True
+                    break
+                except Exception:  # noqa: BLE001 - not inlinable into its consumers
+                    pass
+            if reverse_inline_safely(sch, blk):
+                changed = True
+                break

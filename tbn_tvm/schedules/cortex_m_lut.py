@@ -11,6 +11,8 @@ accumulators updated once per chunk; the scale and the fused epilogue per input 
 
 from __future__ import annotations
 
+from tbn_tvm.schedules import inline_all_except
+
 
 def _name(sch, block) -> str:
     return str(sch.get(block).name_hint)
@@ -35,26 +37,11 @@ def handles(names: set[str]) -> bool:
     return bitplane_lut.BLOCK_SUM in names or codeword_conv.BLOCK_GATHER in names
 
 
-def _inline_rest(sch, keep: tuple[str, ...]) -> None:
-    """Inline producers (padding) and consumers (the epilogue) of every block not in ``keep``."""
-    from tbn_tvm.schedules import reverse_inline_safely
-
-    changed = True
-    while changed:
-        changed = False
-        for name, blk in _blocks(sch).items():
-            if name.startswith(keep):
-                continue
-            if _try(sch.compute_inline, blk) or reverse_inline_safely(sch, blk):
-                changed = True
-                break
-
-
 def schedule_bitplane(sch) -> None:
     from tbn_tvm.kernels import bitplane_lut as bp
     from tbn_tvm.kernels import rows
 
-    _inline_rest(sch, (bp.BLOCK_HALF, bp.BLOCK_TABLE, bp.BLOCK_SUM, rows.BLOCK_PATCH))
+    inline_all_except(sch, (bp.BLOCK_HALF, bp.BLOCK_TABLE, bp.BLOCK_SUM, rows.BLOCK_PATCH))
     names = _blocks(sch)
     z = names[bp.BLOCK_SUM]
     kinds = [int(iv.iter_type) for iv in sch.get(z).iter_vars]
@@ -97,7 +84,7 @@ def schedule_codeword(sch) -> None:
     fused epilogue; the codeword words and the byte indices once per call."""
     from tbn_tvm.kernels import codeword_conv as cw
 
-    _inline_rest(sch, (cw.BLOCK_WORDS, cw.BLOCK_INDEX, cw.BLOCK_TABLE, cw.BLOCK_RESP, cw.BLOCK_GATHER))
+    inline_all_except(sch, (cw.BLOCK_WORDS, cw.BLOCK_INDEX, cw.BLOCK_TABLE, cw.BLOCK_RESP, cw.BLOCK_GATHER))
     names = _blocks(sch)
     z, r = names[cw.BLOCK_GATHER], names[cw.BLOCK_RESP]
     b, o, *pos, ri = sch.get_loops(z)

@@ -20,7 +20,7 @@ plain decoded kernel (over ``c``, then the kernel window).
 
 from __future__ import annotations
 
-from tbn_tvm.schedules import reverse_inline_safely
+from tbn_tvm.schedules import inline_all_except
 
 #: Work below which a kernel stays on one core (see tbn_tvm.schedules.cpu_generic).
 PARALLEL_MIN_MACS = 1 << 20
@@ -65,20 +65,6 @@ def _extent(sch, loop) -> int:
 def _blocks(sch):
     root = sch.get_sblock("root")
     return {str(sch.get(b).name_hint): b for b in sch.get_child_blocks(root)}
-
-
-def _inline_epilogue(sch, keep: tuple[str, ...]) -> None:
-    """Inline every element-wise block after the kernel's output block into it (scale/gather,
-    bias, residual add, ReLU become one block)."""
-    changed = True
-    while changed:
-        changed = False
-        for name, blk in _blocks(sch).items():
-            if name.startswith(keep):
-                continue
-            if reverse_inline_safely(sch, blk):
-                changed = True
-                break
 
 
 def _schedule_epilogue(sch, blk, lanes: int, cores: int) -> None:
@@ -160,7 +146,7 @@ def _open(prim, main: str, extra: tuple[str, ...] = ()):
 
     sch = s_tir.Schedule(prim)
     keep = (*extra, rows.BLOCK_ROW_WORDS, rows.BLOCK_DECODE, main)
-    _inline_epilogue(sch, keep)
+    inline_all_except(sch, keep, producers=False)  # the epilogue into the kernel's output block
     blocks = _blocks(sch)
     out = next(b for n, b in blocks.items() if n not in keep)
     return sch, blocks, blocks[main], blocks[rows.BLOCK_DECODE], out

@@ -16,6 +16,8 @@ registers; the blocks of rows over the cores when the layer is large enough.
 
 from __future__ import annotations
 
+from tbn_tvm.schedules import inline_all_except
+
 #: Output positions a codeword block's accumulators hold (vector registers: 128 floats = 8
 #: AVX-512 or 16 AVX2 registers).
 MAX_BLOCK_POSITIONS = 64
@@ -51,20 +53,6 @@ def handles(names: set[str]) -> bool:
     )
 
 
-def _inline_rest(sch, keep: tuple[str, ...]) -> None:
-    from tbn_tvm.schedules import reverse_inline_safely
-
-    changed = True
-    while changed:
-        changed = False
-        for name, blk in _blocks(sch).items():
-            if name.startswith(keep):
-                continue
-            if _try(sch.compute_inline, blk) is not None or reverse_inline_safely(sch, blk):
-                changed = True
-                break
-
-
 def _macs(block) -> int:
     n = 1
     for iv in block.iter_vars:
@@ -76,7 +64,7 @@ def schedule_bitplane_gemv(sch, lanes: int, cores: int) -> None:
     from tbn_tvm.kernels import bitplane_lut as bp
     from tbn_tvm.schedules.cpu_generic import PARALLEL_MIN_MACS
 
-    _inline_rest(sch, (bp.BLOCK_GEMV, bp.BLOCK_GEMV_TAIL))
+    inline_all_except(sch, (bp.BLOCK_GEMV, bp.BLOCK_GEMV_TAIL))
     names = _blocks(sch)
     main = names.get(bp.BLOCK_GEMV)
     work = sum(_macs(sch.get(b)) for n, b in names.items() if n.startswith(bp.BLOCK_GEMV))
@@ -116,7 +104,9 @@ def schedule_codeword(sch, lanes: int, cores: int) -> None:
     from tbn_tvm.schedules.cpu_generic import PARALLEL_MIN_MACS
 
     # the zero-padded input stays a buffer (once per call): the tables read whole vectors
-    _inline_rest(sch, ("pad", cw.BLOCK_WORDS, cw.BLOCK_INDEX, cw.BLOCK_TABLE, cw.BLOCK_RESP, cw.BLOCK_GATHER))
+    inline_all_except(
+        sch, ("pad", cw.BLOCK_WORDS, cw.BLOCK_INDEX, cw.BLOCK_TABLE, cw.BLOCK_RESP, cw.BLOCK_GATHER)
+    )
     names = _blocks(sch)
     if "pad" in names:
         _try(sch.vectorize, sch.get_loops(names["pad"])[-1])
