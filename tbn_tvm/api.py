@@ -298,11 +298,14 @@ def compile(  # noqa: A001 - the natural name for users
     _mark_built_dense(report, {layer.name for layer in prepared.layers if layer.kernel})
     kinds = {layer.name: layer.kernel_kind for layer in prepared.layers if layer.kernel_kind}
     whys = {layer.name: layer.why for layer in prepared.layers if layer.why}
+    built = {layer.name: layer.built_bytes for layer in prepared.layers if layer.built_bytes is not None}
     for layer in report["layers"]:  # the kernel form each compact layer was built in
         if layer["name"] in kinds:
             layer["kernel"] = kinds[layer["name"]]
         if layer["name"] in whys:  # and why the cost model chose it (kernels.cost)
             layer["kernel_choice"] = whys[layer["name"]]
+        if layer["name"] in built:  # the kernel's own layout of the weight (scales included)
+            layer["built_bytes"] = built[layer["name"]]
     notes = [layer.note for layer in prepared.layers if layer.note]
     if notes:
         report["notes"] = notes

@@ -41,6 +41,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from tbn_tvm.formats.bitplane import plane_words
 from tbn_tvm.kernels import Kernel, Layer, i64, make_kernel, shape64
 
@@ -287,6 +289,119 @@ def gemv_te(layer: Layer, fmt) -> list:
     return [X, P, A, te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)]
 
 
+KIND_PACKED = "bitplane_packed_gemv"
+BLOCK_PACKED = "tbn_bp_packed"
+BLOCK_PACKED_TAIL = "tbn_bp_packed_tail"
+#: Rows the packed buffer pads ``N`` to a multiple of (one AVX-512 vector; two AVX2 ones).
+PACKED_ROW_ALIGN = 16
+
+
+def field_bits(k: int) -> int | None:
+    """Bits of one packed integer for ``k``-bit codes (2, 4 or 8: a word holds a whole number
+    of fields), or None above 8 bits."""
+    for f in (2, 4, 8):
+        if k <= f:
+            return f
+    return None
+
+
+def pack_fields(q: np.ndarray, f: int, align: int = PACKED_ROW_ALIGN) -> np.ndarray:
+    """The integers ``q[N, K]`` (each in ``[−2^(f−1), 2^(f−1))``) as ``f``-bit two's-complement
+    fields of int32 words, ``[⌈K/(32/f)⌉, N']`` (``N'``: ``N`` rounded up to ``align``): word
+    ``[w, n]`` holds inputs ``w·32/f ..`` of row ``n``, input ``w·32/f + j`` in bits
+    ``f·j .. f·j+f−1``.  Padding (rows past ``N``, inputs past ``K``) is 0.
+
+    This is the bit-plane weight transposed: the same ``k ≤ f`` bits per weight, stored per
+    weight instead of per plane, so that a vector of rows rebuilds ``q`` with one shift pair
+    instead of ``k`` shift-and-adds.  Raises ValueError when a value does not fit."""
+    q = np.asarray(q, dtype=np.int64)
+    if q.ndim != 2:
+        raise ValueError(f"pack_fields takes a 2-D [N, K] array, got shape {q.shape}")
+    lo, hi = -(1 << (f - 1)), 1 << (f - 1)
+    if q.size and (q.min() < lo or q.max() >= hi):
+        raise ValueError(f"integers do not fit in {f}-bit fields")
+    N, K = q.shape
+    per = 32 // f
+    words, Np = -(-K // per), -(-N // align) * align
+    u = np.zeros((Np, words * per), np.uint64)
+    u[:N, :K] = (q & ((1 << f) - 1)).astype(np.uint64)
+    u = u.reshape(Np, words, per) << (np.arange(per, dtype=np.uint64) * np.uint64(f))
+    packed = np.bitwise_or.reduce(u, axis=2).astype(np.uint32)  # [N', words]
+    return np.ascontiguousarray(packed.T).view(np.int32)
+
+
+def packed_applies(fmt, layer: Layer) -> bool:
+    """Whether :func:`packed_gemv_te` computes ``layer``: a float32 matmul with the weight's
+    rows its outputs, codes of at most 8 bits (either encoding)."""
+    if layer.op != "matmul" or layer.dtype != "float32" or not layer.reuse_rows:
+        return False
+    rows = fmt.shape[0] if len(fmt.shape) > 1 else 1
+    return layer.order == "transposed" and rows == layer.out_shape[-1] and field_bits(fmt.k) is not None
+
+
+def packed_gemv_te(layer: Layer, fmt) -> tuple[list, list]:
+    """The SIMD-CPU form for few input rows (decode in the kernel, rows in vector lanes): ``q``
+    stored as packed ``f``-bit fields (:func:`pack_fields`, ``f`` = :func:`field_bits` of ``k``),
+    each word a vector of rows loaded once and each field rebuilt with one shift pair
+    (``(w << (32 − f(j+1))) >> (32 − f)``, arithmetic), converted and multiplied with the
+    broadcast input; ``y = α·Σ x·q``.  Never decoded to memory.
+
+    Returns ``([x, codes, scales, y], buffers)``: the TE tensors and the run-time buffers
+    (``codes`` int32 ``[⌈K/(32/f)⌉, N']``, ``scales`` float32) that replace the format's planes."""
+    from tvm import te, tirx
+
+    from tbn_tvm.formats.base import Buffer
+
+    *lead, K = layer.x_shape
+    N = layer.out_shape[-1]
+    f = field_bits(fmt.k)
+    per = 32 // f
+    codes = pack_fields(fmt.codes_q().reshape(N, K), f)
+    words, Np = codes.shape
+    X = te.placeholder(shape64([*lead, K]), layer.dtype, name="x")
+    W = te.placeholder(shape64([words, Np]), "int32", name="codes")
+    A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
+
+    def q(w, n, j):
+        up = tirx.shift_left(W[w, n], tirx.Cast("int32", i64(32 - f) - j * i64(f)))
+        return tirx.Cast(layer.dtype, tirx.shift_right(up, tirx.const(32 - f, "int32")))
+
+    full, tail = divmod(K, per)
+    parts = []
+    if full:
+        kw = te.reduce_axis((i64(0), i64(full)), name="kw")
+        kj = te.reduce_axis((i64(0), i64(per)), name="kj")
+        parts.append(
+            te.compute(
+                shape64([*lead, Np]),
+                lambda *idx: te.sum(X[(*idx[:-1], kw * i64(per) + kj)] * q(kw, idx[-1], kj), axis=[kw, kj]),
+                name=BLOCK_PACKED,
+            )
+        )
+    if tail:
+        kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
+        parts.append(
+            te.compute(
+                shape64([*lead, Np]),
+                lambda *idx: te.sum(
+                    X[(*idx[:-1], i64(full * per) + kt)] * q(i64(full), idx[-1], kt), axis=kt
+                ),
+                name=BLOCK_PACKED_TAIL,
+            )
+        )
+
+    def out(*idx):
+        z = parts[0][idx]
+        for extra in parts[1:]:
+            z = z + extra[idx]
+        s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
+        return s * z
+
+    y = te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)
+    bufs = [Buffer("codes", codes), Buffer("scales", fmt.scales.astype(np.float32))]
+    return [X, W, A, y], bufs
+
+
 KIND_DECODED = "bitplane_gemm"
 
 
@@ -373,6 +488,17 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
     integers rebuilt in vector lanes (:func:`gemv_te`) for fewer than
     :data:`~tbn_tvm.kernels.rows.DECODED_MIN_ROWS` input rows, else the weight decoded once
     per call and a GEMM (:func:`decoded_te`); ``lut`` the look-up kernel (g = 4)."""
+    if layer.simd and layer.form == "auto" and packed_applies(fmt, layer):
+        from tbn_tvm.kernels.rows import DECODED_MIN_ROWS
+
+        if math.prod(layer.x_shape[:-1]) < DECODED_MIN_ROWS:
+            tensors, bufs = packed_gemv_te(layer, fmt)
+            f = field_bits(fmt.k)
+            why = (
+                f"bit-plane integers as packed {f}-bit fields, rows in vector lanes: one shift pair per "
+                f"weight instead of {fmt.k} shift-and-adds; {sum(b.nbytes for b in bufs):,} B built"
+            )
+            return make_kernel(KIND_PACKED, tensors, None, buffers=bufs, why=why)
     if not applies(fmt, layer):
         return None
     if layer.simd:

@@ -52,6 +52,7 @@ class RewrittenLayer:
     note: str | None = None  # said by compile: e.g. a compact kernel estimated slower than dense
     why: str | None = None  # why the cost model picked this kernel (kernels.cost), when it chose
     spec: object | None = None  # the kernels.Layer its kernel was built for (patch-wise tiles rebuild it)
+    built_bytes: int | None = None  # bytes of the kernel's own layout of the weight, where it has one
 
     @property
     def rows(self):
@@ -132,11 +133,15 @@ class _Compressor(relax.PyExprMutator):
         self._symbols.add(sym)
         return sym
 
-    def _args(self, w: np.ndarray, lw: LayerWeight, name: str) -> list:
-        key = (fingerprint(w), lw.order)
+    def _args(self, w: np.ndarray, lw: LayerWeight, name: str, kernel=None) -> list:
+        """The run-time constants of a layer's kernel: the format's buffers, or the kernel's own
+        layout of them (``kernel.info["buffers"]``, e.g. the packed bit-plane GEMV's fields);
+        one set per weight and layout, shared by layers with the same weight."""
+        own = kernel.info.get("buffers") if kernel is not None else None
+        key = (fingerprint(w), lw.order, kernel.kind if own else None)
         if key not in self._buffers:
             consts = []
-            for b in lw.format.buffers():
+            for b in own or lw.format.buffers():
                 c = relax.const(b.data, b.dtype)
                 self.owner.const_names[hash(c)] = f"{c_identifier(name)}_{b.name}"
                 consts.append(c)
@@ -182,10 +187,13 @@ class _Compressor(relax.PyExprMutator):
                 note,
                 kernel.info.get("why"),
                 spec=layer,
+                built_bytes=sum(b.nbytes for b in kernel.info["buffers"])
+                if kernel.info.get("buffers")
+                else None,
             )
         )
         out_ty = relax.TensorType(layer.out_shape, layer.dtype)
-        result = with_span(relax.call_tir(gv, [x, *self._args(w, lw, layer.name)], out_ty), call.span)
+        result = with_span(relax.call_tir(gv, [x, *self._args(w, lw, layer.name, kernel)], out_ty), call.span)
         if finish is not None:
             return finish(self.builder_.emit(result))
         if tuple(layer.out_shape) != _shape(call):  # a 1-D weight's unit axis, a token matmul's rows

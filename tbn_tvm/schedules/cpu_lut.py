@@ -47,7 +47,9 @@ def handles(names: set[str]) -> bool:
     from tbn_tvm.kernels import bitplane_lut, codeword_conv
 
     return (
-        bitplane_lut.BLOCK_GEMV in names
+        bitplane_lut.BLOCK_PACKED in names
+        or bitplane_lut.BLOCK_PACKED_TAIL in names
+        or bitplane_lut.BLOCK_GEMV in names
         or bitplane_lut.BLOCK_GEMV_TAIL in names
         or codeword_conv.BLOCK_GATHER in names
     )
@@ -87,6 +89,63 @@ def schedule_bitplane_gemv(sch, lanes: int, cores: int) -> None:
         _try(sch.compute_at, main, outer)
     elif parallel and main is not None:
         sch.parallel(sch.get_loops(main)[0])
+
+
+#: Row vectors a packed GEMV block keeps in accumulator registers.
+PACKED_ROW_VECTORS = 4
+
+
+def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
+    """The packed-field GEMV: per block of ``lanes·R`` output rows (``R`` ≤
+    :data:`PACKED_ROW_VECTORS` vectors), its partial sums in registers while the words
+    stream by, each word's fields unrolled (a shift pair, a conversion and a multiply-add per
+    field and vector); the tail inputs the same way; the blocks over the cores when the layer is
+    large enough."""
+    from tbn_tvm.kernels import bitplane_lut as bp
+    from tbn_tvm.schedules.cpu_generic import PARALLEL_MIN_MACS
+
+    inline_all_except(sch, (bp.BLOCK_PACKED, bp.BLOCK_PACKED_TAIL))
+    names = _blocks(sch)
+    work = sum(_macs(sch.get(b)) for n, b in names.items() if n.startswith(bp.BLOCK_PACKED))
+    parallel = cores > 1 and work >= PARALLEL_MIN_MACS
+    first = names.get(bp.BLOCK_PACKED) or names[bp.BLOCK_PACKED_TAIL]
+    rows = _extent(sch, sch.get_loops(first)[-3 if bp.BLOCK_PACKED in names else -2])
+    vec = lanes if rows % lanes == 0 else 8
+    per_block = vec * max(r for r in range(1, PACKED_ROW_VECTORS + 1) if rows % (vec * r) == 0)
+    outer = None
+    for name in (bp.BLOCK_PACKED, bp.BLOCK_PACKED_TAIL):
+        blk = _blocks(sch).get(name)
+        if blk is None:
+            continue
+        loops = sch.get_loops(blk)
+        red = loops[-2:] if name == bp.BLOCK_PACKED else loops[-1:]
+        *lead, n = loops[: len(loops) - len(red)]
+        no, r, lane = sch.split(n, [None, per_block // vec, vec])
+        sch.reorder(*lead, no, *red, r, lane)
+        # (the tail, when there is a main block, gets a loop nest of its own: a block computed
+        # under the main one's loop would need its consumer, the scale, there first)
+        here = sch.fuse(*lead, no) if lead else no
+        if parallel:
+            sch.parallel(here)
+        outer = here if outer is None else outer
+        acc = sch.cache_write(blk, 0, "local")
+        sch.reverse_compute_at(acc, here)
+        loops = sch.get_loops(blk)
+        sch.vectorize(loops[-1])
+        sch.unroll(loops[-2])
+        if name == bp.BLOCK_PACKED:
+            sch.unroll(loops[-3])  # the word's fields
+        init = sch.decompose_reduction(blk, loops[-2 - len(red)])
+        for b in (acc, init):
+            _try(sch.vectorize, sch.get_loops(b)[-1])
+    # the scale (with any fused epilogue) right after each block of rows
+    for blk in sch.get_consumers(acc):
+        if _try(sch.reverse_compute_at, blk, outer) is None:  # after a tail: its own loops
+            last = sch.get_loops(blk)[-1]
+            if _extent(sch, last) % vec == 0:
+                _try(sch.vectorize, sch.split(last, [None, vec])[1])
+            continue
+        _try(sch.vectorize, sch.get_loops(blk)[-1])
 
 
 def block_rows(height: int, width: int) -> int:
@@ -174,8 +233,13 @@ def schedule(func, lanes: int, cores: int):
     from tbn_tvm.kernels import codeword_conv
 
     sch = s_tir.Schedule(func)
-    if codeword_conv.BLOCK_GATHER in _blocks(sch):
+    from tbn_tvm.kernels import bitplane_lut
+
+    names = _blocks(sch)
+    if codeword_conv.BLOCK_GATHER in names:
         schedule_codeword(sch, lanes, cores)
+    elif bitplane_lut.BLOCK_PACKED in names or bitplane_lut.BLOCK_PACKED_TAIL in names:
+        schedule_packed_gemv(sch, lanes, cores)
     else:
         schedule_bitplane_gemv(sch, lanes, cores)
     return sch.mod["main"]

@@ -271,8 +271,9 @@ def test_bitplane_lookup_gemm_cortex_m4(case, monkeypatch):
 @pytest.mark.parametrize("case", ["k4_row_not_word_aligned", "k3_rows_of_100", "k2_three_rows"])
 def test_bitplane_gemm_host_forms(case, form, monkeypatch):
     """Every host form of a bit-plane matmul (the form a tuning database may set per layer):
-    the GEMV with the integers rebuilt in vector lanes (``auto`` for few rows), the weight
-    decoded once per call and a GEMM, and the look-up kernel."""
+    the GEMV on packed integer fields (``auto`` for few rows), the GEMV with the integers
+    rebuilt in vector lanes from the planes (``bitserial``), the weight decoded once per call
+    and a GEMM, and the look-up kernel."""
     N, K, k, per_row, M, g = BITPLANE_GEMMS[case]
     m, x, q, alpha = bitplane_gemm(np.random.default_rng(1), N, K, k, per_row, M)
     if form != "auto":
@@ -282,7 +283,7 @@ def test_bitplane_gemm_host_forms(case, form, monkeypatch):
         monkeypatch.setattr(pipeline, "prepare", lambda mod, **kw: prepare(mod, **{**kw, "forms": form}))
     compiled = tbn_tvm.compile(m, "llvm")
     want = {
-        "auto": "bitplane_gemv",
+        "auto": "bitplane_packed_gemv" if M < 8 else "bitplane_gemm",
         "bitserial": "bitplane_gemv",
         "decoded": "bitplane_gemm",
         "lut": "bitplane_lut",
@@ -429,6 +430,9 @@ def test_acceptance_bitplane_gemm_costs_under_half_of_dense():
         "conv1d_k9",
         "gemv",
         "gemv_tail",
+        "packed",
+        "packed_tail",
+        "packed_tail_only",
         "decoded",
     ],
 )
@@ -459,11 +463,19 @@ def test_host_schedules_apply(case, lanes, cores):
         func = codeword_conv.kernel(detect_layer_weight(w, "conv").format, layer).func
         scheduled = cpu_lut.schedule(func, lanes, cores)
     else:
-        N, K, M = {"gemv": (64, 256, 1), "gemv_tail": (24, 77, 2), "decoded": (40, 96, 16)}[case]
+        N, K, M = {
+            "gemv": (64, 256, 1),
+            "gemv_tail": (24, 77, 2),
+            "packed": (128, 512, 1),
+            "packed_tail": (40, 37, 3),
+            "packed_tail_only": (24, 5, 1),
+            "decoded": (40, 96, 16),
+        }[case]
         fmt = detect_layer_weight(
             np.ascontiguousarray((rng.integers(-8, 8, (N, K)) * 0.5).astype(np.float32).T), "matmul"
         ).format
-        layer = Layer("fc", "matmul", (M, K), (M, N), order="transposed", form="auto")
+        form = "bitserial" if case.startswith("gemv") else "auto"
+        layer = Layer("fc", "matmul", (M, K), (M, N), order="transposed", form=form)
         built = bitplane_lut.kernel_for(fmt, layer)
         if case == "decoded":
             assert built.kind == bitplane_lut.KIND_DECODED
@@ -471,6 +483,8 @@ def test_host_schedules_apply(case, lanes, cores):
                 built.func, lanes, cores, cpu_decoded.accumulator_registers(lanes)
             )
         else:
-            assert built.kind == bitplane_lut.KIND_GEMV
+            assert built.kind == (
+                bitplane_lut.KIND_PACKED if case.startswith("packed") else bitplane_lut.KIND_GEMV
+            )
             scheduled = cpu_lut.schedule(built.func, lanes, cores)
     assert "T.vectorized" in scheduled.script()
