@@ -75,6 +75,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="only these models of the default suite (e.g. tiled_resnet,wide_mlp_p8; an unknown key "
         "lists the keys); 'real' picks issue 19's real-architecture table (fourteen networks, or one by "
         "name, e.g. resnet18d; 'real_eleven', 'held_out': its two groups; small sizes with --quick); "
+        "'subbit' picks issue 23's sub-bit layers (bit-plane GEMM, codebook conv and its binary twin); "
         "such a partial run is not copied to benchmarks/REPORT.md",
     )
     p.add_argument(

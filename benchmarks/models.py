@@ -17,6 +17,8 @@ compiler takes static shapes and onnxruntime checks the declared ones):
 * :func:`tiled_resnet` - a small ResNet-style CNN on 3x32x32 images: a binary 3x3 stem, three
   residual blocks of two tiled 3x3 convs (p = 4, 4, 8) with BatchNorm folded in (per-channel
   scales and biases), binary 1x1 projection shortcuts, global average pooling, a binary FC.
+* :func:`bitplane_gemm`, :func:`codebook_conv` - issue 23's sub-bit layers: a 4-bit bit-plane
+  GEMM 128x512, and a codebook conv 96x48x3x3 (τ = 4) at 12x12 with its unstructured binary twin.
 
 >>> m = wide_mlp(p=8, batch=1, width=64)
 >>> [n.op_type for n in m.graph.node]
@@ -210,6 +212,62 @@ def tiled_gemm(m: int = 16, k: int = 512, n: int = 256, p: int = 4, seed: int = 
     )
 
 
+def bitplane_gemm(
+    batch: int = 1, n: int = 128, k: int = 512, bits: int = 4, seed: int = 0
+) -> onnx.ModelProto:
+    """Issue 23's bit-plane GEMM: ``y = x[batch, k] @ W[n, k]^T`` (Gemm ``transB=1``), ``W = α_n·q``
+    with ``q`` uniform ``bits``-bit two's-complement integers (the whole range used) and one
+    positive α per output row, written as dense float32 (as a bit-wise network exports)."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), (n, k))
+    q.flat[:2] = [-(1 << (bits - 1)), (1 << (bits - 1)) - 1]
+    alpha = _distinct_scales(rng, n) / np.float32(math.sqrt(k) * (1 << (bits - 1)))
+    w = (q.astype(np.float32) * alpha.reshape(-1, 1)).astype(np.float32)
+    return _model(
+        f"bitplane_gemm_{n}x{k}_k{bits}",
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, n])],
+        [numpy_helper.from_array(w, "W")],
+    )
+
+
+def codebook_conv(
+    form: str = "codebook",
+    batch: int = 1,
+    out: int = 96,
+    cin: int = 48,
+    image: int = 12,
+    tau: int = 4,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """Issue 23's codebook convolution: Conv 3x3, pad 1, ``out`` filters over ``cin`` channels at
+    ``image``x``image``, one positive scale per filter.  ``form="codebook"``: every 3x3 sign kernel
+    is one of ``2^tau`` distinct ±1 codewords (SNN, Wang et al., ICCV 2021; each used);
+    ``form="binary"``: unstructured random ±1 kernels (the same layer as a plain binary network
+    would have it, its twin for the comparison)."""
+    if form not in ("codebook", "binary"):
+        raise ValueError(f"form must be 'codebook' or 'binary', got {form!r}")
+    rng = np.random.default_rng(seed)
+    if form == "codebook":
+        codes = rng.choice(512, size=1 << tau, replace=False)
+        book = np.where((codes[:, None] >> np.arange(9)) & 1, 1.0, -1.0).reshape(-1, 3, 3)
+        idx = rng.integers(0, 1 << tau, (out, cin))
+        idx.flat[: 1 << tau] = np.arange(1 << tau)
+        signs = book[idx]
+    else:
+        signs = np.where(rng.random((out, cin, 3, 3)) < 0.5, -1.0, 1.0)
+    scales = _distinct_scales(rng, out) / np.float32(math.sqrt(9 * cin))
+    w = (signs * scales.reshape(-1, 1, 1, 1)).astype(np.float32)
+    return _model(
+        f"{form}_conv_{out}x{cin}x3x3_{image}",
+        [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, image, image])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, out, image, image])],
+        [numpy_helper.from_array(w, "W")],
+    )
+
+
 def _primitive_tile(rng: np.random.Generator, length: int) -> np.ndarray:
     """A random ±1 tile of ``length`` signs that is not itself a repetition of a shorter block
     (so the weight's compression factor is exactly the ``p`` it was built with)."""
@@ -352,6 +410,6 @@ def sample_input(kind: str, model: onnx.ModelProto, seed: int = 1) -> np.ndarray
     """A fixed input for ``model``: pixels in [0, 1) for the MLPs, N(0, 1) for the CNNs."""
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     rng = np.random.default_rng(seed)
-    if kind in ("tiled_resnet", "conv_bn_cnn"):
+    if kind in ("tiled_resnet", "conv_bn_cnn", "bitplane_gemm", "codebook_conv"):
         return rng.standard_normal(dims).astype(np.float32)
     return rng.random(dims, dtype=np.float32)

@@ -199,6 +199,7 @@ def default_cases(models: ModuleType, settings: Settings) -> list[Case]:
         )
     )
     cases += conv_bn_cases(models, b)
+    cases += subbit_cases(models, b)
     if real.unavailable() is None:  # issue 19's real-architecture table (needs torch + onnxscript)
         cases += real.real_cases(settings)
     return cases
@@ -215,19 +216,20 @@ def selectable_cases(models: ModuleType, settings: Settings) -> list[Case]:
 
 
 def select_cases(cases: list[Case], keys: str) -> list[Case]:
-    """The cases named in ``keys`` (comma-separated :attr:`Case.key` values, or the group keys of
-    :data:`benchmarks.real.GROUPS`: ``real``, ``real_eleven``, ``held_out``), in suite order.
+    """The cases named in ``keys`` (comma-separated :attr:`Case.key` values, the group keys of
+    :data:`benchmarks.real.GROUPS`: ``real``, ``real_eleven``, ``held_out``, or ``subbit``:
+    issue 23's layers), in suite order.
     Raises TBNError naming the known keys for an unknown one."""
     wanted = [k.strip() for k in keys.split(",") if k.strip()]
     known = [c.key for c in cases]
     expanded = []
     for k in wanted:
-        expanded += real.group_keys(k) or [k]
+        expanded += SUBBIT_KEYS if k == SUBBIT_GROUP else (real.group_keys(k) or [k])
     unknown = [k for k in expanded if k not in known]
     if unknown or not wanted:
         raise TBNError(
             f"--cases: unknown case {', '.join(unknown) or repr(keys)}",
-            hint=f"known: {', '.join(known + list(real.GROUPS))}",
+            hint=f"known: {', '.join(known + list(real.GROUPS) + [SUBBIT_GROUP])}",
         )
     return [c for c in cases if c.key in expanded]
 
@@ -252,6 +254,48 @@ def conv_bn_cases(models: ModuleType, batches: tuple[int, ...]) -> list[Case]:
             else (),
         )
         for form, title in (("dense", "dense weights"), ("tile", "tile + Tile/Expand form"))
+    ]
+
+
+#: ``--cases subbit``: issue 23's sub-bit layers (:func:`subbit_cases`).
+SUBBIT_GROUP = "subbit"
+SUBBIT_KEYS = ["bitplane_gemm_k4", "codebook_conv_96x48", "binary_conv_96x48"]
+
+
+def subbit_cases(models: ModuleType, batches: tuple[int, ...]) -> list[Case]:
+    """Issue 23's sub-bit layers in one run: the 4-bit bit-plane GEMM 128x512 (host against
+    onnxruntime and TVM's dense build, QEMU against the dense build) and the codebook conv
+    96x48x3x3 τ=4 at 12x12 beside its unstructured binary twin (QEMU; host too)."""
+    if not hasattr(models, "bitplane_gemm"):  # a --models file without them
+        return []
+    common = {"classifier": False, "ablation": False}
+    return [
+        Case(
+            "bitplane_gemm_k4",
+            "bit-plane GEMM 128x512, 4-bit integers, α per row",
+            lambda n: models.bitplane_gemm(n),
+            _sampler(models, "bitplane_gemm"),
+            batches,
+            generator="models.bitplane_gemm(batch)",
+            short="bit-plane GEMM k4",
+            **common,
+        ),
+        *(
+            Case(
+                f"{form}_conv_96x48",
+                f"conv 96x48x3x3 at 12x12, {title}",
+                lambda n, form=form: models.codebook_conv(form, n),
+                _sampler(models, "codebook_conv"),
+                (1,),
+                generator=f'models.codebook_conv("{form}", batch)',
+                short=f"{form} conv",
+                **common,
+            )
+            for form, title in (
+                ("codebook", "SNN codebook τ=4"),
+                ("binary", "unstructured binary (the twin)"),
+            )
+        ),
     ]
 
 
@@ -949,6 +993,7 @@ def issue_figures(report: dict) -> list[dict]:
             )
     items += _issue22_figures(mcu)
     rows = {(r["model"], r["batch"]): r for r in report["host"]}
+    items += _issue23_figures(mcu, rows)
     for (model, batch), need in ISSUE10_TUNED_VS_ORT.items():
         r = rows.get((model, batch))
         if r is None or TBN_TUNED not in r["variants"]:
@@ -964,6 +1009,78 @@ def issue_figures(report: dict) -> list[dict]:
                 "required": f">= {need:g}x",
                 "measured": f"{ratio:.2f}x" + ("" if trusted else " (not measured enough)"),
                 "pass": trusted and ratio >= need,
+            }
+        )
+    return items
+
+
+ISSUE23_MCU_RATIO = 0.5  # compact build's instructions / the comparison build's (QEMU M4)
+
+
+def _issue23_figures(mcu: dict[str, dict], host: dict[tuple[str, int], dict]) -> list[dict]:
+    """Issue 23: on QEMU M4 the codebook conv against its binary twin and the 4-bit bit-plane GEMM
+    against its dense build (instructions, both within 1e-5 of onnxruntime); on the host the
+    bit-plane GEMM at batch 1 against onnxruntime fp32."""
+    items: list[dict] = []
+
+    def ok(build: dict) -> bool:
+        return build.get("status") == "ok"
+
+    pairs = (
+        (
+            "codebook_conv_96x48",
+            TBN,
+            "binary_conv_96x48",
+            TBN,
+            "codebook conv 96x48x3x3 τ=4 at 12x12 / its binary twin",
+        ),
+        (
+            "bitplane_gemm_k4",
+            TBN,
+            "bitplane_gemm_k4",
+            TVM_FP32,
+            "4-bit bit-plane GEMM 128x512 / its dense build",
+        ),
+    )
+    for model, key, other_model, other_key, title in pairs:
+        if model not in mcu or other_model not in mcu:
+            continue
+        a, b = mcu[model]["builds"].get(key, {}), mcu[other_model]["builds"].get(other_key, {})
+        crit = f"{title}: instructions (QEMU M4), both within {REL_TOLERANCE:g} of onnxruntime"
+        need = f"<= {ISSUE23_MCU_RATIO:g}x"
+        if not (ok(a) and ok(b)):
+            why = "; ".join(
+                f"{x.get('status', 'absent')}: {x.get('reason', '')}" for x in (a, b) if not ok(x)
+            )
+            items.append({"issue": 23, "criterion": crit, "required": need, "measured": why, "pass": False})
+            continue
+        ratio = a["instructions_per_inference"] / b["instructions_per_inference"]
+        err = max(
+            a.get("rel_err_vs_onnxruntime", float("inf")), b.get("rel_err_vs_onnxruntime", float("inf"))
+        )
+        items.append(
+            {
+                "issue": 23,
+                "criterion": crit,
+                "required": need,
+                "measured": f"{ratio:.3f}x ({a['instructions_per_inference']:,.0f} / "
+                f"{b['instructions_per_inference']:,.0f}), error {err:.1e}",
+                "pass": ratio <= ISSUE23_MCU_RATIO and err <= REL_TOLERANCE,
+            }
+        )
+    r = host.get(("bitplane_gemm_k4", 1))
+    if r is not None and TBN in r["variants"] and ORT in r["variants"]:
+        v = r["variants"]
+        ratio = v[ORT]["median_s"] / v[TBN]["median_s"]
+        trusted = bool(v[ORT]["trusted"] and v[TBN]["trusted"])
+        items.append(
+            {
+                "issue": 23,
+                "criterion": "host: 4-bit bit-plane GEMM 128x512 at batch 1 over onnxruntime fp32 (default build)",
+                "required": "> 1x",
+                "measured": f"{ratio:.2f}x ({v[TBN]['median_s'] * 1e6:.2f} vs {v[ORT]['median_s'] * 1e6:.2f} µs)"
+                + ("" if trusted else " (not measured enough)"),
+                "pass": trusted and ratio > 1.0,
             }
         )
     return items

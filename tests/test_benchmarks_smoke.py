@@ -413,6 +413,46 @@ def test_cortex_m_cycles_ram_rows_and_issue22_figures():
     assert "tbn-tvm-ram-64K-fp16: 17,000,000 instructions" in summary and "short by 0.50x" in summary
 
 
+def test_issue23_figures_and_subbit_cases():
+    """Issue 23's rows: ``--cases subbit`` picks the three sub-bit layers; on a synthetic report
+    the QEMU ratios (codebook vs its binary twin, bit-plane vs dense) and the host ratio at batch
+    1 are checked against their bars, a ratio over 0.5x or an error over 1e-5 fails, and an
+    untrusted host timing never passes."""
+    suite, models = _bench_module("suite"), _bench_module("models")
+    settings = _bench_module("harness").Settings.for_mode(quick=False)
+    cases = suite.select_cases(suite.subbit_cases(models, settings.batches), "subbit")
+    assert [c.key for c in cases] == suite.SUBBIT_KEYS
+    assert all(not c.classifier for c in cases)
+
+    def build(ins, err=1e-7):
+        return {"status": "ok", "instructions_per_inference": ins, "rel_err_vs_onnxruntime": err}
+
+    def host(tbn_s, ort_s, trusted=True):
+        v = {"median_s": tbn_s, "trusted": trusted}
+        return {
+            "model": "bitplane_gemm_k4",
+            "batch": 1,
+            "variants": {suite.TBN: v, suite.ORT: {**v, "median_s": ort_s}},
+        }
+
+    mcu = [
+        {"model": "codebook_conv_96x48", "builds": {suite.TBN: build(3_000_000)}},
+        {"model": "binary_conv_96x48", "builds": {suite.TBN: build(10_000_000)}},
+        {
+            "model": "bitplane_gemm_k4",
+            "builds": {suite.TBN: build(260_000), suite.TVM_FP32: build(500_000, 2e-5)},
+        },
+    ]
+    report = {"meta": {"quick": False}, "host": [host(4e-6, 8e-6)], "cortex_m": mcu}
+    figs = [f for f in suite.issue_figures(report) if f["issue"] == 23]
+    assert [f["pass"] for f in figs] == [True, False, True]
+    assert figs[0]["measured"].startswith("0.300x") and "error 2.0e-05" in figs[1]["measured"]
+    report["host"] = [host(4e-6, 8e-6, trusted=False)]
+    assert suite.issue_figures(report)[-1]["pass"] is False
+    report["host"] = [host(9e-6, 8e-6)]
+    assert suite.issue_figures(report)[-1]["pass"] is False
+
+
 # ------------------------------------------------------------------------------------ --model
 @pytest.fixture(scope="module")
 def tiny_gemm(tmp_path_factory) -> Path:
