@@ -1,6 +1,6 @@
 """Issue 21's acceptance check: does tuning earn its place against the build users get?
 
-``python -m benchmarks.tune_gain [--models heldout_wide_resnet,heldout_vit] [--trials 48]``
+``python -m benchmarks.tune_gain [--models heldout_wide_resnet,heldout_vit] [--trials 48] [--batch 8]``
 
 For each held-out tiled model (:mod:`benchmarks.architectures`, ``tbnify`` p=4, random weights:
 nothing here was tuned on them) it writes the ONNX file, runs ``tbn-tvm tune --trials N`` in a
@@ -71,14 +71,17 @@ def alternated(models: dict, x: np.ndarray, rounds: int, number: int) -> dict[st
     return out
 
 
-def check_model(name: str, out: Path, trials: int, rounds: int, number: int | None, log) -> dict:
+def check_model(
+    name: str, out: Path, trials: int, rounds: int, number: int | None, log, batch: int = 1
+) -> dict:
     import tbn_tvm
     from benchmarks.architectures import benchmark_model
 
-    path = out / f"{name}.onnx"
-    bench = benchmark_model(name, path)
+    tag = name if batch == 1 else f"{name}-b{batch}"
+    path = out / f"{tag}.onnx"
+    bench = benchmark_model(name, path, batch=batch)
     x = bench.input
-    db = out / f"db-{name}"
+    db = out / f"db-{tag}"
     tune_s, stdout = _tune(path, db, trials)
     log(f"{name}: tuned with {trials} trials in {tune_s:.0f} s")
     files_1 = _files(db)
@@ -99,6 +102,7 @@ def check_model(name: str, out: Path, trials: int, rounds: int, number: int | No
     q25, q50, q75 = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
     result = {
         "model": name,
+        "batch": batch,
         "trials": trials,
         "tune_wall_s": round(tune_s, 1),
         "retune_wall_s": round(retune_s, 1),
@@ -117,7 +121,7 @@ def check_model(name: str, out: Path, trials: int, rounds: int, number: int | No
         "load_average_after": os.getloadavg(),
     }
     log(
-        f"{name}: default {result['default_median_ms']:.3f} ms, tuned {result['tuned_median_ms']:.3f} ms, "
+        f"{tag}: default {result['default_median_ms']:.3f} ms, tuned {result['tuned_median_ms']:.3f} ms, "
         f"speedup {q50:.3f}x (IQR {q25:.3f}-{q75:.3f}, {rounds} rounds x {number}); "
         f"re-run unchanged: files {result['rerun_files_unchanged']}, library {result['rerun_library_unchanged']}; "
         f"load {os.getloadavg()[0]:.1f}"
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=48, help="tuning trials per model (default 48)")
     ap.add_argument("--rounds", type=int, default=41, help="alternated timing rounds (default 41)")
     ap.add_argument("--number", type=int, default=None, help="inferences per timing (default: ~20 ms)")
+    ap.add_argument("--batch", type=int, default=1, help="the models' batch size (default 1)")
     ap.add_argument("--out", default=None, metavar="DIR", help="where to write models, databases, JSON")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tbn-tune-gain-"))
@@ -141,14 +146,17 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"load average {os.getloadavg()}; output in {out}")
     results = [
-        check_model(n, out, args.trials, args.rounds, args.number, log) for n in args.models.split(",")
+        check_model(n, out, args.trials, args.rounds, args.number, log, args.batch)
+        for n in args.models.split(",")
     ]
     (out / "tune_gain.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print("| model | trials | default ms | tuned ms | untuned/tuned (median, IQR) | re-run unchanged |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | batch | trials | default ms | tuned ms | untuned/tuned (median, IQR) | re-run unchanged |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['model']} | {r['trials']} | {r['default_median_ms']:.3f} | {r['tuned_median_ms']:.3f} | "
+            f"| {r['model']} | {r['batch']} | {r['trials']} | {r['default_median_ms']:.3f} | {r['tuned_median_ms']:.3f} | "
             f"{r['speedup_median']:.3f}x ({r['speedup_q25']:.3f}-{r['speedup_q75']:.3f}) | "
             f"{'yes' if r['rerun_files_unchanged'] and r['rerun_library_unchanged'] else 'NO'} |"
         )

@@ -294,6 +294,8 @@ BLOCK_PACKED = "tbn_bp_packed"
 BLOCK_PACKED_TAIL = "tbn_bp_packed_tail"
 #: Rows the packed buffer pads ``N`` to a multiple of (one AVX-512 vector; two AVX2 ones).
 PACKED_ROW_ALIGN = 16
+#: Most input rows the form ``auto`` computes with the packed GEMV (more: the decoded GEMM).
+PACKED_MAX_ROWS = 7
 
 
 def field_bits(k: int) -> int | None:
@@ -489,9 +491,7 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
     :data:`~tbn_tvm.kernels.rows.DECODED_MIN_ROWS` input rows, else the weight decoded once
     per call and a GEMM (:func:`decoded_te`); ``lut`` the look-up kernel (g = 4)."""
     if layer.simd and layer.form == "auto" and packed_applies(fmt, layer):
-        from tbn_tvm.kernels.rows import DECODED_MIN_ROWS
-
-        if math.prod(layer.x_shape[:-1]) < DECODED_MIN_ROWS:
+        if math.prod(layer.x_shape[:-1]) <= PACKED_MAX_ROWS:
             tensors, bufs = packed_gemv_te(layer, fmt)
             f = field_bits(fmt.k)
             why = (

@@ -93,6 +93,8 @@ def schedule_bitplane_gemv(sch, lanes: int, cores: int) -> None:
 
 #: Row vectors a packed GEMV block keeps in accumulator registers.
 PACKED_ROW_VECTORS = 4
+#: Input rows a packed GEMV block multiplies each decoded vector with.
+PACKED_INPUT_ROWS = 4
 
 
 def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
@@ -109,9 +111,17 @@ def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
     work = sum(_macs(sch.get(b)) for n, b in names.items() if n.startswith(bp.BLOCK_PACKED))
     parallel = cores > 1 and work >= PARALLEL_MIN_MACS
     first = names.get(bp.BLOCK_PACKED) or names[bp.BLOCK_PACKED_TAIL]
-    rows = _extent(sch, sch.get_loops(first)[-3 if bp.BLOCK_PACKED in names else -2])
+    loops = sch.get_loops(first)
+    n_red = 2 if bp.BLOCK_PACKED in names else 1
+    rows = _extent(sch, loops[-1 - n_red])
+    inputs = 1
+    for loop in loops[: -1 - n_red]:
+        inputs *= _extent(sch, loop)
     vec = lanes if rows % lanes == 0 else 8
-    per_block = vec * max(r for r in range(1, PACKED_ROW_VECTORS + 1) if rows % (vec * r) == 0)
+    # input rows sharing each decoded vector (unrolled: LLVM decodes it once for all of them)
+    per_input = max(d for d in range(1, PACKED_INPUT_ROWS + 1) if inputs % d == 0)
+    budget = max(1, (16 if lanes >= 16 else 12) // per_input)
+    per_block = vec * max(r for r in range(1, min(PACKED_ROW_VECTORS, budget) + 1) if rows % (vec * r) == 0)
     outer = None
     for name in (bp.BLOCK_PACKED, bp.BLOCK_PACKED_TAIL):
         blk = _blocks(sch).get(name)
@@ -120,11 +130,16 @@ def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
         loops = sch.get_loops(blk)
         red = loops[-2:] if name == bp.BLOCK_PACKED else loops[-1:]
         *lead, n = loops[: len(loops) - len(red)]
+        m = sch.fuse(*lead) if len(lead) > 1 else (lead[0] if lead else None)
+        mo = mi = None
+        if m is not None:
+            mo, mi = sch.split(m, [None, per_input])
         no, r, lane = sch.split(n, [None, per_block // vec, vec])
-        sch.reorder(*lead, no, *red, r, lane)
+        inner = [mi, r, lane] if mi is not None else [r, lane]
+        sch.reorder(*([mo] if mo is not None else []), no, *red, *inner)
         # (the tail, when there is a main block, gets a loop nest of its own: a block computed
         # under the main one's loop would need its consumer, the scale, there first)
-        here = sch.fuse(*lead, no) if lead else no
+        here = sch.fuse(mo, no) if mo is not None else no
         if parallel:
             sch.parallel(here)
         outer = here if outer is None else outer
@@ -132,10 +147,11 @@ def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
         sch.reverse_compute_at(acc, here)
         loops = sch.get_loops(blk)
         sch.vectorize(loops[-1])
-        sch.unroll(loops[-2])
+        for loop in loops[len(loops) - len(inner) : -1]:
+            sch.unroll(loop)  # the row vectors (and input rows)
         if name == bp.BLOCK_PACKED:
-            sch.unroll(loops[-3])  # the word's fields
-        init = sch.decompose_reduction(blk, loops[-2 - len(red)])
+            sch.unroll(loops[-1 - len(inner)])  # the word's fields
+        init = sch.decompose_reduction(blk, loops[len(loops) - len(inner) - len(red)])
         for b in (acc, init):
             _try(sch.vectorize, sch.get_loops(b)[-1])
     # the scale (with any fused epilogue) right after each block of rows
