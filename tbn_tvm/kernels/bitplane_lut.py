@@ -295,7 +295,9 @@ BLOCK_PACKED_TAIL = "tbn_bp_packed_tail"
 #: Rows the packed buffer pads ``N`` to a multiple of (one AVX-512 vector; two AVX2 ones).
 PACKED_ROW_ALIGN = 16
 #: Most input rows the form ``auto`` computes with the packed GEMV (more: the decoded GEMM).
-PACKED_MAX_ROWS = 7
+#: Measured on the 4-bit 128x512 GEMM, one thread (AVX-512): within 1.05x of TVM's dense build
+#: at 1-64 rows, where the decoded form took 1.5-6.5x as long (64 rows: 78 vs 113 us).
+PACKED_MAX_ROWS = 64
 
 
 def field_bits(k: int) -> int | None:
@@ -486,10 +488,13 @@ def kernel_for(fmt, layer: Layer) -> Kernel | None:
     On a Cortex-M: the look-up kernel with the group size :func:`tbn_tvm.kernels.cost.bitplane_group`
     picks, where it is estimated cheaper than decoding in the kernel and than the dense build.
     On a SIMD CPU (matmuls; convolutions decode their weight once per call,
-    :mod:`tbn_tvm.kernels.conv`), by the layer's form: ``auto`` takes the GEMV with the
-    integers rebuilt in vector lanes (:func:`gemv_te`) for fewer than
-    :data:`~tbn_tvm.kernels.rows.DECODED_MIN_ROWS` input rows, else the weight decoded once
-    per call and a GEMM (:func:`decoded_te`); ``lut`` the look-up kernel (g = 4)."""
+    :mod:`tbn_tvm.kernels.conv`), by the layer's form: ``auto`` takes the GEMV on packed
+    integer fields (:func:`packed_gemv_te`) for at most :data:`PACKED_MAX_ROWS` input rows and
+    k ≤ 8 (``built_bytes`` in the report: ``f`` bits per weight); otherwise, and for the form
+    ``bitserial``, the GEMV with the integers rebuilt in vector lanes from the planes
+    (:func:`gemv_te`) for fewer than :data:`~tbn_tvm.kernels.rows.DECODED_MIN_ROWS` input rows,
+    else the weight decoded once per call and a GEMM (:func:`decoded_te`); ``lut`` the look-up
+    kernel (g = 4)."""
     if layer.simd and layer.form == "auto" and packed_applies(fmt, layer):
         if math.prod(layer.x_shape[:-1]) <= PACKED_MAX_ROWS:
             tensors, bufs = packed_gemv_te(layer, fmt)

@@ -281,9 +281,11 @@ def test_bitplane_gemm_host_forms(case, form, monkeypatch):
 
         prepare = pipeline.prepare
         monkeypatch.setattr(pipeline, "prepare", lambda mod, **kw: prepare(mod, **{**kw, "forms": form}))
+    from tbn_tvm.kernels import bitplane_lut
+
     compiled = tbn_tvm.compile(m, "llvm")
     want = {
-        "auto": "bitplane_packed_gemv" if M < 8 else "bitplane_gemm",
+        "auto": "bitplane_packed_gemv" if M <= bitplane_lut.PACKED_MAX_ROWS else "bitplane_gemm",
         "bitserial": "bitplane_gemv",
         "decoded": "bitplane_gemm",
         "lut": "bitplane_lut",
@@ -474,7 +476,7 @@ def test_host_schedules_apply(case, lanes, cores):
         fmt = detect_layer_weight(
             np.ascontiguousarray((rng.integers(-8, 8, (N, K)) * 0.5).astype(np.float32).T), "matmul"
         ).format
-        form = "bitserial" if case.startswith("gemv") else "auto"
+        form = {"gemv": "bitserial", "gemv_tail": "bitserial", "decoded": "decoded"}.get(case, "auto")
         layer = Layer("fc", "matmul", (M, K), (M, N), order="transposed", form=form)
         built = bitplane_lut.kernel_for(fmt, layer)
         if case == "decoded":

@@ -6,8 +6,8 @@ the bit-plane integers stored as 2/4/8-bit two's-complement fields, rows in vect
   divides and rows that end inside a word.
 * Whole models against onnxruntime on the dense weight and against ``α·(x @ q.T)`` in float64,
   for k = 1..8 (both encodings: numpy-built two's-complement and sign-magnitude integers),
-  one or per-row α, N that is no multiple of 16, K with inputs past the last whole word, 1..7
-  input rows, a 3-D input, a fused bias and ReLU.
+  one or per-row α, N that is no multiple of 16, K with inputs past the last whole word, 1..32
+  input rows (13: no block of 4 divides them), a 3-D input, a fused bias and ReLU.
 * NaN and ±inf inputs reach the outputs the direct product gives them (each input is multiplied
   by its integer once; padding multiplies nothing).
 """
@@ -100,6 +100,8 @@ CASES = {
     "k8": (9, 41, 8, True, (2,)),
     "k4_3d_input": (48, 96, 4, True, (2, 3)),
     "k4_one_row_out": (1, 64, 4, True, (1,)),
+    "k4_32_rows_tail": (64, 100, 4, True, (32,)),
+    "k2_odd_rows": (48, 64, 2, True, (13,)),
 }
 
 
@@ -128,6 +130,18 @@ def test_packed_gemv_sign_magnitude_and_epilogue(k):
     assert bitplane_lut.KIND_PACKED in kinds, kinds
     got = compiled.run(x).reshape(ref.shape)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_many_rows_take_the_decoded_gemm():
+    """Above :data:`PACKED_MAX_ROWS` input rows the form ``auto`` decodes the weight once per
+    call (a GEMM), and is still right."""
+    rows = bitplane_lut.PACKED_MAX_ROWS + 1
+    m, x, ref = _gemm(np.random.default_rng(5), 32, 40, 4, True, (rows,))
+    compiled = tbn_tvm.compile(m, "llvm")
+    assert compiled.report()["layers"][0]["kernel"] == bitplane_lut.KIND_DECODED
+    np.testing.assert_allclose(
+        compiled.run(x).reshape(ref.shape), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max()
+    )
 
 
 def test_packed_gemv_non_finite_inputs_follow_ieee():
