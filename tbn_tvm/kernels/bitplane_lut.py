@@ -225,6 +225,19 @@ def conv_te(layer: Layer, fmt, g: int) -> list:
     return [X, P, A, te.compute(shape64([B, O, *out_spatial]), out, name=BLOCK_SCALE)]
 
 
+def _scaled_sum(parts: list, A, fmt):
+    """``y[idx] = α · Σ parts[idx]`` (the main and tail sums of a GEMV; ``α`` one or per row)."""
+
+    def out(*idx):
+        z = parts[0][idx]
+        for extra in parts[1:]:
+            z = z + extra[idx]
+        s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
+        return s * z
+
+    return out
+
+
 KIND_GEMV = "bitplane_gemv"
 BLOCK_GEMV = "tbn_bp_gemv"
 BLOCK_GEMV_TAIL = "tbn_bp_gemv_tail"
@@ -279,14 +292,7 @@ def gemv_te(layer: Layer, fmt) -> list:
             )
         )
 
-    def out(*idx):
-        z = parts[0][idx]
-        for extra in parts[1:]:
-            z = z + extra[idx]
-        s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
-        return s * z
-
-    return [X, P, A, te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)]
+    return [X, P, A, te.compute(shape64([*lead, N]), _scaled_sum(parts, A, fmt), name=BLOCK_SCALE)]
 
 
 KIND_PACKED = "bitplane_packed_gemv"
@@ -394,14 +400,7 @@ def packed_gemv_te(layer: Layer, fmt) -> tuple[list, list]:
             )
         )
 
-    def out(*idx):
-        z = parts[0][idx]
-        for extra in parts[1:]:
-            z = z + extra[idx]
-        s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
-        return s * z
-
-    y = te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)
+    y = te.compute(shape64([*lead, N]), _scaled_sum(parts, A, fmt), name=BLOCK_SCALE)
     bufs = [Buffer("codes", codes), Buffer("scales", fmt.scales.astype(np.float32))]
     return [X, W, A, y], bufs
 
