@@ -136,22 +136,22 @@ class TiledFormat(WeightFormat):
         signs = np.where(self.tile[i % self.tile_length] == 1, 1.0, -1.0).astype(self.dtype)
         return (self.scales.astype(self.dtype)[i // self.scale_chunk] * signs).reshape(self.shape)
 
-    def label(self) -> str:
-        rounding = f", {ROUNDED}" if self.rounded else ""
+    def _name(self) -> str:
+        """``binary`` or ``tiled p=… L=…`` (``p`` to two decimals when not whole)."""
         if self.kind == "binary":
-            return "binary" + rounding
+            return "binary"
         p = self.p
         ptxt = f"{p:g}" if float(p).is_integer() else f"{p:.2f}"
-        return f"tiled p={ptxt} L={self.tile_length}" + rounding
+        return f"tiled p={ptxt} L={self.tile_length}"
+
+    def label(self) -> str:
+        return self._name() + (f", {ROUNDED}" if self.rounded else "")
 
     def describe(self) -> str:
         scales = f"{self.alpha_kind} scale{'s' * (self.num_scales > 1)}"
         rounding = f"; {ROUNDED}" if self.rounded else ""
-        if self.kind == "binary":
-            return f"binary ({scales}{rounding})"
-        p = self.p
-        ptxt = f"{p:g}" if float(p).is_integer() else f"{p:.2f}"
-        return f"tiled p={ptxt} L={self.tile_length} ({self.num_scales} {scales}{rounding})"
+        count = "" if self.kind == "binary" else f"{self.num_scales} "
+        return f"{self._name()} ({count}{scales}{rounding})"
 
     def fields(self) -> dict:
         return {"tile_length": self.tile_length, **({"exact": ROUNDED} if self.rounded else {})}

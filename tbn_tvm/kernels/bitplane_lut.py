@@ -225,8 +225,37 @@ def conv_te(layer: Layer, fmt, g: int) -> list:
     return [X, P, A, te.compute(shape64([B, O, *out_spatial]), out, name=BLOCK_SCALE)]
 
 
-def _scaled_sum(parts: list, A, fmt):
-    """``y[idx] = α · Σ parts[idx]`` (the main and tail sums of a GEMV; ``α`` one or per row)."""
+def _chunked_gemv(X, A, fmt, N: int, rows: int, chunk: int, q, names: tuple[str, str]):
+    """``y[..., n] = α · Σ_j x[..., j] · q(n, j // chunk, j % chunk)`` for ``n < N`` (``rows``
+    ≥ ``N`` sums computed: padding rows), as the two GEMVs build it: a block reducing over the
+    whole chunks (``names[0]``, axes ``(chunk index, position in the chunk)``) and one over the
+    inputs past them (``names[1]``), then ``α`` (one or per row) times their sum."""
+    from tvm import te
+
+    *lead, K = (int(d) for d in X.shape)
+    full, tail = divmod(K, chunk)
+    parts = []
+    if full:
+        kc = te.reduce_axis((i64(0), i64(full)), name="kc")
+        kb = te.reduce_axis((i64(0), i64(chunk)), name="kb")
+        parts.append(
+            te.compute(
+                shape64([*lead, rows]),
+                lambda *idx: te.sum(X[(*idx[:-1], kc * i64(chunk) + kb)] * q(idx[-1], kc, kb), axis=[kc, kb]),
+                name=names[0],
+            )
+        )
+    if tail:
+        kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
+        parts.append(
+            te.compute(
+                shape64([*lead, rows]),
+                lambda *idx: te.sum(
+                    X[(*idx[:-1], i64(chunk * full) + kt)] * q(idx[-1], i64(full), kt), axis=kt
+                ),
+                name=names[1],
+            )
+        )
 
     def out(*idx):
         z = parts[0][idx]
@@ -235,7 +264,7 @@ def _scaled_sum(parts: list, A, fmt):
         s = A[i64(0)] if fmt.num_scales == 1 else A[idx[-1]]
         return s * z
 
-    return out
+    return te.compute(shape64([*lead, N]), out, name=BLOCK_SCALE)
 
 
 KIND_GEMV = "bitplane_gemv"
@@ -270,29 +299,8 @@ def gemv_te(layer: Layer, fmt) -> list:
             total = term if total is None else total + term
         return tirx.Cast(layer.dtype, total)
 
-    full, tail = divmod(K, 32)
-    parts = []
-    if full:
-        kc = te.reduce_axis((i64(0), i64(full)), name="kc")
-        kb = te.reduce_axis((i64(0), i64(32)), name="kb")
-        parts.append(
-            te.compute(
-                shape64([*lead, N]),
-                lambda *idx: te.sum(X[(*idx[:-1], kc * i64(32) + kb)] * q(idx[-1], kc, kb), axis=[kc, kb]),
-                name=BLOCK_GEMV,
-            )
-        )
-    if tail:
-        kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
-        parts.append(
-            te.compute(
-                shape64([*lead, N]),
-                lambda *idx: te.sum(X[(*idx[:-1], i64(32 * full) + kt)] * q(idx[-1], i64(full), kt), axis=kt),
-                name=BLOCK_GEMV_TAIL,
-            )
-        )
-
-    return [X, P, A, te.compute(shape64([*lead, N]), _scaled_sum(parts, A, fmt), name=BLOCK_SCALE)]
+    y = _chunked_gemv(X, A, fmt, N, N, 32, q, (BLOCK_GEMV, BLOCK_GEMV_TAIL))
+    return [X, P, A, y]
 
 
 KIND_PACKED = "bitplane_packed_gemv"
@@ -372,35 +380,11 @@ def packed_gemv_te(layer: Layer, fmt) -> tuple[list, list]:
     W = te.placeholder(shape64([words, Np]), "int32", name="codes")
     A = te.placeholder(shape64([fmt.num_scales]), "float32", name="scales")
 
-    def q(w, n, j):
+    def q(n, w, j):  # field j of word w in row n, sign-extended
         up = tirx.shift_left(W[w, n], tirx.Cast("int32", i64(32 - f) - j * i64(f)))
         return tirx.Cast(layer.dtype, tirx.shift_right(up, tirx.const(32 - f, "int32")))
 
-    full, tail = divmod(K, per)
-    parts = []
-    if full:
-        kw = te.reduce_axis((i64(0), i64(full)), name="kw")
-        kj = te.reduce_axis((i64(0), i64(per)), name="kj")
-        parts.append(
-            te.compute(
-                shape64([*lead, Np]),
-                lambda *idx: te.sum(X[(*idx[:-1], kw * i64(per) + kj)] * q(kw, idx[-1], kj), axis=[kw, kj]),
-                name=BLOCK_PACKED,
-            )
-        )
-    if tail:
-        kt = te.reduce_axis((i64(0), i64(tail)), name="kt")
-        parts.append(
-            te.compute(
-                shape64([*lead, Np]),
-                lambda *idx: te.sum(
-                    X[(*idx[:-1], i64(full * per) + kt)] * q(i64(full), idx[-1], kt), axis=kt
-                ),
-                name=BLOCK_PACKED_TAIL,
-            )
-        )
-
-    y = te.compute(shape64([*lead, N]), _scaled_sum(parts, A, fmt), name=BLOCK_SCALE)
+    y = _chunked_gemv(X, A, fmt, N, Np, per, q, (BLOCK_PACKED, BLOCK_PACKED_TAIL))
     bufs = [Buffer("codes", codes), Buffer("scales", fmt.scales.astype(np.float32))]
     return [X, W, A, y], bufs
 
