@@ -30,6 +30,12 @@ every output of its vector NaN, as the direct product does (``NaN·w``); an infi
 them NaN too, where the direct product gives ``±inf`` for a nonzero weight (the planes' signed
 coefficients would add ``+inf`` and ``−inf``).  Finite inputs are unaffected (``x·0 = 0``).
 
+Every kernel here (and the packed and decoded forms below) sums ``x·q`` before it multiplies
+by ``α``: inputs near float32's largest value (about 1e37 and up, times the integers) can
+overflow to ``±inf`` where the direct product with a small ``α`` stays finite, and an ``α``
+large enough to overflow ``x·w`` on its own leaves such a sum finite where the direct product
+gives ``±inf``.
+
 Blocks (for the schedules): ``tbn_bp_half`` / ``tbn_bp_table`` (the tables, indexed
 ``[*lead, group, ...]``), ``tbn_bp_sum`` (``[*lead, n]``, reduction over the 32-input chunks),
 ``tbn_bp_scale`` (``α`` and the output), and for a convolution the im2col patch

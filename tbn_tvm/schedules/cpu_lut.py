@@ -114,11 +114,11 @@ def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
     loops = sch.get_loops(first)
     n_red = 2 if bp.BLOCK_PACKED in names else 1
     rows = _extent(sch, loops[-1 - n_red])
-    inputs = 1
-    for loop in loops[: -1 - n_red]:
-        inputs *= _extent(sch, loop)
+    inputs = _extent(sch, loops[-2 - n_red]) if len(loops) > 1 + n_red else 1  # the innermost input axis
     vec = lanes if rows % lanes == 0 else 8
-    # input rows sharing each decoded vector (unrolled: LLVM decodes it once for all of them)
+    # input rows sharing each decoded vector (unrolled: LLVM decodes it once for all of them),
+    # a divisor of the innermost input axis: a block of input rows fused across two leading axes
+    # ([3, 2, K] in blocks of 3) gave wrong rows once the scale was computed under it
     per_input = max(d for d in range(1, PACKED_INPUT_ROWS + 1) if inputs % d == 0)
     budget = max(1, (16 if lanes >= 16 else 12) // per_input)
     per_block = vec * max(r for r in range(1, min(PACKED_ROW_VECTORS, budget) + 1) if rows % (vec * r) == 0)
@@ -130,16 +130,16 @@ def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
         loops = sch.get_loops(blk)
         red = loops[-2:] if name == bp.BLOCK_PACKED else loops[-1:]
         *lead, n = loops[: len(loops) - len(red)]
-        m = sch.fuse(*lead) if len(lead) > 1 else (lead[0] if lead else None)
-        mo = mi = None
-        if m is not None:
-            mo, mi = sch.split(m, [None, per_input])
+        outer_lead, mi = [], None
+        if lead:
+            mo, mi = sch.split(lead[-1], [None, per_input])
+            outer_lead = [*lead[:-1], mo]
         no, r, lane = sch.split(n, [None, per_block // vec, vec])
         inner = [mi, r, lane] if mi is not None else [r, lane]
-        sch.reorder(*([mo] if mo is not None else []), no, *red, *inner)
+        sch.reorder(*outer_lead, no, *red, *inner)
         # (the tail, when there is a main block, gets a loop nest of its own: a block computed
         # under the main one's loop would need its consumer, the scale, there first)
-        here = sch.fuse(mo, no) if mo is not None else no
+        here = sch.fuse(*outer_lead, no) if outer_lead else no
         if parallel:
             sch.parallel(here)
         outer = here if outer is None else outer

@@ -102,6 +102,11 @@ CASES = {
     "k4_one_row_out": (1, 64, 4, True, (1,)),
     "k4_32_rows_tail": (64, 100, 4, True, (32,)),
     "k2_odd_rows": (48, 64, 2, True, (13,)),
+    # input rows over several leading axes whose blocks of rows would straddle two of them
+    "k4_3x2_input": (16, 32, 4, True, (3, 2)),
+    "k4_2x7_input": (24, 40, 4, True, (2, 7)),
+    "k4_2x2x3_input": (16, 33, 4, False, (2, 2, 3)),
+    "k3_3x2x1_input": (20, 64, 3, True, (3, 2, 1)),
 }
 
 
