@@ -23,6 +23,8 @@ have no vector lowering stay scalar (:func:`vectorizable`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tbn_tvm.schedules import reverse_inline_safely
 from tbn_tvm.schedules.cpu_decoded import ACC_MAX_FLOATS, ACC_REGS_AVX2, ACC_REGS_AVX512
 
@@ -31,6 +33,10 @@ from tbn_tvm.schedules.cpu_decoded import ACC_MAX_FLOATS, ACC_REGS_AVX2, ACC_REG
 #: that takes 0.25 us on one core), about what one core does with 10^5-10^6 multiply-adds.
 PARALLEL_MIN_MACS = 1 << 20
 PARALLEL_MIN_ELEMENTS = 1 << 19
+#: :func:`ops_per_element` of the element-wise blocks :data:`PARALLEL_MIN_ELEMENTS` was measured
+#: on (adds, copies with their index arithmetic): a block of more operations per element goes
+#: over the cores at proportionally fewer elements.
+PLAIN_ELEMENT_OPS = 8
 
 
 def accumulator_registers(vec: int, lanes: int = 16) -> int:
@@ -308,6 +314,11 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
             raise ValueError("a reduction reads through index arithmetic (a convolution?)")
     if lead == 0:
         raise ValueError("no leading spatial axis")
+    work = sum(
+        _prod([int(iv.dom.extent) for iv in sch.get(b).iter_vars])
+        * max(1, ops_per_element(sch, b) // PLAIN_ELEMENT_OPS)
+        for b in blocks
+    )
     # r-factor each reduction into vector partial sums first (before compute_at: rfactor needs
     # the reduction loop to be its block's own)
     for blk in blocks:
@@ -334,10 +345,7 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
     for blk in reversed(blocks[:-1]):
         sch.compute_at(blk, rows, preserve_unit_loops=True)
     n_rows = _extent(sch, rows)
-    inner_work = 1
-    for lp in sch.get_loops(last)[1:]:
-        inner_work *= _extent(sch, lp)
-    if cores > 1 and n_rows >= cores and n_rows * inner_work >= PARALLEL_MIN_ELEMENTS:
+    if cores > 1 and n_rows >= cores and work >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(rows)
     # vectorise: element-wise blocks on their innermost axis; rf blocks on their vector axis
     for blk in _all_blocks(sch):
@@ -347,7 +355,7 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
             continue
         if not _is_reduction(b):
             if vectorizable(sch, blk):
-                _vectorize_inner(sch, bl[-1], lanes)
+                _vectorize_inner(sch, bl[-1], lanes, let_moduli(sch, blk))
         elif str(b.name_hint).endswith("_rf"):
             # loops: rows, ..., vector axis (spatial), reduction: put the vector axis inner
             try:
@@ -369,10 +377,24 @@ def _all_blocks(sch):
     return out
 
 
-def _vectorize_inner(sch, loop, lanes: int) -> None:
+def _vectorize_inner(sch, loop, lanes: int, moduli: Sequence[int] = ()) -> None:
+    """Vectors along ``loop`` (an element-wise block's innermost): split by the widest of
+    ``lanes``, 8, 4 that divides it; where none does (a softmax row of 65 or 197 tokens), the
+    loop is partitioned into whole vectors of ``lanes`` (or 8) and a scalar tail.  Widths
+    that do not divide every one of ``moduli`` are not used (:func:`let_moduli`)."""
     ext = _extent(sch, loop)
-    vec = next((v for v in (lanes, 8, 4) if ext % v == 0), None)
+    widths = [v for v in (lanes, 8, 4) if all(m % v == 0 for m in moduli)]
+    vec = next((v for v in widths if ext % v == 0), None)
     if vec is None:
+        width = next((v for v in widths[:2] if ext > v and v >= 8), None)
+        if width is None:
+            return
+        try:
+            main = sch.loop_partition(loop, [ext - ext % width, None])[0]
+            _, vi = sch.split(main, [None, width])
+            sch.vectorize(vi)
+        except Exception:  # noqa: BLE001 - stays scalar
+            pass
         return
     try:
         if ext > vec:
@@ -803,7 +825,7 @@ VECTOR_CALLS = frozenset(
     "abs isnan isinf isfinite max min reinterpret shift_left shift_right bitwise_and bitwise_or "
     "bitwise_xor bitwise_not call_llvm_pure_intrin likely truncdiv truncmod floordiv floormod "
     "float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool tanh sigmoid "
-    "erf pow fma Broadcast Ramp Buffer handle".split()
+    "erf pow fma Broadcast Ramp Buffer handle Let".split()
 )
 
 
@@ -815,21 +837,59 @@ def vectorizable(sch, blk) -> bool:
     return calls <= VECTOR_CALLS
 
 
+def ops_per_element(sch, blk) -> int:
+    """Arithmetic operations and calls in one iteration of ``blk``'s body (at least 1), counted
+    in its printed TVMScript, index arithmetic included, constants dropped: an add of two
+    tensors counts about 4, a reshape's copy 16, the vector-math exp of a softmax 51.  Parallel
+    thresholds weigh elements by it (:data:`PLAIN_ELEMENT_OPS`)."""
+    import re
+
+    body = re.sub(r"T\.(?:u?int|float|bfloat|bool)\d*\([^()]*\)", "c", sch.get(blk).body.script())
+    body = re.sub(r"T\.(?:reads|writes|axis\.\w+|sblock|init)\(.*", "", body)
+    return max(1, len(re.findall(r"<<|>>|[-+*/%<>&|]|T\.\w+\(", body)))
+
+
+def let_moduli(sch, blk) -> list[int]:
+    """The constant divisors of the ``%`` and ``//`` in ``blk``'s indices when its body binds a
+    value with a ``Let`` (the vector-math GELU after a tiled layer's gather ``Z[.., i % D]``),
+    else none.  TVM 0.27 mis-vectorises such a gather inside a ``Let`` when the vector crosses a
+    multiple of the divisor (16 lanes over ``i % 8`` of a 2-D buffer read the next row for
+    lanes 8-15: found on a tiled ViT's MLP, p = 8); vectors whose width divides every divisor
+    stay within one period, where the index is a plain ramp.  The bindings of the block's
+    iterators that use its innermost loop count too (a fused loop's ``v = f % 4``)."""
+    import re
+
+    body = sch.get(blk).body.script()
+    if "T.Let(" not in body:
+        return []
+    text = body
+    loops = sch.get_loops(blk)
+    if loops:
+        var = str(sch.get(loops[-1]).loop_var.name)
+        bindings = [ln for ln in sch.get(loops[-1]).script().splitlines() if "T.axis." in ln]
+        text += "\n".join(ln for ln in bindings if re.search(rf"\b{re.escape(var)}\b", ln))
+    return [int(m) for m in re.findall(r"(?:%|//) T\.int(?:32|64)\((\d+)\)", text)]
+
+
 def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = PARALLEL_MIN_ELEMENTS) -> None:
-    """See :func:`_schedule_elementwise`."""
+    """See :func:`_schedule_elementwise`.  The block goes over the cores when its elements times
+    :func:`ops_per_element` reach ``min_parallel`` (a 130k-element GELU does; a 130k-element
+    add does not)."""
     loops = sch.get_loops(blk)
     if not loops:
         return
     if not vectorizable(sch, blk):
         lanes = 1  # scalar calls only: the outer loops still go over the cores
-    total = _prod([_extent(sch, lp) for lp in loops])
+    total = _prod([_extent(sch, lp) for lp in loops]) * max(1, ops_per_element(sch, blk) // PLAIN_ELEMENT_OPS)
     # short rows (a 4x4 map): the trailing axes fused until a full vector fits, when the block
     # writes its output in loop order (fusing keeps the stores contiguous)
     while len(loops) > 1 and _extent(sch, loops[-1]) < lanes and _writes_in_loop_order(sch, blk):
         loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
     inner = loops[-1]
     ext = _extent(sch, inner)
-    vec = next((v for v in (lanes, 8, 4) if ext % v == 0), None) if lanes > 1 else None
+    moduli = let_moduli(sch, blk)
+    vec = next((v for v in (lanes, 8, 4) if ext % v == 0 and all(m % v == 0 for m in moduli)), None)
+    vec = vec if lanes > 1 else None
     outer_loops = list(loops[:-1])
     if vec is not None and ext >= vec:
         io, ii = sch.split(inner, [None, vec])

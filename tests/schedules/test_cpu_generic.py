@@ -533,7 +533,7 @@ def test_conv_transpose(cases):
     check(g)
 
 
-def _scheduled_kernel_scripts(g: Graph, target: str = "llvm") -> dict[str, str]:
+def _scheduled_kernel_scripts(g: Graph, target: str = "llvm", opset: int = OPSET) -> dict[str, str]:
     """The host kernels of ``g``'s model after the default schedules, as TVMScript text."""
     import tvm
 
@@ -541,7 +541,7 @@ def _scheduled_kernel_scripts(g: Graph, target: str = "llvm") -> dict[str, str]:
     from tbn_tvm.passes.pipeline import lower_host, prepare
     from tbn_tvm.targets import resolve_target
 
-    m, _ = build(g)
+    m, _ = build(g, opset)
     lowered, *_ = lower_host(prepare(to_relax(load_onnx(m))).mod, resolve_target(target).tvm())
     return {
         gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
@@ -1082,3 +1082,33 @@ def test_chained_vector_math_stays_linear():
 
     one, two = chain(1), chain(2)
     assert two <= 4 * one, (one, two)
+
+
+# ------------------------------------------------------------- vector math after a tiled layer
+def test_vector_math_epilogues_after_tiled_gathers():
+    """GELU (ONNX Gelu, exact and tanh forms, bound with ``tirx.Let`` by the vector-math
+    lowering) fused after tiled layers whose output gathers the distinct rows ``Z[.., n % D]``,
+    D = 8, 12 and 4 (p = 8, 4, 16), and a softmax over rows of 65 (a ViT's tokens): the
+    epilogues are vectorised and must stay right.  TVM 0.27 vectorised a gather inside a
+    ``Let`` wrongly when a vector crossed a multiple of D (16 lanes over ``n % 8``: lanes 8-15
+    read the next row; found on a tiled ViT, p = 8); the schedule keeps such vectors within
+    one period."""
+    g = Graph(31)
+    for lead in ((1, 17), (2, 5)):
+        x = g.input(f"x{len(lead)}{lead[-1]}", g.randn(*lead, 32))
+        for name, n, p, approx in (("d8", 64, 8, "none"), ("d12", 48, 4, "tanh"), ("d4", 64, 16, "none")):
+            case = f"{name}_{lead[0]}x{lead[1]}"
+            w = g.const(f"W{case}", g.tiled((n, 32), p).T.copy())
+            b = g.const(f"b{case}", g.randn(n))
+            y = g.node("Add", [g.node("MatMul", [x, w], f"mm{case}"), b], f"lin{case}")
+            g.out(g.node("Gelu", [y], case, approximate=approx))
+    s = g.input("s", g.randn(8, 4, 65, 65) * 3)
+    g.out(g.node("Softmax", [s], "softmax65", axis=-1))
+    scripts = _scheduled_kernel_scripts(g, "llvm -num-cores=2", opset=20)
+    with_let = {n: t for n, t in scripts.items() if "T.Let(" in t}
+    assert with_let, sorted(scripts)
+    unvectorised = sorted(n for n, t in with_let.items() if "T.vectorized" not in t)
+    assert not unvectorised, f"vector-math kernels left scalar: {unvectorised}"
+    softmax = [t for n, t in scripts.items() if "softmax" in n]
+    assert softmax and all("T.parallel" in t for t in softmax), "a 8x4x65x65 softmax stays on one core"
+    check(g, opset=20)
