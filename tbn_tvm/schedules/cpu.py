@@ -16,6 +16,7 @@ import tvm
 
 from tbn_tvm.schedules import reverse_inline_safely
 from tbn_tvm.schedules.cpu_decoded import PARALLEL_MIN_MACS
+from tbn_tvm.schedules.knobs import parallel_min
 
 
 def _work(block) -> int:
@@ -79,7 +80,7 @@ def schedule_rows(prim, lanes: int, cores: int):
     spatial, reduce = loops[:n_spatial], loops[n_spatial:]
     two_level = len(reduce) == 2 and int(sch.get(reduce[1]).extent) == 32  # (word, bit) axes
     fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-    cores = cores if _work(sch.get(rsum)) >= PARALLEL_MIN_MACS else 1
+    cores = cores if _work(sch.get(rsum)) >= parallel_min(PARALLEL_MIN_MACS) else 1
     if two_level and 32 % lanes == 0:
         _, kb = reduce
         kbo, kbi = sch.split(kb, [None, lanes])
@@ -108,7 +109,7 @@ def _schedule_conv_rows(sch, blk, blocks, lanes: int, cores: int):
         return sch.mod["main"]
     b, d, *pos = loops[:n_spatial]
     reduce = loops[n_spatial:]
-    cores = cores if _work(sch.get(blk)) >= PARALLEL_MIN_MACS else 1
+    cores = cores if _work(sch.get(blk)) >= parallel_min(PARALLEL_MIN_MACS) else 1
     fused = sch.fuse(b, d)
     if cores > 1:
         sch.parallel(fused)

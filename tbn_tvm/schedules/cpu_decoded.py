@@ -21,6 +21,7 @@ plain decoded kernel (over ``c``, then the kernel window).
 from __future__ import annotations
 
 from tbn_tvm.schedules import inline_all_except
+from tbn_tvm.schedules.knobs import current, parallel_min
 
 #: Work below which a kernel stays on one core (see tbn_tvm.schedules.cpu_generic).
 PARALLEL_MIN_MACS = 1 << 20
@@ -123,13 +124,14 @@ def schedule_conv_gemm(prim, lanes: int, cores: int, acc_regs: int):
     sch.unroll(rk1)
     macs = _prod_iters(sch.get(conv))
     par = sch.fuse(b, do, oh)
-    if cores > 1 and macs >= PARALLEL_MIN_MACS:
+    if cores > 1 and macs >= parallel_min(PARALLEL_MIN_MACS):
         sch.parallel(par)
     init = sch.decompose_reduction(conv, rc)
     # the init and write-back of the accumulator tile: vectorise their innermost loop
     for blk in (init, acc):
         _try_vectorize(sch, sch.get_loops(blk)[-1])
-    if "pad" in blocks and cores > 1 and macs >= PARALLEL_MIN_MACS:  # the padded input's rows over the cores
+    if "pad" in blocks and cores > 1 and macs >= parallel_min(PARALLEL_MIN_MACS):
+        # the padded input's rows over the cores
         pl = sch.get_loops(blocks["pad"])
         sch.parallel(sch.fuse(*pl[:-1]))
     _schedule_decode(sch, decode, blocks.get(rows.BLOCK_ROW_WORDS), lanes, filters_in_vectors=not along_row)
@@ -258,9 +260,13 @@ def schedule_gemm(prim, lanes: int, cores: int, acc_regs: int):
     if outer_ms:
         mo = sch.fuse(*outer_ms, mo)
     macs = _prod_iters(sch.get(gemm))
-    if cores > 1 and macs >= PARALLEL_MIN_MACS and _extent(sch, do) >= cores:
+    spread = cores > 1 and macs >= parallel_min(PARALLEL_MIN_MACS)
+    # the blocks of distinct rows over the cores, else (or with the knob gemm_rows) the blocks
+    # of input rows
+    rows_first = current().gemm_rows and _extent(sch, mo) >= cores
+    if spread and _extent(sch, do) >= cores and not rows_first:
         sch.parallel(do)
-    elif cores > 1 and macs >= PARALLEL_MIN_MACS and _extent(sch, mo) >= cores:
+    elif spread and _extent(sch, mo) >= cores:
         sch.parallel(mo)
     init = sch.decompose_reduction(gemm, k)
     for blk in (init, acc):

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from tbn_tvm.schedules import reverse_inline_safely
 from tbn_tvm.schedules.cpu_decoded import ACC_MAX_FLOATS, ACC_REGS_AVX2, ACC_REGS_AVX512
+from tbn_tvm.schedules.knobs import parallel_min
 
 #: Multiply-adds (or element operations) below which a kernel stays on one core: TVM's thread
 #: pool costs a few microseconds per parallel region (3 us measured for a 4,096-element add
@@ -230,7 +231,7 @@ def schedule_matmul(func, lanes: int, cores: int, acc_regs: int):
         sch.unroll(mi)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     work = rows_outer * M * N * int(sch.get(kl).extent) * _prod([int(ivs[i].dom.extent) for i in batch])
-    if cores > 1 and work >= PARALLEL_MIN_MACS and _extent(sch, par) >= 2:
+    if cores > 1 and work >= parallel_min(PARALLEL_MIN_MACS) and _extent(sch, par) >= 2:
         sch.parallel(par)
     init = sch.decompose_reduction(main, kl)
     for blk in (init, acc):
@@ -345,7 +346,7 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
     for blk in reversed(blocks[:-1]):
         sch.compute_at(blk, rows, preserve_unit_loops=True)
     n_rows = _extent(sch, rows)
-    if cores > 1 and n_rows >= cores and work >= PARALLEL_MIN_ELEMENTS:
+    if cores > 1 and n_rows >= cores and work >= parallel_min(PARALLEL_MIN_ELEMENTS):
         sch.parallel(rows)
     # vectorise: element-wise blocks on their innermost axis; rf blocks on their vector axis
     for blk in _all_blocks(sch):
@@ -658,7 +659,7 @@ def schedule_conv(func, lanes: int, cores: int):
         sch.compute_at(pad, oo)  # each tile's input planes padded right before use
         outer = [b, oo]
     par = sch.fuse(*outer)
-    if cores > 1 and macs >= PARALLEL_MIN_MACS and _extent(sch, par) >= cores:
+    if cores > 1 and macs >= parallel_min(PARALLEL_MIN_MACS) and _extent(sch, par) >= cores:
         sch.parallel(par)
     init = sch.decompose_reduction(conv, rc)
     for blk in (init, acc):
@@ -671,10 +672,14 @@ def schedule_conv(func, lanes: int, cores: int):
             _schedule_elementwise(sch, blk, lanes, cores)
     if pad is not None:  # last: decompose_padding rebuilds the loops around the pad block
         if mode == "channels":
-            _schedule_channel_pack(sch, pad, vec, cores > 1 and macs >= PARALLEL_MIN_MACS)
+            _schedule_channel_pack(sch, pad, vec, cores > 1 and macs >= parallel_min(PARALLEL_MIN_MACS))
         else:
             _schedule_pad(
-                sch, pad, conv, lanes, parallel=mode == "filters" and cores > 1 and macs >= PARALLEL_MIN_MACS
+                sch,
+                pad,
+                conv,
+                lanes,
+                parallel=mode == "filters" and cores > 1 and macs >= parallel_min(PARALLEL_MIN_MACS),
             )
     return sch.mod["main"]
 
@@ -897,7 +902,7 @@ def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = PARAL
         outer_loops.append(io)
     else:
         outer_loops.append(inner) if not outer_loops else None
-    if cores > 1 and total >= min_parallel and outer_loops:
+    if cores > 1 and total >= parallel_min(min_parallel) and outer_loops:
         par = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
         if _extent(sch, par) >= cores:
             sch.parallel(par)
@@ -1009,7 +1014,7 @@ def schedule_window_reduction(func, lanes: int, cores: int):
         except Exception:  # noqa: BLE001
             pass
     total = _prod([int(iv.dom.extent) for iv in blk.iter_vars])
-    if cores > 1 and total >= PARALLEL_MIN_ELEMENTS and _extent(sch, plane) >= cores:
+    if cores > 1 and total >= parallel_min(PARALLEL_MIN_ELEMENTS) and _extent(sch, plane) >= cores:
         sch.parallel(plane)
     sch.decompose_reduction(red, window[0])
     return sch.mod["main"]

@@ -17,6 +17,7 @@ registers; the blocks of rows over the cores when the layer is large enough.
 from __future__ import annotations
 
 from tbn_tvm.schedules import inline_all_except
+from tbn_tvm.schedules.knobs import parallel_min
 
 #: Output positions a codeword block's accumulators hold (vector registers: 128 floats = 8
 #: AVX-512 or 16 AVX2 registers).
@@ -70,7 +71,7 @@ def schedule_bitplane_gemv(sch, lanes: int, cores: int) -> None:
     names = _blocks(sch)
     main = names.get(bp.BLOCK_GEMV)
     work = sum(_macs(sch.get(b)) for n, b in names.items() if n.startswith(bp.BLOCK_GEMV))
-    parallel = cores > 1 and work >= PARALLEL_MIN_MACS
+    parallel = cores > 1 and work >= parallel_min(PARALLEL_MIN_MACS)
     if main is not None and 32 % lanes == 0:
         loops = sch.get_loops(main)
         n_spatial = len(loops) - 2
@@ -109,7 +110,7 @@ def schedule_packed_gemv(sch, lanes: int, cores: int) -> None:
     inline_all_except(sch, (bp.BLOCK_PACKED, bp.BLOCK_PACKED_TAIL))
     names = _blocks(sch)
     work = sum(_macs(sch.get(b)) for n, b in names.items() if n.startswith(bp.BLOCK_PACKED))
-    parallel = cores > 1 and work >= PARALLEL_MIN_MACS
+    parallel = cores > 1 and work >= parallel_min(PARALLEL_MIN_MACS)
     first = names.get(bp.BLOCK_PACKED) or names[bp.BLOCK_PACKED_TAIL]
     loops = sch.get_loops(first)
     n_red = 2 if bp.BLOCK_PACKED in names else 1
@@ -208,7 +209,7 @@ def schedule_codeword(sch, lanes: int, cores: int) -> None:
         inner, outer = [xi], [xo]
     sch.reorder(b, *outer, o, ri, *inner)
     block = sch.fuse(b, *outer)
-    if cores > 1 and work >= PARALLEL_MIN_MACS and _extent(sch, block) >= cores:
+    if cores > 1 and work >= parallel_min(PARALLEL_MIN_MACS) and _extent(sch, block) >= cores:
         sch.parallel(block)  # (before decompose_reduction: parallel needs whole reductions)
     sch.compute_at(r, block)
     # one filter's sums of the block's positions in a local buffer (registers), written once

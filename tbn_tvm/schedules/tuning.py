@@ -161,10 +161,11 @@ def extract_tasks(fused, target, layers) -> list[Task]:
 
 
 # ------------------------------------------------------------------------------ default schedules
-def default_schedule(func, target):
+def default_schedule(func, target, knobs=None):
     """The schedule a build without a database gives the unscheduled kernel ``func`` on a host
     ``target`` (:func:`tbn_tvm.schedules.cpu.schedule_cpu`) and its trace: ``(scheduled PrimFunc,
-    Trace or None)``.  A kernel no rule schedules is its own default (TVM's loop nest, an empty
+    Trace or None)``; with ``knobs`` (:class:`tbn_tvm.schedules.knobs.Knobs`), the schedule the
+    same rules make under them.  A kernel no rule schedules is its own default (TVM's loop nest, an empty
     trace).  The trace is that of the schedule the rules made (captured while they run, as
     :mod:`tbn_tvm.schedules.cpu_generic` builds its schedules inside); it is returned only
     where replaying it on ``func``'s workload gives exactly the scheduled function."""
@@ -173,6 +174,7 @@ def default_schedule(func, target):
     from tvm import s_tir
 
     from tbn_tvm.quiet import captured
+    from tbn_tvm.schedules import knobs as schedule_knobs
     from tbn_tvm.schedules.cpu import schedule_cpu
 
     made: list = []
@@ -185,7 +187,7 @@ def default_schedule(func, target):
 
     s_tir.Schedule = recording
     try:
-        with target, captured():
+        with target, captured(), schedule_knobs.using(knobs or schedule_knobs.DEFAULT):
             out = schedule_cpu(tvm.IRModule({"main": func}), target)["main"]
     finally:
         s_tir.Schedule = original
@@ -458,15 +460,23 @@ def _replayed(trace, mod):
     return sch.mod["main"]
 
 
+#: The smallest share of the largest task's cost :func:`plan_visits` weighs a task by.
+VISIT_FLOOR = 0.01
+
+
 def plan_visits(costs: Sequence[float], budget: int, per_visit: int) -> list[int]:
     """The order in which :func:`search_neighbourhood` visits tasks (by index) with ``budget``
     trials, ``per_visit`` a visit: always the task of the largest ``cost / (1 + visits so
     far)²``, so the largest kernels get their visits first and the most (a kernel of 40 % of the
     model's time gets a second visit before one of 9 % its first) and every task gets one once
-    the budget allows.  Tasks without a cost are visited last, in order."""
+    the budget allows.  A task counts as at least :data:`VISIT_FLOOR` of the largest (a kernel
+    of 0.1 % of the model gets its first visit after the largest one's tenth, not its
+    thousandth); tasks without a cost are visited last, in order."""
     known = [c if c > 0 else 0.0 for c in costs]
-    floor = min((c for c in known if c > 0), default=1.0) * 1e-3
-    weights = [c if c > 0 else floor * (1 - i / (len(known) + 1)) for i, c in enumerate(known)]
+    floor = max(known, default=0.0) * VISIT_FLOOR or 1.0
+    weights = [
+        max(c, floor) if c > 0 else floor * (1 - (i + 1) / (len(known) + 2)) for i, c in enumerate(known)
+    ]
     visits = [0] * len(weights)
     order: list[int] = []
     for _ in range(-(-budget // max(1, per_visit))):
@@ -476,6 +486,32 @@ def plan_visits(costs: Sequence[float], budget: int, per_visit: int) -> list[int
         visits[i] += 1
         order.append(i)
     return order
+
+
+def variant_traces(mod, target) -> list:
+    """The default schedule of the workload ``mod`` made under each of
+    :data:`tbn_tvm.schedules.knobs.VARIANTS`, as tunable traces (:func:`tunable_trace`), those
+    that replay and make a function other than the default's and each other's: the first
+    candidates :func:`search_neighbourhood` measures for a task."""
+    import tvm_ffi
+
+    from tbn_tvm.schedules import knobs
+
+    func = mod["main"]
+    base, _ = default_schedule(func, target)
+    seen = {tvm_ffi.structural_hash(_strip(base))}
+    out = []
+    for k in knobs.VARIANTS:
+        try:
+            made, trace = default_schedule(func, target, k)
+        except Exception:  # noqa: BLE001 - no variant
+            continue
+        h = tvm_ffi.structural_hash(_strip(made))
+        if trace is None or h in seen:
+            continue
+        seen.add(h)
+        out.append(tunable_trace(trace, mod))
+    return out
 
 
 def search_neighbourhood(
@@ -491,7 +527,8 @@ def search_neighbourhood(
     on_measured: Callable[[int, int, list], None] | None = None,
 ) -> int:
     """Hill-climb from each task's best record (its seeded default schedule to begin with) by
-    :func:`neighbour_traces`, the largest tasks most (:func:`plan_visits` on ``costs``: calls x
+    :func:`variant_traces` (first, on a task's first visits) and :func:`neighbour_traces`, the
+    largest tasks most (:func:`plan_visits` on ``costs``: calls x
     default time): each visit measures up to ``per_visit`` neighbours not measured before (and
     not the same function as one measured), through ``builder`` and ``runner``, together with
     the current schedule (not a trial: the comparison is made within one batch), commits them
@@ -506,6 +543,7 @@ def search_neighbourhood(
     current: dict[int, object] = {}
     tried: dict[int, set] = {}
     seen: dict[int, set] = {}
+    variants: dict[int, list] = {}
     exhausted: set[int] = set()
     plan = plan_visits(costs, budget, per_visit)
     while spent < budget and len(exhausted) < len(tasks):
@@ -528,10 +566,13 @@ def search_neighbourhood(
             tried[i] = {str(r.trace) for r in database.get_top_k(database.commit_workload(t.mod), 100_000)}
             base = _replayed(current[i], t.mod)
             seen[i] = {tvm_ffi.structural_hash(base)} if base is not None else set()
+            variants[i] = variant_traces(t.mod, target)
         found = [c for c in neighbour_traces(current[i]) if str(fixed_trace(c)) not in tried[i]]
+        # the knob variants first (in order), then the tile moves in a random order
+        order = [v for v in variants.pop(i, []) if str(fixed_trace(v)) not in tried[i]]
+        order += [found[int(j)] for j in rng.permutation(len(found))]
         batch, funcs = [], []
-        for j in rng.permutation(len(found)):
-            cand = found[int(j)]
+        for cand in order:
             tried[i].add(str(fixed_trace(cand)))
             func = _replayed(cand, t.mod)
             if func is None or tvm_ffi.structural_hash(func) in seen[i]:
