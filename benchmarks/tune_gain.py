@@ -61,8 +61,12 @@ def alternated(models: dict, x: np.ndarray, rounds: int, number: int) -> dict[st
     """Seconds per inference of each compiled model, one value per round, the models timed one
     after the other in each round (rotating order) after a warm-up."""
     names = list(models)
+    # warm-up: at least half a second each (the first few hundred milliseconds after compiling
+    # ran up to 2.5x slower than the rest on the 2-core machine, for whichever model came first)
     for m in models.values():
-        m.time(x, number=max(1, number // 4), repeat=1)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            m.time(x, number=number, repeat=1)
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]

@@ -222,9 +222,19 @@ def record_seconds(database, func) -> float | None:
     return best_seconds(database, workload_of(func))
 
 
+def trace_key(trace) -> str:
+    """The schedule ``trace`` as text that is the same in every process: its JSON form
+    (``Trace.as_json``).  ``str(trace)`` is not: TVM prints a trace it cannot write as Python
+    (a convolution's, with a string where a loop is expected) as ``Trace(<address>)``, which
+    made every verdict on such a kernel look new to a re-run."""
+    import json
+
+    return json.dumps(trace.as_json(remove_postproc=False), default=str, separators=(",", ":"))
+
+
 def record_id(record) -> str:
-    """A short key of a record's schedule (its trace): which record a verdict was made on."""
-    return hashlib.sha1(str(record.trace).encode()).hexdigest()[:16]
+    """A short key of a record's schedule (:func:`trace_key`): which record a verdict was made on."""
+    return hashlib.sha1(trace_key(record.trace).encode()).hexdigest()[:16]
 
 
 def record_beats_default(entry, record, scale: float = 1.0) -> bool:

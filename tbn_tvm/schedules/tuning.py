@@ -73,6 +73,7 @@ from tbn_tvm.schedules.records import (  # noqa: F401 - re-exported: the driver'
     record_seconds,
     repair_jsonl,
     target_key,
+    trace_key,
     tuning_target,
     update_json,
     workload_key,
@@ -563,17 +564,19 @@ def search_neighbourhood(
                 exhausted.add(i)
                 continue
             current[i] = tunable_trace(record.trace, t.mod)
-            tried[i] = {str(r.trace) for r in database.get_top_k(database.commit_workload(t.mod), 100_000)}
+            tried[i] = {
+                trace_key(r.trace) for r in database.get_top_k(database.commit_workload(t.mod), 100_000)
+            }
             base = _replayed(current[i], t.mod)
             seen[i] = {tvm_ffi.structural_hash(base)} if base is not None else set()
             variants[i] = variant_traces(t.mod, target)
-        found = [c for c in neighbour_traces(current[i]) if str(fixed_trace(c)) not in tried[i]]
+        found = [c for c in neighbour_traces(current[i]) if trace_key(fixed_trace(c)) not in tried[i]]
         # the knob variants first (in order), then the tile moves in a random order
-        order = [v for v in variants.pop(i, []) if str(fixed_trace(v)) not in tried[i]]
+        order = [v for v in variants.pop(i, []) if trace_key(fixed_trace(v)) not in tried[i]]
         order += [found[int(j)] for j in rng.permutation(len(found))]
         batch, funcs = [], []
         for cand in order:
-            tried[i].add(str(fixed_trace(cand)))
+            tried[i].add(trace_key(fixed_trace(cand)))
             func = _replayed(cand, t.mod)
             if func is None or tvm_ffi.structural_hash(func) in seen[i]:
                 continue
