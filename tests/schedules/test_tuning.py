@@ -721,3 +721,34 @@ def test_record_ids_are_the_same_for_the_same_schedule():
     assert a is not None and b is not None and not a.same_as(b)
     assert trace_key(a) == trace_key(b) and "Trace(" not in trace_key(a)
     assert record_id(SimpleNamespace(trace=a)) == record_id(SimpleNamespace(trace=b))
+
+
+def test_record_id_survives_the_database(tmp_path):
+    """A record committed by the neighbourhood search (a tile move of the default, factors
+    fixed: ``T.int64(32)`` in this process) and the same record read back from the JSON
+    database by the next run (``32``) have one id: a re-run with no new trials found every
+    such verdict new, re-timed it and rewrote ``tbn_baselines.json``."""
+    from types import SimpleNamespace
+
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    from tbn_tvm.schedules.records import open_database, record_id, tuning_target, workload_of
+    from tbn_tvm.schedules.tuning import default_schedule, fixed_trace, neighbour_traces, tunable_trace
+    from tbn_tvm.targets import resolve_target
+
+    a = te.placeholder((64, 256), name="a")
+    b = te.placeholder((256, 128), name="b")
+    k = te.reduce_axis((0, 256), name="k")
+    c = te.compute((64, 128), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="c")
+    func = te.create_prim_func([a, b, c])
+    target = tuning_target(resolve_target("llvm"))
+    _, trace = default_schedule(func, target)
+    mod = workload_of(func)
+    move = fixed_trace(neighbour_traces(tunable_trace(trace, mod))[0])
+    db = open_database(tmp_path / "db")
+    args = ms.arg_info.ArgInfo.from_prim_func(func)
+    db.commit_tuning_record(ms.database.TuningRecord(move, db.commit_workload(mod), [1e-3], target, args))
+    again = open_database(tmp_path / "db", create=False)
+    (back,) = again.get_top_k(again.commit_workload(mod), 1)
+    assert record_id(SimpleNamespace(trace=move)) == record_id(back)
