@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,8 @@ def check_model(
     tune_s, stdout = _tune(path, db, trials)
     log(f"{name}: tuned with {trials} trials in {tune_s:.0f} s")
     files_1 = _files(db)
+    # the files after the first run, kept to compare a re-run with
+    shutil.copytree(db, Path(tempfile.mkdtemp(prefix=f"db-{tag}-first-run-", dir=out)), dirs_exist_ok=True)
     tuned_1 = tbn_tvm.compile(path, "llvm", tuning_db=db)
     lib_1 = _library_digest(tuned_1)
     retune_s, restdout = _tune(path, db, trials)
@@ -111,6 +114,9 @@ def check_model(
         "tune_wall_s": round(tune_s, 1),
         "retune_wall_s": round(retune_s, 1),
         "rerun_files_unchanged": files_1 == files_2,
+        "rerun_files_changed": sorted(
+            k for k in set(files_1) | set(files_2) if files_1.get(k) != files_2.get(k)
+        ),
         "rerun_library_unchanged": lib_1 == lib_2,
         "default_median_ms": float(np.median(times["default"])) * 1e3,
         "tuned_median_ms": float(np.median(times["tuned"])) * 1e3,

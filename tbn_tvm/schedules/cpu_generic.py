@@ -236,7 +236,7 @@ def schedule_matmul(func, lanes: int, cores: int, acc_regs: int):
     init = sch.decompose_reduction(main, kl)
     for blk in (init, acc):
         if vectorizable(sch, blk):
-            _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
+            _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes, let_moduli(sch, blk))
     for blk in _all_blocks(sch):  # pad_einsum's copies and an epilogue left on its own
         if (
             not _is_reduction(sch.get(blk))
@@ -664,7 +664,7 @@ def schedule_conv(func, lanes: int, cores: int):
     init = sch.decompose_reduction(conv, rc)
     for blk in (init, acc):
         if vectorizable(sch, blk):
-            _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes)
+            _vectorize_inner(sch, sch.get_loops(blk)[-1], lanes, let_moduli(sch, blk))
     for blk in _all_blocks(sch):  # an epilogue that could not be merged: its own pass
         if _same(sch, blk, acc) or _same(sch, blk, conv):
             continue
