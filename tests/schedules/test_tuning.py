@@ -268,22 +268,29 @@ def test_reach_warning_and_bar_total():
     assert curve.history[0]["model_estimate_s"] == 5e-4 and curve.history[-1]["trials"] == 20
 
 
-def test_default_trace_is_tunable_and_replays():
-    """The default schedule's trace is captured, made tunable (sampled tiles with the default's
-    decisions) and fixed again, each replaying to the default schedule; its tile moves are
-    different schedules."""
-    import tvm_ffi
-    from tvm import s_tir, te
-
-    from tbn_tvm.schedules.records import tuning_target, workload_of
-    from tbn_tvm.schedules.tuning import default_schedule, fixed_trace, neighbour_traces, tunable_trace
-    from tbn_tvm.targets import resolve_target
+def _matmul_func():
+    """An unscheduled 64x256 @ 256x128 matmul PrimFunc (TE)."""
+    from tvm import te
 
     a = te.placeholder((64, 256), name="a")
     b = te.placeholder((256, 128), name="b")
     k = te.reduce_axis((0, 256), name="k")
     c = te.compute((64, 128), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="c")
-    func = te.create_prim_func([a, b, c])
+    return te.create_prim_func([a, b, c])
+
+
+def test_default_trace_is_tunable_and_replays():
+    """The default schedule's trace is captured, made tunable (sampled tiles with the default's
+    decisions) and fixed again, each replaying to the default schedule; its tile moves are
+    different schedules."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    from tbn_tvm.schedules.records import tuning_target, workload_of
+    from tbn_tvm.schedules.tuning import default_schedule, fixed_trace, neighbour_traces, tunable_trace
+    from tbn_tvm.targets import resolve_target
+
+    func = _matmul_func()
     target = tuning_target(resolve_target("llvm"))
     scheduled, trace = default_schedule(func, target)
     assert trace is not None and scheduled.attrs.get("tirx.is_scheduled")
@@ -730,18 +737,13 @@ def test_record_id_survives_the_database(tmp_path):
     such verdict new, re-timed it and rewrote ``tbn_baselines.json``."""
     from types import SimpleNamespace
 
-    from tvm import te
     from tvm.s_tir import meta_schedule as ms
 
     from tbn_tvm.schedules.records import open_database, record_id, tuning_target, workload_of
     from tbn_tvm.schedules.tuning import default_schedule, fixed_trace, neighbour_traces, tunable_trace
     from tbn_tvm.targets import resolve_target
 
-    a = te.placeholder((64, 256), name="a")
-    b = te.placeholder((256, 128), name="b")
-    k = te.reduce_axis((0, 256), name="k")
-    c = te.compute((64, 128), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="c")
-    func = te.create_prim_func([a, b, c])
+    func = _matmul_func()
     target = tuning_target(resolve_target("llvm"))
     _, trace = default_schedule(func, target)
     mod = workload_of(func)
