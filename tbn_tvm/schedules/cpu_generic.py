@@ -835,10 +835,15 @@ VECTOR_CALLS = frozenset(
 
 
 def vectorizable(sch, blk) -> bool:
-    """Whether every call in the block's body has a vector lowering (:data:`VECTOR_CALLS`)."""
+    """Whether every call in the block's body has a vector lowering (:data:`VECTOR_CALLS`).  A
+    body with both a ``Let`` and an ``if_then_else`` (a GELU or SiLU after a Concat or Pad
+    along the vector axis) is not: TVM 0.27's vectoriser then fails with "Let cannot bind the
+    same var to two different values" (found by a review helper)."""
     import re
 
     calls = set(re.findall(r"T\.([A-Za-z_0-9]+)\(", sch.get(blk).body.script()))
+    if {"Let", "if_then_else"} <= calls:
+        return False
     return calls <= VECTOR_CALLS
 
 

@@ -1112,3 +1112,25 @@ def test_vector_math_epilogues_after_tiled_gathers():
     softmax = [t for n, t in scripts.items() if "softmax" in n]
     assert softmax and all("T.parallel" in t for t in softmax), "a 8x4x65x65 softmax stays on one core"
     check(g, opset=20)
+
+
+@pytest.mark.parametrize("source", ["concat", "pad"])
+@pytest.mark.parametrize("act", ["gelu", "silu"])
+def test_vector_math_after_concat_and_pad_on_the_vector_axis(source, act):
+    """Gelu and SiLU after a Concat or a Pad along the last axis: the fused block holds both the
+    vector-math ``Let`` and the Concat/Pad ``if_then_else``, which TVM 0.27 cannot vectorise
+    ("Let cannot bind the same var to two different values" at build time; found by a review
+    helper).  Such blocks stay scalar and the models compile and match onnxruntime."""
+    g = Graph(41)
+    if source == "concat":
+        a, b = g.input("a", g.randn(2, 5, 16)), g.input("b", g.randn(2, 5, 64))
+        z = g.node("Concat", [a, b], "z", axis=2)
+    else:
+        x = g.input("x", g.randn(1, 8, 6, 6))
+        pads = g.const("pads", np.array([0, 0, 0, 3, 0, 0, 0, 5], np.int64))
+        z = g.node("Pad", [x, pads], "z")
+    if act == "gelu":
+        g.out(g.node("Gelu", [z], "y"))
+    else:
+        g.out(g.node("Mul", [z, g.node("Sigmoid", [z], "s")], "y"))
+    check(g, opset=20)
