@@ -316,9 +316,7 @@ def schedule_rows_reduction(func, lanes: int, cores: int):
     if lead == 0:
         raise ValueError("no leading spatial axis")
     work = sum(
-        _prod([int(iv.dom.extent) for iv in sch.get(b).iter_vars])
-        * max(1, ops_per_element(sch, b) // PLAIN_ELEMENT_OPS)
-        for b in blocks
+        _prod([int(iv.dom.extent) for iv in sch.get(b).iter_vars]) * _element_weight(sch, b) for b in blocks
     )
     # r-factor each reduction into vector partial sums first (before compute_at: rfactor needs
     # the reduction loop to be its block's own)
@@ -384,7 +382,7 @@ def _vectorize_inner(sch, loop, lanes: int, moduli: Sequence[int] = ()) -> None:
     loop is partitioned into whole vectors of ``lanes`` (or 8) and a scalar tail.  Widths
     that do not divide every one of ``moduli`` are not used (:func:`let_moduli`)."""
     ext = _extent(sch, loop)
-    widths = [v for v in (lanes, 8, 4) if all(m % v == 0 for m in moduli)]
+    widths = _vector_widths(lanes, moduli)
     vec = next((v for v in widths if ext % v == 0), None)
     if vec is None:
         width = next((v for v in widths[:2] if ext > v and v >= 8), None)
@@ -859,6 +857,17 @@ def ops_per_element(sch, blk) -> int:
     return max(1, len(re.findall(r"<<|>>|[-+*/%<>&|]|T\.\w+\(", body)))
 
 
+def _element_weight(sch, blk) -> int:
+    """How many plain element operations one iteration of ``blk`` counts as (at least 1)."""
+    return max(1, ops_per_element(sch, blk) // PLAIN_ELEMENT_OPS)
+
+
+def _vector_widths(lanes: int, moduli: Sequence[int]) -> list[int]:
+    """The vector widths to try, widest first: ``lanes``, 8, 4, those dividing every one of
+    ``moduli`` (:func:`let_moduli`)."""
+    return [v for v in (lanes, 8, 4) if all(m % v == 0 for m in moduli)]
+
+
 def let_moduli(sch, blk) -> list[int]:
     """The constant divisors of the ``%`` and ``//`` in ``blk``'s indices when its body binds a
     value with a ``Let`` (the vector-math GELU after a tiled layer's gather ``Z[.., i % D]``),
@@ -890,16 +899,15 @@ def schedule_spatial(sch, blk, lanes: int, cores: int, min_parallel: int = PARAL
         return
     if not vectorizable(sch, blk):
         lanes = 1  # scalar calls only: the outer loops still go over the cores
-    total = _prod([_extent(sch, lp) for lp in loops]) * max(1, ops_per_element(sch, blk) // PLAIN_ELEMENT_OPS)
+    total = _prod([_extent(sch, lp) for lp in loops]) * _element_weight(sch, blk)
     # short rows (a 4x4 map): the trailing axes fused until a full vector fits, when the block
     # writes its output in loop order (fusing keeps the stores contiguous)
     while len(loops) > 1 and _extent(sch, loops[-1]) < lanes and _writes_in_loop_order(sch, blk):
         loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
     inner = loops[-1]
     ext = _extent(sch, inner)
-    moduli = let_moduli(sch, blk)
-    vec = next((v for v in (lanes, 8, 4) if ext % v == 0 and all(m % v == 0 for m in moduli)), None)
-    vec = vec if lanes > 1 else None
+    widths = _vector_widths(lanes, let_moduli(sch, blk))
+    vec = next((v for v in widths if ext % v == 0), None) if lanes > 1 else None
     outer_loops = list(loops[:-1])
     if vec is not None and ext >= vec:
         io, ii = sch.split(inner, [None, vec])
